@@ -1,0 +1,306 @@
+//! Lease keys and values, byte-compatible with Go flanneld.
+//!
+//! A lease lives at `<prefix>/subnets/<key>`; the key is `A.B.C.D-LEN` (dual stack:
+//! `A.B.C.D-LEN&<ipv6>-LEN6`) and the value is the compact JSON of [`LeaseAttrs`] in Go's field
+//! order, e.g. `{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}`.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde_json::{Map, Value};
+
+use crate::json::Fields;
+
+/// Why a lease key or value could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LeaseError {
+    /// The key under `subnets/` is not of the form `A.B.C.D-LEN[&IPV6-LEN6]`.
+    #[error("not a subnet key: {0:?} (expected A.B.C.D-LEN, e.g. 10.5.34.0-24)")]
+    BadKey(String),
+    /// The value is not a JSON object.
+    #[error("lease value is not a JSON object: {0}")]
+    NotAnObject(String),
+    /// A field holds a value of the wrong type or format.
+    #[error("lease field {field}: {problem}")]
+    BadField {
+        /// The JSON field name, as Go flanneld writes it.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// The subnet(s) a lease is for; its string form is the last path element of the etcd key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubnetKey {
+    /// The IPv4 subnet.
+    pub ipv4: Ipv4Net,
+    /// The IPv6 subnet of a dual-stack lease.
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl SubnetKey {
+    /// A key for an IPv4-only lease.
+    pub fn v4(ipv4: Ipv4Net) -> Self {
+        SubnetKey { ipv4, ipv6: None }
+    }
+}
+
+impl fmt::Display for SubnetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ipv4.addr(), self.ipv4.prefix_len())?;
+        if let Some(v6) = self.ipv6 {
+            write!(f, "&{}-{}", v6.addr(), v6.prefix_len())?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for SubnetKey {
+    type Err = LeaseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || LeaseError::BadKey(s.to_string());
+        let (v4, v6) = match s.split_once('&') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let (ip, len) = v4.rsplit_once('-').ok_or_else(bad)?;
+        let ip: Ipv4Addr = parse_dotted_quad(ip).ok_or_else(bad)?;
+        let len = parse_prefix(len, 31).ok_or_else(bad)?;
+        let ipv4 = Ipv4Net::new(ip, len).map_err(|_| bad())?;
+        let ipv6 = match v6 {
+            None => None,
+            Some(v6) => {
+                let (ip, len) = v6.rsplit_once('-').ok_or_else(bad)?;
+                if ip.is_empty() || !ip.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
+                    return Err(bad());
+                }
+                let ip: Ipv6Addr = ip.parse().map_err(|_| bad())?;
+                let len = parse_prefix(len, 127).ok_or_else(bad)?;
+                Some(Ipv6Net::new(ip, len).map_err(|_| bad())?)
+            }
+        };
+        Ok(SubnetKey { ipv4, ipv6 })
+    }
+}
+
+/// Parses `A.B.C.D` with decimal octets only (no leading sign or spaces).
+fn parse_dotted_quad(s: &str) -> Option<Ipv4Addr> {
+    if s.split('.').count() != 4 || !s.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Parses a decimal prefix length no larger than `max` (Go parses it into 5 or 7 bits).
+fn parse_prefix(s: &str, max: u8) -> Option<u8> {
+    if s.is_empty() || !s.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u8>().ok().filter(|l| *l <= max)
+}
+
+/// The JSON value stored at a lease key: who holds the subnet and how to reach it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseAttrs {
+    /// The address peers send traffic to (`PublicIP`).
+    pub public_ip: Ipv4Addr,
+    /// The IPv6 public address (`PublicIPv6`), written as `null` when absent.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The backend that published the lease (`BackendType`), e.g. `host-gw` or `vxlan`.
+    pub backend_type: String,
+    /// Backend-specific data (`BackendData`), e.g. `{"VNI":1,"VtepMAC":"..."}` for vxlan.
+    pub backend_data: Option<Value>,
+    /// Backend-specific data for IPv6 (`BackendV6Data`).
+    pub backend_v6_data: Option<Value>,
+}
+
+impl LeaseAttrs {
+    /// Attributes for an IPv4-only lease without backend data (host-gw).
+    pub fn new(public_ip: Ipv4Addr, backend_type: &str) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type.to_string(),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
+    /// Encodes the attributes exactly as Go flanneld (HEAD) does: compact JSON, fields in Go's
+    /// order, `PublicIPv6` always present, empty `BackendType`/`BackendData` omitted.
+    pub fn to_json(&self) -> String {
+        let mut map = Map::new();
+        map.insert("PublicIP".into(), Value::String(self.public_ip.to_string()));
+        map.insert(
+            "PublicIPv6".into(),
+            self.public_ipv6
+                .map_or(Value::Null, |ip| Value::String(ip.to_string())),
+        );
+        if !self.backend_type.is_empty() {
+            map.insert(
+                "BackendType".into(),
+                Value::String(self.backend_type.clone()),
+            );
+        }
+        if let Some(data) = &self.backend_data {
+            map.insert("BackendData".into(), data.clone());
+        }
+        if let Some(data) = &self.backend_v6_data {
+            map.insert("BackendV6Data".into(), data.clone());
+        }
+        Value::Object(map).to_string()
+    }
+
+    /// Decodes a lease value written by any flanneld version (v0.11 without `PublicIPv6`, HEAD
+    /// with `null` or a string). Field names match case-insensitively, as in Go.
+    pub fn from_json(raw: &[u8]) -> Result<Self, LeaseError> {
+        let value: Value = serde_json::from_slice(raw).map_err(|e| {
+            LeaseError::NotAnObject(format!("{e}: {}", String::from_utf8_lossy(raw)))
+        })?;
+        let fields = Fields::new(&value)
+            .ok_or_else(|| LeaseError::NotAnObject(String::from_utf8_lossy(raw).into_owned()))?;
+        let public_ip = match fields.get("PublicIP") {
+            Some(v) => parse_ip_field::<Ipv4Addr>("PublicIP", v)?,
+            None => Ipv4Addr::UNSPECIFIED,
+        };
+        let public_ipv6 = fields
+            .get("PublicIPv6")
+            .map(|v| parse_ip_field::<Ipv6Addr>("PublicIPv6", v))
+            .transpose()?;
+        let backend_type = match fields.get("BackendType") {
+            None => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(LeaseError::BadField {
+                    field: "BackendType",
+                    problem: format!("expected a string, got {other}"),
+                })
+            }
+        };
+        Ok(LeaseAttrs {
+            public_ip,
+            public_ipv6,
+            backend_type,
+            backend_data: fields.get("BackendData").cloned(),
+            backend_v6_data: fields.get("BackendV6Data").cloned(),
+        })
+    }
+}
+
+fn parse_ip_field<T: FromStr>(field: &'static str, v: &Value) -> Result<T, LeaseError> {
+    let s = v.as_str().ok_or_else(|| LeaseError::BadField {
+        field,
+        problem: format!("expected an IP address string, got {v}"),
+    })?;
+    s.parse().map_err(|_| LeaseError::BadField {
+        field,
+        problem: format!("{s:?} is not a valid address"),
+    })
+}
+
+/// A subnet lease: the key, its attributes and when it expires.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lease {
+    /// The subnet(s) leased.
+    pub key: SubnetKey,
+    /// Who holds it.
+    pub attrs: LeaseAttrs,
+    /// When the registry will drop it; `None` when unknown or never.
+    pub expiration: Option<SystemTime>,
+}
+
+impl Lease {
+    /// The leased IPv4 subnet.
+    pub fn subnet(&self) -> Ipv4Net {
+        self.key.ipv4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_round_trip_v4_and_dual_stack() {
+        for s in ["10.5.34.0-24", "10.12.13.0-24&fd00:12:13::-56", "0.0.0.0-0"] {
+            let key: SubnetKey = s.parse().unwrap();
+            assert_eq!(key.to_string(), s);
+        }
+        let key: SubnetKey = "10.5.34.0-24".parse().unwrap();
+        assert_eq!(key.ipv4, "10.5.34.0/24".parse::<Ipv4Net>().unwrap());
+    }
+
+    #[test]
+    fn invalid_keys_are_rejected() {
+        for s in [
+            "10.12.13.0-24hi",
+            "10.12.13.300-24",
+            "&2001::-56",
+            "10.12.13.0-33",
+            "10.12.13.0-32",
+            "10.12.13-24",
+            "10.12.13.0",
+            "10.12.13.0-",
+            "10.12.13.0-24&2001::-128",
+            "10.12.13.0-24&2001::-x",
+            "10.12.13.0-24&zz::-64",
+            "",
+        ] {
+            assert!(s.parse::<SubnetKey>().is_err(), "{s} should be invalid");
+        }
+    }
+
+    #[test]
+    fn head_and_v011_values_round_trip() {
+        let head_vxlan = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+        let attrs = LeaseAttrs::from_json(head_vxlan.as_bytes()).unwrap();
+        assert_eq!(attrs.public_ip, Ipv4Addr::new(192, 168, 64, 3));
+        assert_eq!(attrs.to_json(), head_vxlan);
+
+        let head_hostgw = r#"{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}"#;
+        let attrs = LeaseAttrs::from_json(head_hostgw.as_bytes()).unwrap();
+        assert_eq!(
+            attrs,
+            LeaseAttrs::new(Ipv4Addr::new(10, 0, 0, 5), "host-gw")
+        );
+        assert_eq!(attrs.to_json(), head_hostgw);
+
+        let v011 = r#"{"PublicIP":"10.37.7.195","BackendType":"vxlan","BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}"#;
+        let attrs = LeaseAttrs::from_json(v011.as_bytes()).unwrap();
+        assert_eq!(attrs.public_ipv6, None);
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"10.37.7.195","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}"#
+        );
+
+        let dual = r#"{"PublicIP":"10.0.0.5","PublicIPv6":"fd00::5","BackendType":"host-gw"}"#;
+        let attrs = LeaseAttrs::from_json(dual.as_bytes()).unwrap();
+        assert_eq!(attrs.public_ipv6, Some("fd00::5".parse().unwrap()));
+        assert_eq!(attrs.to_json(), dual);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = LeaseAttrs::from_json(br#"{"PublicIP":"10.0.0.300"}"#).unwrap_err();
+        assert!(err.to_string().contains("PublicIP"), "{err}");
+        assert!(LeaseAttrs::from_json(b"[1]").is_err());
+        assert!(LeaseAttrs::from_json(b"not json").is_err());
+        let err = LeaseAttrs::from_json(br#"{"PublicIP":"10.0.0.1","BackendType":7}"#).unwrap_err();
+        assert!(err.to_string().contains("BackendType"), "{err}");
+    }
+
+    #[test]
+    fn field_names_are_case_insensitive() {
+        let attrs =
+            LeaseAttrs::from_json(br#"{"publicip":"10.0.0.1","backendtype":"host-gw"}"#).unwrap();
+        assert_eq!(
+            attrs,
+            LeaseAttrs::new(Ipv4Addr::new(10, 0, 0, 1), "host-gw")
+        );
+    }
+}

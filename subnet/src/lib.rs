@@ -1,0 +1,9 @@
+//! The flanneld control plane: network config, lease codec, subnet allocation, subnet.env, the
+//! etcd registry and the lease manager.
+
+pub mod config;
+mod json;
+pub mod lease;
+
+pub use config::{ConfigError, NetworkConfig};
+pub use lease::{Lease, LeaseAttrs, LeaseError, SubnetKey};
