@@ -7,3 +7,6 @@ pub mod lease;
 
 pub use config::{ConfigError, NetworkConfig};
 pub use lease::{Lease, LeaseAttrs, LeaseError, SubnetKey};
+pub mod peers;
+
+pub use peers::{LeaseEvent, PeerSet};

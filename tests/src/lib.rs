@@ -1,1 +1,4 @@
-//! placeholder
+//! Test support for flanneld-rs: network namespaces, a real etcd server, and clusters of hosts
+//! running the agent. The tests themselves live in `tests/tests/`.
+
+pub mod netns;
