@@ -1,1 +1,5 @@
+//! flanneld-rs: a drop-in Rust reimplementation of the flanneld agent (etcd mode).
+
+mod mk_docker_opts;
+
 fn main() {}
