@@ -8,5 +8,7 @@ pub mod lease;
 pub use config::{ConfigError, NetworkConfig};
 pub use lease::{Lease, LeaseAttrs, LeaseError, SubnetKey};
 pub mod peers;
+pub mod subnet_env;
 
 pub use peers::{LeaseEvent, PeerSet};
+pub use subnet_env::{PreviousEnv, SubnetEnv};

@@ -1,0 +1,179 @@
+//! subnet.env: the file the CNI plugin, docker and scripts read (`FLANNEL_NETWORK`,
+//! `FLANNEL_SUBNET`, `FLANNEL_MTU`, `FLANNEL_IPMASQ`), and the previous values read back at start.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+
+/// The values written to subnet.env, in Go flanneld's line order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubnetEnv {
+    /// The cluster network (`FLANNEL_NETWORK`).
+    pub network: Ipv4Net,
+    /// Our leased subnet (`FLANNEL_SUBNET` is written as its first host address, e.g. `.1/24`).
+    pub subnet: Ipv4Net,
+    /// The pod MTU (`FLANNEL_MTU`).
+    pub mtu: u32,
+    /// Whether the agent masquerades (`FLANNEL_IPMASQ`).
+    pub ipmasq: bool,
+}
+
+impl SubnetEnv {
+    /// The file contents: `KEY=value` lines, no quotes, `\n` line ends.
+    pub fn render(&self) -> String {
+        let first_host = Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1));
+        format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.network,
+            first_host,
+            self.subnet.prefix_len(),
+            self.mtu,
+            self.ipmasq
+        )
+    }
+
+    /// Writes the file atomically: a temp file in the same directory, fsync, mode 0644 (whatever
+    /// the umask), rename over the target, fsync of the directory. The directory is created 0755.
+    pub fn write_atomic(&self, path: &Path) -> io::Result<()> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+        let name = path.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "subnet file path has no file name",
+            )
+        })?;
+        let tmp = dir.join(format!(
+            ".{}.tmp{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let result = (|| {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(self.render().as_bytes())?;
+            file.set_permissions(fs::Permissions::from_mode(0o644))?;
+            file.sync_all()?;
+            fs::rename(&tmp, path)?;
+            fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// What a previous run left in subnet.env: used to re-claim the same subnet and to remove rules
+/// built from old values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreviousEnv {
+    /// `FLANNEL_NETWORK`, if present and valid.
+    pub network: Option<Ipv4Net>,
+    /// `FLANNEL_SUBNET` as a network (`10.1.74.1/24` ⇒ `10.1.74.0/24`), if present and valid.
+    pub subnet: Option<Ipv4Net>,
+}
+
+impl PreviousEnv {
+    /// Reads `path`; a missing or unreadable file gives empty values.
+    pub fn read(path: &Path) -> PreviousEnv {
+        fs::read_to_string(path)
+            .map(|text| PreviousEnv::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// Parses dotenv text (comments, `export`, quotes tolerated). A value may be a comma list as
+    /// Go flanneld accepts: invalid entries are skipped, and more than one valid entry means the
+    /// value is ambiguous and treated as absent.
+    pub fn parse(text: &str) -> PreviousEnv {
+        let mut prev = PreviousEnv::default();
+        for line in text.lines() {
+            let line = line.trim();
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+            match key.trim() {
+                "FLANNEL_NETWORK" => prev.network = single_cidr(value),
+                "FLANNEL_SUBNET" => prev.subnet = single_cidr(value),
+                _ => {}
+            }
+        }
+        prev
+    }
+}
+
+fn single_cidr(value: &str) -> Option<Ipv4Net> {
+    let mut valid = value
+        .split(',')
+        .filter_map(|v| v.trim().parse::<Ipv4Net>().ok())
+        .map(|n| n.trunc());
+    match (valid.next(), valid.next()) {
+        (Some(n), None) => Some(n),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn env() -> SubnetEnv {
+        SubnetEnv {
+            network: "10.1.0.0/16".parse().unwrap(),
+            subnet: "10.1.74.0/24".parse().unwrap(),
+            mtu: 1450,
+            ipmasq: true,
+        }
+    }
+
+    #[test]
+    fn renders_exactly_like_flanneld() {
+        assert_eq!(
+            env().render(),
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+    }
+
+    #[test]
+    fn writes_atomically_with_mode_0644_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/flannel/subnet.env");
+        env().write_atomic(&path).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(fs::read_to_string(&path).unwrap(), env().render());
+        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temp file left behind");
+        let prev = PreviousEnv::read(&path);
+        assert_eq!(prev.network, Some("10.1.0.0/16".parse().unwrap()));
+        assert_eq!(prev.subnet, Some("10.1.74.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn previous_values_tolerate_dotenv_syntax_and_comma_lists() {
+        let prev = PreviousEnv::parse(
+            "# c\nexport FLANNEL_NETWORK=\"10.2.0.0/16\"\nFLANNEL_SUBNET=bogus,10.2.3.1/24\n",
+        );
+        assert_eq!(prev.network, Some("10.2.0.0/16".parse().unwrap()));
+        assert_eq!(prev.subnet, Some("10.2.3.0/24".parse().unwrap()));
+        let prev =
+            PreviousEnv::parse("FLANNEL_SUBNET=10.2.3.1/24,10.2.4.1/24\nFLANNEL_NETWORK=nope");
+        assert_eq!(prev, PreviousEnv::default());
+        assert_eq!(
+            PreviousEnv::read(Path::new("/nonexistent/subnet.env")),
+            PreviousEnv::default()
+        );
+    }
+}
