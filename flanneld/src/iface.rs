@@ -1,0 +1,553 @@
+//! Choosing the external interface and the public IP (reference §9): `--iface` by name or IP in
+//! order, then `--iface-regex` (addresses first, then names), then `--iface-can-reach`, else the
+//! interface of the default route. `--public-ip` overrides the advertised address; alone, it
+//! selects the interface that owns it. The decision is returned with the reason, for the log.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
+};
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use regex_lite::Regex;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+/// One host interface with its IPv4 addresses, most preferred first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostInterface {
+    /// Interface name.
+    pub name: String,
+    /// Kernel interface index.
+    pub index: u32,
+    /// MTU.
+    pub mtu: u32,
+    /// IPv4 addresses: global before link-local, permanent before dynamic.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// What the host looks like for interface selection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// All interfaces.
+    pub interfaces: Vec<HostInterface>,
+    /// The interface index of the first default route in the main table.
+    pub default_route_index: Option<u32>,
+    /// For `--iface-can-reach`: the interface index and source address the kernel would use.
+    pub can_reach: Option<(u32, Option<Ipv4Addr>)>,
+}
+
+/// The selection options (from the command line).
+#[derive(Clone, Debug, Default)]
+pub struct Selection<'a> {
+    /// `--iface` values.
+    pub iface: &'a [String],
+    /// `--iface-regex` values.
+    pub iface_regex: &'a [String],
+    /// `--iface-can-reach` (empty when unset).
+    pub can_reach: &'a str,
+    /// `--public-ip` (empty when unset).
+    pub public_ip: &'a str,
+}
+
+/// The chosen interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalInterface {
+    /// The interface.
+    pub iface: HostInterface,
+    /// Its address used for inter-host traffic.
+    pub iface_addr: Ipv4Addr,
+    /// The address advertised to peers (`--public-ip` or `iface_addr`).
+    pub public_ip: Ipv4Addr,
+    /// Why this interface and address were chosen.
+    pub reason: String,
+}
+
+/// Why no interface could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    /// A flag value does not parse.
+    #[error("invalid {flag} value {value:?}: {problem}")]
+    BadFlag {
+        /// The flag.
+        flag: &'static str,
+        /// The value.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Nothing matched.
+    #[error("{0}")]
+    NotFound(String),
+    /// Reading links, addresses or routes failed.
+    #[error("reading interfaces from the kernel: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+}
+
+fn with_addr(
+    iface: &HostInterface,
+    addr: Ipv4Addr,
+    public: Option<Ipv4Addr>,
+    reason: String,
+) -> Result<ExternalInterface, IfaceError> {
+    if iface.mtu == 0 {
+        return Err(IfaceError::NotFound(format!(
+            "interface {} has MTU 0",
+            iface.name
+        )));
+    }
+    Ok(ExternalInterface {
+        iface: iface.clone(),
+        iface_addr: addr,
+        public_ip: public.unwrap_or(addr),
+        reason: match public {
+            Some(p) if p != addr => format!("{reason}; advertising --public-ip {p}"),
+            _ => reason,
+        },
+    })
+}
+
+fn first_addr(iface: &HostInterface, what: &str) -> Result<Ipv4Addr, IfaceError> {
+    iface
+        .addrs
+        .first()
+        .copied()
+        .ok_or_else(|| IfaceError::NotFound(format!("{what} {} has no IPv4 address", iface.name)))
+}
+
+/// Chooses the external interface from a view of the host (pure; see the module docs for order).
+pub fn select(view: &HostView, sel: &Selection) -> Result<ExternalInterface, IfaceError> {
+    let public = match sel.public_ip {
+        "" => None,
+        s => Some(s.parse::<Ipv4Addr>().map_err(|_| IfaceError::BadFlag {
+            flag: "--public-ip",
+            value: s.into(),
+            problem: "expected an IPv4 address such as 10.4.7.21".into(),
+        })?),
+    };
+    let owner_of = |ip: Ipv4Addr| view.interfaces.iter().find(|i| i.addrs.contains(&ip));
+
+    for value in sel.iface {
+        if let Ok(ip) = value.parse::<Ipv4Addr>() {
+            if let Some(i) = owner_of(ip) {
+                return with_addr(
+                    i,
+                    ip,
+                    public,
+                    format!("--iface {value}: interface {} owns this address", i.name),
+                );
+            }
+        } else if let Some(i) = view.interfaces.iter().find(|i| &i.name == value) {
+            let addr = first_addr(i, "--iface interface")?;
+            return with_addr(
+                i,
+                addr,
+                public,
+                format!("--iface {value}: matched by name, using its address {addr}"),
+            );
+        }
+    }
+    for pattern in sel.iface_regex {
+        let re = Regex::new(pattern).map_err(|e| IfaceError::BadFlag {
+            flag: "--iface-regex",
+            value: pattern.clone(),
+            problem: e.to_string(),
+        })?;
+        for i in &view.interfaces {
+            if let Some(addr) = i.addrs.iter().find(|a| re.is_match(&a.to_string())) {
+                return with_addr(
+                    i,
+                    *addr,
+                    public,
+                    format!(
+                        "--iface-regex {pattern:?} matched address {addr} of {}",
+                        i.name
+                    ),
+                );
+            }
+        }
+        for i in &view.interfaces {
+            if re.is_match(&i.name) {
+                let addr = first_addr(i, "--iface-regex interface")?;
+                return with_addr(
+                    i,
+                    addr,
+                    public,
+                    format!(
+                        "--iface-regex {pattern:?} matched interface name {}",
+                        i.name
+                    ),
+                );
+            }
+        }
+    }
+    if !sel.iface.is_empty() || !sel.iface_regex.is_empty() {
+        return Err(IfaceError::NotFound(format!(
+            "no interface matches --iface {:?} / --iface-regex {:?}; check `ip -4 addr` for the right name or address",
+            sel.iface, sel.iface_regex
+        )));
+    }
+    if !sel.can_reach.is_empty() {
+        let (index, src) = view.can_reach.ok_or_else(|| {
+            IfaceError::NotFound(format!(
+                "--iface-can-reach {}: the kernel has no route to it",
+                sel.can_reach
+            ))
+        })?;
+        let i = view
+            .interfaces
+            .iter()
+            .find(|i| i.index == index)
+            .ok_or_else(|| {
+                IfaceError::NotFound(format!(
+                    "--iface-can-reach {}: route uses unknown interface index {index}",
+                    sel.can_reach
+                ))
+            })?;
+        let addr = match src {
+            Some(a) => a,
+            None => first_addr(i, "--iface-can-reach interface")?,
+        };
+        return with_addr(
+            i,
+            addr,
+            public,
+            format!(
+                "--iface-can-reach {}: the kernel routes it via {} from {addr}",
+                sel.can_reach, i.name
+            ),
+        );
+    }
+    if let Some(ip) = public {
+        if let Some(i) = owner_of(ip) {
+            return with_addr(
+                i,
+                ip,
+                None,
+                format!("--public-ip {ip} is assigned to {}", i.name),
+            );
+        }
+    }
+    let index = view.default_route_index.ok_or_else(|| {
+        IfaceError::NotFound(
+            "no default route and no --iface given; use --iface=<name or IP>".into(),
+        )
+    })?;
+    let i = view
+        .interfaces
+        .iter()
+        .find(|i| i.index == index)
+        .ok_or_else(|| {
+            IfaceError::NotFound(format!(
+                "default route uses unknown interface index {index}"
+            ))
+        })?;
+    let addr = first_addr(i, "default-route interface")?;
+    let reason = match public {
+        Some(p) => format!(
+            "interface of the default route ({}); --public-ip {p} is not assigned locally (NAT?)",
+            i.name
+        ),
+        None => format!("interface of the default route ({})", i.name),
+    };
+    with_addr(i, addr, public, reason)
+}
+
+/// Reads links, IPv4 addresses and the default route (and the route to `can_reach`) from the
+/// kernel through rtnetlink.
+pub async fn read_host(
+    handle: &Handle,
+    can_reach: Option<Ipv4Addr>,
+) -> Result<HostView, IfaceError> {
+    let mut interfaces = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await? {
+        let mut iface = HostInterface {
+            name: String::new(),
+            index: msg.header.index,
+            mtu: 0,
+            addrs: Vec::new(),
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => iface.name = n,
+                LinkAttribute::Mtu(m) => iface.mtu = m,
+                _ => {}
+            }
+        }
+        interfaces.push(iface);
+    }
+    let mut ranked: Vec<(u32, (u8, u8), Ipv4Addr)> = Vec::new();
+    let mut addrs = handle.address().get().execute();
+    while let Some(msg) = addrs.try_next().await? {
+        let mut permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent);
+        let mut local = None;
+        let mut address = None;
+        for attr in &msg.attributes {
+            match attr {
+                AddressAttribute::Local(std::net::IpAddr::V4(a)) => local = Some(*a),
+                AddressAttribute::Address(std::net::IpAddr::V4(a)) => address = Some(*a),
+                AddressAttribute::Flags(f) => permanent = f.contains(AddressFlags::Permanent),
+                _ => {}
+            }
+        }
+        if let Some(ip) = local.or(address) {
+            let scope_rank = match msg.header.scope {
+                AddressScope::Universe => 0,
+                AddressScope::Link => 1,
+                _ => 2,
+            };
+            ranked.push((msg.header.index, (scope_rank, u8::from(!permanent)), ip));
+        }
+    }
+    ranked.sort_by_key(|(_, rank, _)| *rank);
+    for (index, _, ip) in ranked {
+        if let Some(i) = interfaces.iter_mut().find(|i| i.index == index) {
+            i.addrs.push(ip);
+        }
+    }
+
+    let mut default_route_index = None;
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(msg) = routes.try_next().await? {
+        let main = msg.header.table == libc::RT_TABLE_MAIN
+            || msg.attributes.iter().any(
+                |a| matches!(a, RouteAttribute::Table(t) if *t == u32::from(libc::RT_TABLE_MAIN)),
+            );
+        if default_route_index.is_none() && main && msg.header.destination_prefix_length == 0 {
+            default_route_index = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+        }
+    }
+
+    let can_reach = match can_reach {
+        None => None,
+        Some(dst) => {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst, 32)
+                .build();
+            let mut stream = handle.route().get(msg).execute();
+            stream.try_next().await?.and_then(|r| {
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })?;
+                let src = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::PrefSource(RouteAddress::Inet(s)) => Some(*s),
+                    _ => None,
+                });
+                Some((oif, src))
+            })
+        }
+    };
+    Ok(HostView {
+        interfaces,
+        default_route_index,
+        can_reach,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> HostView {
+        HostView {
+            interfaces: vec![
+                HostInterface {
+                    name: "lo".into(),
+                    index: 1,
+                    mtu: 65536,
+                    addrs: vec![Ipv4Addr::LOCALHOST],
+                },
+                HostInterface {
+                    name: "eth0".into(),
+                    index: 2,
+                    mtu: 1500,
+                    addrs: vec![Ipv4Addr::new(10, 4, 7, 21)],
+                },
+                HostInterface {
+                    name: "eth1".into(),
+                    index: 3,
+                    mtu: 9000,
+                    addrs: vec![
+                        Ipv4Addr::new(192, 168, 9, 5),
+                        Ipv4Addr::new(192, 168, 10, 5),
+                    ],
+                },
+                HostInterface {
+                    name: "empty0".into(),
+                    index: 4,
+                    mtu: 1500,
+                    addrs: vec![],
+                },
+            ],
+            default_route_index: Some(2),
+            can_reach: Some((3, Some(Ipv4Addr::new(192, 168, 10, 5)))),
+        }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn default_route_interface_when_nothing_given() {
+        let e = select(&view(), &Selection::default()).unwrap();
+        assert_eq!(
+            (e.iface.name.as_str(), e.public_ip),
+            ("eth0", Ipv4Addr::new(10, 4, 7, 21))
+        );
+        assert!(e.reason.contains("default route"), "{}", e.reason);
+    }
+
+    #[test]
+    fn iface_by_name_or_ip_in_order() {
+        let iface = strings(&["nope", "192.168.10.5", "eth0"]);
+        let e = select(
+            &view(),
+            &Selection {
+                iface: &iface,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (e.iface.name.as_str(), e.iface_addr),
+            ("eth1", Ipv4Addr::new(192, 168, 10, 5))
+        );
+        let iface = strings(&["eth1"]);
+        let e = select(
+            &view(),
+            &Selection {
+                iface: &iface,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(e.iface_addr, Ipv4Addr::new(192, 168, 9, 5));
+        let iface = strings(&["empty0"]);
+        assert!(select(
+            &view(),
+            &Selection {
+                iface: &iface,
+                ..Default::default()
+            }
+        )
+        .is_err());
+        let iface = strings(&["nope"]);
+        let err = select(
+            &view(),
+            &Selection {
+                iface: &iface,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no interface matches"), "{err}");
+    }
+
+    #[test]
+    fn regex_matches_addresses_before_names() {
+        let re = strings(&[r"^192\.168\.10\."]);
+        let e = select(
+            &view(),
+            &Selection {
+                iface_regex: &re,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(e.iface_addr, Ipv4Addr::new(192, 168, 10, 5));
+        let re = strings(&["^eth1$"]);
+        let e = select(
+            &view(),
+            &Selection {
+                iface_regex: &re,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(e.iface.name, "eth1");
+        let re = strings(&["("]);
+        assert!(matches!(
+            select(
+                &view(),
+                &Selection {
+                    iface_regex: &re,
+                    ..Default::default()
+                }
+            ),
+            Err(IfaceError::BadFlag { .. })
+        ));
+    }
+
+    #[test]
+    fn public_ip_overrides_or_selects() {
+        let iface = strings(&["eth0"]);
+        let e = select(
+            &view(),
+            &Selection {
+                iface: &iface,
+                public_ip: "1.2.3.4",
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (e.iface_addr, e.public_ip),
+            (Ipv4Addr::new(10, 4, 7, 21), Ipv4Addr::new(1, 2, 3, 4))
+        );
+        let e = select(
+            &view(),
+            &Selection {
+                public_ip: "192.168.9.5",
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(e.iface.name, "eth1");
+        let e = select(
+            &view(),
+            &Selection {
+                public_ip: "1.2.3.4",
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (e.iface.name.as_str(), e.public_ip),
+            ("eth0", Ipv4Addr::new(1, 2, 3, 4))
+        );
+        assert!(select(
+            &view(),
+            &Selection {
+                public_ip: "x",
+                ..Default::default()
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn can_reach_uses_the_kernel_route() {
+        let e = select(
+            &view(),
+            &Selection {
+                can_reach: "192.168.10.1",
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (e.iface.name.as_str(), e.iface_addr),
+            ("eth1", Ipv4Addr::new(192, 168, 10, 5))
+        );
+    }
+}
