@@ -1,0 +1,71 @@
+//! Errors of the iptables applier; each names the command and what it printed.
+
+use std::io;
+use std::process::ExitStatus;
+
+use crate::save::ParseError;
+
+/// Something went wrong talking to iptables.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command could not be started (not installed, not executable, ...).
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why it could not be started.
+        #[source]
+        source: io::Error,
+    },
+    /// The command ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// `iptables-restore` rejected our payload.
+    #[error("`{command}` failed ({status}): {stderr}\n--- payload ---\n{payload}")]
+    Restore {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed on stderr (usually `Error occurred at line: N`).
+        stderr: String,
+        /// The payload it was given.
+        payload: String,
+    },
+    /// `iptables-save` printed something we do not understand.
+    #[error("cannot parse the output of `{command}`: {source}")]
+    Parse {
+        /// The command line.
+        command: String,
+        /// The offending line.
+        #[source]
+        source: ParseError,
+    },
+    /// The restore succeeded but reading the rules back shows they are still not in place
+    /// (someone changed them at the same moment, or iptables prints them differently).
+    #[error(
+        "after `{command}` the rules are still not in place: {reasons}\n--- payload ---\n{payload}"
+    )]
+    Verify {
+        /// The restore command line.
+        command: String,
+        /// What is still wrong.
+        reasons: String,
+        /// The payload that was applied.
+        payload: String,
+    },
+}
+
+impl Error {
+    /// Whether the command does not exist at all.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}

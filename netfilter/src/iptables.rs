@@ -1,0 +1,178 @@
+//! The iptables applier: one `iptables-save` per check, one `iptables-restore --noflush` per
+//! repair, then one more `iptables-save` to verify.
+
+use std::fmt;
+
+use crate::error::Error;
+use crate::exec;
+use crate::plan::plan;
+use crate::ruleset::RuleSet;
+use crate::save::Saved;
+use crate::{EnsureOutcome, Netfilter};
+
+/// How long `iptables-restore` waits for the xtables lock (legacy backend), in seconds.
+const LOCK_WAIT_SECONDS: &str = "5";
+
+/// Which iptables binaries to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// `iptables-legacy-save` / `iptables-legacy-restore` (x_tables).
+    Legacy,
+    /// `iptables-nft-save` / `iptables-nft-restore` (nf_tables).
+    Nft,
+    /// `iptables-save` / `iptables-restore`, whatever the host's default is.
+    System,
+}
+
+impl Flavour {
+    /// The save binary.
+    pub fn save_command(self) -> &'static str {
+        match self {
+            Flavour::Legacy => "iptables-legacy-save",
+            Flavour::Nft => "iptables-nft-save",
+            Flavour::System => "iptables-save",
+        }
+    }
+
+    /// The restore binary.
+    pub fn restore_command(self) -> &'static str {
+        match self {
+            Flavour::Legacy => "iptables-legacy-restore",
+            Flavour::Nft => "iptables-nft-restore",
+            Flavour::System => "iptables-restore",
+        }
+    }
+
+    /// The plain `iptables` binary (only used to probe extensions).
+    fn iptables_command(self) -> &'static str {
+        match self {
+            Flavour::Legacy => "iptables-legacy",
+            Flavour::Nft => "iptables-nft",
+            Flavour::System => "iptables",
+        }
+    }
+}
+
+impl fmt::Display for Flavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Flavour::Legacy => "iptables-legacy",
+            Flavour::Nft => "iptables-nft",
+            Flavour::System => "iptables (system default)",
+        })
+    }
+}
+
+/// An iptables backend with its probed capabilities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Iptables {
+    flavour: Flavour,
+    version: String,
+    wait: bool,
+    random_fully: bool,
+}
+
+impl Iptables {
+    /// Probes the binaries of `flavour`: their version, whether `iptables-restore` takes `-w`
+    /// (run with empty input, which touches no table) and whether the MASQUERADE extension
+    /// knows `--random-fully` (from `iptables -j MASQUERADE --help`). Fails only if the restore
+    /// binary cannot be run.
+    pub fn probe(flavour: Flavour) -> Result<Iptables, Error> {
+        let restore = flavour.restore_command();
+        let version = exec::run(restore, &["--version"], None)?
+            .stdout()
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| format!("{restore} (version unknown)"));
+        let wait = exec::run(
+            restore,
+            &["--test", "--noflush", "-w", LOCK_WAIT_SECONDS],
+            Some(""),
+        )?
+        .output
+        .status
+        .success();
+        let random_fully = exec::run(
+            flavour.iptables_command(),
+            &["-j", "MASQUERADE", "--help"],
+            None,
+        )
+        .and_then(exec::Finished::stdout)
+        .is_ok_and(|help| help.contains("--random-fully"));
+        Ok(Iptables {
+            flavour,
+            version,
+            wait,
+            random_fully,
+        })
+    }
+
+    /// The binaries in use.
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
+    }
+
+    /// What `iptables-restore --version` printed.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Whether MASQUERADE accepts `--random-fully`.
+    pub fn supports_random_fully(&self) -> bool {
+        self.random_fully
+    }
+
+    /// Reads all tables with one `iptables-save`.
+    pub fn save(&self) -> Result<Saved, Error> {
+        let finished = exec::run(self.flavour.save_command(), &[], None)?;
+        let command = finished.command.clone();
+        Saved::parse(&finished.stdout()?).map_err(|source| Error::Parse { command, source })
+    }
+
+    /// Applies `payload` with one `iptables-restore --noflush [-w 5]`; returns the command line.
+    fn restore(&self, payload: &str) -> Result<String, Error> {
+        let mut args = vec!["--noflush"];
+        if self.wait {
+            args.extend(["-w", LOCK_WAIT_SECONDS]);
+        }
+        tracing::debug!(%payload, "iptables-restore");
+        let finished = exec::run(self.flavour.restore_command(), &args, Some(payload))?;
+        if finished.output.status.success() {
+            return Ok(finished.command);
+        }
+        Err(Error::Restore {
+            stderr: finished.stderr(),
+            command: finished.command,
+            status: finished.output.status,
+            payload: payload.to_string(),
+        })
+    }
+}
+
+impl Netfilter for Iptables {
+    fn ensure(&self, rules: &RuleSet) -> Result<EnsureOutcome, Error> {
+        if rules.chains().is_empty() {
+            return Ok(EnsureOutcome::default());
+        }
+        let before = plan(rules, &self.save()?);
+        let Some(payload) = before.payload else {
+            return Ok(EnsureOutcome {
+                foreign: before.foreign,
+                ..EnsureOutcome::default()
+            });
+        };
+        let command = self.restore(&payload)?;
+        let after = plan(rules, &self.save()?);
+        if !after.reasons.is_empty() {
+            return Err(Error::Verify {
+                command,
+                reasons: after.reasons.join("; "),
+                payload,
+            });
+        }
+        Ok(EnsureOutcome {
+            applied: true,
+            reason: Some(before.reasons.join("; ")),
+            foreign: before.foreign,
+        })
+    }
+}

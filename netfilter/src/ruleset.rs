@@ -1,0 +1,338 @@
+//! The pure rule-set builder: from the cluster Network, our lease subnet and the options to the
+//! rules of the agent-owned chains, the jumps into them and the stale rules to retire. No I/O.
+
+use ipnet::Ipv4Net;
+
+use crate::rule::{Rule, Table};
+use crate::words;
+
+/// The agent-owned nat chain (same name as Go flanneld, so its chain is taken over).
+pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
+/// The agent-owned filter chain (same name as Go flanneld).
+pub const FORWARD_CHAIN: &str = "FLANNEL-FWD";
+/// The comment on every masquerade rule and on the POSTROUTING jump.
+pub const MASQ_COMMENT: &str = "flanneld masq";
+/// The comment on every forward rule and on the FORWARD jump.
+pub const FORWARD_COMMENT: &str = "flanneld forward";
+/// kube-proxy's masquerade mark: packets carrying it are left to KUBE-POSTROUTING.
+pub const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
+/// Multicast destinations are never masqueraded.
+const MULTICAST: &str = "224.0.0.0/4";
+
+/// What the rules are built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The cluster Network from the network config.
+    pub network: Ipv4Net,
+    /// Our own lease subnet (network address, e.g. `10.1.74.0/24`).
+    pub subnet: Ipv4Net,
+    /// `--ip-masq`: install the nat chain. Off means the nat table is not touched at all.
+    pub ip_masq: bool,
+    /// Add `--random-fully` to MASQUERADE: pass `supported && !--ip-masq-fully-random-disable`.
+    pub random_fully: bool,
+    /// `--iptables-forward-rules`: install the filter chain.
+    pub forward_rules: bool,
+}
+
+/// The Network and subnet of the previous run (from the old subnet.env).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Previous {
+    /// The old `FLANNEL_NETWORK`.
+    pub network: Ipv4Net,
+    /// The old `FLANNEL_SUBNET`, as a network (`10.1.74.1/24` becomes `10.1.74.0/24`).
+    pub subnet: Ipv4Net,
+}
+
+/// One agent-owned chain: its rules, the jump into it from a built-in chain, which must come
+/// first there, and rules of earlier flanneld versions to delete from that built-in chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedChain {
+    /// The table holding the chain.
+    pub table: Table,
+    /// The chain's name.
+    pub name: &'static str,
+    /// The rules, in order, all with `chain == name`.
+    pub rules: Vec<Rule>,
+    /// The jump, in the built-in chain (`jump.chain`, e.g. `POSTROUTING`).
+    pub jump: Rule,
+    /// Rules to delete from the built-in chain where present, matched word for word.
+    pub retire: Vec<Rule>,
+}
+
+/// The desired state of every agent-owned chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    network: Ipv4Net,
+    chains: Vec<OwnedChain>,
+}
+
+impl RuleSet {
+    /// Builds the rules for `config`. With `previous`, the Go flanneld v0.11 rules (placed
+    /// directly in POSTROUTING / FORWARD) for those values are retired too; the rules of our own
+    /// chains need no retiring since each chain is replaced as a whole.
+    pub fn build(config: &Config, previous: Option<&Previous>) -> RuleSet {
+        let mut chains = Vec::new();
+        if config.ip_masq {
+            chains.push(masq_chain(config, previous));
+        }
+        if config.forward_rules {
+            chains.push(forward_chain(config.network, previous));
+        }
+        RuleSet {
+            network: config.network,
+            chains,
+        }
+    }
+
+    /// The cluster Network the rules are for.
+    pub fn network(&self) -> Ipv4Net {
+        self.network
+    }
+
+    /// The owned chains, nat first.
+    pub fn chains(&self) -> &[OwnedChain] {
+        &self.chains
+    }
+
+    /// The `iptables-restore --noflush` payload that installs every chain into tables that hold
+    /// none of our rules yet.
+    pub fn render(&self) -> String {
+        self.chains
+            .iter()
+            .map(|chain| chain.restore_section(&[]))
+            .collect()
+    }
+}
+
+impl OwnedChain {
+    /// One `*table ... COMMIT` section that declares the chain (creating it, or atomically
+    /// flushing and refilling it), deletes each rule of `delete` (seen in the built-in chain)
+    /// and inserts the jump at position 1.
+    pub fn restore_section(&self, delete: &[&Rule]) -> String {
+        let mut out = format!("*{}\n:{} - [0:0]\n", self.table, self.name);
+        for rule in &self.rules {
+            out.push_str(&rule.line("-A"));
+            out.push('\n');
+        }
+        for rule in delete {
+            out.push_str(&rule.line("-D"));
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "-I {} 1 {}\nCOMMIT\n",
+            self.jump.chain,
+            words::join(&self.jump.spec)
+        ));
+        out
+    }
+}
+
+fn comment(text: &str) -> [&str; 4] {
+    ["-m", "comment", "--comment", text]
+}
+
+/// A rule: `matches`, then the comment, then `-j target` and the target's options.
+fn commented(chain: &str, matches: &[&str], text: &str, target: &[&str]) -> Rule {
+    let mut spec: Vec<&str> = matches.to_vec();
+    spec.extend(comment(text));
+    spec.push("-j");
+    spec.extend(target);
+    Rule::new(chain, &spec)
+}
+
+fn masquerade(random_fully: bool) -> &'static [&'static str] {
+    if random_fully {
+        &["MASQUERADE", "--random-fully"]
+    } else {
+        &["MASQUERADE"]
+    }
+}
+
+fn masq_chain(config: &Config, previous: Option<&Previous>) -> OwnedChain {
+    let network = config.network.to_string();
+    let subnet = config.subnet.to_string();
+    let masq = masquerade(config.random_fully);
+    let rule =
+        |matches: &[&str], target: &[&str]| commented(MASQ_CHAIN, matches, MASQ_COMMENT, target);
+    OwnedChain {
+        table: Table::Nat,
+        name: MASQ_CHAIN,
+        rules: vec![
+            // kube-proxy's service and hairpin SNAT stays with KUBE-POSTROUTING.
+            rule(&["-m", "mark", "--mark", KUBE_PROXY_MARK], &["RETURN"]),
+            // Delivery to our own pods (out the pod bridge): left to the host, keeps client IPs.
+            rule(&["-d", &subnet], &["RETURN"]),
+            // Pod to pod: ACCEPT ends nat processing, so no later MASQUERADE (docker's) applies.
+            rule(&["-s", &network, "-d", &network], &["ACCEPT"]),
+            rule(&["-s", &network, "!", "-d", MULTICAST], masq),
+            rule(&["!", "-s", &network, "-d", &network], masq),
+        ],
+        jump: commented("POSTROUTING", &[], MASQ_COMMENT, &[MASQ_CHAIN]),
+        retire: previous.map(v011_masq_rules).unwrap_or_default(),
+    }
+}
+
+fn forward_chain(network: Ipv4Net, previous: Option<&Previous>) -> OwnedChain {
+    let network = network.to_string();
+    let rule = |matches: &[&str]| commented(FORWARD_CHAIN, matches, FORWARD_COMMENT, &["ACCEPT"]);
+    OwnedChain {
+        table: Table::Filter,
+        name: FORWARD_CHAIN,
+        rules: vec![rule(&["-s", &network]), rule(&["-d", &network])],
+        jump: commented("FORWARD", &[], FORWARD_COMMENT, &[FORWARD_CHAIN]),
+        retire: previous
+            .map(|p| v011_forward_rules(p.network))
+            .unwrap_or_default(),
+    }
+}
+
+/// Go flanneld v0.11's masquerade rules, appended directly to nat POSTROUTING, with and without
+/// `--random-fully`.
+fn v011_masq_rules(previous: &Previous) -> Vec<Rule> {
+    let n = previous.network.to_string();
+    let s = previous.subnet.to_string();
+    let mut rules = vec![
+        Rule::new("POSTROUTING", &["-s", &n, "-d", &n, "-j", "RETURN"]),
+        Rule::new("POSTROUTING", &["!", "-s", &n, "-d", &s, "-j", "RETURN"]),
+    ];
+    for random_fully in [false, true] {
+        let masq = masquerade(random_fully);
+        let with = |matches: &[&str]| {
+            let mut spec = matches.to_vec();
+            spec.push("-j");
+            spec.extend(masq);
+            Rule::new("POSTROUTING", &spec)
+        };
+        rules.push(with(&["-s", &n, "!", "-d", MULTICAST]));
+        rules.push(with(&["!", "-s", &n, "-d", &n]));
+    }
+    rules
+}
+
+/// Go flanneld v0.11's forward rules, appended directly to filter FORWARD.
+fn v011_forward_rules(network: Ipv4Net) -> Vec<Rule> {
+    let n = network.to_string();
+    vec![
+        Rule::new("FORWARD", &["-s", &n, "-j", "ACCEPT"]),
+        Rule::new("FORWARD", &["-d", &n, "-j", "ACCEPT"]),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            network: "10.1.0.0/16".parse().unwrap(),
+            subnet: "10.1.74.0/24".parse().unwrap(),
+            ip_masq: true,
+            random_fully: true,
+            forward_rules: true,
+        }
+    }
+
+    #[test]
+    fn golden_full_install() {
+        assert_eq!(
+            RuleSet::build(&config(), None).render(),
+            r#"*nat
+:FLANNEL-POSTRTG - [0:0]
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -d 10.1.74.0/24 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j ACCEPT
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-I POSTROUTING 1 -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+COMMIT
+*filter
+:FLANNEL-FWD - [0:0]
+-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+-I FORWARD 1 -m comment --comment "flanneld forward" -j FLANNEL-FWD
+COMMIT
+"#
+        );
+    }
+
+    #[test]
+    fn golden_without_random_fully() {
+        let config = Config {
+            random_fully: false,
+            forward_rules: false,
+            ..config()
+        };
+        assert_eq!(
+            RuleSet::build(&config, None).render(),
+            r#"*nat
+:FLANNEL-POSTRTG - [0:0]
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -d 10.1.74.0/24 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j ACCEPT
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE
+-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE
+-I POSTROUTING 1 -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+COMMIT
+"#
+        );
+    }
+
+    #[test]
+    fn ip_masq_off_leaves_nat_alone() {
+        let config = Config {
+            ip_masq: false,
+            ..config()
+        };
+        let previous = Previous {
+            network: "10.9.0.0/16".parse().unwrap(),
+            subnet: "10.9.3.0/24".parse().unwrap(),
+        };
+        let rules = RuleSet::build(&config, Some(&previous));
+        assert!(rules.chains().iter().all(|c| c.table == Table::Filter));
+        assert!(!rules.render().contains("*nat"));
+        let none = RuleSet::build(
+            &Config {
+                forward_rules: false,
+                ..config
+            },
+            Some(&previous),
+        );
+        assert_eq!(none.render(), "");
+    }
+
+    #[test]
+    fn golden_retired_v011_rules_for_previous_values() {
+        let previous = Previous {
+            network: "10.9.0.0/16".parse().unwrap(),
+            subnet: "10.9.3.0/24".parse().unwrap(),
+        };
+        let rules = RuleSet::build(&config(), Some(&previous));
+        let retired: Vec<String> = rules
+            .chains()
+            .iter()
+            .flat_map(|c| {
+                c.retire
+                    .iter()
+                    .map(|r| format!("{}: {}", c.table, r.line("-D")))
+            })
+            .collect();
+        assert_eq!(
+            retired,
+            [
+                "nat: -D POSTROUTING -s 10.9.0.0/16 -d 10.9.0.0/16 -j RETURN",
+                "nat: -D POSTROUTING ! -s 10.9.0.0/16 -d 10.9.3.0/24 -j RETURN",
+                "nat: -D POSTROUTING -s 10.9.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE",
+                "nat: -D POSTROUTING ! -s 10.9.0.0/16 -d 10.9.0.0/16 -j MASQUERADE",
+                "nat: -D POSTROUTING -s 10.9.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully",
+                "nat: -D POSTROUTING ! -s 10.9.0.0/16 -d 10.9.0.0/16 -j MASQUERADE --random-fully",
+                "filter: -D FORWARD -s 10.9.0.0/16 -j ACCEPT",
+                "filter: -D FORWARD -d 10.9.0.0/16 -j ACCEPT",
+            ]
+        );
+        // The owned chains themselves do not depend on the previous values.
+        let fresh = RuleSet::build(&config(), None);
+        for (a, b) in rules.chains().iter().zip(fresh.chains()) {
+            assert_eq!((&a.rules, &a.jump), (&b.rules, &b.jump));
+        }
+    }
+}
