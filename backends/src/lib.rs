@@ -1,1 +1,216 @@
-//! placeholder
+//! The flanneld data plane: the host-gw and vxlan backends turn the peer leases into a
+//! [`DesiredState`] of kernel objects, and the [`Reconciler`] makes the kernel match it through a
+//! thin rtnetlink adapter ([`Netlink`]). [`Notifications`] tell the daemon when the kernel
+//! changed under us.
+//!
+//! How the daemon drives it (all on one tokio current-thread runtime):
+//! 1. [`Backend::new`] with the `Backend` config, the external interface and the public IP
+//!    (fatal on error: unknown type, bad vxlan key, host-gw behind NAT).
+//! 2. [`Backend::init`] (vxlan: creates or reuses `flannel.<VNI>`) returns the [`LeaseAttrs`] to
+//!    publish; then acquire the lease with them (fatal on error).
+//! 3. [`Backend::configure`] with the own lease (vxlan: address `<subnet>.0/32`, link up, MAC
+//!    verified; fatal at startup). [`Backend::mtu`] is FLANNEL_MTU for subnet.env.
+//! 4. On every lease event, every 10 s and on [`Notifications`]:
+//!    [`Reconciler::reconcile`]`(&backend.desired(&peers))`. When [`Backend::reaction`] says
+//!    [`Reaction::Setup`], run `init` + `configure` again first (errors: log and retry later;
+//!    republish the lease if the returned attrs differ from the published ones).
+
+mod desired;
+mod hostgw;
+mod mac;
+mod netlink;
+mod notify;
+mod reconcile;
+mod vxlan;
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use subnet::config::BackendConfig;
+use subnet::{Lease, LeaseAttrs, PeerSet};
+
+pub use desired::{DesiredState, Route};
+pub use mac::{BadMac, Mac};
+pub use netlink::{Netlink, NetlinkError};
+pub use notify::{Notification, Notifications, Reaction};
+pub use reconcile::{ObjectError, Reconciler, Report};
+
+use hostgw::HostGw;
+use vxlan::Vxlan;
+
+/// The route protocol (`rtm_protocol`) of every route flanneld-rs installs: `ip route` shows
+/// `proto 70`. Unused by iproute2's `rt_protos` and the kernel's `RTPROT_*` values. Routes with
+/// this tag in the main table are owned by the reconciler and deleted when no lease wants them.
+pub const ROUTE_PROTOCOL: u8 = 70;
+
+/// Why a backend could not be built or set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `Backend.Type` names a backend flanneld-rs does not implement.
+    #[error("unknown backend type: {0:?}; supported backend types are \"host-gw\" and \"vxlan\"")]
+    UnknownType(String),
+    /// host-gw cannot work when peers must reach us at an address that is not ours.
+    #[error("your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not supported by host-gw backend (PublicIP {public_ip}, interface {iface} has {iface_ip}); use the vxlan backend, or drop --public-ip")]
+    PublicIpDiffers {
+        /// The advertised address.
+        public_ip: Ipv4Addr,
+        /// The external interface's name.
+        iface: String,
+        /// The external interface's address.
+        iface_ip: Ipv4Addr,
+    },
+    /// A key of the `Backend` object has a bad value.
+    #[error("Backend key {key:?}: {problem}")]
+    Config {
+        /// The key, as Go flanneld spells it.
+        key: &'static str,
+        /// What is wrong and what would be valid.
+        problem: String,
+    },
+    /// The external interface disappeared.
+    #[error("external interface {0:?} does not exist (any more)")]
+    NoInterface(String),
+    /// A kernel request failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What we were doing, e.g. "create vxlan device flannel.1".
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: NetlinkError,
+    },
+    /// The vxlan device does not keep the MAC we published (e.g. udev MACAddressPolicy).
+    #[error("vxlan device {device} has MAC {found} although {expected} was set; check udev's MACAddressPolicy for it (e.g. a .link file with MACAddressPolicy=none)")]
+    MacMismatch {
+        /// The device name.
+        device: String,
+        /// The MAC we set and published.
+        expected: Mac,
+        /// The MAC the kernel reports.
+        found: Mac,
+    },
+}
+
+impl Error {
+    /// Wraps a netlink error with what we were doing.
+    pub(crate) fn netlink(what: impl Into<String>) -> impl FnOnce(NetlinkError) -> Error {
+        let what = what.into();
+        move |source| Error::Netlink { what, source }
+    }
+}
+
+/// The interface flanneld sends peer traffic through, as chosen by the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalInterface {
+    /// Interface name, e.g. `eth0`; used to find it again after it was recreated.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// The interface's IPv4 address.
+    pub addr: Ipv4Addr,
+    /// The interface's MTU.
+    pub mtu: u32,
+}
+
+impl ExternalInterface {
+    /// Re-reads index and MTU by name (the interface may have been recreated).
+    pub(crate) async fn refresh(&mut self, nl: &Netlink) -> Result<(), Error> {
+        let link = nl
+            .link_by_name(&self.name)
+            .await
+            .map_err(Error::netlink(format!("look up interface {}", self.name)))?
+            .ok_or_else(|| Error::NoInterface(self.name.clone()))?;
+        self.index = link.index;
+        self.mtu = link.mtu;
+        Ok(())
+    }
+}
+
+/// A data-plane backend: host-gw or vxlan.
+#[derive(Debug)]
+pub struct Backend {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    HostGw(HostGw),
+    Vxlan(Vxlan),
+}
+
+impl Backend {
+    /// Builds the backend named by `config.backend_type` (`host-gw` or `vxlan`). Fails on an
+    /// unknown type, a bad vxlan key, or (host-gw) a public IP that is not the interface's.
+    pub fn new(
+        config: &BackendConfig,
+        ext: ExternalInterface,
+        public_ip: Ipv4Addr,
+    ) -> Result<Backend, Error> {
+        let kind = match config.backend_type.as_str() {
+            hostgw::TYPE => Kind::HostGw(HostGw::new(ext, public_ip)?),
+            vxlan::TYPE => Kind::Vxlan(Vxlan::new(&config.raw, ext, public_ip)?),
+            other => return Err(Error::UnknownType(other.to_string())),
+        };
+        Ok(Backend { kind })
+    }
+
+    /// The backend type as published in leases (`host-gw` or `vxlan`).
+    pub fn backend_type(&self) -> &'static str {
+        match self.kind {
+            Kind::HostGw(_) => hostgw::TYPE,
+            Kind::Vxlan(_) => vxlan::TYPE,
+        }
+    }
+
+    /// Prepares the kernel before the lease is acquired and returns the lease attributes to
+    /// publish. host-gw: re-reads the external interface. vxlan: also creates `flannel.<VNI>`
+    /// or reuses a compatible existing one (keeping its MAC), and learns the on-link subnets
+    /// for DirectRouting. Safe to call again after the device or interface went away.
+    pub async fn init(&mut self, nl: &Netlink) -> Result<LeaseAttrs, Error> {
+        match &mut self.kind {
+            Kind::HostGw(b) => b.init(nl).await,
+            Kind::Vxlan(b) => b.init(nl).await,
+        }
+    }
+
+    /// Finishes the setup once the own lease is known. vxlan: gives the device
+    /// `<subnet network>.0/32` (removing other addresses inside `network`), sets it up and
+    /// verifies its MAC. host-gw: nothing.
+    pub async fn configure(
+        &mut self,
+        nl: &Netlink,
+        own: &Lease,
+        network: Ipv4Net,
+    ) -> Result<(), Error> {
+        match &mut self.kind {
+            Kind::HostGw(_) => Ok(()),
+            Kind::Vxlan(b) => b.configure(nl, own.subnet(), network).await,
+        }
+    }
+
+    /// The MTU for FLANNEL_MTU: host-gw the interface MTU, vxlan (config `MTU` or interface
+    /// MTU) − 50.
+    pub fn mtu(&self) -> u32 {
+        match &self.kind {
+            Kind::HostGw(b) => b.mtu(),
+            Kind::Vxlan(b) => b.mtu(),
+        }
+    }
+
+    /// The kernel objects wanted for `peers`. Peers of another backend type or with
+    /// undecodable data are left out and listed in [`DesiredState::skipped`].
+    pub fn desired(&self, peers: &PeerSet) -> DesiredState {
+        match &self.kind {
+            Kind::HostGw(b) => b.desired(peers),
+            Kind::Vxlan(b) => b.desired(peers),
+        }
+    }
+
+    /// What the daemon should do about a kernel notification.
+    pub fn reaction(&self, n: &Notification) -> Reaction {
+        match &self.kind {
+            Kind::HostGw(b) => b.reaction(n),
+            Kind::Vxlan(b) => b.reaction(n),
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! etcd registry and the lease manager.
 
 pub mod config;
-mod json;
+pub mod json;
 pub mod lease;
 
 pub use config::{ConfigError, NetworkConfig};

@@ -1,0 +1,529 @@
+//! The thin rtnetlink adapter: every kernel read and write of the data plane goes through
+//! [`Netlink`]. It converts between netlink messages and the plain types of this crate and does
+//! no decision making.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
+
+use crate::desired::Route;
+use crate::mac::Mac;
+use crate::ROUTE_PROTOCOL;
+
+/// A failed netlink request: the kernel's errno (when it sent one) and a readable message.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct NetlinkError {
+    /// The positive errno the kernel answered with, e.g. `libc::ENETUNREACH` (101).
+    pub errno: Option<i32>,
+    /// What went wrong, e.g. "Network is unreachable (os error 101)".
+    pub message: String,
+}
+
+/// `ENETUNREACH`: the kernel's answer to a gateway that is not on-link.
+pub const ENETUNREACH: i32 = 101;
+
+/// `ENODEV`: the kernel's answer to a lookup of a link that does not exist.
+const ENODEV: i32 = 19;
+
+impl From<rtnetlink::Error> for NetlinkError {
+    fn from(e: rtnetlink::Error) -> Self {
+        match e {
+            rtnetlink::Error::NetlinkError(msg) => NetlinkError {
+                errno: msg.code.map(|c| c.get().abs()),
+                message: msg.to_string(),
+            },
+            other => NetlinkError {
+                errno: None,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<std::io::Error> for NetlinkError {
+    fn from(e: std::io::Error) -> Self {
+        NetlinkError {
+            errno: e.raw_os_error(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A main-table IPv4 unicast route as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KernelRoute {
+    pub dst: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub onlink: bool,
+    pub protocol: u8,
+    pub priority: u32,
+    pub tos: u8,
+}
+
+impl KernelRoute {
+    /// Whether the route carries our protocol tag.
+    pub fn is_ours(&self) -> bool {
+        self.protocol == ROUTE_PROTOCOL
+    }
+
+    /// Whether the route is exactly `route` (destination, next hop, device, onlink).
+    pub fn matches(&self, route: &Route) -> bool {
+        self.dst == route.dst
+            && self.gateway == Some(route.gateway)
+            && self.oif == Some(route.oif)
+            && self.onlink == route.onlink
+    }
+}
+
+/// A link as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Link {
+    pub index: u32,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    pub up: bool,
+    pub vxlan: Option<VxlanAttrs>,
+}
+
+/// The vxlan attributes of a link that decide whether it can be reused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct VxlanAttrs {
+    pub vni: Option<u32>,
+    pub link: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+    pub group: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+    pub gbp: bool,
+    pub l2miss: bool,
+}
+
+/// What a new vxlan device looks like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub dev: u32,
+    /// UDP port; 0 leaves the kernel default (8472).
+    pub port: u16,
+    pub gbp: bool,
+    pub learning: bool,
+    pub mtu: u32,
+}
+
+/// A handle on the kernel's routing netlink socket (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink connection in the calling thread's network namespace and spawns its
+    /// driver task on the current tokio runtime (so call it from inside the runtime).
+    pub fn connect() -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// All main-table IPv4 unicast routes.
+    pub(crate) async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let msgs: Vec<RouteMessage> = self.handle.route().get(req).execute().try_collect().await?;
+        Ok(msgs.iter().filter_map(kernel_route).collect())
+    }
+
+    /// Adds (`replace == false`: create, fail if it exists) or replaces a route, tagged ours.
+    pub(crate) async fn set_route(&self, route: &Route, replace: bool) -> Result<(), NetlinkError> {
+        let mut msg = route_message(route.dst, ROUTE_PROTOCOL);
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        if route.onlink {
+            msg.header.flags |= RouteFlags::Onlink;
+        }
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(route.gateway)));
+        msg.attributes.push(RouteAttribute::Oif(route.oif));
+        let req = self.handle.route().add(msg);
+        let req = if replace { req.replace() } else { req };
+        Ok(req.execute().await?)
+    }
+
+    /// Deletes a route we own (matched on destination, next hop, device and our tag).
+    pub(crate) async fn del_route(&self, route: &KernelRoute) -> Result<(), NetlinkError> {
+        let mut msg = route_message(route.dst, route.protocol);
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.kind = RouteType::Unspec;
+        msg.header.tos = route.tos;
+        if let Some(gw) = route.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        }
+        if let Some(oif) = route.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if route.priority != 0 {
+            msg.attributes
+                .push(RouteAttribute::Priority(route.priority));
+        }
+        Ok(self.handle.route().del(msg).execute().await?)
+    }
+
+    /// The permanent IPv4 neighbours on `link`.
+    pub(crate) async fn neighbours(&self, link: u32) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == link && m.header.state == NeighbourState::Permanent)
+            .filter_map(|m| Some((neighbour_ipv4(m)?, neighbour_mac(m)?)))
+            .collect())
+    }
+
+    /// Sets (creates or replaces) the permanent neighbour `ip lladdr mac` on `link`.
+    pub(crate) async fn set_neighbour(
+        &self,
+        link: u32,
+        ip: Ipv4Addr,
+        mac: Mac,
+    ) -> Result<(), NetlinkError> {
+        Ok(self
+            .handle
+            .neighbours()
+            .add(link, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await?)
+    }
+
+    /// Deletes the neighbour `ip` on `link`.
+    pub(crate) async fn del_neighbour(&self, link: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = link;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        Ok(self.handle.neighbours().del(msg).execute().await?)
+    }
+
+    /// The permanent FDB entries with an IPv4 remote on `link`, as (MAC, remote) pairs.
+    pub(crate) async fn fdb(&self, link: u32) -> Result<Vec<(Mac, Ipv4Addr)>, NetlinkError> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == link && m.header.state == NeighbourState::Permanent)
+            .filter_map(|m| Some((neighbour_mac(m)?, neighbour_ipv4(m)?)))
+            .collect())
+    }
+
+    /// Sets (creates or replaces) the FDB entry `mac dst <remote> self permanent` on `link`.
+    pub(crate) async fn set_fdb(
+        &self,
+        link: u32,
+        mac: Mac,
+        remote: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        Ok(self
+            .handle
+            .neighbours()
+            .add_bridge(link, &mac.0)
+            .destination(IpAddr::V4(remote))
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await?)
+    }
+
+    /// Deletes the FDB entry `mac dst <remote> self` on `link`.
+    pub(crate) async fn del_fdb(
+        &self,
+        link: u32,
+        mac: Mac,
+        remote: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = link;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                remote,
+            )));
+        Ok(self.handle.neighbours().del(msg).execute().await?)
+    }
+
+    /// The link called `name`, if it exists.
+    pub(crate) async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let found: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_collect()
+            .await;
+        match found {
+            Ok(msgs) => Ok(msgs.first().map(link_from_message)),
+            Err(e) => {
+                let e = NetlinkError::from(e);
+                if e.errno == Some(ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Creates a vxlan device as `spec` says, with MAC `mac`, left down.
+    pub(crate) async fn create_vxlan(
+        &self,
+        spec: &VxlanSpec,
+        mac: Mac,
+    ) -> Result<(), NetlinkError> {
+        let mut builder = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.dev)
+            .local(spec.local)
+            .learning(spec.learning)
+            .mtu(spec.mtu)
+            .address(mac.0.to_vec());
+        if spec.port > 0 {
+            builder = builder.port(spec.port);
+        }
+        if spec.gbp {
+            builder = builder.gbp();
+        }
+        Ok(self.handle.link().add(builder.build()).execute().await?)
+    }
+
+    /// Deletes link `index`.
+    pub(crate) async fn del_link(&self, index: u32) -> Result<(), NetlinkError> {
+        Ok(self.handle.link().del(index).execute().await?)
+    }
+
+    /// Changes the MTU of link `index`.
+    pub(crate) async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        Ok(self.handle.link().set(msg).execute().await?)
+    }
+
+    /// Changes the MAC of link `index`.
+    pub(crate) async fn set_mac(&self, index: u32, mac: Mac) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.0.to_vec())
+            .build();
+        Ok(self.handle.link().set(msg).execute().await?)
+    }
+
+    /// Sets link `index` up.
+    pub(crate) async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        Ok(self.handle.link().set(msg).execute().await?)
+    }
+
+    /// The IPv4 addresses on link `index`.
+    pub(crate) async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>, NetlinkError> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(address_of)
+            .collect())
+    }
+
+    /// Adds address `addr` to link `index`.
+    pub(crate) async fn add_address(&self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
+        Ok(self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
+            .execute()
+            .await?)
+    }
+
+    /// Removes address `addr` from link `index`.
+    pub(crate) async fn del_address(&self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = addr.prefix_len();
+        msg.header.index = index;
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        Ok(self.handle.address().del(msg).execute().await?)
+    }
+}
+
+/// A route message for `dst` in the main table with `protocol`.
+fn route_message(dst: Ipv4Net, protocol: u8) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = dst.prefix_len();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::from(protocol);
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(
+            dst.network(),
+        )));
+    msg
+}
+
+/// Converts a dumped route; `None` unless it is a main-table IPv4 unicast route.
+pub(crate) fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
+    let h = &msg.header;
+    let mut table = u32::from(h.table);
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut priority = 0;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => priority = *p,
+            _ => {}
+        }
+    }
+    if h.address_family != AddressFamily::Inet
+        || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+        || h.kind != RouteType::Unicast
+    {
+        return None;
+    }
+    Some(KernelRoute {
+        dst: Ipv4Net::new(dst, h.destination_prefix_length).ok()?,
+        gateway,
+        oif,
+        onlink: h.flags.contains(RouteFlags::Onlink),
+        protocol: u8::from(h.protocol),
+        priority,
+        tos: h.tos,
+    })
+}
+
+/// NDA_DST as IPv4: parsed for AF_INET, raw bytes for AF_BRIDGE.
+fn neighbour_ipv4(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
+    msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+            <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+        }
+        _ => None,
+    })
+}
+
+fn neighbour_mac(msg: &NeighbourMessage) -> Option<Mac> {
+    msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(raw) => Mac::from_bytes(raw),
+        _ => None,
+    })
+}
+
+fn address_of(msg: &AddressMessage) -> Option<Ipv4Net> {
+    let local = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    let address = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    Ipv4Net::new(local.or(address)?, msg.header.prefix_len).ok()
+}
+
+/// Converts a link message (from a dump or a notification).
+pub(crate) fn link_from_message(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        mtu: 0,
+        mac: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        vxlan: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Address(raw) => link.mac = Mac::from_bytes(raw),
+            LinkAttribute::LinkInfo(infos) => link.vxlan = vxlan_attrs(infos),
+            _ => {}
+        }
+    }
+    link
+}
+
+/// The name of a link message, if it carries one.
+pub(crate) fn link_name(msg: &LinkMessage) -> Option<&str> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn vxlan_attrs(infos: &[LinkInfo]) -> Option<VxlanAttrs> {
+    if !infos.contains(&LinkInfo::Kind(InfoKind::Vxlan)) {
+        return None;
+    }
+    let mut attrs = VxlanAttrs::default();
+    for info in infos {
+        if let LinkInfo::Data(InfoData::Vxlan(data)) = info {
+            for d in data {
+                match d {
+                    InfoVxlan::Id(v) => attrs.vni = Some(*v),
+                    InfoVxlan::Link(v) => attrs.link = Some(*v),
+                    InfoVxlan::Local(v) => attrs.local = Some(*v),
+                    InfoVxlan::Group(v) => attrs.group = Some(*v),
+                    InfoVxlan::Port(v) => attrs.port = Some(*v),
+                    InfoVxlan::Gbp => attrs.gbp = true,
+                    InfoVxlan::L2Miss(v) => attrs.l2miss = *v,
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(attrs)
+}

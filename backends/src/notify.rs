@@ -1,0 +1,151 @@
+//! Kernel change notifications (rtnetlink multicast groups), so the daemon can re-run setup and
+//! reconcile when the vxlan device, the external interface, an address or one of our routes or
+//! neighbours changes under us.
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::sys::SocketAddr;
+use rtnetlink::MulticastGroup;
+
+use crate::netlink::{kernel_route, link_name, NetlinkError};
+use crate::ExternalInterface;
+
+/// A kernel change that may concern the data plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// A link appeared, changed (e.g. went up or down) or was removed.
+    Link {
+        /// Its index.
+        index: u32,
+        /// Its name, when the kernel sent it.
+        name: Option<String>,
+        /// Whether it was removed.
+        removed: bool,
+    },
+    /// An IPv4 address was added to or removed from link `index`.
+    Address {
+        /// The link.
+        index: u32,
+    },
+    /// A route tagged [`crate::ROUTE_PROTOCOL`] was removed.
+    RouteRemoved {
+        /// Its destination.
+        dst: Ipv4Net,
+    },
+    /// A neighbour or FDB entry was removed from link `index`.
+    NeighbourRemoved {
+        /// The link.
+        index: u32,
+    },
+}
+
+/// What the daemon should do about a [`Notification`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reaction {
+    /// Nothing that concerns us.
+    Ignore,
+    /// Run the reconciler.
+    Reconcile,
+    /// Run `Backend::init` and `Backend::configure` again, then the reconciler.
+    Setup,
+}
+
+/// A subscription to link, IPv4 address, IPv4 route and neighbour changes of the calling
+/// thread's network namespace. The kernel drops notifications when the socket buffer overflows,
+/// so the daemon must keep its periodic reconcile.
+#[derive(Debug)]
+pub struct Notifications {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+}
+
+impl Notifications {
+    /// Subscribes; spawns the socket's driver task on the current tokio runtime.
+    pub fn subscribe() -> Result<Notifications, NetlinkError> {
+        let (conn, _, messages) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Neigh,
+        ])?;
+        tokio::spawn(conn);
+        Ok(Notifications { messages })
+    }
+
+    /// The next relevant notification; `None` when the socket closed.
+    pub async fn next(&mut self) -> Option<Notification> {
+        loop {
+            let (msg, _) = self.messages.next().await?;
+            if let NetlinkPayload::InnerMessage(inner) = msg.payload {
+                if let Some(n) = convert(inner) {
+                    return Some(n);
+                }
+            }
+        }
+    }
+}
+
+fn convert(msg: RouteNetlinkMessage) -> Option<Notification> {
+    use RouteNetlinkMessage as M;
+    match msg {
+        M::NewLink(l) => Some(Notification::Link {
+            index: l.header.index,
+            name: link_name(&l).map(str::to_string),
+            removed: false,
+        }),
+        M::DelLink(l) => Some(Notification::Link {
+            index: l.header.index,
+            name: link_name(&l).map(str::to_string),
+            removed: true,
+        }),
+        M::NewAddress(a) | M::DelAddress(a) => Some(Notification::Address {
+            index: a.header.index,
+        }),
+        M::DelRoute(r) => kernel_route(&r)
+            .filter(|k| k.is_ours())
+            .map(|k| Notification::RouteRemoved { dst: k.dst }),
+        M::DelNeighbour(n) => Some(Notification::NeighbourRemoved {
+            index: n.header.ifindex,
+        }),
+        _ => None,
+    }
+}
+
+/// The reaction of a backend using `ext` and, for vxlan, the device `vtep` (name, index).
+pub(crate) fn react(
+    n: &Notification,
+    ext: &ExternalInterface,
+    vtep: Option<(&str, Option<u32>)>,
+) -> Reaction {
+    let is_ext =
+        |index: u32, name: Option<&str>| index == ext.index || name == Some(ext.name.as_str());
+    let is_vtep = |index: u32, name: Option<&str>| {
+        vtep.is_some_and(|(vname, vindex)| vindex == Some(index) || name == Some(vname))
+    };
+    match n {
+        Notification::Link { index, name, .. } => {
+            if is_ext(*index, name.as_deref()) || is_vtep(*index, name.as_deref()) {
+                Reaction::Setup
+            } else {
+                Reaction::Ignore
+            }
+        }
+        Notification::Address { index } => {
+            if is_ext(*index, None) || is_vtep(*index, None) {
+                Reaction::Setup
+            } else {
+                Reaction::Ignore
+            }
+        }
+        Notification::RouteRemoved { .. } => Reaction::Reconcile,
+        Notification::NeighbourRemoved { index } => {
+            if is_vtep(*index, None) {
+                Reaction::Reconcile
+            } else {
+                Reaction::Ignore
+            }
+        }
+    }
+}

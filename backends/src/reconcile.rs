@@ -1,0 +1,702 @@
+//! The level-triggered reconciler: dump the kernel objects we own, diff them against the
+//! desired state, apply the minimal changes, verify.
+//!
+//! Ownership rules (DESIGN principle 3): routes are ours when they carry
+//! [`crate::ROUTE_PROTOCOL`]; neighbours and FDB entries are ours when they are permanent and on
+//! the vxlan device of the desired state. An untagged route that exactly matches a desired route
+//! (e.g. left by Go flanneld with `proto boot`) is adopted by replacing it with our tagged copy;
+//! any other untagged route is never touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::desired::{DesiredState, Route};
+use crate::mac::Mac;
+use crate::netlink::{KernelRoute, Netlink, NetlinkError, ENETUNREACH};
+
+/// One kernel write the reconciler decided on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Create or replace a permanent neighbour on the vxlan device.
+    SetNeighbour {
+        link: u32,
+        ip: Ipv4Addr,
+        mac: Mac,
+        existed: bool,
+    },
+    /// Create or replace a permanent FDB entry on the vxlan device.
+    SetFdb {
+        link: u32,
+        mac: Mac,
+        remote: Ipv4Addr,
+        existed: bool,
+    },
+    /// Create a route that has no counterpart in the kernel.
+    AddRoute(Route),
+    /// Replace a wrong route of ours, or adopt an identical untagged one.
+    ReplaceRoute(Route),
+    /// Delete a tagged route no lease wants.
+    DelRoute(KernelRoute),
+    /// Delete an FDB entry no lease wants.
+    DelFdb {
+        link: u32,
+        mac: Mac,
+        remote: Ipv4Addr,
+    },
+    /// Delete a neighbour no lease wants.
+    DelNeighbour { link: u32, ip: Ipv4Addr },
+}
+
+/// How an [`Op`] counts in the [`Report`].
+enum Change {
+    Added,
+    Replaced,
+    Deleted,
+}
+
+impl Op {
+    fn change(&self) -> Change {
+        match self {
+            Op::AddRoute(_)
+            | Op::SetNeighbour { existed: false, .. }
+            | Op::SetFdb { existed: false, .. } => Change::Added,
+            Op::ReplaceRoute(_) | Op::SetNeighbour { .. } | Op::SetFdb { .. } => Change::Replaced,
+            Op::DelRoute(_) | Op::DelFdb { .. } | Op::DelNeighbour { .. } => Change::Deleted,
+        }
+    }
+
+    /// The object the op is about, as named in errors and logs.
+    fn object(&self) -> String {
+        match self {
+            Op::SetNeighbour { link, ip, mac, .. } => {
+                format!("neighbour {ip} lladdr {mac} dev #{link}")
+            }
+            Op::SetFdb {
+                link, mac, remote, ..
+            }
+            | Op::DelFdb { link, mac, remote } => {
+                format!("fdb {mac} dst {remote} dev #{link}")
+            }
+            Op::AddRoute(r) | Op::ReplaceRoute(r) => r.to_string(),
+            Op::DelRoute(k) => format!("tagged route {}", k.dst),
+            Op::DelNeighbour { link, ip } => format!("neighbour {ip} dev #{link}"),
+        }
+    }
+
+    /// Explains a failure, naming the fix where we know it.
+    fn explain(&self, e: &NetlinkError) -> String {
+        match self {
+            Op::AddRoute(r) | Op::ReplaceRoute(r) if e.errno == Some(ENETUNREACH) => format!(
+                "peer {} (PublicIP {}) is not on-link from this host, the kernel refuses a route \
+                 via it ({e}); host-gw needs all hosts on one L2 segment: use the vxlan backend, \
+                 or vxlan with \"DirectRouting\": true to route directly only where possible",
+                r.dst, r.gateway
+            ),
+            _ => e.to_string(),
+        }
+    }
+}
+
+/// A kernel object that could not be made to match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectError {
+    /// The object, e.g. `route 10.5.2.0/24 via 192.168.1.5 dev #2`.
+    pub object: String,
+    /// What went wrong and, where known, how to fix it.
+    pub message: String,
+}
+
+/// The outcome of one reconcile run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Objects created.
+    pub added: usize,
+    /// Objects replaced (wrong ones of ours, or adopted identical untagged routes).
+    pub replaced: usize,
+    /// Objects of ours deleted because no lease wants them.
+    pub deleted: usize,
+    /// Per-object failures (including routes blocked by a conflicting untagged route).
+    pub errors: Vec<ObjectError>,
+    /// Differences the verification dump still found after applying.
+    pub pending: usize,
+    /// Whether the kernel now matches the desired state.
+    pub converged: bool,
+}
+
+impl Report {
+    /// Whether the run wrote anything.
+    pub fn writes(&self) -> usize {
+        self.added + self.replaced + self.deleted
+    }
+}
+
+/// The owned kernel objects, dumped once per run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub routes: Vec<KernelRoute>,
+    pub neighbours: Vec<(Ipv4Addr, Mac)>,
+    pub fdb: Vec<(Mac, Ipv4Addr)>,
+}
+
+/// What to do to get from a snapshot to the desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub ops: Vec<Op>,
+    pub conflicts: Vec<ObjectError>,
+}
+
+/// The kernel operations the reconciler needs; implemented by [`Netlink`] and by a fake in
+/// tests.
+pub(crate) trait Kernel {
+    /// Main-table IPv4 unicast routes.
+    async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError>;
+    /// Permanent neighbours on `link`.
+    async fn neighbours(&self, link: u32) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError>;
+    /// Permanent FDB entries with a remote on `link`.
+    async fn fdb(&self, link: u32) -> Result<Vec<(Mac, Ipv4Addr)>, NetlinkError>;
+    /// Performs one write.
+    async fn apply(&self, op: &Op) -> Result<(), NetlinkError>;
+}
+
+impl Kernel for Netlink {
+    async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
+        Netlink::routes(self).await
+    }
+
+    async fn neighbours(&self, link: u32) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
+        Netlink::neighbours(self, link).await
+    }
+
+    async fn fdb(&self, link: u32) -> Result<Vec<(Mac, Ipv4Addr)>, NetlinkError> {
+        Netlink::fdb(self, link).await
+    }
+
+    async fn apply(&self, op: &Op) -> Result<(), NetlinkError> {
+        match op {
+            Op::SetNeighbour { link, ip, mac, .. } => self.set_neighbour(*link, *ip, *mac).await,
+            Op::SetFdb {
+                link, mac, remote, ..
+            } => self.set_fdb(*link, *mac, *remote).await,
+            Op::AddRoute(r) => self.set_route(r, false).await,
+            Op::ReplaceRoute(r) => self.set_route(r, true).await,
+            Op::DelRoute(k) => self.del_route(k).await,
+            Op::DelFdb { link, mac, remote } => self.del_fdb(*link, *mac, *remote).await,
+            Op::DelNeighbour { link, ip } => self.del_neighbour(*link, *ip).await,
+        }
+    }
+}
+
+/// `ENOENT`/`ESRCH`: deleting something already gone counts as done.
+fn already_gone(op: &Op, e: &NetlinkError) -> bool {
+    matches!(op.change(), Change::Deleted) && matches!(e.errno, Some(2) | Some(3))
+}
+
+/// Computes the writes that turn `snap` into `desired`, in a safe order: neighbours, FDB
+/// entries, then routes are created; routes, FDB entries, then neighbours are deleted.
+pub(crate) fn plan(desired: &DesiredState, snap: &Snapshot) -> Plan {
+    let mut out = Plan::default();
+    if let Some(link) = desired.vtep {
+        plan_neighbours(link, desired, snap, &mut out);
+    }
+    let fdb_deletes = desired
+        .vtep
+        .map(|link| plan_fdb(link, desired, snap, &mut out))
+        .unwrap_or_default();
+    plan_routes(desired, snap, &mut out);
+    out.ops.extend(fdb_deletes);
+    if let Some(link) = desired.vtep {
+        for (ip, _) in &snap.neighbours {
+            if !desired.neighbours.contains_key(ip) {
+                out.ops.push(Op::DelNeighbour { link, ip: *ip });
+            }
+        }
+    }
+    out
+}
+
+fn plan_neighbours(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
+    let kernel: BTreeMap<Ipv4Addr, Mac> = snap.neighbours.iter().copied().collect();
+    for (ip, mac) in &desired.neighbours {
+        match kernel.get(ip) {
+            Some(have) if have == mac => {}
+            have => out.ops.push(Op::SetNeighbour {
+                link,
+                ip: *ip,
+                mac: *mac,
+                existed: have.is_some(),
+            }),
+        }
+    }
+}
+
+/// Pushes the FDB sets and returns the FDB deletes (applied after the routes).
+fn plan_fdb(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut Plan) -> Vec<Op> {
+    let mut remotes: BTreeMap<Mac, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for (mac, remote) in snap.fdb.iter().filter(|(mac, _)| !mac.is_zero()) {
+        remotes.entry(*mac).or_default().insert(*remote);
+    }
+    for (mac, remote) in &desired.fdb {
+        match remotes.get(mac) {
+            Some(have) if have.contains(remote) => {}
+            have => out.ops.push(Op::SetFdb {
+                link,
+                mac: *mac,
+                remote: *remote,
+                existed: have.is_some(),
+            }),
+        }
+    }
+    remotes
+        .iter()
+        .flat_map(|(mac, have)| have.iter().map(move |r| (*mac, *r)))
+        .filter(|(mac, remote)| desired.fdb.get(mac) != Some(remote))
+        .map(|(mac, remote)| Op::DelFdb { link, mac, remote })
+        .collect()
+}
+
+fn plan_routes(desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
+    // Only routes with the key of ours (metric 0, tos 0) can collide with ours.
+    let same_key = |dst: Ipv4Net| {
+        snap.routes
+            .iter()
+            .filter(move |k| k.dst == dst && k.priority == 0 && k.tos == 0)
+    };
+    for route in desired.routes.values() {
+        let ours = same_key(route.dst).filter(|k| k.is_ours());
+        let foreign = same_key(route.dst).filter(|k| !k.is_ours());
+        if ours.clone().any(|k| k.matches(route)) {
+            continue;
+        }
+        if ours.count() > 0 || foreign.clone().any(|k| k.matches(route)) {
+            out.ops.push(Op::ReplaceRoute(*route));
+        } else if let Some(other) = foreign.clone().next() {
+            out.conflicts.push(ObjectError {
+                object: route.to_string(),
+                message: format!(
+                    "a route to {} that flanneld-rs does not own is in the way (proto {}, via {}, \
+                     dev #{}); it is left alone: delete it (`ip route del {}`) to let the peer's \
+                     route be installed",
+                    route.dst,
+                    other.protocol,
+                    other.gateway.map_or("-".into(), |g| g.to_string()),
+                    other.oif.unwrap_or(0),
+                    route.dst
+                ),
+            });
+        } else {
+            out.ops.push(Op::AddRoute(*route));
+        }
+    }
+    for k in snap.routes.iter().filter(|k| k.is_ours()) {
+        let wanted = desired.routes.get(&k.dst).is_some_and(|r| k.matches(r));
+        let replaceable = desired.routes.contains_key(&k.dst) && k.priority == 0 && k.tos == 0;
+        if !wanted && !replaceable {
+            out.ops.push(Op::DelRoute(*k));
+        }
+    }
+}
+
+/// Dumps the owned objects.
+async fn snapshot<K: Kernel>(kernel: &K, desired: &DesiredState) -> Result<Snapshot, NetlinkError> {
+    let routes = kernel.routes().await?;
+    let (neighbours, fdb) = match desired.vtep {
+        Some(link) => (kernel.neighbours(link).await?, kernel.fdb(link).await?),
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(Snapshot {
+        routes,
+        neighbours,
+        fdb,
+    })
+}
+
+/// One run: dump, plan, apply, verify.
+pub(crate) async fn run<K: Kernel>(kernel: &K, desired: &DesiredState) -> Report {
+    let mut report = Report::default();
+    let dump_failed = |e: NetlinkError| ObjectError {
+        object: "kernel dump".into(),
+        message: format!("cannot list routes/neighbours/FDB: {e}"),
+    };
+    let snap = match snapshot(kernel, desired).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.errors.push(dump_failed(e));
+            return report;
+        }
+    };
+    let plan = plan(desired, &snap);
+    report.errors.extend(plan.conflicts);
+    for op in &plan.ops {
+        match kernel.apply(op).await {
+            Ok(()) => match op.change() {
+                Change::Added => report.added += 1,
+                Change::Replaced => report.replaced += 1,
+                Change::Deleted => report.deleted += 1,
+            },
+            Err(e) if already_gone(op, &e) => {}
+            Err(e) => report.errors.push(ObjectError {
+                object: op.object(),
+                message: op.explain(&e),
+            }),
+        }
+    }
+    if !plan.ops.is_empty() {
+        match snapshot(kernel, desired).await {
+            Ok(after) => report.pending = self::plan(desired, &after).ops.len(),
+            Err(e) => report.errors.push(dump_failed(e)),
+        }
+    }
+    report.converged = report.errors.is_empty() && report.pending == 0;
+    report
+}
+
+/// Makes the kernel match a [`DesiredState`]; keeps what it logged so that a persistent problem
+/// is reported once, not on every resync.
+#[derive(Debug)]
+pub struct Reconciler {
+    kernel: Netlink,
+    logged: BTreeMap<String, String>,
+}
+
+impl Reconciler {
+    /// A reconciler writing through `kernel`.
+    pub fn new(kernel: Netlink) -> Reconciler {
+        Reconciler {
+            kernel,
+            logged: BTreeMap::new(),
+        }
+    }
+
+    /// Makes the kernel match `desired` and reports what it did. Never fails as a whole: every
+    /// problem is in [`Report::errors`] and makes [`Report::converged`] false. A problem is
+    /// logged as a warning the first time it is seen (and again if it changes); its end is
+    /// logged too. Skipped peers are logged once the same way.
+    pub async fn reconcile(&mut self, desired: &DesiredState) -> Report {
+        let report = run(&self.kernel, desired).await;
+        self.log(desired, &report);
+        report
+    }
+
+    fn log(&mut self, desired: &DesiredState, report: &Report) {
+        let mut now: BTreeMap<String, String> = report
+            .errors
+            .iter()
+            .map(|e| (e.object.clone(), e.message.clone()))
+            .collect();
+        now.extend(
+            desired
+                .skipped
+                .iter()
+                .map(|(subnet, why)| (format!("peer {subnet}"), why.clone())),
+        );
+        for (object, message) in &now {
+            if self.logged.get(object) != Some(message) {
+                tracing::warn!("{object}: {message}");
+            }
+        }
+        for object in self.logged.keys() {
+            if !now.contains_key(object) && !object.starts_with("peer ") {
+                tracing::info!("{object}: ok now");
+            }
+        }
+        self.logged = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    use crate::ROUTE_PROTOCOL;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    fn hostgw(dst: &str, gw: &str) -> Route {
+        Route {
+            dst: net(dst),
+            gateway: ip(gw),
+            oif: 2,
+            onlink: false,
+        }
+    }
+
+    fn kroute(r: &Route, protocol: u8) -> KernelRoute {
+        KernelRoute {
+            dst: r.dst,
+            gateway: Some(r.gateway),
+            oif: Some(r.oif),
+            onlink: r.onlink,
+            protocol,
+            priority: 0,
+            tos: 0,
+        }
+    }
+
+    fn desired(routes: &[Route]) -> DesiredState {
+        DesiredState {
+            routes: routes.iter().map(|r| (r.dst, *r)).collect(),
+            ..DesiredState::default()
+        }
+    }
+
+    #[test]
+    fn missing_routes_are_added_and_matching_ones_left_alone() {
+        let a = hostgw("10.5.2.0/24", "192.168.1.2");
+        let b = hostgw("10.5.3.0/24", "192.168.1.3");
+        let snap = Snapshot {
+            routes: vec![kroute(&a, ROUTE_PROTOCOL)],
+            ..Snapshot::default()
+        };
+        let p = plan(&desired(&[a, b]), &snap);
+        assert_eq!(p.ops, vec![Op::AddRoute(b)]);
+        assert!(p.conflicts.is_empty());
+    }
+
+    #[test]
+    fn wrong_routes_of_ours_are_replaced_and_stale_ones_deleted() {
+        let want = hostgw("10.5.2.0/24", "192.168.1.2");
+        let wrong = kroute(&hostgw("10.5.2.0/24", "192.168.1.9"), ROUTE_PROTOCOL);
+        let stale = kroute(&hostgw("10.5.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
+        let foreign = kroute(&hostgw("10.9.0.0/16", "192.168.1.1"), 3);
+        let snap = Snapshot {
+            routes: vec![wrong, stale, foreign],
+            ..Snapshot::default()
+        };
+        let p = plan(&desired(&[want]), &snap);
+        assert_eq!(p.ops, vec![Op::ReplaceRoute(want), Op::DelRoute(stale)]);
+    }
+
+    #[test]
+    fn identical_untagged_routes_are_adopted_and_different_ones_are_conflicts() {
+        let a = hostgw("10.5.2.0/24", "192.168.1.2");
+        let b = hostgw("10.5.3.0/24", "192.168.1.3");
+        let snap = Snapshot {
+            routes: vec![
+                kroute(&a, 3),
+                kroute(&hostgw("10.5.3.0/24", "192.168.1.99"), 3),
+            ],
+            ..Snapshot::default()
+        };
+        let p = plan(&desired(&[a, b]), &snap);
+        assert_eq!(p.ops, vec![Op::ReplaceRoute(a)]);
+        assert_eq!(p.conflicts.len(), 1);
+        assert!(p.conflicts[0].message.contains("ip route del 10.5.3.0/24"));
+    }
+
+    #[test]
+    fn routes_with_another_metric_do_not_collide() {
+        let a = hostgw("10.5.2.0/24", "192.168.1.2");
+        let mut other = kroute(&hostgw("10.5.2.0/24", "192.168.1.77"), 3);
+        other.priority = 100;
+        let snap = Snapshot {
+            routes: vec![other],
+            ..Snapshot::default()
+        };
+        assert_eq!(plan(&desired(&[a]), &snap).ops, vec![Op::AddRoute(a)]);
+    }
+
+    fn vxlan_peer(state: &mut DesiredState, subnet: &str, vtep: &str, public: &str) {
+        let subnet = net(subnet);
+        state.neighbours.insert(subnet.network(), mac(vtep));
+        state.fdb.insert(mac(vtep), ip(public));
+        state.routes.insert(
+            subnet,
+            Route {
+                dst: subnet,
+                gateway: subnet.network(),
+                oif: 9,
+                onlink: true,
+            },
+        );
+    }
+
+    #[test]
+    fn vxlan_peer_is_programmed_neighbour_fdb_route_and_removed_in_reverse() {
+        let mut want = DesiredState {
+            vtep: Some(9),
+            ..DesiredState::default()
+        };
+        vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:02", "192.168.1.2");
+        let p = plan(&want, &Snapshot::default());
+        let route = want.routes[&net("10.5.2.0/24")];
+        assert_eq!(
+            p.ops,
+            vec![
+                Op::SetNeighbour {
+                    link: 9,
+                    ip: ip("10.5.2.0"),
+                    mac: mac("02:00:00:00:00:02"),
+                    existed: false
+                },
+                Op::SetFdb {
+                    link: 9,
+                    mac: mac("02:00:00:00:00:02"),
+                    remote: ip("192.168.1.2"),
+                    existed: false
+                },
+                Op::AddRoute(route),
+            ]
+        );
+        let snap = Snapshot {
+            routes: vec![kroute(&route, ROUTE_PROTOCOL)],
+            neighbours: vec![(ip("10.5.2.0"), mac("02:00:00:00:00:02"))],
+            fdb: vec![(mac("02:00:00:00:00:02"), ip("192.168.1.2"))],
+        };
+        assert_eq!(plan(&want, &snap), Plan::default());
+        let empty = DesiredState {
+            vtep: Some(9),
+            ..DesiredState::default()
+        };
+        assert_eq!(
+            plan(&empty, &snap).ops,
+            vec![
+                Op::DelRoute(kroute(&route, ROUTE_PROTOCOL)),
+                Op::DelFdb {
+                    link: 9,
+                    mac: mac("02:00:00:00:00:02"),
+                    remote: ip("192.168.1.2")
+                },
+                Op::DelNeighbour {
+                    link: 9,
+                    ip: ip("10.5.2.0")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn changed_vtep_mac_replaces_neighbour_and_drops_old_fdb() {
+        let mut want = DesiredState {
+            vtep: Some(9),
+            ..DesiredState::default()
+        };
+        vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:03", "192.168.1.2");
+        let route = want.routes[&net("10.5.2.0/24")];
+        let snap = Snapshot {
+            routes: vec![kroute(&route, ROUTE_PROTOCOL)],
+            neighbours: vec![(ip("10.5.2.0"), mac("02:00:00:00:00:02"))],
+            fdb: vec![
+                (mac("02:00:00:00:00:02"), ip("192.168.1.2")),
+                (mac("00:00:00:00:00:00"), ip("192.168.1.50")),
+            ],
+        };
+        assert_eq!(
+            plan(&want, &snap).ops,
+            vec![
+                Op::SetNeighbour {
+                    link: 9,
+                    ip: ip("10.5.2.0"),
+                    mac: mac("02:00:00:00:00:03"),
+                    existed: true
+                },
+                Op::SetFdb {
+                    link: 9,
+                    mac: mac("02:00:00:00:00:03"),
+                    remote: ip("192.168.1.2"),
+                    existed: false
+                },
+                Op::DelFdb {
+                    link: 9,
+                    mac: mac("02:00:00:00:00:02"),
+                    remote: ip("192.168.1.2")
+                },
+            ]
+        );
+    }
+
+    /// A kernel in memory: routes only, enough to drive [`run`].
+    #[derive(Default)]
+    struct FakeKernel {
+        routes: RefCell<Vec<KernelRoute>>,
+        unreachable: Vec<Ipv4Addr>,
+        writes: RefCell<usize>,
+    }
+
+    impl Kernel for FakeKernel {
+        async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
+            Ok(self.routes.borrow().clone())
+        }
+        async fn neighbours(&self, _: u32) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
+            Ok(Vec::new())
+        }
+        async fn fdb(&self, _: u32) -> Result<Vec<(Mac, Ipv4Addr)>, NetlinkError> {
+            Ok(Vec::new())
+        }
+        async fn apply(&self, op: &Op) -> Result<(), NetlinkError> {
+            *self.writes.borrow_mut() += 1;
+            let mut routes = self.routes.borrow_mut();
+            match op {
+                Op::AddRoute(r) | Op::ReplaceRoute(r) => {
+                    if self.unreachable.contains(&r.gateway) {
+                        return Err(NetlinkError {
+                            errno: Some(ENETUNREACH),
+                            message: "Network is unreachable (os error 101)".into(),
+                        });
+                    }
+                    routes.retain(|k| k.dst != r.dst);
+                    routes.push(kroute(r, ROUTE_PROTOCOL));
+                }
+                Op::DelRoute(k) => routes.retain(|x| x != k),
+                _ => unreachable!("routes only"),
+            }
+            Ok(())
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn run_converges_and_a_second_run_writes_nothing() {
+        let kernel = FakeKernel::default();
+        let want = desired(&[
+            hostgw("10.5.2.0/24", "192.168.1.2"),
+            hostgw("10.5.3.0/24", "192.168.1.3"),
+        ]);
+        let first = block_on(run(&kernel, &want));
+        assert_eq!((first.added, first.converged), (2, true), "{first:?}");
+        let writes = *kernel.writes.borrow();
+        let second = block_on(run(&kernel, &want));
+        assert_eq!(second.writes(), 0);
+        assert!(second.converged);
+        assert_eq!(*kernel.writes.borrow(), writes);
+    }
+
+    #[test]
+    fn unreachable_peer_names_the_fix_and_is_not_converged() {
+        let kernel = FakeKernel {
+            unreachable: vec![ip("10.99.0.5")],
+            ..FakeKernel::default()
+        };
+        let want = desired(&[hostgw("10.5.2.0/24", "10.99.0.5")]);
+        let report = block_on(run(&kernel, &want));
+        assert!(!report.converged);
+        assert_eq!(report.errors.len(), 1);
+        let msg = &report.errors[0].message;
+        assert!(
+            msg.contains("10.5.2.0/24") && msg.contains("10.99.0.5"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("vxlan") && msg.contains("DirectRouting"),
+            "{msg}"
+        );
+    }
+}
