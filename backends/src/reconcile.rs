@@ -357,6 +357,12 @@ pub(crate) async fn run<K: Kernel>(kernel: &K, desired: &DesiredState) -> Report
 #[derive(Debug)]
 pub struct Reconciler {
     kernel: Netlink,
+    problems: Problems,
+}
+
+/// The problems logged by the last run, keyed by object.
+#[derive(Debug, Default)]
+struct Problems {
     logged: BTreeMap<String, String>,
 }
 
@@ -365,7 +371,7 @@ impl Reconciler {
     pub fn new(kernel: Netlink) -> Reconciler {
         Reconciler {
             kernel,
-            logged: BTreeMap::new(),
+            problems: Problems::default(),
         }
     }
 
@@ -375,11 +381,21 @@ impl Reconciler {
     /// logged too. Skipped peers are logged once the same way.
     pub async fn reconcile(&mut self, desired: &DesiredState) -> Report {
         let report = run(&self.kernel, desired).await;
-        self.log(desired, &report);
+        let (problems, recovered) = self.problems.news(desired, &report);
+        for line in problems {
+            tracing::warn!("{line}");
+        }
+        for line in recovered {
+            tracing::info!("{line}");
+        }
         report
     }
+}
 
-    fn log(&mut self, desired: &DesiredState, report: &Report) {
+impl Problems {
+    /// The problems to log now (new or changed since the last run) and the objects whose
+    /// problem went away.
+    fn news(&mut self, desired: &DesiredState, report: &Report) -> (Vec<String>, Vec<String>) {
         let mut now: BTreeMap<String, String> = report
             .errors
             .iter()
@@ -391,17 +407,19 @@ impl Reconciler {
                 .iter()
                 .map(|(subnet, why)| (format!("peer {subnet}"), why.clone())),
         );
-        for (object, message) in &now {
-            if self.logged.get(object) != Some(message) {
-                tracing::warn!("{object}: {message}");
-            }
-        }
-        for object in self.logged.keys() {
-            if !now.contains_key(object) && !object.starts_with("peer ") {
-                tracing::info!("{object}: ok now");
-            }
-        }
+        let problems = now
+            .iter()
+            .filter(|(object, message)| self.logged.get(*object) != Some(message))
+            .map(|(object, message)| format!("{object}: {message}"))
+            .collect();
+        let recovered = self
+            .logged
+            .keys()
+            .filter(|object| !now.contains_key(*object) && !object.starts_with("peer "))
+            .map(|object| format!("{object}: ok now"))
+            .collect();
         self.logged = now;
+        (problems, recovered)
     }
 }
 
@@ -697,6 +715,30 @@ mod tests {
         assert!(
             msg.contains("vxlan") && msg.contains("DirectRouting"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_persistent_problem_is_logged_once_and_its_end_once() {
+        let mut rec = Problems::default();
+        let mut want = desired(&[]);
+        want.skipped
+            .insert(net("10.5.4.0/24"), "Ignoring non-host-gw subnet".into());
+        let failing = Report {
+            errors: vec![ObjectError {
+                object: "route 10.5.2.0/24 via 10.99.0.5 dev #2".into(),
+                message: "peer 10.5.2.0/24 is not on-link".into(),
+            }],
+            ..Report::default()
+        };
+        let (first, _) = rec.news(&want, &failing);
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert_eq!(rec.news(&want, &failing), (vec![], vec![]));
+        let (again, recovered) = rec.news(&want, &Report::default());
+        assert!(again.is_empty());
+        assert_eq!(
+            recovered,
+            vec!["route 10.5.2.0/24 via 10.99.0.5 dev #2: ok now"]
         );
     }
 }

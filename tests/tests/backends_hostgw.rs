@@ -1,0 +1,192 @@
+//! host-gw backend and reconciler against the real kernel, in a network namespace.
+
+#[path = "backends_support.rs"]
+mod support;
+
+use backends::{Backend, Reconciler};
+use serde_json::json;
+use support::{backend_config, eth0, gone, host_with_eth0, in_ns, peer, peers, route_of};
+
+const OWN: &str = "10.5.1.0/24";
+
+#[test]
+fn hostgw_routes_are_reconciled_like_ip_route_shows_them() {
+    let host = &host_with_eth0("hgw", "192.168.50.1/24");
+    in_ns(host, |nl| async move {
+        let cfg = backend_config(json!({"Type": "host-gw"}));
+        let mut backend =
+            Backend::new(&cfg, eth0("192.168.50.1"), "192.168.50.1".parse().unwrap()).unwrap();
+        let attrs = backend.init(&nl).await.unwrap();
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"192.168.50.1","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+        assert_eq!(backend.mtu(), 1500);
+        let mut rec = Reconciler::new(nl);
+
+        let mut set = peers(
+            OWN,
+            &[
+                peer("10.5.2.0/24", "192.168.50.2", "host-gw", None),
+                peer("10.5.3.0/24", "192.168.50.3", "host-gw", None),
+                peer("10.5.8.0/24", "192.168.50.8", "vxlan", None),
+            ],
+        );
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert_eq!((report.added, report.converged), (2, true), "{report:?}");
+        assert_eq!(
+            route_of(host, "10.5.2.0/24"),
+            "10.5.2.0/24 via 192.168.50.2 dev eth0 proto 70"
+        );
+        assert_eq!(
+            route_of(host, "10.5.3.0/24"),
+            "10.5.3.0/24 via 192.168.50.3 dev eth0 proto 70"
+        );
+        assert_eq!(
+            route_of(host, "10.5.8.0/24"),
+            "",
+            "a vxlan peer is ignored by host-gw"
+        );
+
+        // Idempotent: nothing to do, nothing written.
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert_eq!((report.writes(), report.converged), (0, true), "{report:?}");
+
+        // A deleted route comes back.
+        host.sh("ip route del 10.5.2.0/24");
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert_eq!((report.added, report.converged), (1, true), "{report:?}");
+        assert_eq!(
+            route_of(host, "10.5.2.0/24"),
+            "10.5.2.0/24 via 192.168.50.2 dev eth0 proto 70"
+        );
+
+        // A wrong route of ours is replaced.
+        host.sh("ip route replace 10.5.3.0/24 via 192.168.50.99 dev eth0 proto 70");
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert_eq!((report.replaced, report.converged), (1, true), "{report:?}");
+        assert_eq!(
+            route_of(host, "10.5.3.0/24"),
+            "10.5.3.0/24 via 192.168.50.3 dev eth0 proto 70"
+        );
+
+        // A stale tagged route goes; an untagged foreign one stays.
+        host.sh("ip route add 10.5.9.0/24 via 192.168.50.9 dev eth0 proto 70");
+        host.sh("ip route add 10.77.0.0/16 via 192.168.50.254 dev eth0");
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert_eq!((report.deleted, report.converged), (1, true), "{report:?}");
+        assert_eq!(route_of(host, "10.5.9.0/24"), "");
+        assert_eq!(
+            route_of(host, "10.77.0.0/16"),
+            "10.77.0.0/16 via 192.168.50.254 dev eth0"
+        );
+
+        // An identical route left by Go flanneld (proto boot) is adopted.
+        host.sh("ip route add 10.5.4.0/24 via 192.168.50.4 dev eth0 proto boot");
+        set.apply(&peer("10.5.4.0/24", "192.168.50.4", "host-gw", None));
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert_eq!(
+            (report.replaced, report.added, report.converged),
+            (1, 0, true),
+            "{report:?}"
+        );
+        assert_eq!(
+            route_of(host, "10.5.4.0/24"),
+            "10.5.4.0/24 via 192.168.50.4 dev eth0 proto 70"
+        );
+
+        // A different untagged route in the way is never touched, and named in the error.
+        host.sh("ip route add 10.5.6.0/24 via 192.168.50.66 dev eth0");
+        set.apply(&peer("10.5.6.0/24", "192.168.50.6", "host-gw", None));
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert!(!report.converged);
+        assert_eq!(report.errors.len(), 1, "{report:?}");
+        assert!(
+            report.errors[0]
+                .message
+                .contains("ip route del 10.5.6.0/24"),
+            "{report:?}"
+        );
+        assert_eq!(
+            route_of(host, "10.5.6.0/24"),
+            "10.5.6.0/24 via 192.168.50.66 dev eth0"
+        );
+        host.sh("ip route del 10.5.6.0/24");
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert!(report.converged, "{report:?}");
+
+        // A removed peer loses its route.
+        set.apply(&gone("10.5.3.0/24"));
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert_eq!((report.deleted, report.converged), (1, true), "{report:?}");
+        assert_eq!(route_of(host, "10.5.3.0/24"), "");
+        assert_eq!(
+            route_of(host, "10.5.2.0/24"),
+            "10.5.2.0/24 via 192.168.50.2 dev eth0 proto 70"
+        );
+    });
+}
+
+#[test]
+fn hostgw_peer_not_on_link_is_reported_with_the_fix() {
+    let host = &host_with_eth0("hgwu", "192.168.51.1/24");
+    in_ns(host, |nl| async move {
+        let cfg = backend_config(json!({"Type": "host-gw"}));
+        let mut backend =
+            Backend::new(&cfg, eth0("192.168.51.1"), "192.168.51.1".parse().unwrap()).unwrap();
+        backend.init(&nl).await.unwrap();
+        let mut rec = Reconciler::new(nl);
+        let set = peers(
+            OWN,
+            &[
+                peer("10.5.2.0/24", "192.168.51.2", "host-gw", None),
+                peer("10.5.5.0/24", "10.99.0.5", "host-gw", None),
+            ],
+        );
+        for _ in 0..2 {
+            let report = rec.reconcile(&backend.desired(&set)).await;
+            assert!(!report.converged, "{report:?}");
+            assert_eq!(report.errors.len(), 1, "{report:?}");
+            let msg = &report.errors[0].message;
+            assert!(
+                msg.contains("10.5.5.0/24") && msg.contains("10.99.0.5"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("not on-link") && msg.contains("DirectRouting"),
+                "{msg}"
+            );
+        }
+        assert_eq!(
+            route_of(host, "10.5.2.0/24"),
+            "10.5.2.0/24 via 192.168.51.2 dev eth0 proto 70"
+        );
+        assert_eq!(route_of(host, "10.5.5.0/24"), "");
+    });
+}
+
+#[test]
+fn unknown_types_and_nat_are_refused_with_clear_errors() {
+    let err = Backend::new(
+        &backend_config(json!({"Type": "udp"})),
+        eth0("192.168.52.1"),
+        "192.168.52.1".parse().unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("\"udp\"") && err.contains("host-gw") && err.contains("vxlan"),
+        "{err}"
+    );
+    let err = Backend::new(
+        &backend_config(json!({"Type": "host-gw"})),
+        eth0("192.168.52.1"),
+        "1.2.3.4".parse().unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("your PublicIP differs from interface IP"),
+        "{err}"
+    );
+}
