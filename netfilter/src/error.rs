@@ -63,9 +63,24 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// Whether the command does not exist at all.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound)
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn restore_errors_show_command_stderr_and_payload() {
+        let error = Error::Restore {
+            command: "iptables-restore --noflush -w 5".into(),
+            status: ExitStatus::from_raw(1 << 8),
+            stderr: "iptables-restore: line 3 failed".into(),
+            payload: "*nat\n:FLANNEL-POSTRTG - [0:0]\nCOMMIT\n".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "`iptables-restore --noflush -w 5` failed (exit status: 1): iptables-restore: line 3 \
+             failed\n--- payload ---\n*nat\n:FLANNEL-POSTRTG - [0:0]\nCOMMIT\n"
+        );
     }
 }

@@ -43,8 +43,8 @@ impl Flavour {
         }
     }
 
-    /// The plain `iptables` binary (only used to probe extensions).
-    fn iptables_command(self) -> &'static str {
+    /// The plain `iptables` binary (used to probe extensions).
+    pub fn iptables_command(self) -> &'static str {
         match self {
             Flavour::Legacy => "iptables-legacy",
             Flavour::Nft => "iptables-nft",

@@ -55,19 +55,10 @@ fn ensure(ns: &Netns, iptables: &Iptables, rules: &RuleSet) -> EnsureOutcome {
         .unwrap_or_else(|e| panic!("ensure: {e}"))
 }
 
-/// The plain `iptables` binary of the same flavour, for playing docker or an operator.
-fn iptables_command(iptables: &Iptables) -> &'static str {
-    match iptables.flavour() {
-        Flavour::Legacy => "iptables-legacy",
-        Flavour::Nft => "iptables-nft",
-        Flavour::System => "iptables",
-    }
-}
-
 fn iptables_run(ns: &Netns, iptables: &Iptables, table: &str, args: &[&str]) {
     let mut full = vec!["-t", table];
     full.extend_from_slice(args);
-    ns.exec(iptables_command(iptables), &full);
+    ns.exec(iptables.flavour().iptables_command(), &full);
 }
 
 /// The `-A` lines of one chain, as `iptables-save` prints them inside the namespace.
