@@ -12,3 +12,15 @@ pub mod subnet_env;
 
 pub use peers::{LeaseEvent, PeerSet};
 pub use subnet_env::{PreviousEnv, SubnetEnv};
+pub mod alloc;
+pub mod etcd;
+pub mod manager;
+pub mod registry;
+mod retry;
+pub mod watch;
+
+pub use alloc::OutOfSubnets;
+pub use etcd::{EtcdOptions, EtcdRegistry};
+pub use manager::{AcquireError, LeaseManager, LeaseTiming};
+pub use registry::{Registry, RegistryError};
+pub use watch::{WatchScope, WatchUpdate};

@@ -1,0 +1,420 @@
+//! This host's lease: acquiring it, renewing it before it expires, and keeping it.
+//!
+//! Acquisition follows Go flanneld (reuse by PublicIP, then subnet.env, then random), but a lost
+//! creation race picks another subnet instead of exiting, and every write is compare-guarded so
+//! another host's lease is never overwritten. Once acquired, [`LeaseManager::run`] renews the
+//! lease `renew_margin` before it expires (retrying every `retry_interval` on failure) and
+//! watches the key: if it disappears the same subnet is re-claimed at once (Go flanneld exits
+//! instead); if another host took it meanwhile a new subnet is acquired and published; if another
+//! host overwrites it, that is logged as an error and the lease is published as invalid.
+
+use std::time::{Duration, SystemTime};
+
+use ipnet::Ipv4Net;
+use tokio::sync::watch as state;
+use tokio::time::Instant;
+
+use crate::alloc::{self, Choice, OutOfSubnets, Reason};
+use crate::config::NetworkConfig;
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::peers::LeaseEvent;
+use crate::registry::{PutGuard, Registry, RegistryError, StoredLease};
+use crate::watch::{WatchScope, WatchUpdate};
+
+/// How many times a lost creation race is retried with another subnet.
+const MAX_ATTEMPTS: usize = 10;
+
+/// Lease lifetime and renewal schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// The TTL of the etcd lease behind our key (Go flanneld: 24 h).
+    pub ttl: Duration,
+    /// Renew this long before expiry (`--subnet-lease-renew-margin`, default 60 min).
+    pub renew_margin: Duration,
+    /// Wait this long before retrying a failed renewal or re-claim (Go flanneld: 1 min).
+    pub retry_interval: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        LeaseTiming {
+            ttl: Duration::from_secs(24 * 3600),
+            renew_margin: Duration::from_secs(60 * 60),
+            retry_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl LeaseTiming {
+    /// The defaults with `--subnet-lease-renew-margin` in minutes.
+    pub fn with_renew_margin_minutes(minutes: u64) -> Self {
+        LeaseTiming {
+            renew_margin: Duration::from_secs(minutes * 60),
+            ..LeaseTiming::default()
+        }
+    }
+}
+
+/// Why no lease could be acquired.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// The store failed; retry later.
+    #[error("failed to acquire lease: {0}")]
+    Registry(#[from] RegistryError),
+    /// The config enables no IPv4 network.
+    #[error("failed to acquire lease: the network config has no IPv4 Network (EnableIPv4 is false); this agent leases IPv4 subnets")]
+    NoIpv4,
+    /// Every subnet in the range is taken.
+    #[error("failed to acquire lease: {0}")]
+    OutOfSubnets(#[from] OutOfSubnets),
+    /// Other hosts kept taking the chosen subnet first.
+    #[error(
+        "failed to acquire lease: another host took the chosen subnet first, {0} times in a row"
+    )]
+    Contention(usize),
+}
+
+impl AcquireError {
+    /// Whether trying again later may succeed without an operator changing something.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AcquireError::Registry(e) => e.is_retryable(),
+            AcquireError::Contention(_) => true,
+            AcquireError::NoIpv4 | AcquireError::OutOfSubnets(_) => false,
+        }
+    }
+}
+
+/// Whether `lease` is currently valid: it has a known expiration in the future.
+pub fn is_valid(lease: &Lease, now: SystemTime) -> bool {
+    lease.expiration.is_some_and(|expiration| expiration > now)
+}
+
+/// Acquires a lease for this host: see the module documentation for the order of preference.
+/// `previous` is the subnet recorded in subnet.env by the previous run, if any.
+pub async fn acquire<R: Registry>(
+    registry: &R,
+    config: &NetworkConfig,
+    attrs: &LeaseAttrs,
+    previous: Option<Ipv4Net>,
+    ttl: Duration,
+) -> Result<Lease, AcquireError> {
+    let range = config.v4().ok_or(AcquireError::NoIpv4)?;
+    for _ in 0..MAX_ATTEMPTS {
+        let leases = registry.list_leases().await?;
+        let plan = alloc::plan(range, attrs.public_ip, previous, &leases, &mut rand::rng())?;
+        for note in &plan.rejected {
+            tracing::info!("{note}");
+        }
+        for stale in &plan.stale {
+            registry
+                .delete_lease(stale.lease.key, stale.mod_revision)
+                .await?;
+        }
+        let (key, guard, why) = match &plan.choice {
+            Choice::Reuse(stored) => (
+                stored.lease.key,
+                PutGuard::Unchanged {
+                    mod_revision: stored.mod_revision,
+                },
+                format!("reusing lease {}: it holds our PublicIP", stored.lease.key),
+            ),
+            Choice::Create { subnet, reason } => (
+                SubnetKey::v4(*subnet),
+                PutGuard::Absent,
+                match reason {
+                    Reason::PreviousSubnet => {
+                        format!("re-claiming subnet {subnet} of the previous run (subnet.env)")
+                    }
+                    Reason::Allocated => format!(
+                        "allocated new subnet {subnet} (random among the free subnets from \
+                         SubnetMin)"
+                    ),
+                },
+            ),
+        };
+        match registry.put_lease(key, attrs, guard, ttl).await? {
+            Some(expiration) => {
+                tracing::info!("{why}; PublicIP {}", attrs.public_ip);
+                return Ok(Lease {
+                    key,
+                    attrs: attrs.clone(),
+                    expiration: Some(expiration),
+                });
+            }
+            None => tracing::info!(
+                "subnet {key} changed in etcd while we claimed it (another host was faster); \
+                 choosing again"
+            ),
+        }
+    }
+    Err(AcquireError::Contention(MAX_ATTEMPTS))
+}
+
+/// The result of making our key hold our value with a fresh TTL.
+enum Refresh {
+    /// Done; the lease now expires then.
+    Refreshed(SystemTime),
+    /// Another host holds the key.
+    HeldBy(LeaseAttrs),
+}
+
+/// What the own-lease watch says about our key.
+enum Seen {
+    /// The key holds our PublicIP (possibly with other attributes).
+    Ours(LeaseAttrs),
+    /// The key is gone (deleted or expired).
+    Missing,
+    /// Another host wrote the key.
+    Other(LeaseAttrs),
+}
+
+/// What the manager does next, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Renew the lease at the renewal time.
+    Renew,
+    /// Our key vanished: claim it again.
+    Reclaim,
+    /// Another host overwrote our key: check again later.
+    Conflict,
+}
+
+/// Holds this host's lease: publishes it, renews it, and re-claims it if it vanishes.
+pub struct LeaseManager<R: Registry> {
+    registry: R,
+    attrs: LeaseAttrs,
+    timing: LeaseTiming,
+    current: state::Sender<Lease>,
+}
+
+impl<R: Registry> LeaseManager<R> {
+    /// Acquires a lease (see [`acquire`]) and returns the manager holding it.
+    pub async fn start(
+        registry: R,
+        config: &NetworkConfig,
+        attrs: LeaseAttrs,
+        previous: Option<Ipv4Net>,
+        timing: LeaseTiming,
+    ) -> Result<Self, AcquireError> {
+        let lease = acquire(&registry, config, &attrs, previous, timing.ttl).await?;
+        Ok(LeaseManager {
+            registry,
+            attrs,
+            timing,
+            current: state::channel(lease).0,
+        })
+    }
+
+    /// The current lease. Its `expiration` is `None` while it is not valid (vanished and not yet
+    /// re-claimed, or overwritten by another host); see [`is_valid`].
+    pub fn lease(&self) -> Lease {
+        self.current.borrow().clone()
+    }
+
+    /// Follows the current lease: changes when it is renewed, becomes invalid, or moves to
+    /// another subnet (the daemon must then reconfigure its data plane).
+    pub fn subscribe(&self) -> state::Receiver<Lease> {
+        self.current.subscribe()
+    }
+
+    /// Keeps the lease forever; stop it by dropping the future (or aborting its task).
+    pub async fn run(self) {
+        let mut key = self.lease().key;
+        let mut own = self.registry.watch_leases(WatchScope::OneLease(key));
+        let mut next = Next::Renew;
+        let mut at = self.renewal_time();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {
+                    (next, at) = self.act(next).await;
+                }
+                update = own.recv() => {
+                    let Some(update) = update else {
+                        own = self.registry.watch_leases(WatchScope::OneLease(key));
+                        continue;
+                    };
+                    if let Some(changed) = self.observe(update, next) {
+                        (next, at) = (changed, Instant::now());
+                    }
+                }
+            }
+            if self.lease().key != key {
+                key = self.lease().key;
+                own = self.registry.watch_leases(WatchScope::OneLease(key));
+            }
+        }
+    }
+
+    /// When to renew the current lease: `renew_margin` before it expires (now if that passed or
+    /// the expiration is unknown).
+    fn renewal_time(&self) -> Instant {
+        let until = self.lease().expiration.and_then(|expiration| {
+            expiration
+                .checked_sub(self.timing.renew_margin)?
+                .duration_since(SystemTime::now())
+                .ok()
+        });
+        Instant::now() + until.unwrap_or(Duration::ZERO)
+    }
+
+    /// Reacts to the own-lease watch; returns the action to take at once, if any.
+    fn observe(&self, update: WatchUpdate, next: Next) -> Option<Next> {
+        let key = self.lease().key;
+        let seen = match update {
+            WatchUpdate::Snapshot(leases) => match leases.into_iter().find(|l| l.key == key) {
+                Some(lease) => self.classify(lease.attrs),
+                None => Seen::Missing,
+            },
+            WatchUpdate::Events(events) => match events.into_iter().last()? {
+                LeaseEvent::Added(lease) => self.classify(lease.attrs),
+                LeaseEvent::Removed(_) => Seen::Missing,
+            },
+        };
+        match seen {
+            Seen::Ours(attrs) if attrs == self.attrs => None,
+            Seen::Ours(_) => {
+                tracing::warn!(
+                    "lease {key} was rewritten with other attributes for our PublicIP; \
+                     rewriting ours"
+                );
+                Some(Next::Renew)
+            }
+            Seen::Missing if next == Next::Reclaim => None,
+            Seen::Missing => {
+                tracing::warn!(
+                    "lease {key} disappeared from etcd (deleted or expired); re-claiming it"
+                );
+                self.invalidate();
+                Some(Next::Reclaim)
+            }
+            Seen::Other(attrs) => {
+                self.report_conflict(key, &attrs);
+                Some(Next::Conflict)
+            }
+        }
+    }
+
+    fn classify(&self, attrs: LeaseAttrs) -> Seen {
+        if attrs.public_ip == self.attrs.public_ip {
+            Seen::Ours(attrs)
+        } else {
+            Seen::Other(attrs)
+        }
+    }
+
+    /// Renews or re-claims the lease; returns what to do next and when.
+    async fn act(&self, next: Next) -> (Next, Instant) {
+        let key = self.lease().key;
+        let retry = Instant::now() + self.timing.retry_interval;
+        match self.refresh(key).await {
+            Ok(Refresh::Refreshed(expiration)) => {
+                match next {
+                    Next::Renew => tracing::info!("renewed lease {key}"),
+                    Next::Reclaim | Next::Conflict => {
+                        tracing::warn!("re-claimed lease {key}: same subnet as before")
+                    }
+                }
+                self.publish(Lease {
+                    key,
+                    attrs: self.attrs.clone(),
+                    expiration: Some(expiration),
+                });
+                (Next::Renew, self.renewal_time())
+            }
+            Ok(Refresh::HeldBy(attrs)) if next == Next::Reclaim => {
+                tracing::error!(
+                    "our subnet {key} was taken by {} while our lease was gone; acquiring a \
+                     new subnet",
+                    attrs.public_ip
+                );
+                match self.reacquire().await {
+                    Ok(lease) => {
+                        tracing::error!(
+                            "SUBNET CHANGED from {key} to {}: local pods keep addresses from \
+                             the old subnet until the node's containers are restarted",
+                            lease.key
+                        );
+                        self.publish(lease);
+                        (Next::Renew, self.renewal_time())
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}; retrying in {:?}", self.timing.retry_interval);
+                        (Next::Reclaim, retry)
+                    }
+                }
+            }
+            Ok(Refresh::HeldBy(attrs)) => {
+                self.report_conflict(key, &attrs);
+                (Next::Conflict, retry)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot {} lease {key}: {e}; retrying in {:?}",
+                    if next == Next::Renew {
+                        "renew"
+                    } else {
+                        "re-claim"
+                    },
+                    self.timing.retry_interval
+                );
+                (next, retry)
+            }
+        }
+    }
+
+    /// Makes `key` hold our attributes with a fresh TTL, unless another host holds it.
+    async fn refresh(&self, key: SubnetKey) -> Result<Refresh, RegistryError> {
+        let ttl = self.timing.ttl;
+        loop {
+            let written = match self.registry.get_lease(key).await? {
+                None => {
+                    self.registry
+                        .put_lease(key, &self.attrs, PutGuard::Absent, ttl)
+                        .await?
+                }
+                Some(StoredLease {
+                    lease,
+                    mod_revision,
+                }) if lease.attrs.public_ip == self.attrs.public_ip => {
+                    let guard = PutGuard::Unchanged { mod_revision };
+                    self.registry
+                        .put_lease(key, &self.attrs, guard, ttl)
+                        .await?
+                }
+                Some(other) => return Ok(Refresh::HeldBy(other.lease.attrs)),
+            };
+            if let Some(expiration) = written {
+                return Ok(Refresh::Refreshed(expiration));
+            }
+            // The key changed between reading and writing: look again.
+        }
+    }
+
+    /// Acquires a lease anew with the current config (our subnet was taken).
+    async fn reacquire(&self) -> Result<Lease, AcquireError> {
+        let config = self.registry.network_config().await?;
+        acquire(&self.registry, &config, &self.attrs, None, self.timing.ttl).await
+    }
+
+    fn report_conflict(&self, key: SubnetKey, attrs: &LeaseAttrs) {
+        tracing::error!(
+            "lease {key} was overwritten by another host (PublicIP {}, backend {}): two hosts \
+             now claim the same subnet; not overwriting it back. Find the host with PublicIP {} \
+             and fix its subnet.env or config",
+            attrs.public_ip,
+            attrs.backend_type,
+            attrs.public_ip
+        );
+        self.invalidate();
+    }
+
+    /// Publishes the current lease as not valid.
+    fn invalidate(&self) {
+        self.current.send_modify(|lease| lease.expiration = None);
+    }
+
+    fn publish(&self, lease: Lease) {
+        self.current.send_replace(lease);
+    }
+}

@@ -1,0 +1,157 @@
+//! The lease store as the lease protocol sees it: a small trait with one implementation per
+//! datastore (today only etcd v3, see [`crate::etcd`]), and the errors every store reports.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::config::{ConfigError, NetworkConfig};
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::watch::{WatchScope, WatchUpdate};
+
+/// A lease as stored, with the store revision it was last written at (for guarded writes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredLease {
+    /// The lease; `expiration` is `None` (the listing does not look up TTLs).
+    pub lease: Lease,
+    /// The revision of the last write to the key.
+    pub mod_revision: i64,
+}
+
+/// The condition under which [`Registry::put_lease`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutGuard {
+    /// Only if the key does not exist (creating a lease).
+    Absent,
+    /// Only if the key was not written since `mod_revision` (renewing or reusing a lease that was
+    /// seen holding our PublicIP).
+    Unchanged {
+        /// The revision the key was seen at.
+        mod_revision: i64,
+    },
+}
+
+/// Operations of the flannel lease protocol on a datastore.
+///
+/// Implementations must bound every request with a timeout, so an unreachable store surfaces as
+/// [`RegistryError::Unavailable`] or [`RegistryError::Timeout`] instead of hanging.
+pub trait Registry: Clone + Send + Sync + 'static {
+    /// Reads and validates the network config (`<prefix>/config`).
+    fn network_config(&self) -> impl Future<Output = Result<NetworkConfig, RegistryError>> + Send;
+
+    /// Lists all leases under `<prefix>/subnets/`; malformed keys and values are skipped with a
+    /// warning.
+    fn list_leases(&self) -> impl Future<Output = Result<Vec<StoredLease>, RegistryError>> + Send;
+
+    /// Reads one lease; `None` if the key does not exist. A malformed value is an error.
+    fn get_lease(
+        &self,
+        key: SubnetKey,
+    ) -> impl Future<Output = Result<Option<StoredLease>, RegistryError>> + Send;
+
+    /// Writes `attrs` at `key` with a fresh store lease of `ttl`, if `guard` holds. Returns the
+    /// new expiration, or `None` when the guard failed (the fresh store lease is then revoked).
+    fn put_lease(
+        &self,
+        key: SubnetKey,
+        attrs: &LeaseAttrs,
+        guard: PutGuard,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<SystemTime>, RegistryError>> + Send;
+
+    /// Deletes `key` if it was not written since `mod_revision`; returns whether it was deleted.
+    fn delete_lease(
+        &self,
+        key: SubnetKey,
+        mod_revision: i64,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+
+    /// Starts watching leases in `scope`: first a [`WatchUpdate::Snapshot`], then batches of
+    /// events, and a fresh snapshot whenever events may have been missed. The watch runs until
+    /// the receiver is dropped; it reconnects by itself.
+    fn watch_leases(&self, scope: WatchScope) -> mpsc::Receiver<WatchUpdate>;
+}
+
+/// What went wrong talking to the lease store.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A TLS file given on the command line cannot be read or is not PEM.
+    #[error("cannot use {flag} {path}: {problem}")]
+    TlsFile {
+        /// The flag that named the file, e.g. `--etcd-cafile`.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The command line options cannot work together.
+    #[error("invalid etcd options: {0}")]
+    BadOptions(String),
+    /// The store could not be reached or the connection failed (including TLS handshakes).
+    #[error("cannot reach etcd at {endpoints}: {detail}{hint}")]
+    Unavailable {
+        /// The endpoints tried, comma separated.
+        endpoints: String,
+        /// The underlying error chain.
+        detail: String,
+        /// A suggestion how to fix it (may be empty).
+        hint: &'static str,
+    },
+    /// A request got no answer in time.
+    #[error("etcd at {endpoints} did not answer within {timeout:?} ({operation})")]
+    Timeout {
+        /// The endpoints tried, comma separated.
+        endpoints: String,
+        /// What was asked.
+        operation: &'static str,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The store answered with an error (permission denied, bad credentials, ...).
+    #[error("etcd at {endpoints} refused {operation}: {detail}")]
+    Refused {
+        /// The endpoints tried, comma separated.
+        endpoints: String,
+        /// What was asked.
+        operation: &'static str,
+        /// The status returned.
+        detail: String,
+    },
+    /// There is no network config in the store.
+    #[error("flannel config not found in etcd store at {key}. Did you create your config using etcdv3 API? e.g. etcdctl put {key} '{{\"Network\":\"10.5.0.0/16\",\"Backend\":{{\"Type\":\"host-gw\"}}}}'")]
+    ConfigNotFound {
+        /// The config key.
+        key: String,
+    },
+    /// The network config in the store is invalid.
+    #[error("invalid flannel config at {key}: {source}")]
+    InvalidConfig {
+        /// The config key.
+        key: String,
+        /// Why it was rejected.
+        #[source]
+        source: ConfigError,
+    },
+    /// A stored lease value cannot be decoded.
+    #[error("invalid lease at {key}: {problem}")]
+    InvalidLease {
+        /// The etcd key.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl RegistryError {
+    /// Whether retrying later may succeed without an operator fixing something (the store is
+    /// down or slow). Config errors are also worth retrying (an operator may fix the config).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            RegistryError::TlsFile { .. } | RegistryError::BadOptions(_)
+        )
+    }
+}

@@ -1,0 +1,189 @@
+//! Watching leases in etcd without losing events.
+//!
+//! The watcher lists the scope (revision `R`), delivers that as a [`WatchUpdate::Snapshot`], then
+//! watches from `R + 1` and delivers each watch response's events as one
+//! [`WatchUpdate::Events`] batch. When the stream breaks it reconnects from the revision after the
+//! last event seen (backoff 100 ms doubling to 5 s, with jitter); when etcd has compacted that
+//! revision it lists again and delivers a fresh snapshot, which the consumer diffs against what it
+//! knows (e.g. [`crate::PeerSet::replace_all`]). A malformed key or value is skipped with a
+//! warning; it never turns into an empty snapshot (Go flanneld's hazard).
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Event, EventType};
+use tokio::sync::mpsc;
+
+use crate::etcd::EtcdRegistry;
+use crate::lease::{Lease, SubnetKey};
+use crate::peers::LeaseEvent;
+use crate::retry::{Backoff, WarnOnce};
+
+/// Which leases to watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchScope {
+    /// Every lease under `<prefix>/subnets/` (the peers, and our own).
+    AllLeases,
+    /// One lease key (our own).
+    OneLease(SubnetKey),
+}
+
+/// What a lease watch delivers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchUpdate {
+    /// The complete current set of leases in the scope; replaces everything known before.
+    Snapshot(Vec<Lease>),
+    /// Changes since the previous update, in order (one batch per etcd watch response).
+    Events(Vec<LeaseEvent>),
+}
+
+/// Smallest reconnect delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Largest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A watch that stayed up this long counts as healthy: the next failure starts the backoff over.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// Updates buffered for a slow consumer before the watcher waits.
+const CHANNEL_DEPTH: usize = 16;
+
+/// Starts the watch task; it ends when the receiver is dropped.
+pub(crate) fn spawn(registry: EtcdRegistry, scope: WatchScope) -> mpsc::Receiver<WatchUpdate> {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tx.closed() => {}
+            _ = run(&registry, scope, &tx) => {}
+        }
+    });
+    rx
+}
+
+/// Why following a watch stream ended.
+enum Ended {
+    /// The consumer went away.
+    Stopped,
+    /// etcd compacted the revision we wanted; re-list.
+    Compacted(i64),
+    /// The stream broke; resume from `resume_from` after a backoff.
+    Broken { resume_from: i64, error: String },
+}
+
+/// Lists and watches `scope` forever, sending updates to `tx`; returns when `tx` is closed.
+async fn run(registry: &EtcdRegistry, scope: WatchScope, tx: &mpsc::Sender<WatchUpdate>) {
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    let mut warn = WarnOnce::default();
+    let mut resume_from: Option<i64> = None;
+    loop {
+        let start = match resume_from {
+            Some(revision) => revision,
+            None => match registry.list(scope).await {
+                Ok((leases, revision)) => {
+                    let leases = leases.into_iter().map(|stored| stored.lease).collect();
+                    if tx.send(WatchUpdate::Snapshot(leases)).await.is_err() {
+                        return;
+                    }
+                    revision + 1
+                }
+                Err(e) => {
+                    warn.warn(format!("cannot list leases for {scope:?}: {e}"));
+                    backoff.wait().await;
+                    continue;
+                }
+            },
+        };
+        let opened = Instant::now();
+        match follow(registry, scope, start, tx).await {
+            Ended::Stopped => return,
+            Ended::Compacted(compact_revision) => {
+                tracing::info!(
+                    "etcd compacted past revision {start} (now at {compact_revision}); \
+                     re-listing leases for {scope:?}"
+                );
+                resume_from = None;
+            }
+            Ended::Broken {
+                resume_from: next,
+                error,
+            } => {
+                if opened.elapsed() >= HEALTHY_AFTER {
+                    backoff.reset();
+                    warn.reset();
+                }
+                warn.warn(format!(
+                    "lease watch for {scope:?} interrupted, resuming from revision {next}: {error}"
+                ));
+                resume_from = Some(next);
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Follows one watch stream from `start`, sending event batches until it ends.
+async fn follow(
+    registry: &EtcdRegistry,
+    scope: WatchScope,
+    start: i64,
+    tx: &mpsc::Sender<WatchUpdate>,
+) -> Ended {
+    let mut next = start;
+    let mut stream = match registry.open_watch(scope, start).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            return Ended::Broken {
+                resume_from: next,
+                error: e.to_string(),
+            }
+        }
+    };
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                return Ended::Broken {
+                    resume_from: next,
+                    error: "etcd closed the watch stream".into(),
+                }
+            }
+            Err(e) => {
+                return Ended::Broken {
+                    resume_from: next,
+                    error: registry.describe("watch leases", e).to_string(),
+                }
+            }
+        };
+        if response.canceled() {
+            if response.compact_revision() > 0 {
+                return Ended::Compacted(response.compact_revision());
+            }
+            return Ended::Broken {
+                resume_from: next,
+                error: format!("etcd canceled the watch: {}", response.cancel_reason()),
+            };
+        }
+        let events = translate(registry, response.events(), &mut next);
+        if !events.is_empty() && tx.send(WatchUpdate::Events(events)).await.is_err() {
+            return Ended::Stopped;
+        }
+    }
+}
+
+/// Turns etcd events into lease events, skipping malformed ones with a warning, and advances
+/// `next` past every event seen.
+fn translate(registry: &EtcdRegistry, events: &[Event], next: &mut i64) -> Vec<LeaseEvent> {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let Some(kv) = event.kv() else { continue };
+        *next = (*next).max(kv.mod_revision() + 1);
+        match event.event_type() {
+            EventType::Put => match registry.decode(kv) {
+                Ok(stored) => out.push(LeaseEvent::Added(stored.lease)),
+                Err(e) => tracing::warn!("ignoring malformed lease update: {e}"),
+            },
+            EventType::Delete => match registry.decode_key(kv.key()) {
+                Ok(key) => out.push(LeaseEvent::Removed(key)),
+                Err(e) => tracing::debug!("ignoring deletion of a non-lease key: {e}"),
+            },
+        }
+    }
+    out
+}
