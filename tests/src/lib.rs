@@ -2,4 +2,5 @@
 //! running the agent. The tests themselves live in `tests/tests/`.
 
 pub mod cluster;
+pub mod etcd;
 pub mod netns;
