@@ -156,15 +156,15 @@ fn repairs(choice: BackendChoice) {
         outcome.reason.as_deref().unwrap().contains("sits above"),
         "{outcome:?}"
     );
-    assert_eq!(outcome.foreign, [docker.clone()]);
+    assert_eq!(outcome.foreign, [docker.as_str()]);
     assert_eq!(
         chain(&ns, &iptables, "nat", "POSTROUTING"),
-        [masq_jump().to_string(), docker.clone()]
+        [masq_jump(), docker.as_str()]
     );
     // Docker's rule below ours is still reported, but needs no repair.
     let outcome = ensure(&ns, &iptables, &rules);
     assert!(!outcome.applied);
-    assert_eq!(outcome.foreign, [docker.clone()]);
+    assert_eq!(outcome.foreign, [docker.as_str()]);
 
     // An operator flushes the nat table: chain emptied, jump gone.
     iptables_run(&ns, &iptables, "nat", &["-F"]);
