@@ -59,9 +59,20 @@ fn check_chain<'a>(chain: &OwnedChain, table: &'a SavedTable) -> (Vec<String>, V
         reasons.push(format!("chain {owned} is missing"));
     } else {
         let actual: Vec<&Rule> = table.chain_rules(chain.name).collect();
-        if !actual.iter().copied().eq(chain.rules.iter()) {
+        let first_difference = actual
+            .iter()
+            .zip(&chain.rules)
+            .position(|(have, want)| *have != want);
+        if let Some(at) = first_difference {
             reasons.push(format!(
-                "chain {owned} holds {} rules that differ from the {} desired",
+                "chain {owned} differs: rule {} is `{}`, want `{}`",
+                at + 1,
+                actual[at],
+                chain.rules[at]
+            ));
+        } else if actual.len() != chain.rules.len() {
+            reasons.push(format!(
+                "chain {owned} has {} rules, want {}",
                 actual.len(),
                 chain.rules.len()
             ));
@@ -262,7 +273,7 @@ COMMIT
         assert_eq!(
             plan.reasons[..2],
             [
-                "chain nat/FLANNEL-POSTRTG holds 2 rules that differ from the 5 desired",
+                "chain nat/FLANNEL-POSTRTG differs: rule 2 is `-A FLANNEL-POSTRTG -s 10.1.74.0/24 -d 10.1.0.0/16 -m comment --comment \"flanneld masq\" -j RETURN`, want `-A FLANNEL-POSTRTG -d 10.1.74.0/24 -m comment --comment \"flanneld masq\" -j RETURN`",
                 "2 jumps to FLANNEL-POSTRTG in nat/POSTROUTING, want one",
             ]
         );
@@ -337,5 +348,23 @@ COMMIT
             plan.reasons,
             ["`-A FORWARD -j REJECT` sits above the jump to FLANNEL-FWD in filter/FORWARD"]
         );
+    }
+
+    #[test]
+    fn a_flushed_chain_is_refilled() {
+        let flushed: String = OUR_NAT
+            .lines()
+            .filter(|l| !l.starts_with("-A FLANNEL-POSTRTG"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let plan = plan(&rules(None), &dump(&flushed, OUR_FILTER));
+        assert_eq!(
+            plan.reasons,
+            ["chain nat/FLANNEL-POSTRTG has 0 rules, want 5"]
+        );
+        assert!(plan
+            .payload
+            .unwrap()
+            .starts_with("*nat\n:FLANNEL-POSTRTG - [0:0]\n"));
     }
 }
