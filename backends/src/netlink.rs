@@ -198,7 +198,7 @@ impl Netlink {
             .await?;
         Ok(msgs
             .iter()
-            .filter(|m| m.header.ifindex == link && m.header.state == NeighbourState::Permanent)
+            .filter(|m| m.header.ifindex == link && is_permanent(m))
             .filter_map(|m| Some((neighbour_ipv4(m)?, neighbour_mac(m)?)))
             .collect())
     }
@@ -243,7 +243,7 @@ impl Netlink {
             .await?;
         Ok(msgs
             .iter()
-            .filter(|m| m.header.ifindex == link && m.header.state == NeighbourState::Permanent)
+            .filter(|m| m.header.ifindex == link && is_permanent(m))
             .filter_map(|m| Some((neighbour_mac(m)?, neighbour_ipv4(m)?)))
             .collect())
     }
@@ -455,6 +455,13 @@ fn neighbour_ipv4(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
         }
         _ => None,
     })
+}
+
+/// Whether the NUD state (a bit mask, e.g. `PERMANENT|NOARP` from `bridge fdb ... permanent`)
+/// includes NUD_PERMANENT.
+fn is_permanent(msg: &NeighbourMessage) -> bool {
+    const NUD_PERMANENT: u16 = 0x80;
+    u16::from(msg.header.state) & NUD_PERMANENT != 0
 }
 
 fn neighbour_mac(msg: &NeighbourMessage) -> Option<Mac> {

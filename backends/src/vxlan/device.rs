@@ -64,11 +64,12 @@ async fn lookup(nl: &Netlink, name: &str) -> Result<Option<Link>, Error> {
 }
 
 /// Creates the device, or reuses a compatible existing one with its MAC (fixing only its MTU).
-/// A new device gets `mac`, or a fresh random one. Returns the device's index and MAC.
+/// A new device gets `mac`, else the MAC of the incompatible device it replaces, else a fresh
+/// random one. Returns the device's index and MAC.
 pub(crate) async fn ensure(
     nl: &Netlink,
     spec: &VxlanSpec,
-    mac: Option<Mac>,
+    mut mac: Option<Mac>,
 ) -> Result<(u32, Mac), Error> {
     let name = &spec.name;
     if let Some(link) = lookup(nl, name).await? {
@@ -91,6 +92,8 @@ pub(crate) async fn ensure(
                 nl.del_link(link.index)
                     .await
                     .map_err(Error::netlink(format!("delete incompatible {name}")))?;
+                // Keep the published VtepMAC stable across the recreation.
+                mac = mac.or(link.mac);
             }
         }
     }
