@@ -37,7 +37,7 @@ impl fmt::Display for Route {
 
 /// Everything the reconciler should make the kernel hold.
 ///
-/// Ownership: routes carrying [`crate::ROUTE_PROTOCOL`] are ours everywhere; permanent
+/// Ownership: routes carrying [`crate::ROUTE_PROTOCOL`] are ours inside `network`; permanent
 /// neighbours and FDB entries (with a remote, non-zero MAC) are ours only on `vtep`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
@@ -51,6 +51,10 @@ pub struct DesiredState {
     pub vtep: Option<u32>,
     /// Peers left out on purpose, with the reason (logged once by the reconciler).
     pub skipped: BTreeMap<Ipv4Net, String>,
+    /// The cluster network. Tagged routes outside it belong to another flanneld-rs instance
+    /// (another etcd prefix on the same host) and are left alone; `None` manages all tagged
+    /// routes.
+    pub network: Option<Ipv4Net>,
 }
 
 impl DesiredState {

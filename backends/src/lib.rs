@@ -67,8 +67,9 @@ pub enum Error {
         /// What is wrong and what would be valid.
         problem: String,
     },
-    /// The external interface disappeared.
-    #[error("external interface {0:?} does not exist (any more)")]
+    /// The external interface or the vxlan device does not exist (any more); run
+    /// [`Backend::init`] again once it is back.
+    #[error("interface {0:?} does not exist (any more)")]
     NoInterface(String),
     /// A kernel request failed.
     #[error("{what}: {source}")]
@@ -130,6 +131,8 @@ impl ExternalInterface {
 #[derive(Debug)]
 pub struct Backend {
     kind: Kind,
+    /// The cluster network, known after [`Backend::configure`].
+    network: Option<Ipv4Net>,
 }
 
 #[derive(Debug)]
@@ -151,7 +154,10 @@ impl Backend {
             vxlan::TYPE => Kind::Vxlan(Vxlan::new(&config.raw, ext, public_ip)?),
             other => return Err(Error::UnknownType(other.to_string())),
         };
-        Ok(Backend { kind })
+        Ok(Backend {
+            kind,
+            network: None,
+        })
     }
 
     /// The backend type as published in leases (`host-gw` or `vxlan`).
@@ -182,6 +188,7 @@ impl Backend {
         own: &Lease,
         network: Ipv4Net,
     ) -> Result<(), Error> {
+        self.network = Some(network);
         match &mut self.kind {
             Kind::HostGw(_) => Ok(()),
             Kind::Vxlan(b) => b.configure(nl, own.subnet(), network).await,
@@ -200,10 +207,12 @@ impl Backend {
     /// The kernel objects wanted for `peers`. Peers of another backend type or with
     /// undecodable data are left out and listed in [`DesiredState::skipped`].
     pub fn desired(&self, peers: &PeerSet) -> DesiredState {
-        match &self.kind {
+        let mut state = match &self.kind {
             Kind::HostGw(b) => b.desired(peers),
             Kind::Vxlan(b) => b.desired(peers),
-        }
+        };
+        state.network = self.network;
+        state
     }
 
     /// What the daemon should do about a kernel notification.

@@ -2,7 +2,7 @@
 //! desired state, apply the minimal changes, verify.
 //!
 //! Ownership rules (DESIGN principle 3): routes are ours when they carry
-//! [`crate::ROUTE_PROTOCOL`]; neighbours and FDB entries are ours when they are permanent and on
+//! [`crate::ROUTE_PROTOCOL`] and lie inside the desired state's cluster network; neighbours and FDB entries are ours when they are permanent and on
 //! the vxlan device of the desired state. An untagged route that exactly matches a desired route
 //! (e.g. left by Go flanneld with `proto boot`) is adopted by replacing it with our tagged copy;
 //! any other untagged route is never touched.
@@ -289,7 +289,8 @@ fn plan_routes(desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
             out.ops.push(Op::AddRoute(*route));
         }
     }
-    for k in snap.routes.iter().filter(|k| k.is_ours()) {
+    let in_scope = |k: &&KernelRoute| desired.network.is_none_or(|n| n.contains(&k.dst));
+    for k in snap.routes.iter().filter(|k| k.is_ours()).filter(in_scope) {
         let wanted = desired.routes.get(&k.dst).is_some_and(|r| k.matches(r));
         let replaceable = desired.routes.contains_key(&k.dst) && k.priority == 0 && k.tos == 0;
         if !wanted && !replaceable {
@@ -512,6 +513,19 @@ mod tests {
         assert_eq!(p.ops, vec![Op::ReplaceRoute(a)]);
         assert_eq!(p.conflicts.len(), 1);
         assert!(p.conflicts[0].message.contains("ip route del 10.5.3.0/24"));
+    }
+
+    #[test]
+    fn tagged_routes_of_another_network_are_left_alone() {
+        let stale = kroute(&hostgw("10.5.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
+        let other_network = kroute(&hostgw("10.6.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
+        let snap = Snapshot {
+            routes: vec![stale, other_network],
+            ..Snapshot::default()
+        };
+        let mut want = desired(&[]);
+        want.network = Some(net("10.5.0.0/16"));
+        assert_eq!(plan(&want, &snap).ops, vec![Op::DelRoute(stale)]);
     }
 
     #[test]

@@ -5,7 +5,9 @@ mod support;
 
 use backends::{Backend, Reconciler};
 use serde_json::json;
-use support::{backend_config, eth0, gone, host_with_eth0, in_ns, peer, peers, route_of};
+use support::{
+    backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of,
+};
 
 const OWN: &str = "10.5.1.0/24";
 
@@ -22,6 +24,12 @@ fn hostgw_routes_are_reconciled_like_ip_route_shows_them() {
             r#"{"PublicIP":"192.168.50.1","PublicIPv6":null,"BackendType":"host-gw"}"#
         );
         assert_eq!(backend.mtu(), 1500);
+        let public = "192.168.50.1".parse().unwrap();
+        let network = "10.5.0.0/16".parse().unwrap();
+        backend
+            .configure(&nl, &own_lease(OWN, public), network)
+            .await
+            .unwrap();
         let mut rec = Reconciler::new(nl);
 
         let mut set = peers(
@@ -70,15 +78,21 @@ fn hostgw_routes_are_reconciled_like_ip_route_shows_them() {
             "10.5.3.0/24 via 192.168.50.3 dev eth0 proto 70"
         );
 
-        // A stale tagged route goes; an untagged foreign one stays.
+        // A stale tagged route goes; an untagged foreign one stays, and so does a tagged one
+        // outside our cluster network (another flanneld-rs instance's).
         host.sh("ip route add 10.5.9.0/24 via 192.168.50.9 dev eth0 proto 70");
         host.sh("ip route add 10.77.0.0/16 via 192.168.50.254 dev eth0");
+        host.sh("ip route add 10.6.9.0/24 via 192.168.50.9 dev eth0 proto 70");
         let report = rec.reconcile(&backend.desired(&set)).await;
         assert_eq!((report.deleted, report.converged), (1, true), "{report:?}");
         assert_eq!(route_of(host, "10.5.9.0/24"), "");
         assert_eq!(
             route_of(host, "10.77.0.0/16"),
             "10.77.0.0/16 via 192.168.50.254 dev eth0"
+        );
+        assert_eq!(
+            route_of(host, "10.6.9.0/24"),
+            "10.6.9.0/24 via 192.168.50.9 dev eth0 proto 70"
         );
 
         // An identical route left by Go flanneld (proto boot) is adopted.

@@ -274,23 +274,7 @@ fn vxlan_device_deleted_is_noticed_and_restored_and_restart_reuses_it() {
 
         let mut notes = Notifications::subscribe().unwrap();
         host.sh("ip link del flannel.1");
-        let removed = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(n) = notes.next().await {
-                if let Notification::Link {
-                    removed: true,
-                    name: Some(name),
-                    ..
-                } = &n
-                {
-                    if name == "flannel.1" {
-                        return n;
-                    }
-                }
-            }
-            panic!("notification socket closed");
-        })
-        .await
-        .expect("a removal notification for flannel.1");
+        let removed = link_event(&mut notes, "flannel.1", true).await;
         assert_eq!(backend.reaction(&removed), Reaction::Setup);
 
         let again = backend.init(&nl).await.unwrap();
@@ -331,6 +315,85 @@ fn vxlan_device_deleted_is_noticed_and_restored_and_restart_reuses_it() {
         assert!(host
             .sh("ip -d link show flannel.1")
             .contains("dstport 4789"));
+    });
+}
+
+/// Waits (at most 5 s) for a link notification about `name`.
+async fn link_event(notes: &mut Notifications, name: &str, removed: bool) -> Notification {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(n) = notes.next().await {
+            if let Notification::Link {
+                removed: r,
+                name: Some(nm),
+                ..
+            } = &n
+            {
+                if nm == name && *r == removed {
+                    return n;
+                }
+            }
+        }
+        panic!("notification socket closed");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no link notification for {name} (removed: {removed})"))
+}
+
+#[test]
+fn vxlan_underlay_gone_and_back_is_repaired() {
+    let host = &host_with_eth0("vxu", "192.168.64.1/24");
+    in_ns(host, |nl| async move {
+        let (mut backend, attrs) =
+            vxlan_backend(&nl, json!({"Type": "vxlan"}), "192.168.64.1").await;
+        let mut rec = Reconciler::new(nl.clone());
+        let set = peers(
+            OWN,
+            &[peer("10.5.2.0/24", "192.168.64.2", "vxlan", vtep(MAC2))],
+        );
+        assert!(rec.reconcile(&backend.desired(&set)).await.converged);
+
+        let mut notes = Notifications::subscribe().unwrap();
+        host.sh("ip link del eth0");
+        let n = link_event(&mut notes, "eth0", true).await;
+        assert_eq!(backend.reaction(&n), Reaction::Setup);
+        let err = backend.init(&nl).await.unwrap_err();
+        assert!(err.to_string().contains("eth0"), "{err}");
+        assert!(!host
+            .try_exec("ip", &["link", "show", "flannel.1"])
+            .status
+            .success());
+
+        host.sh(
+            "ip link add eth0 type veth peer name eth0p && ip link set eth0p up && \
+             ip link set eth0 up && ip addr add 192.168.64.1/24 dev eth0",
+        );
+        let n = link_event(&mut notes, "eth0", false).await;
+        assert_eq!(backend.reaction(&n), Reaction::Setup);
+        assert_eq!(
+            backend.init(&nl).await.unwrap(),
+            attrs,
+            "same VtepMAC after recreation"
+        );
+        backend
+            .configure(
+                &nl,
+                &own_lease(OWN, "192.168.64.1".parse().unwrap()),
+                "10.5.0.0/16".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        let report = rec.reconcile(&backend.desired(&set)).await;
+        assert!(report.converged, "{report:?}");
+        assert!(host
+            .sh("ip -d link show flannel.1")
+            .contains("local 192.168.64.1 dev eth0"));
+        assert_eq!(
+            route_of(host, "10.5.2.0/24"),
+            "10.5.2.0/24 via 10.5.2.0 dev flannel.1 proto 70 onlink"
+        );
+        assert!(host
+            .sh("bridge fdb show dev flannel.1")
+            .contains(&format!("{MAC2} dst 192.168.64.2 self permanent")));
     });
 }
 

@@ -118,7 +118,7 @@ pub(crate) async fn configure(
     own: Ipv4Net,
     network: Ipv4Net,
 ) -> Result<(), Error> {
-    let want = Ipv4Net::new(own.network(), 32).map_err(|_| Error::NoInterface(name.into()))?;
+    let want = Ipv4Net::from(own.network());
     let addrs = nl
         .addresses(index)
         .await
