@@ -1,8 +1,124 @@
 //! flanneld-rs: a drop-in Rust reimplementation of the flanneld agent (etcd mode).
+//!
+//! `flanneld [flags]` runs the agent; `flanneld mk-docker-opts [options]` writes docker options
+//! from subnet.env like flannel's mk-docker-opts.sh.
 
 mod cli;
+mod daemon;
+mod firewall;
 mod healthz;
 mod iface;
 mod mk_docker_opts;
+mod sdnotify;
 
-fn main() {}
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("mk-docker-opts") {
+        return exit_code(mk_docker_opts::run(&args[1..]));
+    }
+    let opts = match cli::parse(&args, std::env::vars()) {
+        Ok(o) => o,
+        Err(cli::CliError::Help) => {
+            eprint!("{}", cli::usage());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("flanneld: {e}\nRun `flanneld -h` for the list of flags.");
+            return ExitCode::from(2);
+        }
+    };
+    if opts.version {
+        eprintln!("{}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    init_logging(opts.v);
+    tracing::info!("flanneld-rs {} starting", env!("CARGO_PKG_VERSION"));
+    for w in &opts.warnings {
+        tracing::warn!("{w}");
+    }
+    if opts.kube_subnet_mgr {
+        tracing::error!("--kube-subnet-mgr is not supported: flanneld-rs runs in etcd mode only");
+        return ExitCode::FAILURE;
+    }
+    if !(1..=1439).contains(&opts.subnet_lease_renew_margin) {
+        tracing::error!(
+            "invalid --subnet-lease-renew-margin {}: it must be between 1 and 1439 minutes",
+            opts.subnet_lease_renew_margin
+        );
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        match daemon::run(opts, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// `-v N` maps to levels: 0-1 info, 2-4 debug, 5+ trace; `RUST_LOG` overrides. Logs go to stderr.
+fn init_logging(v: i64) {
+    let level = match v {
+        i64::MIN..=1 => "info",
+        2..=4 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,flanneld={level},subnet={level},backends={level},netfilter={level}"
+        ))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// First SIGTERM/SIGINT: clean shutdown. A second one: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!(
+            "cannot install signal handlers; SIGTERM will kill the agent without cleanup"
+        );
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+        _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting immediately");
+    std::process::exit(1);
+}

@@ -161,3 +161,168 @@ impl Pod {
             .success()
     }
 }
+
+/// The LAN all cluster hosts share in [`Cluster`]: hosts are `192.168.<lan>.<10 + i>`, etcd is
+/// `192.168.<lan>.2`.
+pub struct Cluster {
+    /// The hosts, in order.
+    pub hosts: Vec<Netns>,
+    /// The agents, one per host (`None` while stopped).
+    pub agents: Vec<Option<Agent>>,
+    /// The etcd server every agent uses (mutual TLS).
+    pub etcd: crate::etcd::EtcdServer,
+    /// The key prefix of this cluster.
+    pub prefix: String,
+    /// Work directory: subnet.env files and agent logs.
+    pub dir: tempfile::TempDir,
+    switch: crate::netns::Switch,
+    /// Kept alive for etcd, which runs inside it.
+    _etcd_ns: Netns,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Builds `n` hosts and an etcd (TLS, inside its own namespace) on one switch, writes
+    /// `config` at `<prefix>/config` and starts the agent on every host with `extra_args`.
+    pub fn start(n: usize, config: &str, extra_args: &[&str]) -> Cluster {
+        let switch = crate::netns::Switch::new("lan");
+        let etcd_ns = Netns::new("etcd");
+        switch.plug(&etcd_ns, "eth0", "192.168.100.2/24");
+        let etcd = crate::etcd::EtcdServer::start_with(crate::etcd::EtcdSpec {
+            tls: true,
+            ip: std::net::Ipv4Addr::new(192, 168, 100, 2),
+            netns: Some(etcd_ns.name().to_string()),
+        });
+        let prefix = crate::etcd::EtcdServer::unique_prefix();
+        etcd.put(&format!("{prefix}/config"), config);
+        let mut cluster = Cluster {
+            hosts: Vec::new(),
+            agents: Vec::new(),
+            etcd,
+            prefix,
+            dir: tempfile::tempdir().expect("tempdir"),
+            switch,
+            _etcd_ns: etcd_ns,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            cluster.add_host(&format!("192.168.100.{}", 11 + i));
+        }
+        for i in 0..n {
+            cluster.start_agent(i);
+        }
+        cluster
+    }
+
+    /// Adds a host with `ip` on the LAN (forwarding on); returns its index.
+    pub fn add_host(&mut self, ip: &str) -> usize {
+        let host = Netns::new("host");
+        self.switch.plug(&host, "eth0", &format!("{ip}/24"));
+        host.sh("sysctl -qw net.ipv4.ip_forward=1");
+        self.hosts.push(host);
+        self.agents.push(None);
+        self.hosts.len() - 1
+    }
+
+    /// The host's address on the LAN.
+    pub fn host_ip(&self, i: usize) -> String {
+        format!("192.168.100.{}", 11 + i)
+    }
+
+    /// The subnet.env path of host `i`.
+    pub fn subnet_env(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("h{i}/subnet.env"))
+    }
+
+    /// The flags the agent on host `i` runs with.
+    pub fn agent_args(&self, i: usize) -> Vec<String> {
+        let tls = self.etcd.tls().expect("the cluster etcd uses TLS");
+        let mut args = vec![
+            format!("--etcd-endpoints={}", self.etcd.endpoint()),
+            format!("-etcd-prefix={}", self.prefix),
+            format!("--etcd-cafile={}", tls.ca.display()),
+            format!("--etcd-certfile={}", tls.client_cert.display()),
+            format!("--etcd-keyfile={}", tls.client_key.display()),
+            "--iface=eth0".to_string(),
+            format!("--public-ip={}", self.host_ip(i)),
+            format!("--subnet-file={}", self.subnet_env(i).display()),
+            "--healthz-ip=127.0.0.1".to_string(),
+            "--healthz-port=2401".to_string(),
+            "-v=2".to_string(),
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// Starts (or restarts) the agent on host `i`.
+    pub fn start_agent(&mut self, i: usize) {
+        let log = self.dir.path().join(format!("h{i}.log"));
+        let agent = Agent::start(&self.hosts[i], &self.agent_args(i), &log);
+        self.agents[i] = Some(agent);
+    }
+
+    /// Stops the agent on host `i` with SIGTERM; returns its exit code.
+    pub fn stop_agent(&mut self, i: usize) -> Option<i32> {
+        self.agents[i].as_mut().and_then(Agent::stop)
+    }
+
+    /// Waits for host `i`'s subnet.env and returns its FLANNEL_SUBNET.
+    pub fn wait_subnet(&mut self, i: usize) -> String {
+        let path = self.subnet_env(i);
+        let log_hint = self.dir.path().join(format!("h{i}.log"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = flannel_subnet(&path) {
+                return s;
+            }
+            let running = self.agents[i].as_mut().is_some_and(Agent::is_running);
+            if !running || Instant::now() > deadline {
+                panic!(
+                    "host {i} wrote no subnet.env (agent running: {running}); log:\n{}",
+                    fs::read_to_string(&log_hint).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The log of host `i`'s agent(s).
+    pub fn log(&self, i: usize) -> String {
+        fs::read_to_string(self.dir.path().join(format!("h{i}.log"))).unwrap_or_default()
+    }
+
+    /// The lease subnet of a `FLANNEL_SUBNET` value (`10.1.2.1/24` ⇒ `10.1.2.0/24`).
+    pub fn network_of(flannel_subnet: &str) -> String {
+        let (ip, len) = flannel_subnet.split_once('/').expect("CIDR");
+        format!("{}.0/{len}", ip.rsplit_once('.').expect("IPv4").0)
+    }
+
+    /// `ip route show <dst>` on host `i`.
+    pub fn route(&self, i: usize, dst: &str) -> String {
+        self.hosts[i]
+            .exec("ip", &["route", "show", dst])
+            .trim()
+            .to_string()
+    }
+
+    /// GET `http://127.0.0.1:2401<path>` inside host `i`; returns the HTTP status code.
+    pub fn healthz(&self, i: usize, path: &str) -> u16 {
+        let out = self.hosts[i].try_exec(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "2",
+                &format!("http://127.0.0.1:2401{path}"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
