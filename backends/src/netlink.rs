@@ -34,11 +34,14 @@ pub struct NetlinkError {
     pub message: String,
 }
 
-/// `ENETUNREACH`: the kernel's answer to a gateway that is not on-link.
-pub const ENETUNREACH: i32 = 101;
-
-/// `ENODEV`: the kernel's answer to a lookup of a link that does not exist.
+/// `ENOENT`: deleting a neighbour or FDB entry that is not there.
+pub(crate) const ENOENT: i32 = 2;
+/// `ESRCH`: deleting a route that is not there.
+pub(crate) const ESRCH: i32 = 3;
+/// `ENODEV`: looking up a link that does not exist.
 const ENODEV: i32 = 19;
+/// `ENETUNREACH`: adding a route whose gateway is not on-link.
+pub(crate) const ENETUNREACH: i32 = 101;
 
 impl From<rtnetlink::Error> for NetlinkError {
     fn from(e: rtnetlink::Error) -> Self {
@@ -533,4 +536,63 @@ fn vxlan_attrs(infos: &[LinkInfo]) -> Option<VxlanAttrs> {
         }
     }
     Some(attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(table: u8, kind: RouteType, protocol: u8) -> RouteMessage {
+        let mut msg = route_message("10.5.2.0/24".parse().unwrap(), protocol);
+        msg.header.table = table;
+        msg.header.kind = kind;
+        msg.header.flags = RouteFlags::Onlink;
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(
+                10, 5, 2, 0,
+            ))));
+        msg.attributes.push(RouteAttribute::Oif(9));
+        msg
+    }
+
+    #[test]
+    fn only_main_table_unicast_routes_are_read() {
+        let k = kernel_route(&route(
+            RouteHeader::RT_TABLE_MAIN,
+            RouteType::Unicast,
+            ROUTE_PROTOCOL,
+        ))
+        .unwrap();
+        assert!(k.is_ours() && k.onlink);
+        assert!(k.matches(&Route {
+            dst: "10.5.2.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 5, 2, 0),
+            oif: 9,
+            onlink: true,
+        }));
+        assert!(
+            !kernel_route(&route(RouteHeader::RT_TABLE_MAIN, RouteType::Unicast, 3))
+                .unwrap()
+                .is_ours()
+        );
+        assert_eq!(
+            kernel_route(&route(255, RouteType::Unicast, ROUTE_PROTOCOL)),
+            None
+        );
+        assert_eq!(
+            kernel_route(&route(
+                RouteHeader::RT_TABLE_MAIN,
+                RouteType::BlackHole,
+                ROUTE_PROTOCOL
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn kernel_errors_keep_their_errno() {
+        let e = NetlinkError::from(std::io::Error::from_raw_os_error(ENETUNREACH));
+        assert_eq!(e.errno, Some(ENETUNREACH));
+        assert!(e.to_string().contains("unreachable"), "{e}");
+    }
 }

@@ -149,3 +149,57 @@ pub(crate) fn react(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str) -> Notification {
+        Notification::Link {
+            index,
+            name: Some(name.into()),
+            removed: true,
+        }
+    }
+
+    #[test]
+    fn setup_for_our_links_reconcile_for_our_objects_ignore_the_rest() {
+        let ext = ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            addr: "192.168.1.1".parse().unwrap(),
+            mtu: 1500,
+        };
+        let vtep = Some(("flannel.1", Some(9)));
+        assert_eq!(react(&link(2, "eth0"), &ext, vtep), Reaction::Setup);
+        assert_eq!(
+            react(&link(5, "eth0"), &ext, vtep),
+            Reaction::Setup,
+            "recreated"
+        );
+        assert_eq!(react(&link(9, "flannel.1"), &ext, vtep), Reaction::Setup);
+        assert_eq!(react(&link(7, "veth7"), &ext, vtep), Reaction::Ignore);
+        assert_eq!(react(&link(9, "flannel.1"), &ext, None), Reaction::Ignore);
+        assert_eq!(
+            react(&Notification::Address { index: 9 }, &ext, vtep),
+            Reaction::Setup
+        );
+        assert_eq!(
+            react(&Notification::Address { index: 7 }, &ext, vtep),
+            Reaction::Ignore
+        );
+        let dst = "10.5.2.0/24".parse().unwrap();
+        assert_eq!(
+            react(&Notification::RouteRemoved { dst }, &ext, None),
+            Reaction::Reconcile
+        );
+        assert_eq!(
+            react(&Notification::NeighbourRemoved { index: 9 }, &ext, vtep),
+            Reaction::Reconcile
+        );
+        assert_eq!(
+            react(&Notification::NeighbourRemoved { index: 2 }, &ext, vtep),
+            Reaction::Ignore
+        );
+    }
+}

@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 
 use crate::desired::{DesiredState, Route};
 use crate::mac::Mac;
-use crate::netlink::{KernelRoute, Netlink, NetlinkError, ENETUNREACH};
+use crate::netlink::{KernelRoute, Netlink, NetlinkError, ENETUNREACH, ENOENT, ESRCH};
 
 /// One kernel write the reconciler decided on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,7 +190,7 @@ impl Kernel for Netlink {
 
 /// `ENOENT`/`ESRCH`: deleting something already gone counts as done.
 fn already_gone(op: &Op, e: &NetlinkError) -> bool {
-    matches!(op.change(), Change::Deleted) && matches!(e.errno, Some(2) | Some(3))
+    matches!(op.change(), Change::Deleted) && matches!(e.errno, Some(ENOENT | ESRCH))
 }
 
 /// Computes the writes that turn `snap` into `desired`, in a safe order: neighbours, FDB
