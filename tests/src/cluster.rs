@@ -162,6 +162,60 @@ impl Pod {
     }
 }
 
+/// The port [`Whoami`] listens on.
+pub const WHOAMI_PORT: u16 = 8080;
+
+/// `contrib/whoami.py` inside a namespace: answers every GET on [`WHOAMI_PORT`] with the client
+/// address it saw. Killed on drop.
+pub struct Whoami(Child);
+
+impl Whoami {
+    /// Starts the server inside `ns` and waits until it answers.
+    pub fn start(ns: &Netns) -> Whoami {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/whoami.py");
+        let child = ns
+            .command("python3")
+            .arg(&script)
+            .arg(WHOAMI_PORT.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start contrib/whoami.py");
+        let server = Whoami(child);
+        wait_for("whoami to listen", Duration::from_secs(10), || {
+            seen_by(ns, "127.0.0.1")
+        });
+        server
+    }
+}
+
+impl Drop for Whoami {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The client address the [`Whoami`] server at `target` saw for one GET from `from` (a fresh
+/// connection), or `None` if the request failed within 2 s.
+pub fn seen_by(from: &Netns, target: &str) -> Option<String> {
+    let url = format!("http://{target}:{WHOAMI_PORT}/");
+    let out = from.try_exec("curl", &["-s", "--max-time", "2", &url]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Like [`seen_by`], retrying for up to 15 s while servers start and routes converge.
+pub fn wait_seen_by(from: &Netns, target: &str) -> String {
+    wait_for(
+        &format!("an answer from {target}"),
+        Duration::from_secs(15),
+        || seen_by(from, target),
+    )
+}
+
 /// The LAN all cluster hosts share in [`Cluster`]: hosts are `192.168.<lan>.<10 + i>`, etcd is
 /// `192.168.<lan>.2`.
 pub struct Cluster {
@@ -185,6 +239,34 @@ impl Cluster {
     /// Builds `n` hosts and an etcd (TLS, inside its own namespace) on one switch, writes
     /// `config` at `<prefix>/config` and starts the agent on every host with `extra_args`.
     pub fn start(n: usize, config: &str, extra_args: &[&str]) -> Cluster {
+        Cluster::launch(Cluster::prepare(n, Some(config), extra_args))
+    }
+
+    /// Like [`Cluster::start`], but without writing any network config: the agents start and
+    /// wait for one.
+    pub fn start_unconfigured(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::launch(Cluster::prepare(n, None, extra_args))
+    }
+
+    /// Like [`Cluster::start`], but starts no agent: for tests that prepare the hosts first
+    /// (iptables rules, a subnet.env of a previous run), then call [`Cluster::start_agent`].
+    pub fn build(n: usize, config: &str, extra_args: &[&str]) -> Cluster {
+        Cluster::prepare(n, Some(config), extra_args)
+    }
+
+    /// The network config key of this cluster.
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    fn launch(mut cluster: Cluster) -> Cluster {
+        for i in 0..cluster.hosts.len() {
+            cluster.start_agent(i);
+        }
+        cluster
+    }
+
+    fn prepare(n: usize, config: Option<&str>, extra_args: &[&str]) -> Cluster {
         let switch = crate::netns::Switch::new("lan");
         let etcd_ns = Netns::new("etcd");
         switch.plug(&etcd_ns, "eth0", "192.168.100.2/24");
@@ -194,7 +276,9 @@ impl Cluster {
             netns: Some(etcd_ns.name().to_string()),
         });
         let prefix = crate::etcd::EtcdServer::unique_prefix();
-        etcd.put(&format!("{prefix}/config"), config);
+        if let Some(config) = config {
+            etcd.put(&format!("{prefix}/config"), config);
+        }
         let mut cluster = Cluster {
             hosts: Vec::new(),
             agents: Vec::new(),
@@ -208,9 +292,6 @@ impl Cluster {
         for i in 0..n {
             cluster.add_host(&format!("192.168.100.{}", 11 + i));
         }
-        for i in 0..n {
-            cluster.start_agent(i);
-        }
         cluster
     }
 
@@ -222,6 +303,15 @@ impl Cluster {
         self.hosts.push(host);
         self.agents.push(None);
         self.hosts.len() - 1
+    }
+
+    /// A machine outside the cluster: a namespace on the LAN at `ip` (e.g. `192.168.100.50`)
+    /// running no agent. It reaches pods only through routes the test adds (`ip route add
+    /// <pod subnet> via <host>`).
+    pub fn external(&self, ip: &str) -> Netns {
+        let ns = Netns::new("ext");
+        self.switch.plug(&ns, "eth0", &format!("{ip}/24"));
+        ns
     }
 
     /// The host's address on the LAN.

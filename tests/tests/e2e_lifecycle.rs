@@ -1,0 +1,124 @@
+//! End to end, agent lifecycle: waiting for a config with one log line per distinct problem,
+//! readiness that follows the data plane both ways, and peers' bad keys that hurt nobody.
+
+use std::time::Duration;
+
+use flanneld_tests::cluster::{wait_for, Cluster};
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn waits_for_a_valid_config_logging_each_problem_once() {
+    let mut c = Cluster::start_unconfigured(1, &[]);
+    wait_for("the missing-config error", Duration::from_secs(15), || {
+        c.log(0)
+            .contains("flannel config not found in etcd store")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        count(&c.log(0), "Couldn't fetch network config"),
+        1,
+        "one line per distinct problem:\n{}",
+        c.log(0)
+    );
+    assert_eq!(c.healthz(0, "/healthz"), 200, "alive while waiting");
+    assert_eq!(c.healthz(0, "/readyz"), 503, "not ready while waiting");
+
+    c.etcd.put(
+        &c.config_key(),
+        r#"{"Network":"10.40.0.0/16","SubnetLen":31,"Backend":{"Type":"host-gw"}}"#,
+    );
+    wait_for("the invalid-config error", Duration::from_secs(15), || {
+        c.log(0)
+            .contains("SubnetLen must be less than /31")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        count(&c.log(0), "Couldn't fetch network config"),
+        2,
+        "{}",
+        c.log(0)
+    );
+
+    c.etcd.put(
+        &c.config_key(),
+        r#"{"Network":"10.40.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    let subnet = c.wait_subnet(0);
+    assert!(subnet.starts_with("10.40."), "{subnet}");
+    wait_for("ready", Duration::from_secs(10), || {
+        (c.healthz(0, "/readyz") == 200).then_some(())
+    });
+}
+
+#[test]
+fn readiness_follows_convergence_and_bad_peer_keys_remove_nothing() {
+    let mut c = Cluster::start(
+        1,
+        r#"{"Network":"10.41.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        &[],
+    );
+    c.wait_subnet(0);
+    wait_for("ready", Duration::from_secs(10), || {
+        (c.healthz(0, "/readyz") == 200).then_some(())
+    });
+
+    // A peer on our LAN: its route appears.
+    let peer = format!("{}/subnets/10.41.250.0-24", c.prefix);
+    c.etcd.put(
+        &peer,
+        r#"{"PublicIP":"192.168.100.99","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    );
+    wait_for("route to the LAN peer", Duration::from_secs(10), || {
+        c.route(0, "10.41.250.0/24")
+            .contains("via 192.168.100.99")
+            .then_some(())
+    });
+
+    // Malformed keys and values are skipped; the peer's route stays.
+    c.etcd.put(&format!("{}/subnets/garbage", c.prefix), "x");
+    c.etcd
+        .put(&format!("{}/subnets/10.41.251.0-24", c.prefix), "not json");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        c.route(0, "10.41.250.0/24").contains("via 192.168.100.99"),
+        "bad keys must not remove peers"
+    );
+    assert_eq!(c.healthz(0, "/readyz"), 200);
+
+    // A peer that is not on-link cannot be routed by host-gw: one warning naming the fix, and
+    // /readyz turns 503 until the lease goes away.
+    let far = format!("{}/subnets/10.41.252.0-24", c.prefix);
+    c.etcd.put(
+        &far,
+        r#"{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    );
+    wait_for("not ready", Duration::from_secs(15), || {
+        (c.healthz(0, "/readyz") == 503).then_some(())
+    });
+    let log = c.log(0);
+    assert!(
+        log.contains("10.99.0.1") && log.contains("vxlan"),
+        "warning names the peer and the fix:\n{log}"
+    );
+    std::thread::sleep(Duration::from_secs(11));
+    let warnings = c
+        .log(0)
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("10.41.252.0/24"))
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "warned once, not on every resync:\n{}",
+        c.log(0)
+    );
+    assert!(c.etcd.delete(&far));
+    wait_for("ready again", Duration::from_secs(15), || {
+        (c.healthz(0, "/readyz") == 200).then_some(())
+    });
+}
