@@ -7,10 +7,7 @@
 //! spawns are forked from that thread and so act on that namespace, which every test checks by
 //! reading the rules back with `ip netns exec`.
 
-use std::process::{Child, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
-
+use flanneld_tests::cluster::{seen_by, wait_seen_by, Whoami};
 use flanneld_tests::netns::Netns;
 use netfilter::{
     BackendChoice, Config, EnsureOutcome, Flavour, Iptables, Netfilter, Previous, RuleSet,
@@ -389,62 +386,6 @@ fn detection_follows_the_backend_holding_the_rules() {
     assert!(reason.starts_with("legacy: requested"), "{reason}");
 }
 
-/// A process killed and reaped on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// An HTTP server on port 8080 that answers every GET with the client's address.
-fn peer_reporter(ns: &Netns) -> Server {
-    const SCRIPT: &str = r#"
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = self.client_address[0].encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("0.0.0.0", 8080), H).serve_forever()
-"#;
-    let child = ns
-        .command("python3")
-        .args(["-c", SCRIPT])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start python3");
-    Server(child)
-}
-
-/// The source address `target:8080` saw for a request from `from`, or `None` if it failed.
-fn seen_by(from: &Netns, target: &str) -> Option<String> {
-    let url = format!("http://{target}:8080/");
-    let out = from.try_exec("curl", &["-s", "--max-time", "2", &url]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Like [`seen_by`], retrying for a few seconds while servers start.
-fn wait_seen_by(from: &Netns, target: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(seen) = seen_by(from, target) {
-            return seen;
-        }
-        assert!(Instant::now() < deadline, "no answer from {target}");
-        sleep(Duration::from_millis(200));
-    }
-}
-
 /// host (cni0 10.66.1.1/24, pod 10.66.1.2) — remote host (cni0 10.66.2.1/24, pod 10.66.2.2)
 /// over 192.168.66.0/24; an external namespace 192.168.67.2 outside the cluster Network.
 struct Cluster {
@@ -501,9 +442,9 @@ impl Cluster {
 fn data_path(choice: BackendChoice) {
     let cluster = Cluster::new();
     let _servers = [
-        peer_reporter(&cluster.remote_pod),
-        peer_reporter(&cluster.external),
-        peer_reporter(&cluster.pod),
+        Whoami::start(&cluster.remote_pod),
+        Whoami::start(&cluster.external),
+        Whoami::start(&cluster.pod),
     ];
     let host = &cluster.host;
     let iptables = backend(host, choice);
