@@ -63,9 +63,11 @@ async fn lookup(nl: &Netlink, name: &str) -> Result<Option<Link>, Error> {
         .map_err(Error::netlink(format!("look up {name}")))
 }
 
-/// Creates the device, or reuses a compatible existing one with its MAC (fixing only its MTU).
-/// A new device gets `mac`, else the MAC of the incompatible device it replaces, else a fresh
-/// random one. Returns the device's index and MAC.
+/// Creates the device, or reuses a compatible existing one (fixing only its MTU). `mac` is the
+/// VtepMAC already published, if any. Returns the device's index and the MAC it must have:
+/// `mac`, else (at first start) the reused device's own MAC, else for a new device the MAC of
+/// the incompatible device it replaces or a fresh random one. A reused device whose MAC was
+/// changed under us is set back by [`configure`], so peers never hold a stale VtepMAC.
 pub(crate) async fn ensure(
     nl: &Netlink,
     spec: &VxlanSpec,
@@ -81,8 +83,17 @@ pub(crate) async fn ensure(
                         .await
                         .map_err(Error::netlink(format!("set MTU {} on {name}", spec.mtu)))?;
                 }
-                tracing::info!("reusing existing vxlan device {name} (MAC {existing})");
-                return Ok((link.index, existing));
+                let mac = match mac {
+                    Some(published) if published != existing => {
+                        tracing::warn!("{name} has MAC {existing} instead of the published VtepMAC {published}; setting it back");
+                        published
+                    }
+                    _ => {
+                        tracing::info!("reusing existing vxlan device {name} (MAC {existing})");
+                        existing
+                    }
+                };
+                return Ok((link.index, mac));
             }
             _ => {
                 tracing::warn!(
