@@ -62,10 +62,23 @@ fn readiness_follows_convergence_and_bad_peer_keys_remove_nothing() {
         r#"{"Network":"10.41.0.0/16","Backend":{"Type":"host-gw"}}"#,
         &[],
     );
-    c.wait_subnet(0);
+    let own = Cluster::network_of(&c.wait_subnet(0));
     wait_for("ready", Duration::from_secs(10), || {
         (c.healthz(0, "/readyz") == 200).then_some(())
     });
+
+    // Our own lease deleted behind our back: re-claimed with the same subnet, no exit.
+    let own_key = format!("{}/subnets/{}", c.prefix, own.replace('/', "-"));
+    let value = c.etcd.get(&own_key).expect("own lease");
+    assert!(c.etcd.delete(&own_key));
+    let back = wait_for("own lease re-claimed", Duration::from_secs(10), || {
+        c.etcd.get(&own_key)
+    });
+    assert_eq!(back, value);
+    assert!(
+        c.agents[0].as_mut().expect("agent").is_running(),
+        "the agent keeps running"
+    );
 
     // A peer on our LAN: its route appears.
     let peer = format!("{}/subnets/10.41.250.0-24", c.prefix);
