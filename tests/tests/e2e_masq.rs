@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use flanneld_tests::cluster::{env_value, seen_by, wait_for, wait_seen_by, Cluster, Pod, Whoami};
 use flanneld_tests::netns::Netns;
+use netfilter::Flavour;
 
 const CONFIG: &str = r#"{"Network":"10.20.0.0/16","Backend":{"Type":"host-gw"}}"#;
 /// Host 0's subnet, recorded in its subnet.env by a "previous run" and used as docker's bip.
@@ -42,17 +43,18 @@ fn docker_rule(subnet: &str) -> [&str; 8] {
     ]
 }
 
-/// Runs `iptables -t <table> <verb> <rule...>` on `host`.
-fn iptables(host: &Netns, table: &str, verb: &str, rule: &[&str]) {
+/// Runs `iptables -t <table> <verb> <rule...>` of `flavour` on `host`.
+fn iptables(flavour: Flavour, host: &Netns, table: &str, verb: &str, rule: &[&str]) {
     let mut args = vec!["-t", table, verb];
     args.extend_from_slice(rule);
-    host.exec("iptables", &args);
+    host.exec(flavour.iptables_command(), &args);
 }
 
-/// `iptables-save -t <table>` on `host` without the `#` comment lines and with the packet
-/// counters of the chain declarations removed: what must not change when nothing is written.
-fn save(host: &Netns, table: &str) -> String {
-    host.exec("iptables-save", &["-t", table])
+/// `iptables-save -t <table>` of `flavour` on `host` without the `#` comment lines and with
+/// the packet counters of the chain declarations removed: what must not change when nothing is
+/// written.
+fn save(flavour: Flavour, host: &Netns, table: &str) -> String {
+    host.exec(flavour.save_command(), &["-t", table])
         .lines()
         .filter(|l| !l.starts_with('#'))
         .map(
@@ -65,9 +67,9 @@ fn save(host: &Netns, table: &str) -> String {
 }
 
 /// The `-A <chain>` lines of one chain, in order.
-fn chain(host: &Netns, table: &str, chain: &str) -> Vec<String> {
+fn chain(flavour: Flavour, host: &Netns, table: &str, chain: &str) -> Vec<String> {
     let prefix = format!("-A {chain} ");
-    save(host, table)
+    save(flavour, host, table)
         .lines()
         .filter(|l| l.starts_with(&prefix))
         .map(str::to_string)
@@ -122,11 +124,22 @@ fn external_machine(c: &Cluster, subnets: &[String]) -> (Netns, Whoami) {
 }
 
 #[test]
-fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes() {
+fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes_nft() {
+    pod_ips_survive_docker_masquerade_restarts_and_nat_flushes(Flavour::Nft);
+}
+
+#[test]
+fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes_legacy() {
+    pod_ips_survive_docker_masquerade_restarts_and_nat_flushes(Flavour::Legacy);
+}
+
+/// Docker and the host's firewall use the iptables of `flavour`; the agent must follow them.
+fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes(flavour: Flavour) {
     let mut c = Cluster::build(2, CONFIG, &["--ip-masq"]);
     seed_subnet_env(&c, 0, "10.20.0.0/16", "10.20.7.1/24", true);
     for host in &c.hosts {
         iptables(
+            flavour,
             host,
             "filter",
             "-A",
@@ -139,7 +152,7 @@ fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes() {
             ],
         );
     }
-    iptables(&c.hosts[0], "nat", "-I", &docker_rule(SUBNET0));
+    iptables(flavour, &c.hosts[0], "nat", "-I", &docker_rule(SUBNET0));
     c.start_agent(0);
     c.start_agent(1);
     let subnets: Vec<String> = (0..2).map(|i| wait_rewritten(&mut c, i, true)).collect();
@@ -147,6 +160,10 @@ fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes() {
         subnets[0], "10.20.7.1/24",
         "the previous subnet is re-claimed"
     );
+    for i in 0..2 {
+        let log = c.log(i);
+        assert!(log.contains(&format!("using {flavour} (")), "{log}");
+    }
 
     let pods: Vec<Pod> = (0..2)
         .map(|i| Pod::new(&c.hosts[i], &subnets[i], 2))
@@ -158,14 +175,14 @@ fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes() {
     // addresses, through the REJECT catch-all in FORWARD.
     let docker_line = format!("-A {}", docker_rule(SUBNET0).join(" "));
     assert_eq!(
-        chain(&c.hosts[0], "nat", "POSTROUTING"),
+        chain(flavour, &c.hosts[0], "nat", "POSTROUTING"),
         [MASQ_JUMP, docker_line.as_str()]
     );
     assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
     assert_eq!(wait_seen_by(&pods[1].ns, &pods[0].ip), pods[1].ip);
     for host in &c.hosts {
         assert_eq!(
-            chain(host, "filter", "FORWARD"),
+            chain(flavour, host, "filter", "FORWARD"),
             [
                 FORWARD_JUMP,
                 "-A FORWARD -j REJECT --reject-with icmp-host-prohibited"
@@ -181,15 +198,14 @@ fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes() {
 
     // Docker restarts: its rule is deleted and re-inserted at the head. Within a resync period
     // our jump is first again; docker's rule stays, and was reported once in all.
-    iptables(&c.hosts[0], "nat", "-D", &docker_rule(SUBNET0));
-    iptables(&c.hosts[0], "nat", "-I", &docker_rule(SUBNET0));
+    iptables(flavour, &c.hosts[0], "nat", "-D", &docker_rule(SUBNET0));
+    iptables(flavour, &c.hosts[0], "nat", "-I", &docker_rule(SUBNET0));
+    let repaired =
+        || chain(flavour, &c.hosts[0], "nat", "POSTROUTING") == [MASQ_JUMP, docker_line.as_str()];
     wait_for(
         "our jump back above docker's rule",
         Duration::from_secs(20),
-        || {
-            (chain(&c.hosts[0], "nat", "POSTROUTING") == [MASQ_JUMP, docker_line.as_str()])
-                .then_some(())
-        },
+        || repaired().then_some(()),
     );
     assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
     let log = c.log(0);
@@ -205,12 +221,15 @@ fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes() {
 
     // Someone flushes host 1's nat table: the chain and the jump at position 1 come back, and
     // with them the host address towards the outside.
-    let nat_before = save(&c.hosts[1], "nat");
-    c.hosts[1].exec("iptables", &["-t", "nat", "-F"]);
+    let nat_before = save(flavour, &c.hosts[1], "nat");
+    c.hosts[1].exec(flavour.iptables_command(), &["-t", "nat", "-F"]);
     wait_for("host 1's nat rules back", Duration::from_secs(20), || {
-        (save(&c.hosts[1], "nat") == nat_before).then_some(())
+        (save(flavour, &c.hosts[1], "nat") == nat_before).then_some(())
     });
-    assert_eq!(chain(&c.hosts[1], "nat", "POSTROUTING"), [MASQ_JUMP]);
+    assert_eq!(
+        chain(flavour, &c.hosts[1], "nat", "POSTROUTING"),
+        [MASQ_JUMP]
+    );
     assert_eq!(wait_seen_by(&pods[1].ns, EXTERNAL), c.host_ip(1));
     assert_eq!(wait_seen_by(&pods[1].ns, &pods[0].ip), pods[1].ip);
     assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
@@ -223,13 +242,15 @@ fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes() {
 
 #[test]
 fn ip_masq_false_leaves_the_nat_table_byte_for_byte() {
+    let flavour = Flavour::Nft;
     let mut c = Cluster::build(2, CONFIG, &["--ip-masq=false", "--iptables-resync=1"]);
     // Host 0: docker's rule for the subnet it re-claims. Host 1: the Network changed since the
     // last run, whose Go flanneld v0.11 rules would be retired with --ip-masq.
     seed_subnet_env(&c, 0, "10.20.0.0/16", "10.20.7.1/24", false);
-    iptables(&c.hosts[0], "nat", "-I", &docker_rule(SUBNET0));
+    iptables(flavour, &c.hosts[0], "nat", "-I", &docker_rule(SUBNET0));
     seed_subnet_env(&c, 1, "10.9.0.0/16", "10.9.3.1/24", false);
     iptables(
+        flavour,
         &c.hosts[1],
         "nat",
         "-A",
@@ -243,7 +264,7 @@ fn ip_masq_false_leaves_the_nat_table_byte_for_byte() {
             "RETURN",
         ],
     );
-    let before: Vec<String> = c.hosts.iter().map(|h| save(h, "nat")).collect();
+    let before: Vec<String> = c.hosts.iter().map(|h| save(flavour, h, "nat")).collect();
     assert!(
         before.iter().all(|t| t.contains("-A POSTROUTING")),
         "{before:?}"
@@ -256,7 +277,7 @@ fn ip_masq_false_leaves_the_nat_table_byte_for_byte() {
     assert!(subnets[1].starts_with("10.20."), "{}", subnets[1]);
     for host in &c.hosts {
         // The forward rules are still ours to keep.
-        assert_eq!(chain(host, "filter", "FORWARD"), [FORWARD_JUMP]);
+        assert_eq!(chain(flavour, host, "filter", "FORWARD"), [FORWARD_JUMP]);
     }
 
     // Docker masquerades pod traffic and the agent lets it: pod 0 is seen as host 0.
@@ -270,7 +291,12 @@ fn ip_masq_false_leaves_the_nat_table_byte_for_byte() {
     // Several resync periods later the nat tables are still exactly as they were.
     std::thread::sleep(Duration::from_millis(2500));
     for (i, host) in c.hosts.iter().enumerate() {
-        assert_eq!(save(host, "nat"), before[i], "host {i}; log:\n{}", c.log(i));
+        assert_eq!(
+            save(flavour, host, "nat"),
+            before[i],
+            "host {i}; log:\n{}",
+            c.log(i)
+        );
         let log = c.log(i);
         assert!(!log.contains(FOREIGN_WARNING), "nat is not even looked at");
         assert_eq!(
