@@ -45,11 +45,13 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 pub struct Agent {
     child: Option<Child>,
     log: PathBuf,
+    started: std::time::SystemTime,
 }
 
 impl Agent {
     /// Starts `flanneld args...` inside `host`, logging to `log`.
     pub fn start(host: &Netns, args: &[String], log: &Path) -> Agent {
+        let started = std::time::SystemTime::now();
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -68,6 +70,7 @@ impl Agent {
         Agent {
             child: Some(child),
             log: log.to_path_buf(),
+            started,
         }
     }
 
@@ -108,6 +111,12 @@ impl Drop for Agent {
             let _ = child.wait();
         }
     }
+}
+
+/// Routes LAN `to` (`a.b.c`, a /24) from `ns` on LAN `from` via the router of
+/// [`Cluster::start_two_lans`].
+fn route_to_other_lan(ns: &Netns, to: &str, from: &str) {
+    ns.sh(&format!("ip route add {to}.0/24 via {from}.{ROUTER}"));
 }
 
 /// Reads `FLANNEL_SUBNET` (e.g. `10.10.5.1/24`) from a subnet.env file, if written.
@@ -216,8 +225,16 @@ pub fn wait_seen_by(from: &Netns, target: &str) -> String {
     )
 }
 
-/// The LAN all cluster hosts share in [`Cluster`]: hosts are `192.168.<lan>.<10 + i>`, etcd is
-/// `192.168.<lan>.2`.
+/// The first LAN's prefix: etcd is `.2`, the hosts of [`Cluster::start`] are `.11`, `.12`, …
+const LAN_A: &str = "192.168.100";
+/// The second LAN's prefix ([`Cluster::start_two_lans`]).
+const LAN_B: &str = "192.168.101";
+/// The router's last octet on either LAN.
+const ROUTER: u8 = 1;
+
+/// Hosts running the agent and the etcd they share. The hosts sit on one LAN
+/// (`192.168.100.0/24`, hosts from `.11`, etcd at `.2`), or with [`Cluster::start_two_lans`]
+/// on two LANs joined by a router.
 pub struct Cluster {
     /// The hosts, in order.
     pub hosts: Vec<Netns>,
@@ -230,9 +247,20 @@ pub struct Cluster {
     /// Work directory: subnet.env files and agent logs.
     pub dir: tempfile::TempDir,
     switch: crate::netns::Switch,
-    /// Kept alive for etcd, which runs inside it.
-    _etcd_ns: Netns,
+    /// etcd runs inside it.
+    etcd_ns: Netns,
     extra_args: Vec<String>,
+    /// Each host's LAN address, by host index.
+    host_ips: Vec<String>,
+    lan_b: Option<LanB>,
+}
+
+/// The second LAN of [`Cluster::start_two_lans`]: `192.168.101.0/24` on its own switch, joined
+/// to the first LAN only through a router namespace (`.1` on both LANs).
+struct LanB {
+    switch: crate::netns::Switch,
+    /// Kept alive: it forwards between the LANs.
+    _router: Netns,
 }
 
 impl Cluster {
@@ -252,6 +280,48 @@ impl Cluster {
     /// (iptables rules, a subnet.env of a previous run), then call [`Cluster::start_agent`].
     pub fn build(n: usize, config: &str, extra_args: &[&str]) -> Cluster {
         Cluster::prepare(n, Some(config), extra_args)
+    }
+
+    /// Like [`Cluster::start`], but with `on_a` hosts on the first LAN (with etcd) and `on_b` hosts
+    /// on a second LAN, `192.168.101.0/24`, that reaches the first one only through a router
+    /// namespace (`192.168.100.1` / `192.168.101.1`): hosts on different LANs share no layer 2,
+    /// as in a vxlan cluster spanning routed segments. Hosts `0..on_a` are `192.168.100.11…`,
+    /// hosts `on_a..` are `192.168.101.11…`; every host and etcd route the other LAN via the
+    /// router.
+    pub fn start_two_lans(on_a: usize, on_b: usize, config: &str, extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::prepare(on_a, Some(config), extra_args);
+        cluster.add_lan_b();
+        for k in 0..on_b {
+            cluster.add_host_b(&format!("{LAN_B}.{}", 11 + k));
+        }
+        Cluster::launch(cluster)
+    }
+
+    /// Creates the second LAN and the router, and routes the first LAN's hosts and etcd to it.
+    fn add_lan_b(&mut self) {
+        let switch = crate::netns::Switch::new("lanb");
+        let router = Netns::new("router");
+        self.switch
+            .plug(&router, "lana", &format!("{LAN_A}.{ROUTER}/24"));
+        switch.plug(&router, "lanb", &format!("{LAN_B}.{ROUTER}/24"));
+        router.sh("sysctl -qw net.ipv4.ip_forward=1");
+        for ns in self.hosts.iter().chain([&self.etcd_ns]) {
+            route_to_other_lan(ns, LAN_B, LAN_A);
+        }
+        self.lan_b = Some(LanB {
+            switch,
+            _router: router,
+        });
+    }
+
+    /// Adds a host with `ip` on the second LAN of [`Cluster::start_two_lans`] (forwarding on,
+    /// the first LAN routed via the router); returns its index.
+    pub fn add_host_b(&mut self, ip: &str) -> usize {
+        let host = Netns::new("host");
+        let lan_b = self.lan_b.as_ref().expect("a cluster with two LANs");
+        lan_b.switch.plug(&host, "eth0", &format!("{ip}/24"));
+        route_to_other_lan(&host, LAN_A, LAN_B);
+        self.push_host(host, ip)
     }
 
     /// The network config key of this cluster.
@@ -286,21 +356,31 @@ impl Cluster {
             prefix,
             dir: tempfile::tempdir().expect("tempdir"),
             switch,
-            _etcd_ns: etcd_ns,
+            etcd_ns,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            host_ips: Vec::new(),
+            lan_b: None,
         };
         for i in 0..n {
-            cluster.add_host(&format!("192.168.100.{}", 11 + i));
+            cluster.add_host(&format!("{LAN_A}.{}", 11 + i));
         }
         cluster
     }
 
-    /// Adds a host with `ip` on the LAN (forwarding on); returns its index.
+    /// Adds a host with `ip` on the (first) LAN (forwarding on); returns its index.
     pub fn add_host(&mut self, ip: &str) -> usize {
         let host = Netns::new("host");
         self.switch.plug(&host, "eth0", &format!("{ip}/24"));
+        if self.lan_b.is_some() {
+            route_to_other_lan(&host, LAN_B, LAN_A);
+        }
+        self.push_host(host, ip)
+    }
+
+    fn push_host(&mut self, host: Netns, ip: &str) -> usize {
         host.sh("sysctl -qw net.ipv4.ip_forward=1");
         self.hosts.push(host);
+        self.host_ips.push(ip.to_string());
         self.agents.push(None);
         self.hosts.len() - 1
     }
@@ -314,9 +394,9 @@ impl Cluster {
         ns
     }
 
-    /// The host's address on the LAN.
+    /// The host's address on its LAN.
     pub fn host_ip(&self, i: usize) -> String {
-        format!("192.168.100.{}", 11 + i)
+        self.host_ips[i].clone()
     }
 
     /// The subnet.env path of host `i`.
@@ -356,13 +436,18 @@ impl Cluster {
         self.agents[i].as_mut().and_then(Agent::stop)
     }
 
-    /// Waits for host `i`'s subnet.env and returns its FLANNEL_SUBNET.
+    /// Waits until host `i`'s running agent has written subnet.env (a file left by an earlier run
+    /// does not count) and returns its FLANNEL_SUBNET.
     pub fn wait_subnet(&mut self, i: usize) -> String {
         let path = self.subnet_env(i);
         let log_hint = self.dir.path().join(format!("h{i}.log"));
         let deadline = Instant::now() + Duration::from_secs(30);
+        let started = self.agents[i].as_ref().map(|a| a.started);
         loop {
-            if let Some(s) = flannel_subnet(&path) {
+            let written_by_agent = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| started.is_none_or(|s| t >= s));
+            if let Some(s) = flannel_subnet(&path).filter(|_| written_by_agent) {
                 return s;
             }
             let running = self.agents[i].as_mut().is_some_and(Agent::is_running);
