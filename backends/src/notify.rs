@@ -3,7 +3,7 @@
 //! neighbours changes under us.
 
 use futures::channel::mpsc::UnboundedReceiver;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ipnet::Ipv4Net;
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
@@ -72,6 +72,19 @@ impl Notifications {
         ])?;
         tokio::spawn(conn);
         Ok(Notifications { messages })
+    }
+
+    /// The next relevant notification and those already queued behind it; `None` when the
+    /// socket closed. One kernel change often arrives as a burst (deleting the vxlan device
+    /// removes its routes and neighbours before the link itself), and acting on its first part
+    /// alone would write to a device that is gone. Cancel-safe: nothing is awaited once a
+    /// notification was taken.
+    pub async fn next_burst(&mut self) -> Option<Vec<Notification>> {
+        let mut burst = vec![self.next().await?];
+        while let Some(Some(n)) = self.next().now_or_never() {
+            burst.push(n);
+        }
+        Some(burst)
     }
 
     /// The next relevant notification; `None` when the socket closed.

@@ -355,16 +355,22 @@ impl Agent {
                         dirty = true;
                     }
                 }
-                note = notifications.next() => match note {
-                    Some(n) => match self.backend.reaction(&n) {
-                        Reaction::Ignore => {}
-                        Reaction::Reconcile => dirty = true,
-                        Reaction::Setup => {
-                            tracing::info!("kernel reported {n:?}: re-running backend setup");
+                burst = notifications.next_burst() => match burst {
+                    // One reaction per burst: setup (if any part asks for it) before the
+                    // reconcile, never a reconcile against a device that is being deleted.
+                    Some(burst) => {
+                        let reactions: Vec<Reaction> =
+                            burst.iter().map(|n| self.backend.reaction(n)).collect();
+                        dirty = reactions.iter().any(|r| *r != Reaction::Ignore);
+                        let cause = burst.iter().zip(&reactions).find(|(_, r)| **r == Reaction::Setup);
+                        if let Some((n, _)) = cause {
+                            tracing::info!(
+                                "kernel reported {n:?} (in a burst of {}): re-running backend setup",
+                                burst.len()
+                            );
                             needs_setup = true;
-                            dirty = true;
                         }
-                    },
+                    }
                     None => {
                         tracing::warn!("kernel notification socket closed; relying on the {}s resync", RESYNC_PERIOD.as_secs());
                         notifications = Notifications::subscribe().context("cannot re-subscribe to kernel notifications")?;
