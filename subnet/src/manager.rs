@@ -418,3 +418,219 @@ impl<R: Registry> LeaseManager<R> {
         self.current.send_replace(lease);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::mpsc;
+
+    /// An in-memory registry whose watches the test drives by hand.
+    #[derive(Clone)]
+    struct Fake {
+        state: Arc<Mutex<FakeState>>,
+    }
+
+    struct FakeState {
+        config: NetworkConfig,
+        leases: BTreeMap<SubnetKey, (LeaseAttrs, i64)>,
+        revision: i64,
+        watches: Vec<(WatchScope, mpsc::Sender<WatchUpdate>)>,
+        /// Another host that creates the key just before our next create (a lost race).
+        thief: Option<LeaseAttrs>,
+    }
+
+    impl Fake {
+        fn new(config: &str) -> Fake {
+            Fake {
+                state: Arc::new(Mutex::new(FakeState {
+                    config: NetworkConfig::parse(config.as_bytes()).unwrap(),
+                    leases: BTreeMap::new(),
+                    revision: 1,
+                    watches: Vec::new(),
+                    thief: None,
+                })),
+            }
+        }
+
+        fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+            self.state.lock().unwrap()
+        }
+
+        fn stored(key: SubnetKey, attrs: &LeaseAttrs, revision: i64) -> StoredLease {
+            StoredLease {
+                lease: Lease {
+                    key,
+                    attrs: attrs.clone(),
+                    expiration: None,
+                },
+                mod_revision: revision,
+            }
+        }
+    }
+
+    impl Registry for Fake {
+        async fn network_config(&self) -> Result<NetworkConfig, RegistryError> {
+            Ok(self.state().config.clone())
+        }
+
+        async fn list_leases(&self) -> Result<Vec<StoredLease>, RegistryError> {
+            let state = self.state();
+            Ok(state
+                .leases
+                .iter()
+                .map(|(key, (attrs, rev))| Fake::stored(*key, attrs, *rev))
+                .collect())
+        }
+
+        async fn get_lease(&self, key: SubnetKey) -> Result<Option<StoredLease>, RegistryError> {
+            let state = self.state();
+            Ok(state
+                .leases
+                .get(&key)
+                .map(|(attrs, rev)| Fake::stored(key, attrs, *rev)))
+        }
+
+        async fn put_lease(
+            &self,
+            key: SubnetKey,
+            attrs: &LeaseAttrs,
+            guard: PutGuard,
+            ttl: Duration,
+        ) -> Result<Option<SystemTime>, RegistryError> {
+            let mut state = self.state();
+            if let (PutGuard::Absent, Some(thief)) = (guard, state.thief.take()) {
+                state.revision += 1;
+                let revision = state.revision;
+                state.leases.insert(key, (thief, revision));
+            }
+            let current = state.leases.get(&key).map(|(_, rev)| *rev);
+            let holds = match guard {
+                PutGuard::Absent => current.is_none(),
+                PutGuard::Unchanged { mod_revision } => current == Some(mod_revision),
+            };
+            if !holds {
+                return Ok(None);
+            }
+            state.revision += 1;
+            let revision = state.revision;
+            state.leases.insert(key, (attrs.clone(), revision));
+            Ok(Some(SystemTime::now() + ttl))
+        }
+
+        async fn delete_lease(
+            &self,
+            key: SubnetKey,
+            mod_revision: i64,
+        ) -> Result<bool, RegistryError> {
+            let mut state = self.state();
+            if state.leases.get(&key).map(|(_, rev)| *rev) != Some(mod_revision) {
+                return Ok(false);
+            }
+            Ok(state.leases.remove(&key).is_some())
+        }
+
+        fn watch_leases(&self, scope: WatchScope) -> mpsc::Receiver<WatchUpdate> {
+            let (tx, rx) = mpsc::channel(8);
+            self.state().watches.push((scope, tx));
+            rx
+        }
+    }
+
+    fn attrs(last: u8) -> LeaseAttrs {
+        LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, last), "host-gw")
+    }
+
+    fn key(s: &str) -> SubnetKey {
+        SubnetKey::v4(s.parse().unwrap())
+    }
+
+    async fn wait_for(rx: &mut state::Receiver<Lease>, what: &str, check: impl Fn(&Lease) -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|l| check(l)))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting until {what}"))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_vanished_lease_taken_by_another_host_moves_us_to_a_new_subnet() {
+        let fake =
+            Fake::new(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.0","SubnetMax":"10.3.2.0"}"#);
+        let previous = Some("10.3.1.0/24".parse().unwrap());
+        let config = fake.state().config.clone();
+        let manager = LeaseManager::start(
+            fake.clone(),
+            &config,
+            attrs(1),
+            previous,
+            LeaseTiming::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(manager.lease().key, key("10.3.1.0/24"));
+        let mut current = manager.subscribe();
+        let task = tokio::spawn(manager.run());
+        tokio::task::yield_now().await;
+
+        // Another host takes the subnet between its deletion and our re-claim.
+        let own_watch = {
+            let mut state = fake.state();
+            state.revision += 1;
+            let revision = state.revision;
+            state
+                .leases
+                .insert(key("10.3.1.0/24"), (attrs(9), revision));
+            let (scope, tx) = state.watches.last().cloned().unwrap();
+            assert_eq!(scope, WatchScope::OneLease(key("10.3.1.0/24")));
+            tx
+        };
+        own_watch
+            .send(WatchUpdate::Events(vec![LeaseEvent::Removed(key(
+                "10.3.1.0/24",
+            ))]))
+            .await
+            .unwrap();
+
+        wait_for(&mut current, "we move to the free subnet", |l| {
+            l.key == key("10.3.2.0/24") && is_valid(l, SystemTime::now())
+        })
+        .await;
+        let state = fake.state();
+        assert_eq!(
+            state.leases[&key("10.3.1.0/24")].0,
+            attrs(9),
+            "the other host keeps its lease"
+        );
+        assert_eq!(state.leases[&key("10.3.2.0/24")].0, attrs(1));
+        assert_eq!(
+            state.watches.last().map(|(scope, _)| *scope),
+            Some(WatchScope::OneLease(key("10.3.2.0/24"))),
+            "the own-lease watch follows the new key"
+        );
+        drop(state);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_lost_creation_race_picks_another_subnet() {
+        let fake =
+            Fake::new(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.0","SubnetMax":"10.3.2.0"}"#);
+        let config = fake.state().config.clone();
+        fake.state().thief = Some(attrs(9));
+        let ttl = Duration::from_secs(60);
+        let previous = Some("10.3.1.0/24".parse().unwrap());
+        let lease = acquire(&fake, &config, &attrs(1), previous, ttl)
+            .await
+            .unwrap();
+        assert_eq!(lease.key, key("10.3.2.0/24"));
+        assert_eq!(fake.state().leases[&key("10.3.1.0/24")].0, attrs(9));
+
+        let err = acquire(&fake, &config, &attrs(3), None, ttl)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AcquireError::OutOfSubnets(_)), "{err:?}");
+        assert!(!err.is_retryable());
+    }
+}

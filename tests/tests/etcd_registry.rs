@@ -550,3 +550,20 @@ async fn an_unreachable_etcd_fails_fast_and_names_the_endpoint() {
     assert!(err.is_retryable());
     assert!(err.to_string().contains(&endpoint), "{err}");
 }
+
+#[tokio::test]
+async fn a_dropped_watch_stops_its_task() {
+    let server = EtcdServer::start();
+    let (registry, _) = setup(&server, CONFIG).await;
+    registry.network_config().await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let mut updates = registry.watch_leases(WatchScope::AllLeases);
+    assert!(matches!(next(&mut updates).await, WatchUpdate::Snapshot(_)));
+    assert!(metrics.num_alive_tasks() > before);
+    drop(updates);
+    eventually("the watch task ends", || {
+        metrics.num_alive_tasks() == before
+    })
+    .await;
+}
