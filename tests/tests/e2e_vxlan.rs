@@ -168,10 +168,11 @@ fn wait_programmed(c: &Cluster, i: usize, want: &Programmed, timeout: Duration) 
     }
 }
 
-/// Every host shows the overlay entries of every other host (none of them in `direct`, which
-/// holds the LAN A peers of LAN A hosts when DirectRouting is on).
+/// Every host of the cluster shows the entries for every other member of `hosts` (which may
+/// list peers beyond the cluster's hosts): overlay entries, or with DirectRouting a direct route
+/// for peers on its own LAN.
 fn wait_all_programmed(c: &Cluster, hosts: &[Host], direct_routing: bool) {
-    for i in 0..hosts.len() {
+    for i in 0..c.hosts.len() {
         let peers: Vec<&Host> = hosts
             .iter()
             .enumerate()
@@ -404,4 +405,25 @@ fn vxlan_direct_routing_routes_lan_peers_directly_and_others_through_the_overlay
         .map(|(i, h)| Pod::new(&c.hosts[i], &h.flannel_subnet, 2))
         .collect();
     assert_pods_connected(&pods, mtu);
+
+    // A peer lease as flanneld v0.11 writes it (no VNI, no PublicIPv6), for a host on LAN B:
+    // accepted, routed directly from LAN B and through the overlay from LAN A; gone with its key.
+    let old = Host {
+        ip: "192.168.101.50".into(),
+        flannel_subnet: "10.31.250.1/24".into(),
+        net: "10.31.250.0/24".into(),
+        mac: "02:aa:bb:cc:dd:ee".into(),
+    };
+    c.etcd.put(
+        &lease_key(&c, &old.net),
+        &format!(
+            r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VtepMAC":"{}"}}}}"#,
+            old.ip, old.mac
+        ),
+    );
+    let mut with_old = hosts.clone();
+    with_old.push(old);
+    wait_all_programmed(&c, &with_old, true);
+    assert!(c.etcd.delete(&lease_key(&c, &with_old[3].net)));
+    wait_all_programmed(&c, &hosts, true);
 }
