@@ -161,11 +161,11 @@ enum Refresh {
 
 /// What the own-lease watch says about our key.
 enum Seen {
-    /// The key holds our PublicIP (possibly with other attributes).
-    Ours(LeaseAttrs),
+    /// The key holds exactly our attributes.
+    Ours,
     /// The key is gone (deleted or expired).
     Missing,
-    /// Another host wrote the key.
+    /// Someone else wrote the key: another host, or another agent with our PublicIP.
     Other(LeaseAttrs),
 }
 
@@ -235,7 +235,7 @@ impl<R: Registry> LeaseManager<R> {
                         continue;
                     };
                     if let Some(changed) = self.observe(update, next) {
-                        (next, at) = (changed, Instant::now());
+                        (next, at) = changed;
                     }
                 }
             }
@@ -258,8 +258,8 @@ impl<R: Registry> LeaseManager<R> {
         Instant::now() + until.unwrap_or(Duration::ZERO)
     }
 
-    /// Reacts to the own-lease watch; returns the action to take at once, if any.
-    fn observe(&self, update: WatchUpdate, next: Next) -> Option<Next> {
+    /// Reacts to the own-lease watch; returns the next action and when, if it changes.
+    fn observe(&self, update: WatchUpdate, next: Next) -> Option<(Next, Instant)> {
         let key = self.lease().key;
         let seen = match update {
             WatchUpdate::Snapshot(leases) => match leases.into_iter().find(|l| l.key == key) {
@@ -272,32 +272,26 @@ impl<R: Registry> LeaseManager<R> {
             },
         };
         match seen {
-            Seen::Ours(attrs) if attrs == self.attrs => None,
-            Seen::Ours(_) => {
-                tracing::warn!(
-                    "lease {key} was rewritten with other attributes for our PublicIP; \
-                     rewriting ours"
-                );
-                Some(Next::Renew)
-            }
+            Seen::Ours => None,
             Seen::Missing if next == Next::Reclaim => None,
             Seen::Missing => {
                 tracing::warn!(
                     "lease {key} disappeared from etcd (deleted or expired); re-claiming it"
                 );
                 self.invalidate();
-                Some(Next::Reclaim)
+                Some((Next::Reclaim, Instant::now()))
             }
             Seen::Other(attrs) => {
                 self.report_conflict(key, &attrs);
-                Some(Next::Conflict)
+                // Not at once: two agents fighting over one key must not spin.
+                Some((Next::Conflict, Instant::now() + self.timing.retry_interval))
             }
         }
     }
 
     fn classify(&self, attrs: LeaseAttrs) -> Seen {
-        if attrs.public_ip == self.attrs.public_ip {
-            Seen::Ours(attrs)
+        if attrs == self.attrs {
+            Seen::Ours
         } else {
             Seen::Other(attrs)
         }
@@ -398,14 +392,25 @@ impl<R: Registry> LeaseManager<R> {
     }
 
     fn report_conflict(&self, key: SubnetKey, attrs: &LeaseAttrs) {
-        tracing::error!(
-            "lease {key} was overwritten by another host (PublicIP {}, backend {}): two hosts \
-             now claim the same subnet; not overwriting it back. Find the host with PublicIP {} \
-             and fix its subnet.env or config",
-            attrs.public_ip,
-            attrs.backend_type,
-            attrs.public_ip
-        );
+        if attrs.public_ip == self.attrs.public_ip {
+            tracing::error!(
+                "lease {key} was rewritten with other attributes ({}) by another agent with our \
+                 PublicIP {}: are two agents running for one host, or is --public-ip duplicated? \
+                 Taking it back in {:?}",
+                attrs.to_json(),
+                attrs.public_ip,
+                self.timing.retry_interval
+            );
+        } else {
+            tracing::error!(
+                "lease {key} was overwritten by another host (PublicIP {}, backend {}): two \
+                 hosts now claim the same subnet; not overwriting it back. Find the host with \
+                 PublicIP {} and fix its subnet.env or config",
+                attrs.public_ip,
+                attrs.backend_type,
+                attrs.public_ip
+            );
+        }
         self.invalidate();
     }
 
