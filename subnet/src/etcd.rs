@@ -130,9 +130,10 @@ pub struct EtcdRegistry {
 }
 
 impl EtcdRegistry {
-    /// Prepares a client for `options`. TLS is used when a client certificate and key are given
-    /// (and the CA, if given, verifies the server); the connection itself is made lazily, so an
-    /// unreachable etcd is reported by the first request.
+    /// Prepares a client for `options`: TLS when TLS files are given (the client certificate and
+    /// key together, the CA to verify the server), username/password if given. The connection is
+    /// made lazily (except for authentication), so an unreachable etcd is usually reported by the
+    /// first request, as [`RegistryError::Unavailable`] or [`RegistryError::Timeout`].
     pub async fn connect(options: &EtcdOptions) -> Result<EtcdRegistry, RegistryError> {
         let endpoints = options.endpoints.join(",");
         if options.endpoints.is_empty() {
@@ -183,16 +184,6 @@ impl EtcdRegistry {
             tls: uses_tls,
             timeout: registry_timeout,
         })
-    }
-
-    /// The key holding the network config.
-    pub fn config_key(&self) -> &str {
-        &self.keys.config
-    }
-
-    /// The etcd key of the lease for `key`.
-    pub fn lease_key(&self, key: SubnetKey) -> String {
-        self.keys.lease(key)
     }
 
     /// Runs one request with the timeout, mapping errors.

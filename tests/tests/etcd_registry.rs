@@ -567,3 +567,40 @@ async fn a_dropped_watch_stops_its_task() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn username_and_password_are_used() {
+    let server = EtcdServer::start();
+    let prefix = EtcdServer::unique_prefix();
+    server.put(&format!("{prefix}/config"), CONFIG);
+    server.etcdctl(&["user", "add", "root:s3cret"]);
+    server.etcdctl(&["user", "grant-role", "root", "root"]);
+    server.etcdctl(&["auth", "enable"]);
+    let with = |password: &str| EtcdOptions {
+        username: Some("root".into()),
+        password: Some(password.into()),
+        ..server.options(&prefix)
+    };
+    let registry = EtcdRegistry::connect(&with("s3cret")).await.unwrap();
+    assert_eq!(
+        registry
+            .network_config()
+            .await
+            .unwrap()
+            .v4()
+            .unwrap()
+            .network,
+        net("10.3.0.0/16")
+    );
+    let err = EtcdRegistry::connect(&with("wrong"))
+        .await
+        .err()
+        .expect("must fail");
+    assert!(matches!(err, RegistryError::Refused { .. }), "{err:?}");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+    let anonymous = EtcdRegistry::connect(&server.options(&prefix))
+        .await
+        .unwrap();
+    let err = anonymous.network_config().await.unwrap_err();
+    assert!(matches!(err, RegistryError::Refused { .. }), "{err:?}");
+}
