@@ -67,6 +67,9 @@ impl Default for EtcdSpec {
 }
 
 /// A running etcd; killed and its data removed on drop.
+///
+/// The kernel also kills etcd when the thread that started it exits, so start it from the test's
+/// own thread (not from a short-lived helper thread such as `spawn_blocking`).
 pub struct EtcdServer {
     child: Child,
     netns: Option<String>,
