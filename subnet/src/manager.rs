@@ -246,8 +246,8 @@ impl<R: Registry> LeaseManager<R> {
         }
     }
 
-    /// When to renew the current lease: `renew_margin` before it expires (now if that passed or
-    /// the expiration is unknown).
+    /// When to renew the lease just written: `renew_margin` before it expires, but no sooner
+    /// than `retry_interval` from now, so a margin as long as the TTL cannot make renewals spin.
     fn renewal_time(&self) -> Instant {
         let until = self.lease().expiration.and_then(|expiration| {
             expiration
@@ -255,7 +255,7 @@ impl<R: Registry> LeaseManager<R> {
                 .duration_since(SystemTime::now())
                 .ok()
         });
-        Instant::now() + until.unwrap_or(Duration::ZERO)
+        Instant::now() + until.unwrap_or(Duration::ZERO).max(self.timing.retry_interval)
     }
 
     /// Reacts to the own-lease watch; returns the next action and when, if it changes.
