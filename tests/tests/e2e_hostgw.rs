@@ -118,9 +118,26 @@ fn hostgw_three_hosts_connect_repair_restart_and_forget_peers() {
         pods[2].ping(&pods[0].ip),
         "data plane keeps working while the agent is down"
     );
+    let monitor_log = c.dir.path().join("h2-route-monitor.log");
+    let mut monitor = c.hosts[2]
+        .command("ip")
+        .args(["monitor", "route"])
+        .stdout(std::fs::File::create(&monitor_log).unwrap())
+        .spawn()
+        .unwrap();
     c.start_agent(2);
     assert_eq!(c.wait_subnet(2), subnets[2], "restart keeps the subnet");
     assert!(pods[2].ping(&pods[0].ip));
+    std::thread::sleep(Duration::from_millis(500));
+    monitor.kill().unwrap();
+    monitor.wait().unwrap();
+    let changes = std::fs::read_to_string(&monitor_log).unwrap();
+    assert!(
+        !changes
+            .lines()
+            .any(|l| nets.iter().any(|n| l.contains(n.as_str()))),
+        "the restart must not touch peer routes (no flap):\n{changes}"
+    );
 
     // A peer that is gone for good: stop it, delete its lease; every other host drops its route.
     assert_eq!(c.stop_agent(2), Some(0));
