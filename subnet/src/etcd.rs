@@ -61,27 +61,74 @@ impl Default for EtcdOptions {
     }
 }
 
-/// The etcd keys of one flannel network.
+/// The etcd keys of one flannel network (the same in the v3 and the v2 keyspace).
 #[derive(Clone, Debug)]
-struct Keys {
+pub(crate) struct Keys {
     /// `<prefix>/config`.
-    config: String,
+    pub(crate) config: String,
     /// `<prefix>/subnets/`, with the trailing slash, so `subnets2/...` is not listed.
-    subnets: String,
+    pub(crate) subnets: String,
 }
 
 impl Keys {
-    fn new(prefix: &str) -> Keys {
+    pub(crate) fn new(prefix: &str) -> Keys {
         Keys {
             config: path_join(prefix, "config"),
             subnets: format!("{}/", path_join(prefix, "subnets")),
         }
     }
 
-    fn lease(&self, key: SubnetKey) -> String {
+    /// `<prefix>/subnets/<key>`.
+    pub(crate) fn lease(&self, key: SubnetKey) -> String {
         format!("{}{key}", self.subnets)
     }
+
+    /// The subnet key of an etcd key under `<prefix>/subnets/`.
+    pub(crate) fn decode_key(&self, raw: &[u8]) -> Result<SubnetKey, RegistryError> {
+        let name = std::str::from_utf8(raw)
+            .ok()
+            .and_then(|k| k.strip_prefix(self.subnets.as_str()));
+        let bad = |problem: String| RegistryError::InvalidLease {
+            key: String::from_utf8_lossy(raw).into_owned(),
+            problem,
+        };
+        let name = name.ok_or_else(|| bad(format!("not under {}", self.subnets)))?;
+        name.parse().map_err(|e| bad(format!("{e}")))
+    }
+
+    /// Decodes a stored lease: its etcd key, JSON value and the revision (v2: modified index)
+    /// of its last write.
+    pub(crate) fn decode(
+        &self,
+        raw_key: &[u8],
+        value: &[u8],
+        mod_revision: i64,
+    ) -> Result<StoredLease, RegistryError> {
+        let key = self.decode_key(raw_key)?;
+        let attrs = LeaseAttrs::from_json(value).map_err(|e| RegistryError::InvalidLease {
+            key: String::from_utf8_lossy(raw_key).into_owned(),
+            problem: e.to_string(),
+        })?;
+        Ok(StoredLease {
+            lease: Lease {
+                key,
+                attrs,
+                expiration: None,
+            },
+            mod_revision,
+        })
+    }
 }
+
+/// How to create the config in the v3 keyspace, for [`RegistryError::ConfigNotFound`].
+pub(crate) fn v3_config_hint(key: &str) -> String {
+    format!(
+        "Did you create your config using etcdv3 API? e.g. etcdctl put {key} '{EXAMPLE_CONFIG}'"
+    )
+}
+
+/// A network config for error hints.
+pub(crate) const EXAMPLE_CONFIG: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#;
 
 /// Joins `prefix` and `name` like Go's `path.Join`: empty and `.` segments dropped, `..` pops,
 /// a leading `/` kept.
@@ -135,22 +182,9 @@ impl EtcdRegistry {
     /// made lazily (except for authentication), so an unreachable etcd is usually reported by the
     /// first request, as [`RegistryError::Unavailable`] or [`RegistryError::Timeout`].
     pub async fn connect(options: &EtcdOptions) -> Result<EtcdRegistry, RegistryError> {
-        let endpoints = options.endpoints.join(",");
-        if options.endpoints.is_empty() {
-            return Err(RegistryError::BadOptions(
-                "no etcd endpoints given (--etcd-endpoints)".into(),
-            ));
-        }
         let tls = tls_options(options)?;
         let uses_tls = tls.is_some();
-        if let Some(plain) = (tls.is_some())
-            .then(|| options.endpoints.iter().find(|e| e.starts_with("http://")))
-            .flatten()
-        {
-            return Err(RegistryError::BadOptions(format!(
-                "TLS files are given but endpoint {plain} is plain http; use https:// endpoints"
-            )));
-        }
+        let endpoints = check_endpoints(options, uses_tls)?;
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
@@ -184,6 +218,95 @@ impl EtcdRegistry {
             tls: uses_tls,
             timeout: registry_timeout,
         })
+    }
+
+    /// The config key, `<prefix>/config`.
+    pub fn config_key(&self) -> &str {
+        &self.keys.config
+    }
+
+    /// The key of a lease, `<prefix>/subnets/<key>`.
+    pub fn lease_key(&self, key: SubnetKey) -> String {
+        self.keys.lease(key)
+    }
+
+    /// The value stored at `key` (any key, e.g. [`EtcdRegistry::config_key`]), if it exists.
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        let response = self
+            .request("read key", self.client.clone().get(key, None))
+            .await?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// Creates `key` with `value` if it does not exist, attached to a fresh etcd lease of `ttl`
+    /// (no lease when `None`); returns whether it was created.
+    pub async fn create_raw(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<bool, RegistryError> {
+        let condition = Compare::create_revision(key, CompareOp::Equal, 0);
+        let written = self
+            .put_if(key.into(), value.into(), condition, ttl)
+            .await?;
+        Ok(written.is_some())
+    }
+
+    /// Writes `value` at `key` if `condition` holds, with a fresh etcd lease of `ttl` if given.
+    /// Returns `None` if the condition failed (the fresh lease is then revoked), else the
+    /// expiration (`None` without a lease).
+    async fn put_if(
+        &self,
+        key: String,
+        value: String,
+        condition: Compare,
+        ttl: Option<Duration>,
+    ) -> Result<Option<Option<SystemTime>>, RegistryError> {
+        let granted_at = SystemTime::now();
+        let grant = match ttl {
+            Some(ttl) => {
+                let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+                let grant = self
+                    .request(
+                        "grant lease",
+                        self.client.clone().lease_grant(ttl_secs, None),
+                    )
+                    .await?;
+                Some(grant)
+            }
+            None => None,
+        };
+        let options = grant
+            .as_ref()
+            .map(|grant| PutOptions::new().with_lease(grant.id()));
+        let txn = Txn::new()
+            .when([condition])
+            .and_then([TxnOp::put(key, value, options)]);
+        let written = self
+            .request("write lease", self.client.clone().txn(txn))
+            .await?
+            .succeeded();
+        let Some(grant) = grant else {
+            return Ok(written.then_some(None));
+        };
+        if written {
+            let lifetime = Duration::from_secs(grant.ttl().max(0).unsigned_abs());
+            return Ok(Some(Some(granted_at + lifetime)));
+        }
+        if let Err(e) = self
+            .request(
+                "revoke unused lease",
+                self.client.clone().lease_revoke(grant.id()),
+            )
+            .await
+        {
+            tracing::warn!(
+                "could not revoke unused etcd lease {:x} (it expires by itself): {e}",
+                grant.id()
+            );
+        }
+        Ok(None)
     }
 
     /// Runs one request with the timeout, mapping errors.
@@ -268,37 +391,45 @@ impl EtcdRegistry {
 
     /// The subnet key of an etcd key under `<prefix>/subnets/`.
     pub(crate) fn decode_key(&self, raw: &[u8]) -> Result<SubnetKey, RegistryError> {
-        let name = std::str::from_utf8(raw)
-            .ok()
-            .and_then(|k| k.strip_prefix(self.keys.subnets.as_str()));
-        let bad = |problem: String| RegistryError::InvalidLease {
-            key: String::from_utf8_lossy(raw).into_owned(),
-            problem,
-        };
-        let name = name.ok_or_else(|| bad(format!("not under {}", self.keys.subnets)))?;
-        name.parse().map_err(|e| bad(format!("{e}")))
+        self.keys.decode_key(raw)
     }
 
     /// Decodes a stored lease (key and JSON value).
     pub(crate) fn decode(&self, kv: &KeyValue) -> Result<StoredLease, RegistryError> {
-        let key = self.decode_key(kv.key())?;
-        let attrs = LeaseAttrs::from_json(kv.value()).map_err(|e| RegistryError::InvalidLease {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            problem: e.to_string(),
-        })?;
-        Ok(StoredLease {
-            lease: Lease {
-                key,
-                attrs,
-                expiration: None,
-            },
-            mod_revision: kv.mod_revision(),
-        })
+        self.keys.decode(kv.key(), kv.value(), kv.mod_revision())
     }
 }
 
-/// The TLS client configuration for `options`, if TLS files are given.
-fn tls_options(options: &EtcdOptions) -> Result<Option<TlsOptions>, RegistryError> {
+/// Checks that endpoints are given and, with TLS, that none is plain http; returns them comma
+/// separated (for error messages).
+pub(crate) fn check_endpoints(options: &EtcdOptions, tls: bool) -> Result<String, RegistryError> {
+    if options.endpoints.is_empty() {
+        return Err(RegistryError::BadOptions(
+            "no etcd endpoints given (--etcd-endpoints)".into(),
+        ));
+    }
+    if let Some(plain) = tls
+        .then(|| options.endpoints.iter().find(|e| e.starts_with("http://")))
+        .flatten()
+    {
+        return Err(RegistryError::BadOptions(format!(
+            "TLS files are given but endpoint {plain} is plain http; use https:// endpoints"
+        )));
+    }
+    Ok(options.endpoints.join(","))
+}
+
+/// The contents of the TLS files given on the command line (PEM).
+pub(crate) struct TlsMaterial {
+    /// The client certificate and its key (`--etcd-certfile`, `--etcd-keyfile`).
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The CA of the server certificate (`--etcd-cafile`).
+    pub(crate) ca: Option<Vec<u8>>,
+}
+
+/// Reads the TLS files of `options`, if any: certificate and key must come together; a CA alone
+/// is honoured (it secures the server side).
+pub(crate) fn tls_material(options: &EtcdOptions) -> Result<Option<TlsMaterial>, RegistryError> {
     let given = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
     let (cert, key, ca) = (
         given(&options.certfile),
@@ -306,7 +437,7 @@ fn tls_options(options: &EtcdOptions) -> Result<Option<TlsOptions>, RegistryErro
         given(&options.cafile),
     );
     let identity = match (cert, key) {
-        (Some(cert), Some(key)) => Some(Identity::from_pem(
+        (Some(cert), Some(key)) => Some((
             read_pem("--etcd-certfile", &cert)?,
             read_pem("--etcd-keyfile", &key)?,
         )),
@@ -322,20 +453,25 @@ fn tls_options(options: &EtcdOptions) -> Result<Option<TlsOptions>, RegistryErro
         }
         (None, None) => None,
     };
-    let ca = ca
-        .map(|ca| read_pem("--etcd-cafile", &ca).map(Certificate::from_pem))
-        .transpose()?;
+    let ca = ca.map(|ca| read_pem("--etcd-cafile", &ca)).transpose()?;
     if identity.is_none() && ca.is_none() {
         return Ok(None);
     }
-    let mut tls = TlsOptions::new();
-    if let Some(identity) = identity {
-        tls = tls.identity(identity);
-    }
-    if let Some(ca) = ca {
-        tls = tls.ca_certificate(ca);
-    }
-    Ok(Some(tls))
+    Ok(Some(TlsMaterial { identity, ca }))
+}
+
+/// The TLS client configuration for `options`, if TLS files are given.
+fn tls_options(options: &EtcdOptions) -> Result<Option<TlsOptions>, RegistryError> {
+    Ok(tls_material(options)?.map(|material| {
+        let mut tls = TlsOptions::new();
+        if let Some((cert, key)) = material.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(ca) = material.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        tls
+    }))
 }
 
 /// Reads a PEM file, naming the flag and the file in errors.
@@ -375,24 +511,7 @@ fn classify(
         }
         other => error_chain(other),
     };
-    let unavailable = || {
-        let lower = detail.to_ascii_lowercase();
-        let tls_problem = ["certificate", "tls", "handshake", "issuer", "alert"]
-            .iter()
-            .any(|w| lower.contains(w));
-        let refused = lower.contains("connection refused") || lower.contains("dns error");
-        let hint = match (tls_problem, refused, tls) {
-            (true, _, _) => TLS_HINT,
-            (false, false, true) => TLS_OR_REACH_HINT,
-            (false, true, _) => REACH_HINT,
-            (false, false, false) => PLAIN_HINT,
-        };
-        RegistryError::Unavailable {
-            endpoints: endpoints.to_string(),
-            detail: detail.clone(),
-            hint,
-        }
-    };
+    let unavailable = || unavailable(endpoints, tls, detail.clone());
     match &error {
         E::InvalidArgs(_) | E::InvalidUri(_) | E::EndpointError(_) => {
             RegistryError::BadOptions(format!("--etcd-endpoints {endpoints}: {detail}"))
@@ -413,9 +532,30 @@ fn classify(
     }
 }
 
+/// A connection failure as [`RegistryError::Unavailable`], with the hint that fits `detail` (an
+/// error chain); `tls` says whether TLS files were given.
+pub(crate) fn unavailable(endpoints: &str, tls: bool, detail: String) -> RegistryError {
+    let lower = detail.to_ascii_lowercase();
+    let tls_problem = ["certificate", "tls", "handshake", "issuer", "alert"]
+        .iter()
+        .any(|w| lower.contains(w));
+    let refused = lower.contains("connection refused") || lower.contains("dns error");
+    let hint = match (tls_problem, refused, tls) {
+        (true, _, _) => TLS_HINT,
+        (false, false, true) => TLS_OR_REACH_HINT,
+        (false, true, _) => REACH_HINT,
+        (false, false, false) => PLAIN_HINT,
+    };
+    RegistryError::Unavailable {
+        endpoints: endpoints.to_string(),
+        detail,
+        hint,
+    }
+}
+
 /// An error and all its sources, joined with `: `, without repeating a message its cause already
 /// contains.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut messages: Vec<String> = Vec::new();
     let mut current = Some(error);
     while let Some(e) = current {
@@ -437,7 +577,10 @@ impl Registry for EtcdRegistry {
         let kv = response
             .kvs()
             .first()
-            .ok_or_else(|| RegistryError::ConfigNotFound { key: key.clone() })?;
+            .ok_or_else(|| RegistryError::ConfigNotFound {
+                hint: v3_config_hint(&key),
+                key: key.clone(),
+            })?;
         NetworkConfig::parse(kv.value())
             .map_err(|source| RegistryError::InvalidConfig { key, source })
     }
@@ -464,47 +607,17 @@ impl Registry for EtcdRegistry {
         ttl: Duration,
     ) -> Result<Option<SystemTime>, RegistryError> {
         let etcd_key = self.keys.lease(key);
-        let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let granted_at = SystemTime::now();
-        let grant = self
-            .request(
-                "grant lease",
-                self.client.clone().lease_grant(ttl_secs, None),
-            )
-            .await?;
         let condition = match guard {
             PutGuard::Absent => Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0),
             PutGuard::Unchanged { mod_revision } => {
                 Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, mod_revision)
             }
         };
-        let txn = Txn::new().when([condition]).and_then([TxnOp::put(
-            etcd_key.clone(),
-            attrs.to_json(),
-            Some(PutOptions::new().with_lease(grant.id())),
-        )]);
         let written = self
-            .request("write lease", self.client.clone().txn(txn))
-            .await?
-            .succeeded();
-        if written {
-            return Ok(Some(
-                granted_at + Duration::from_secs(grant.ttl().max(0).unsigned_abs()),
-            ));
-        }
-        if let Err(e) = self
-            .request(
-                "revoke unused lease",
-                self.client.clone().lease_revoke(grant.id()),
-            )
-            .await
-        {
-            tracing::warn!(
-                "could not revoke unused etcd lease {:x} (it expires by itself): {e}",
-                grant.id()
-            );
-        }
-        Ok(None)
+            .put_if(etcd_key, attrs.to_json(), condition, Some(ttl))
+            .await?;
+        // With a TTL, a written key always has an expiration.
+        Ok(written.flatten())
     }
 
     async fn delete_lease(&self, key: SubnetKey, mod_revision: i64) -> Result<bool, RegistryError> {

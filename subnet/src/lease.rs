@@ -156,6 +156,49 @@ impl LeaseAttrs {
         Value::Object(map).to_string()
     }
 
+    /// The attributes as flanneld v0.11 keeps them in the etcd v2 keyspace: no `PublicIPv6` or
+    /// `BackendV6Data`, and no `VNI` in `BackendData` (v0.11's vxlan data is only `VtepMAC`).
+    /// Decoding [`LeaseAttrs::to_json_v011`] yields exactly this.
+    pub fn v011(&self) -> LeaseAttrs {
+        let backend_data = match &self.backend_data {
+            Some(Value::Object(data)) => {
+                let data: Map<String, Value> = data
+                    .iter()
+                    .filter(|(k, _)| !k.eq_ignore_ascii_case("VNI"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (!data.is_empty()).then_some(Value::Object(data))
+            }
+            other => other.clone(),
+        };
+        LeaseAttrs {
+            public_ip: self.public_ip,
+            public_ipv6: None,
+            backend_type: self.backend_type.clone(),
+            backend_data,
+            backend_v6_data: None,
+        }
+    }
+
+    /// Encodes the attributes exactly as flanneld v0.11 does (see [`LeaseAttrs::v011`]), e.g.
+    /// `{"PublicIP":"10.37.7.195","BackendType":"vxlan","BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}`:
+    /// compact, Go's field order, empty `BackendType`/`BackendData` omitted.
+    pub fn to_json_v011(&self) -> String {
+        let attrs = self.v011();
+        let mut map = Map::new();
+        map.insert(
+            "PublicIP".into(),
+            Value::String(attrs.public_ip.to_string()),
+        );
+        if !attrs.backend_type.is_empty() {
+            map.insert("BackendType".into(), Value::String(attrs.backend_type));
+        }
+        if let Some(data) = attrs.backend_data {
+            map.insert("BackendData".into(), data);
+        }
+        Value::Object(map).to_string()
+    }
+
     /// Decodes a lease value written by any flanneld version (v0.11 without `PublicIPv6`, HEAD
     /// with `null` or a string). Field names match case-insensitively, as in Go.
     pub fn from_json(raw: &[u8]) -> Result<Self, LeaseError> {
@@ -282,6 +325,29 @@ mod tests {
         let attrs = LeaseAttrs::from_json(dual.as_bytes()).unwrap();
         assert_eq!(attrs.public_ipv6, Some("fd00::5".parse().unwrap()));
         assert_eq!(attrs.to_json(), dual);
+    }
+
+    #[test]
+    fn v011_encoding_is_byte_for_byte_what_v011_writes_and_reads_back_as_v011() {
+        let ours = LeaseAttrs::from_json(
+            br#"{"PublicIP":"10.37.7.195","PublicIPv6":"fd00::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"82:4b:b6:2f:54:4e"},"BackendV6Data":{"VNI":1}}"#,
+        )
+        .unwrap();
+        let v011 = r#"{"PublicIP":"10.37.7.195","BackendType":"vxlan","BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}"#;
+        assert_eq!(ours.to_json_v011(), v011);
+        assert_eq!(LeaseAttrs::from_json(v011.as_bytes()).unwrap(), ours.v011());
+
+        let hostgw = LeaseAttrs::new(Ipv4Addr::new(10, 0, 0, 5), "host-gw");
+        assert_eq!(
+            hostgw.to_json_v011(),
+            r#"{"PublicIP":"10.0.0.5","BackendType":"host-gw"}"#
+        );
+        assert_eq!(hostgw.v011(), hostgw);
+        let only_vni = LeaseAttrs {
+            backend_data: Some(serde_json::json!({"VNI": 7})),
+            ..hostgw.clone()
+        };
+        assert_eq!(only_vni.v011(), hostgw, "an emptied BackendData is omitted");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The flanneld control plane: network config, lease codec, subnet allocation, subnet.env, the
-//! etcd registry and the lease manager.
+//! etcd registries (v3, and the v2 keyspace of flanneld v0.11) and the lease manager.
 
 pub mod config;
 pub mod json;
@@ -14,6 +14,8 @@ pub use peers::{LeaseEvent, PeerSet};
 pub use subnet_env::{PreviousEnv, SubnetEnv};
 pub mod alloc;
 pub mod etcd;
+pub mod etcdv2;
+pub mod keyspace;
 pub mod manager;
 pub mod registry;
 mod retry;
@@ -21,6 +23,8 @@ pub mod watch;
 
 pub use alloc::OutOfSubnets;
 pub use etcd::{EtcdOptions, EtcdRegistry};
+pub use etcdv2::EtcdV2Registry;
+pub use keyspace::{EtcdApi, Keyspace};
 pub use manager::{AcquireError, LeaseManager, LeaseTiming};
 pub use registry::{Registry, RegistryError};
 pub use watch::{WatchScope, WatchUpdate};

@@ -163,6 +163,9 @@ enum Refresh {
 enum Seen {
     /// The key holds exactly our attributes.
     Ours,
+    /// The key holds the attributes we replaced: the echo of our own earlier write, not yet
+    /// followed by that of the new attributes.
+    Replaced,
     /// The key is gone (deleted or expired).
     Missing,
     /// Someone else wrote the key: another host, or another agent with our PublicIP.
@@ -174,18 +177,47 @@ enum Seen {
 enum Next {
     /// Renew the lease at the renewal time.
     Renew,
+    /// Publish changed attributes (see [`LeaseHandle::set_attrs`]).
+    Update,
     /// Our key vanished: claim it again.
     Reclaim,
     /// Another host overwrote our key: check again later.
     Conflict,
 }
 
+/// Changes the attributes the [`LeaseManager`] publishes, e.g. when the vxlan device got a new
+/// VtepMAC, so that peers update their entries for us.
+#[derive(Clone, Debug)]
+pub struct LeaseHandle {
+    wanted: state::Sender<LeaseAttrs>,
+}
+
+impl LeaseHandle {
+    /// Publishes `attrs` from now on: written at once with the guarded write renewals use (or by
+    /// the pending re-claim while the lease is not valid), and kept for later renewals and
+    /// re-claims. Attributes equal to those asked for before change nothing.
+    pub fn set_attrs(&self, attrs: LeaseAttrs) {
+        self.wanted.send_if_modified(|wanted| {
+            let changed = *wanted != attrs;
+            *wanted = attrs;
+            changed
+        });
+    }
+}
+
 /// Holds this host's lease: publishes it, renews it, and re-claims it if it vanishes.
 pub struct LeaseManager<R: Registry> {
     registry: R,
+    /// The attributes we publish.
     attrs: LeaseAttrs,
+    /// The attributes published before the last [`LeaseHandle::set_attrs`], until the watch shows
+    /// the new ones: until then the watch may still report our own earlier write.
+    replaced: Option<LeaseAttrs>,
     timing: LeaseTiming,
     current: state::Sender<Lease>,
+    /// New attributes asked for through [`LeaseManager::handle`].
+    wanted: state::Receiver<LeaseAttrs>,
+    handle: LeaseHandle,
 }
 
 impl<R: Registry> LeaseManager<R> {
@@ -198,12 +230,21 @@ impl<R: Registry> LeaseManager<R> {
         timing: LeaseTiming,
     ) -> Result<Self, AcquireError> {
         let lease = acquire(&registry, config, &attrs, previous, timing.ttl).await?;
+        let (wanted_tx, wanted) = state::channel(attrs.clone());
         Ok(LeaseManager {
             registry,
             attrs,
+            replaced: None,
             timing,
             current: state::channel(lease).0,
+            wanted,
+            handle: LeaseHandle { wanted: wanted_tx },
         })
+    }
+
+    /// A handle to change the published attributes while [`LeaseManager::run`] runs.
+    pub fn handle(&self) -> LeaseHandle {
+        self.handle.clone()
     }
 
     /// The current lease. Its `expiration` is `None` while it is not valid (vanished and not yet
@@ -219,7 +260,7 @@ impl<R: Registry> LeaseManager<R> {
     }
 
     /// Keeps the lease forever; stop it by dropping the future (or aborting its task).
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut key = self.lease().key;
         let mut own = self.registry.watch_leases(WatchScope::OneLease(key));
         let mut next = Next::Renew;
@@ -235,6 +276,13 @@ impl<R: Registry> LeaseManager<R> {
                         continue;
                     };
                     if let Some(changed) = self.observe(update, next) {
+                        (next, at) = changed;
+                    }
+                }
+                // Never closed: `self.handle` keeps a sender.
+                Ok(()) = self.wanted.changed() => {
+                    let attrs = self.wanted.borrow_and_update().clone();
+                    if let Some(changed) = self.replace_attrs(attrs, next) {
                         (next, at) = changed;
                     }
                 }
@@ -255,11 +303,32 @@ impl<R: Registry> LeaseManager<R> {
                 .duration_since(SystemTime::now())
                 .ok()
         });
-        Instant::now() + until.unwrap_or(Duration::ZERO).max(self.timing.retry_interval)
+        Instant::now()
+            + until
+                .unwrap_or(Duration::ZERO)
+                .max(self.timing.retry_interval)
+    }
+
+    /// Takes new attributes to publish; returns the next action and when, if it changes.
+    fn replace_attrs(&mut self, attrs: LeaseAttrs, next: Next) -> Option<(Next, Instant)> {
+        if attrs == self.attrs {
+            return None;
+        }
+        tracing::info!(
+            "lease attributes changed from {} to {}; publishing them",
+            self.attrs.to_json(),
+            attrs.to_json()
+        );
+        self.replaced = Some(std::mem::replace(&mut self.attrs, attrs));
+        match next {
+            Next::Renew | Next::Update => Some((Next::Update, Instant::now())),
+            // The pending re-claim or conflict check writes the new attributes.
+            Next::Reclaim | Next::Conflict => None,
+        }
     }
 
     /// Reacts to the own-lease watch; returns the next action and when, if it changes.
-    fn observe(&self, update: WatchUpdate, next: Next) -> Option<(Next, Instant)> {
+    fn observe(&mut self, update: WatchUpdate, next: Next) -> Option<(Next, Instant)> {
         let key = self.lease().key;
         let seen = match update {
             WatchUpdate::Snapshot(leases) => match leases.into_iter().find(|l| l.key == key) {
@@ -272,7 +341,11 @@ impl<R: Registry> LeaseManager<R> {
             },
         };
         match seen {
-            Seen::Ours => None,
+            Seen::Ours => {
+                self.replaced = None;
+                None
+            }
+            Seen::Replaced => None,
             Seen::Missing if next == Next::Reclaim => None,
             Seen::Missing => {
                 tracing::warn!(
@@ -290,14 +363,17 @@ impl<R: Registry> LeaseManager<R> {
     }
 
     fn classify(&self, attrs: LeaseAttrs) -> Seen {
-        if attrs == self.attrs {
+        let stored = |ours: &LeaseAttrs| attrs == self.registry.stored_attrs(ours);
+        if stored(&self.attrs) {
             Seen::Ours
+        } else if self.replaced.as_ref().is_some_and(stored) {
+            Seen::Replaced
         } else {
             Seen::Other(attrs)
         }
     }
 
-    /// Renews or re-claims the lease; returns what to do next and when.
+    /// Renews, updates or re-claims the lease; returns what to do next and when.
     async fn act(&self, next: Next) -> (Next, Instant) {
         let key = self.lease().key;
         let retry = Instant::now() + self.timing.retry_interval;
@@ -305,6 +381,7 @@ impl<R: Registry> LeaseManager<R> {
             Ok(Refresh::Refreshed(expiration)) => {
                 match next {
                     Next::Renew => tracing::info!("renewed lease {key}"),
+                    Next::Update => tracing::info!("published lease {key} with the new attributes"),
                     Next::Reclaim | Next::Conflict => {
                         tracing::warn!("re-claimed lease {key}: same subnet as before")
                     }
@@ -343,13 +420,13 @@ impl<R: Registry> LeaseManager<R> {
                 (Next::Conflict, retry)
             }
             Err(e) => {
+                let what = match next {
+                    Next::Renew => "renew",
+                    Next::Update => "update",
+                    Next::Reclaim | Next::Conflict => "re-claim",
+                };
                 tracing::warn!(
-                    "cannot {} lease {key}: {e}; retrying in {:?}",
-                    if next == Next::Renew {
-                        "renew"
-                    } else {
-                        "re-claim"
-                    },
+                    "cannot {what} lease {key}: {e}; retrying in {:?}",
                     self.timing.retry_interval
                 );
                 (next, retry)
@@ -615,6 +692,109 @@ mod tests {
             "the own-lease watch follows the new key"
         );
         drop(state);
+        task.abort();
+    }
+
+    /// Applies `event` to the fake store as another writer would, and reports it on the
+    /// own-lease watch (the last watch opened).
+    async fn external(fake: &Fake, event: LeaseEvent) {
+        let tx = {
+            let mut state = fake.state();
+            state.revision += 1;
+            let revision = state.revision;
+            match &event {
+                LeaseEvent::Added(lease) => {
+                    state
+                        .leases
+                        .insert(lease.key, (lease.attrs.clone(), revision));
+                }
+                LeaseEvent::Removed(key) => {
+                    state.leases.remove(key);
+                }
+            }
+            state.watches.last().map(|(_, tx)| tx.clone()).unwrap()
+        };
+        tx.send(WatchUpdate::Events(vec![event])).await.unwrap();
+        // The manager task handles it before we go on (current-thread runtime).
+        tokio::task::yield_now().await;
+    }
+
+    /// Only reports `attrs` at `key` on the own-lease watch, as the echo of an earlier write.
+    async fn echo(fake: &Fake, key: SubnetKey, attrs: &LeaseAttrs) {
+        let tx = fake
+            .state()
+            .watches
+            .last()
+            .map(|(_, tx)| tx.clone())
+            .unwrap();
+        let lease = Lease {
+            key,
+            attrs: attrs.clone(),
+            expiration: None,
+        };
+        tx.send(WatchUpdate::Events(vec![LeaseEvent::Added(lease)]))
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test]
+    async fn changed_attributes_are_published_and_kept_for_re_claims() {
+        let fake = Fake::new(r#"{"Network":"10.3.0.0/16"}"#);
+        let config = fake.state().config.clone();
+        let old = attrs(1);
+        let manager = LeaseManager::start(
+            fake.clone(),
+            &config,
+            old.clone(),
+            None,
+            LeaseTiming::default(),
+        )
+        .await
+        .unwrap();
+        let key = manager.lease().key;
+        let handle = manager.handle();
+        let mut current = manager.subscribe();
+        let task = tokio::spawn(manager.run());
+        tokio::task::yield_now().await;
+
+        let mut new = old.clone();
+        new.backend_data = Some(serde_json::json!({"VtepMAC": "02:00:00:00:00:02"}));
+        handle.set_attrs(new.clone());
+        wait_for(&mut current, "the new attributes are published", |l| {
+            l.key == key && l.attrs == new && is_valid(l, SystemTime::now())
+        })
+        .await;
+        assert_eq!(fake.state().leases[&key].0, new, "written to the store");
+
+        // The watch still reporting our earlier write is no conflict.
+        echo(&fake, key, &old).await;
+        assert!(is_valid(&current.borrow_and_update(), SystemTime::now()));
+        echo(&fake, key, &new).await;
+
+        // Once the new attributes were seen, the old ones come from another agent.
+        external(
+            &fake,
+            LeaseEvent::Added(Lease {
+                key,
+                attrs: old.clone(),
+                expiration: None,
+            }),
+        )
+        .await;
+        wait_for(&mut current, "the lease is invalid", |l| {
+            !is_valid(l, SystemTime::now())
+        })
+        .await;
+
+        // A re-claim writes the new attributes.
+        external(&fake, LeaseEvent::Removed(key)).await;
+        wait_for(&mut current, "the lease is re-claimed", |l| {
+            l.key == key && is_valid(l, SystemTime::now())
+        })
+        .await;
+        assert_eq!(fake.state().leases[&key].0, new);
+        assert_eq!(current.borrow().attrs, new);
         task.abort();
     }
 

@@ -1,5 +1,6 @@
 //! The lease store as the lease protocol sees it: a small trait with one implementation per
-//! datastore (today only etcd v3, see [`crate::etcd`]), and the errors every store reports.
+//! datastore (etcd v3, see [`crate::etcd`], and the etcd v2 keyspace of flanneld v0.11, see
+//! [`crate::etcdv2`]), and the errors every store reports.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -68,6 +69,13 @@ pub trait Registry: Clone + Send + Sync + 'static {
         mod_revision: i64,
     ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
 
+    /// The attributes that reading back a lease written with `attrs` yields: a store may keep
+    /// fewer fields (the etcd v2 keyspace keeps what flanneld v0.11 writes, see
+    /// [`LeaseAttrs::v011`]). The lease manager recognises its own lease by these.
+    fn stored_attrs(&self, attrs: &LeaseAttrs) -> LeaseAttrs {
+        attrs.clone()
+    }
+
     /// Starts watching leases in `scope`: first a [`WatchUpdate::Snapshot`], then batches of
     /// events, and a fresh snapshot whenever events may have been missed. The watch runs until
     /// the receiver is dropped; it reconnects by itself.
@@ -121,10 +129,20 @@ pub enum RegistryError {
         detail: String,
     },
     /// There is no network config in the store.
-    #[error("flannel config not found in etcd store at {key}. Did you create your config using etcdv3 API? e.g. etcdctl put {key} '{{\"Network\":\"10.5.0.0/16\",\"Backend\":{{\"Type\":\"host-gw\"}}}}'")]
+    #[error("flannel config not found in etcd store at {key}. {hint}")]
     ConfigNotFound {
         /// The config key.
         key: String,
+        /// How to create it, e.g. `Did you create your config using etcdv3 API? e.g. ...`.
+        hint: String,
+    },
+    /// The server does not serve the etcd v2 API (etcd 3.4/3.5 without `--enable-v2`, or 3.6+).
+    #[error("etcd at {endpoints} does not serve the v2 API ({detail}); start etcd with --enable-v2=true, or keep the network in the v3 keyspace (--etcd-api=v3)")]
+    V2Disabled {
+        /// The endpoints tried, comma separated.
+        endpoints: String,
+        /// What the server answered.
+        detail: String,
     },
     /// The network config in the store is invalid.
     #[error("invalid flannel config at {key}: {source}")]

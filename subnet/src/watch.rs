@@ -3,11 +3,16 @@
 //! The watcher lists the scope (revision `R`), delivers that as a [`WatchUpdate::Snapshot`], then
 //! watches from `R + 1` and delivers each watch response's events as one
 //! [`WatchUpdate::Events`] batch. When the stream breaks it reconnects from the revision after the
-//! last event seen (backoff 100 ms doubling to 5 s, with jitter); when etcd has compacted that
-//! revision it lists again and delivers a fresh snapshot, which the consumer diffs against what it
-//! knows (e.g. [`crate::PeerSet::replace_all`]). A malformed key or value is skipped with a
-//! warning; it never turns into an empty snapshot (Go flanneld's hazard).
+//! last event seen (backoff 100 ms doubling to 5 s, with jitter); when etcd no longer has the
+//! events from that revision (v3: compacted; v2: outside the 1000-event window) it lists again
+//! and delivers a fresh snapshot, which the consumer diffs against what it knows (e.g.
+//! [`crate::PeerSet::replace_all`]). A malformed key or value is skipped with a warning; it never
+//! turns into an empty snapshot (Go flanneld's hazard).
+//!
+//! The loop is shared by both etcd APIs through [`WatchSource`]; the v3 source is here, the v2
+//! one in [`crate::etcdv2`].
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Event, EventType};
@@ -16,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::etcd::EtcdRegistry;
 use crate::lease::{Lease, SubnetKey};
 use crate::peers::LeaseEvent;
+use crate::registry::{RegistryError, StoredLease};
 use crate::retry::{Backoff, WarnOnce};
 
 /// Which leases to watch.
@@ -45,37 +51,57 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// Updates buffered for a slow consumer before the watcher waits.
 const CHANNEL_DEPTH: usize = 16;
 
+/// A store whose leases can be listed and then followed from the position of the listing.
+pub(crate) trait WatchSource: Send + Sync + 'static {
+    /// Lists the leases in `scope`, skipping malformed entries; returns them with the store
+    /// position (revision or index) of the listing.
+    fn list(
+        &self,
+        scope: WatchScope,
+    ) -> impl Future<Output = Result<(Vec<StoredLease>, i64), RegistryError>> + Send;
+
+    /// Follows changes in `scope` from position `start`, sending event batches to `tx`, until
+    /// the consumer goes away, the history is gone, or the connection breaks.
+    fn follow(
+        &self,
+        scope: WatchScope,
+        start: i64,
+        tx: &mpsc::Sender<WatchUpdate>,
+    ) -> impl Future<Output = Ended> + Send;
+}
+
 /// Starts the watch task; it ends when the receiver is dropped.
-pub(crate) fn spawn(registry: EtcdRegistry, scope: WatchScope) -> mpsc::Receiver<WatchUpdate> {
+pub(crate) fn spawn<S: WatchSource>(source: S, scope: WatchScope) -> mpsc::Receiver<WatchUpdate> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     tokio::spawn(async move {
         tokio::select! {
             _ = tx.closed() => {}
-            _ = run(&registry, scope, &tx) => {}
+            _ = run(&source, scope, &tx) => {}
         }
     });
     rx
 }
 
 /// Why following a watch stream ended.
-enum Ended {
+pub(crate) enum Ended {
     /// The consumer went away.
     Stopped,
-    /// etcd compacted the revision we wanted; re-list.
+    /// etcd no longer has the events from the position we wanted (compacted, or outside the v2
+    /// event window); its history now starts at or before the given position: re-list.
     Compacted(i64),
     /// The stream broke; resume from `resume_from` after a backoff.
     Broken { resume_from: i64, error: String },
 }
 
 /// Lists and watches `scope` forever, sending updates to `tx`; returns when `tx` is closed.
-async fn run(registry: &EtcdRegistry, scope: WatchScope, tx: &mpsc::Sender<WatchUpdate>) {
+async fn run<S: WatchSource>(source: &S, scope: WatchScope, tx: &mpsc::Sender<WatchUpdate>) {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut warn = WarnOnce::default();
     let mut resume_from: Option<i64> = None;
     loop {
         let start = match resume_from {
             Some(revision) => revision,
-            None => match registry.list(scope).await {
+            None => match source.list(scope).await {
                 Ok((leases, revision)) => {
                     let leases = leases.into_iter().map(|stored| stored.lease).collect();
                     if tx.send(WatchUpdate::Snapshot(leases)).await.is_err() {
@@ -91,12 +117,12 @@ async fn run(registry: &EtcdRegistry, scope: WatchScope, tx: &mpsc::Sender<Watch
             },
         };
         let opened = Instant::now();
-        match follow(registry, scope, start, tx).await {
+        match source.follow(scope, start, tx).await {
             Ended::Stopped => return,
             Ended::Compacted(compact_revision) => {
                 tracing::info!(
-                    "etcd compacted past revision {start} (now at {compact_revision}); \
-                     re-listing leases for {scope:?}"
+                    "etcd no longer has the events from {start} (compacted or cleared; now at \
+                     {compact_revision}); re-listing leases for {scope:?}"
                 );
                 resume_from = None;
             }
@@ -118,7 +144,17 @@ async fn run(registry: &EtcdRegistry, scope: WatchScope, tx: &mpsc::Sender<Watch
     }
 }
 
-/// Follows one watch stream from `start`, sending event batches until it ends.
+impl WatchSource for EtcdRegistry {
+    async fn list(&self, scope: WatchScope) -> Result<(Vec<StoredLease>, i64), RegistryError> {
+        EtcdRegistry::list(self, scope).await
+    }
+
+    async fn follow(&self, scope: WatchScope, start: i64, tx: &mpsc::Sender<WatchUpdate>) -> Ended {
+        follow(self, scope, start, tx).await
+    }
+}
+
+/// Follows one etcd v3 watch stream from `start`, sending event batches until it ends.
 async fn follow(
     registry: &EtcdRegistry,
     scope: WatchScope,
