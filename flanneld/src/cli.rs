@@ -48,6 +48,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "etcd-cafile", kind: Kind::Str, default: "", help: "SSL Certificate Authority file used to secure etcd communication", scope: Scope::Supported },
     Spec { name: "etcd-username", kind: Kind::Str, default: "", help: "username for BasicAuth to etcd", scope: Scope::Supported },
     Spec { name: "etcd-password", kind: Kind::Str, default: "", help: "password for BasicAuth to etcd", scope: Scope::Supported },
+    Spec { name: "etcd-api", kind: Kind::Str, default: "auto", help: "etcd keyspace holding the network: auto (the one holding <prefix>/config, v3 first), v3, or v2 (flanneld v0.11 clusters; etcd needs --enable-v2) (flanneld-rs only)", scope: Scope::Supported },
     Spec { name: "iface", kind: Kind::List, default: "", help: "interface to use (IP or name) for inter-host communication; may be repeated", scope: Scope::Supported },
     Spec { name: "iface-regex", kind: Kind::List, default: "", help: "regex expression to match the first interface to use (IP or name); may be repeated", scope: Scope::Supported },
     Spec { name: "iface-can-reach", kind: Kind::Str, default: "", help: "detect the interface and address used to reach this IP", scope: Scope::Supported },
@@ -119,6 +120,8 @@ pub struct Options {
     pub etcd_username: String,
     /// etcd password.
     pub etcd_password: String,
+    /// `--etcd-api`: `auto`, `v3` or `v2`.
+    pub etcd_api: String,
     /// `--iface` values in order (names or IPs).
     pub iface: Vec<String>,
     /// `--iface-regex` values in order.
@@ -292,6 +295,7 @@ where
         etcd_cafile: get("etcd-cafile"),
         etcd_username: get("etcd-username"),
         etcd_password: get("etcd-password"),
+        etcd_api: get("etcd-api"),
         iface: list("iface"),
         iface_regex: list("iface-regex"),
         iface_can_reach: get("iface-can-reach"),
@@ -315,7 +319,7 @@ where
 /// The usage text printed for `-h` and flag errors.
 pub fn usage() -> String {
     let mut out = String::from(
-        "Usage: flanneld [OPTION]...\n       flanneld mk-docker-opts [-f subnet.env] [-d file] [-i] [-c] [-k KEY] [-m]\n\nOptions (single or double dash; every flag can also be set as FLANNELD_<FLAG>):\n",
+        "Usage: flanneld [OPTION]...\n       flanneld mk-docker-opts [-f subnet.env] [-d file] [-i] [-c] [-k KEY] [-m]\n       flanneld migrate-etcd --from v2 --to v3 [--dry-run] [-etcd-* flags]\n\nOptions (single or double dash; every flag can also be set as FLANNELD_<FLAG>):\n",
     );
     for s in SPECS {
         let default = if s.default.is_empty() {
@@ -357,6 +361,7 @@ mod tests {
             vec!["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
         );
         assert_eq!(o.etcd_prefix, "/coreos.com/network");
+        assert_eq!(o.etcd_api, "auto");
         assert_eq!(o.subnet_file, "/run/flannel/subnet.env");
         assert_eq!(o.subnet_lease_renew_margin, 60);
         assert!(!o.ip_masq);

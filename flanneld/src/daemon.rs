@@ -18,6 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use backends::{Backend, Netlink, Notifications, Reaction, Reconciler};
 use ipnet::Ipv4Net;
 use subnet::etcd::{EtcdOptions, EtcdRegistry};
+use subnet::keyspace::{Detector, EtcdApi, Keyspace};
 use subnet::manager::{self, LeaseManager, LeaseTiming};
 use subnet::registry::Registry;
 use subnet::watch::{WatchScope, WatchUpdate};
@@ -65,13 +66,47 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     }
 
     let etcd = etcd_options(&opts);
+    let api: EtcdApi = opts.etcd_api.parse().map_err(|e: String| anyhow!(e))?;
     tracing::info!(
-        "etcd endpoints {}, prefix {}",
+        "etcd endpoints {}, prefix {}, API {api}",
         etcd.endpoints.join(","),
         etcd.prefix
     );
-    let registry = EtcdRegistry::connect(&etcd).await.context("etcd")?;
     ready_tx.send_replace(Readiness::NotReady("waiting for the network config".into()));
+    let keyspace = match api {
+        EtcdApi::V3 => Keyspace::V3(Box::new(
+            EtcdRegistry::connect(&etcd).await.context("etcd")?,
+        )),
+        EtcdApi::V2 => Keyspace::V2(subnet::EtcdV2Registry::connect(&etcd).context("etcd")?),
+        EtcdApi::Auto => {
+            let detector = Detector::connect(&etcd).await.context("etcd")?;
+            let found = retry(
+                &shutdown,
+                "Couldn't fetch network config",
+                |e: &subnet::registry::RegistryError| !e.is_retryable(),
+                || detector.detect(),
+            );
+            let Some(keyspace) = found.await? else {
+                return Ok(());
+            };
+            keyspace
+        }
+    };
+    match keyspace {
+        Keyspace::V3(registry) => serve(*registry, opts, previous, ready_tx, shutdown).await,
+        Keyspace::V2(registry) => serve(registry, opts, previous, ready_tx, shutdown).await,
+    }
+}
+
+/// The agent on the keyspace chosen: config, interface, backend, lease, data plane, control loop.
+async fn serve<R: Registry>(
+    registry: R,
+    opts: Options,
+    previous: PreviousEnv,
+    ready_tx: watch::Sender<Readiness>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let subnet_file = PathBuf::from(&opts.subnet_file);
     let Some(config) = retry(
         &shutdown,
         "Couldn't fetch network config",
@@ -244,7 +279,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
 }
 
 /// Maps the `--etcd-*` flags to the registry options.
-fn etcd_options(opts: &Options) -> EtcdOptions {
+pub(crate) fn etcd_options(opts: &Options) -> EtcdOptions {
     let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
     let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
     EtcdOptions {
@@ -323,9 +358,9 @@ struct Agent {
 
 impl Agent {
     /// Reacts to kernel, etcd and timer events until `shutdown`.
-    async fn control_loop(
+    async fn control_loop<R: Registry>(
         &mut self,
-        registry: &EtcdRegistry,
+        registry: &R,
         mut peer_watch: mpsc::Receiver<WatchUpdate>,
         mut lease_rx: watch::Receiver<Lease>,
         mut notifications: Notifications,
