@@ -47,6 +47,10 @@ impl HostGw {
     pub(crate) fn reaction(&self, n: &Notification) -> Reaction {
         react(n, &self.ext, None)
     }
+
+    pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Vec<String>, Error> {
+        Ok(self.ext.drift(nl).await?.into_iter().collect())
+    }
 }
 
 fn desired(peers: &PeerSet, oif: u32) -> DesiredState {

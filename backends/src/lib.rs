@@ -12,8 +12,9 @@
 //!    verified; fatal at startup). [`Backend::mtu`] is FLANNEL_MTU for subnet.env.
 //! 4. On every lease event, every 10 s and on [`Notifications`]:
 //!    [`Reconciler::reconcile`]`(&backend.desired(&peers))`. When [`Backend::reaction`] says
-//!    [`Reaction::Setup`], run `init` + `configure` again first (errors: log and retry later;
-//!    republish the lease if the returned attrs differ from the published ones).
+//!    [`Reaction::Setup`] and [`Backend::drift`] finds a difference, run `init` + `configure`
+//!    again first (errors: log and retry later; republish the lease if the returned attrs differ
+//!    from the published ones).
 
 mod desired;
 mod hostgw;
@@ -116,14 +117,35 @@ pub struct ExternalInterface {
 impl ExternalInterface {
     /// Re-reads index and MTU by name (the interface may have been recreated).
     pub(crate) async fn refresh(&mut self, nl: &Netlink) -> Result<(), Error> {
-        let link = nl
-            .link_by_name(&self.name)
-            .await
-            .map_err(Error::netlink(format!("look up interface {}", self.name)))?
+        let link = self
+            .lookup(nl)
+            .await?
             .ok_or_else(|| Error::NoInterface(self.name.clone()))?;
         self.index = link.index;
         self.mtu = link.mtu;
         Ok(())
+    }
+
+    /// How the interface differs from when it was last read (gone, recreated, other MTU).
+    pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Option<String>, Error> {
+        let name = &self.name;
+        Ok(match self.lookup(nl).await? {
+            None => Some(format!("interface {name} is gone")),
+            Some(link) if link.index != self.index => {
+                Some(format!("interface {name} was recreated"))
+            }
+            Some(link) if link.mtu != self.mtu => Some(format!(
+                "interface {name} has MTU {}, was {}",
+                link.mtu, self.mtu
+            )),
+            Some(_) => None,
+        })
+    }
+
+    async fn lookup(&self, nl: &Netlink) -> Result<Option<netlink::Link>, Error> {
+        nl.link_by_name(&self.name)
+            .await
+            .map_err(Error::netlink(format!("look up interface {}", self.name)))
     }
 }
 
@@ -213,6 +235,20 @@ impl Backend {
         };
         state.network = self.network;
         state
+    }
+
+    /// How the kernel differs from what the last [`Backend::init`] and [`Backend::configure`]
+    /// set up: the external interface (gone, recreated, other MTU) and, for vxlan, the device
+    /// (gone, recreated, down, other MAC, MTU or vxlan attributes, address) and the on-link
+    /// subnets for DirectRouting. Empty when nothing differs, e.g. after the notifications that
+    /// setup's own writes cause: then [`Reaction::Setup`] needs no setup. A failed lookup counts
+    /// as a difference.
+    pub async fn drift(&self, nl: &Netlink) -> Vec<String> {
+        let drift = match &self.kind {
+            Kind::HostGw(b) => b.drift(nl).await,
+            Kind::Vxlan(b) => b.drift(nl).await,
+        };
+        drift.unwrap_or_else(|e| vec![e.to_string()])
     }
 
     /// What the daemon should do about a kernel notification.

@@ -49,7 +49,8 @@ pub enum Reaction {
     Ignore,
     /// Run the reconciler.
     Reconcile,
-    /// Run `Backend::init` and `Backend::configure` again, then the reconciler.
+    /// Run `Backend::init` and `Backend::configure` again if `Backend::drift` finds what they
+    /// set up changed (our own setup's writes cause such notifications too), then the reconciler.
     Setup,
 }
 

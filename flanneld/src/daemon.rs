@@ -19,7 +19,7 @@ use backends::{Backend, Netlink, Notifications, Reaction, Reconciler};
 use ipnet::Ipv4Net;
 use subnet::etcd::{EtcdOptions, EtcdRegistry};
 use subnet::keyspace::{Detector, EtcdApi, Keyspace};
-use subnet::manager::{self, LeaseManager, LeaseTiming};
+use subnet::manager::{self, LeaseHandle, LeaseManager, LeaseTiming};
 use subnet::registry::Registry;
 use subnet::watch::{WatchScope, WatchUpdate};
 use subnet::{Lease, PeerSet, PreviousEnv, SubnetEnv};
@@ -208,6 +208,7 @@ async fn serve<R: Registry>(
         lease.attrs.public_ip
     );
     let lease_rx = manager.subscribe();
+    let lease_handle = manager.handle();
     let manager_task = tokio::spawn(manager.run());
 
     backend.configure(&nl, &lease, range.network).await?;
@@ -232,6 +233,7 @@ async fn serve<R: Registry>(
     let mut agent = Agent {
         peers: PeerSet::new(lease.subnet()),
         lease,
+        lease_handle,
         network: range.network,
         backend,
         nl: nl.clone(),
@@ -342,6 +344,8 @@ where
 struct Agent {
     peers: PeerSet,
     lease: Lease,
+    /// Publishes changed lease attributes (e.g. a new VtepMAC after setup).
+    lease_handle: LeaseHandle,
     network: Ipv4Net,
     backend: Backend,
     nl: Netlink,
@@ -374,6 +378,8 @@ impl Agent {
         let mut needs_setup = false;
         loop {
             let mut dirty = false;
+            // A kernel notification that may need setup, and the size of its burst.
+            let mut kernel_cause = None;
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 update = peer_watch.recv() => match update {
@@ -398,13 +404,7 @@ impl Agent {
                             burst.iter().map(|n| self.backend.reaction(n)).collect();
                         dirty = reactions.iter().any(|r| *r != Reaction::Ignore);
                         let cause = burst.iter().zip(&reactions).find(|(_, r)| **r == Reaction::Setup);
-                        if let Some((n, _)) = cause {
-                            tracing::info!(
-                                "kernel reported {n:?} (in a burst of {}): re-running backend setup",
-                                burst.len()
-                            );
-                            needs_setup = true;
-                        }
+                        kernel_cause = cause.map(|(n, _)| (n.clone(), burst.len()));
                     }
                     None => {
                         tracing::warn!("kernel notification socket closed; relying on the {}s resync", RESYNC_PERIOD.as_secs());
@@ -414,6 +414,17 @@ impl Agent {
                 _ = resync.tick() => dirty = true,
                 _ = fw_tick.tick() => self.ensure_firewall().await,
                 _ = readiness_tick.tick() => {}
+            }
+            if let (false, Some((n, len))) = (needs_setup, kernel_cause) {
+                // Setup's own writes are reported too: only a difference needs setup again.
+                let drift = self.backend.drift(&self.nl).await;
+                if !drift.is_empty() {
+                    tracing::info!(
+                        "kernel reported {n:?} (in a burst of {len}): {}; re-running backend setup",
+                        drift.join("; ")
+                    );
+                    needs_setup = true;
+                }
             }
             if needs_setup {
                 needs_setup = !self.setup().await;
@@ -486,14 +497,11 @@ impl Agent {
     async fn setup(&mut self) -> bool {
         let result = async {
             let attrs = self.backend.init(&self.nl).await?;
-            if attrs != self.lease.attrs {
-                tracing::warn!(
-                    "backend data changed ({} -> {}); peers learn it when the lease is next written",
-                    self.lease.attrs.to_json(),
-                    attrs.to_json()
-                );
-            }
-            self.backend.configure(&self.nl, &self.lease, self.network).await
+            // Changed attributes (a new VtepMAC) are written at once, so peers follow.
+            self.lease_handle.set_attrs(attrs);
+            self.backend
+                .configure(&self.nl, &self.lease, self.network)
+                .await
         }
         .await;
         match result {

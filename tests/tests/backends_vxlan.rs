@@ -339,6 +339,76 @@ async fn link_event(notes: &mut Notifications, name: &str, removed: bool) -> Not
     .unwrap_or_else(|_| panic!("no link notification for {name} (removed: {removed})"))
 }
 
+/// Collects notifications until none came for 300 ms.
+async fn drain(notes: &mut Notifications) -> Vec<Notification> {
+    let mut seen = Vec::new();
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(300), notes.next()).await {
+        seen.push(n);
+    }
+    seen
+}
+
+#[test]
+fn vxlan_drift_tells_changes_under_us_from_the_echo_of_our_own_setup() {
+    let host = &host_with_eth0("vxc", "192.168.65.1/24");
+    in_ns(host, |nl| async move {
+        let public = "192.168.65.1".parse().unwrap();
+        let own = own_lease(OWN, public);
+        let network = "10.5.0.0/16".parse().unwrap();
+        let (mut backend, attrs) =
+            vxlan_backend(&nl, json!({"Type": "vxlan"}), "192.168.65.1").await;
+        let mac = vtep_mac(&attrs);
+        assert_eq!(backend.drift(&nl).await, Vec::<String>::new());
+
+        let mut notes = Notifications::subscribe().unwrap();
+        host.sh("ip link del flannel.1");
+        let removed = link_event(&mut notes, "flannel.1", true).await;
+        assert_eq!(backend.reaction(&removed), Reaction::Setup);
+        assert_eq!(backend.drift(&nl).await, ["flannel.1 is gone"]);
+        drain(&mut notes).await;
+
+        // Setup recreates the device; the kernel reports its writes, but nothing differs.
+        backend.init(&nl).await.unwrap();
+        backend.configure(&nl, &own, network).await.unwrap();
+        let echo = drain(&mut notes).await;
+        assert!(
+            echo.iter().any(|n| backend.reaction(n) == Reaction::Setup),
+            "{echo:?}"
+        );
+        assert_eq!(backend.drift(&nl).await, Vec::<String>::new());
+
+        // Setup that changes nothing writes nothing, so the kernel reports nothing.
+        backend.init(&nl).await.unwrap();
+        backend.configure(&nl, &own, network).await.unwrap();
+        let echo = drain(&mut notes).await;
+        assert!(
+            echo.iter().all(|n| backend.reaction(n) == Reaction::Ignore),
+            "{echo:?}"
+        );
+
+        // Changes under us are differences, and setup repairs them.
+        host.sh(
+            "ip link set flannel.1 down && ip link set flannel.1 address 02:bb:00:00:00:01 && \
+             ip addr del 10.5.1.0/32 dev flannel.1 && ip addr add 10.5.9.1/24 dev flannel.1 && \
+             ip link set eth0 mtu 1400",
+        );
+        assert_eq!(
+            backend.drift(&nl).await,
+            [
+                "interface eth0 has MTU 1400, was 1500".to_string(),
+                "flannel.1: it is down".into(),
+                format!("flannel.1: MAC is 02:bb:00:00:00:01, want {mac}"),
+                "flannel.1: address 10.5.1.0/32 is missing".into(),
+                "flannel.1: it has address 10.5.9.1/24".into(),
+            ]
+        );
+        assert_eq!(backend.init(&nl).await.unwrap(), attrs);
+        backend.configure(&nl, &own, network).await.unwrap();
+        assert_eq!(backend.drift(&nl).await, Vec::<String>::new());
+        assert!(host.sh("ip link show flannel.1").contains("mtu 1350"));
+    });
+}
+
 #[test]
 fn vxlan_underlay_gone_and_back_is_repaired() {
     let host = &host_with_eth0("vxu", "192.168.64.1/24");

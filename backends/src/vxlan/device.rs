@@ -119,6 +119,63 @@ pub(crate) async fn ensure(
     Ok((link.index, mac))
 }
 
+/// The device's address for the own subnet `own`: `<own network>.0/32`.
+fn own_address(own: Ipv4Net) -> Ipv4Net {
+    Ipv4Net::from(own.network())
+}
+
+/// The addresses of `addrs` inside the cluster `network` other than `want`: they must go.
+fn foreign(addrs: &[Ipv4Net], want: Ipv4Net, network: Ipv4Net) -> impl Iterator<Item = &Ipv4Net> {
+    addrs
+        .iter()
+        .filter(move |a| **a != want && network.contains(&a.addr()))
+}
+
+async fn addresses(nl: &Netlink, name: &str, index: u32) -> Result<Vec<Ipv4Net>, Error> {
+    nl.addresses(index)
+        .await
+        .map_err(Error::netlink(format!("list addresses of {name}")))
+}
+
+/// How device `index` differs from what [`ensure`] and [`configure`] set up for `spec`, `mac`,
+/// the own subnet `own` and the cluster `network`; empty when it does not.
+pub(crate) async fn drift(
+    nl: &Netlink,
+    spec: &VxlanSpec,
+    index: u32,
+    mac: Mac,
+    own: Ipv4Net,
+    network: Ipv4Net,
+) -> Result<Vec<String>, Error> {
+    let name = &spec.name;
+    let link = match lookup(nl, name).await? {
+        None => return Ok(vec![format!("{name} is gone")]),
+        Some(link) if link.index != index => return Ok(vec![format!("{name} was recreated")]),
+        Some(link) => link,
+    };
+    let mut problems = incompatibilities(spec, &link);
+    if !link.up {
+        problems.push("it is down".into());
+    }
+    if link.mac != Some(mac) {
+        let found = link.mac.map_or("unset".into(), |m| m.to_string());
+        problems.push(format!("MAC is {found}, want {mac}"));
+    }
+    if link.mtu != spec.mtu {
+        problems.push(format!("MTU is {}, want {}", link.mtu, spec.mtu));
+    }
+    let addrs = addresses(nl, name, index).await?;
+    let want = own_address(own);
+    if !addrs.contains(&want) {
+        problems.push(format!("address {want} is missing"));
+    }
+    problems.extend(foreign(&addrs, want, network).map(|a| format!("it has address {a}")));
+    Ok(problems
+        .into_iter()
+        .map(|p| format!("{name}: {p}"))
+        .collect())
+}
+
 /// Gives device `index` the address `<own network>.0/32` (removing other addresses inside the
 /// cluster `network`), sets it up and makes sure it has `mac`.
 pub(crate) async fn configure(
@@ -129,15 +186,9 @@ pub(crate) async fn configure(
     own: Ipv4Net,
     network: Ipv4Net,
 ) -> Result<(), Error> {
-    let want = Ipv4Net::from(own.network());
-    let addrs = nl
-        .addresses(index)
-        .await
-        .map_err(Error::netlink(format!("list addresses of {name}")))?;
-    for addr in addrs
-        .iter()
-        .filter(|a| **a != want && network.contains(&a.addr()))
-    {
+    let want = own_address(own);
+    let addrs = addresses(nl, name, index).await?;
+    for addr in foreign(&addrs, want, network) {
         nl.del_address(index, *addr)
             .await
             .map_err(Error::netlink(format!("remove address {addr} from {name}")))?;

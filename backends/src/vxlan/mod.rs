@@ -31,6 +31,8 @@ pub(crate) struct Vxlan {
     public_ip: Ipv4Addr,
     /// The device's index and MAC once set up; the MAC is kept if the device is recreated.
     device: Option<(u32, Mac)>,
+    /// The own subnet and the cluster network of the last successful configure.
+    configured: Option<(Ipv4Net, Ipv4Net)>,
     /// Subnets reachable without a gateway through the external interface.
     onlink: Vec<Ipv4Net>,
 }
@@ -47,6 +49,7 @@ impl Vxlan {
             ext,
             public_ip,
             device: None,
+            configured: None,
             onlink: Vec::new(),
         })
     }
@@ -62,9 +65,9 @@ impl Vxlan {
             .saturating_sub(OVERHEAD)
     }
 
-    pub(crate) async fn init(&mut self, nl: &Netlink) -> Result<LeaseAttrs, Error> {
-        self.ext.refresh(nl).await?;
-        let spec = VxlanSpec {
+    /// The device as the config and the external interface want it.
+    fn spec(&self) -> VxlanSpec {
+        VxlanSpec {
             name: self.name(),
             vni: self.cfg.vni,
             local: self.public_ip,
@@ -73,18 +76,28 @@ impl Vxlan {
             gbp: self.cfg.gbp,
             learning: self.cfg.learning,
             mtu: self.mtu(),
-        };
-        let (index, mac) = device::ensure(nl, &spec, self.device.map(|(_, mac)| mac)).await?;
-        self.device = Some((index, mac));
+        }
+    }
+
+    /// The subnets reachable without a gateway through the external interface.
+    async fn onlink_subnets(&self, nl: &Netlink) -> Result<Vec<Ipv4Net>, Error> {
         let routes = nl
             .routes()
             .await
             .map_err(Error::netlink("list routes for DirectRouting"))?;
-        self.onlink = routes
+        Ok(routes
             .iter()
             .filter(|r| r.gateway.is_none() && r.oif == Some(self.ext.index))
             .map(|r| r.dst)
-            .collect();
+            .collect())
+    }
+
+    pub(crate) async fn init(&mut self, nl: &Netlink) -> Result<LeaseAttrs, Error> {
+        self.ext.refresh(nl).await?;
+        let published = self.device.map(|(_, mac)| mac);
+        let (index, mac) = device::ensure(nl, &self.spec(), published).await?;
+        self.device = Some((index, mac));
+        self.onlink = self.onlink_subnets(nl).await?;
         let mut attrs = LeaseAttrs::new(self.public_ip, TYPE);
         attrs.backend_data = Some(
             VtepData {
@@ -106,7 +119,26 @@ impl Vxlan {
         let (index, mac) = self
             .device
             .ok_or_else(|| Error::NoInterface(name.clone()))?;
-        device::configure(nl, &name, index, mac, own, network).await
+        self.configured = None;
+        device::configure(nl, &name, index, mac, own, network).await?;
+        self.configured = Some((own, network));
+        Ok(())
+    }
+
+    pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Vec<String>, Error> {
+        let mut drift: Vec<String> = self.ext.drift(nl).await?.into_iter().collect();
+        let (Some((index, mac)), Some((own, network))) = (self.device, self.configured) else {
+            drift.push(format!("{} is not set up", self.name()));
+            return Ok(drift);
+        };
+        drift.extend(device::drift(nl, &self.spec(), index, mac, own, network).await?);
+        if self.cfg.direct_routing && self.onlink_subnets(nl).await? != self.onlink {
+            drift.push(format!(
+                "the on-link subnets of {} changed (DirectRouting)",
+                self.ext.name
+            ));
+        }
+        Ok(drift)
     }
 
     pub(crate) fn desired(&self, peers: &PeerSet) -> DesiredState {
