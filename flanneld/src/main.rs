@@ -1,13 +1,15 @@
 //! flanneld-rs: a drop-in Rust reimplementation of the flanneld agent (etcd mode).
 //!
 //! `flanneld [flags]` runs the agent; `flanneld mk-docker-opts [options]` writes docker options
-//! from subnet.env like flannel's mk-docker-opts.sh.
+//! from subnet.env like flannel's mk-docker-opts.sh; `flanneld migrate-etcd --from v2 --to v3`
+//! copies a flanneld v0.11 network from the etcd v2 keyspace to v3.
 
 mod cli;
 mod daemon;
 mod firewall;
 mod healthz;
 mod iface;
+mod migrate;
 mod mk_docker_opts;
 mod sdnotify;
 
@@ -18,8 +20,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("mk-docker-opts") {
-        return exit_code(mk_docker_opts::run(&args[1..]));
+    match args.first().map(String::as_str) {
+        Some("mk-docker-opts") => return exit_code(mk_docker_opts::run(&args[1..])),
+        Some("migrate-etcd") => return exit_code(migrate::run(&args[1..])),
+        _ => {}
     }
     let opts = match cli::parse(&args, std::env::vars()) {
         Ok(o) => o,
