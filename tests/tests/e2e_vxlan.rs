@@ -150,6 +150,11 @@ fn expected(peers: &[&Host], direct: &[&Host]) -> Programmed {
     want
 }
 
+/// How many times host `i`'s agents re-ran backend setup because of a kernel notification.
+fn setups(c: &Cluster, i: usize) -> usize {
+    c.log(i).matches("re-running backend setup").count()
+}
+
 /// Waits until host `i` shows exactly `want`; on timeout panics with what it shows and its log.
 fn wait_programmed(c: &Cluster, i: usize, want: &Programmed, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -319,6 +324,12 @@ fn vxlan_across_two_lans_connects_pods_and_converges_after_faults() {
             ping(pod, &pods[0].ip, &[]).then_some(())
         });
     }
+    assert_eq!(
+        setups(&c, 0),
+        1,
+        "one setup repairs it: the notifications of its own writes need no second one; log:\n{}",
+        c.log(0)
+    );
 
     // An agent restart keeps the device (same index), its MAC (in the kernel and in etcd) and
     // the subnet.
@@ -345,6 +356,8 @@ fn vxlan_across_two_lans_connects_pods_and_converges_after_faults() {
     wait_for("the published MAC to be restored", REPAIR, || {
         (vtep_mac(&c, 0) == hosts[0].mac).then_some(())
     });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(setups(&c, 0), 2, "log:\n{}", c.log(0));
 
     // The device deleted while the agent is down: the restarted agent creates a new one with a
     // new MAC and publishes it; the peers replace their entries (the old FDB entry goes too).

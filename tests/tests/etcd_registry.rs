@@ -313,6 +313,72 @@ async fn a_deleted_own_lease_is_reclaimed_and_an_overwritten_one_reported() {
     task.abort();
 }
 
+/// vxlan lease attributes of host `192.168.0.1` with VtepMAC `mac`.
+fn vtep(mac: &str) -> LeaseAttrs {
+    let mut attrs = LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 1), "vxlan");
+    attrs.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": mac}));
+    attrs
+}
+
+#[tokio::test]
+async fn changed_attributes_reach_the_peers_and_survive_a_re_claim() {
+    let server = EtcdServer::start_tls();
+    let (registry, prefix) = setup(&server, CONFIG).await;
+    let config = registry.network_config().await.unwrap();
+    let timing = LeaseTiming {
+        ttl: DAY,
+        ..short_timing()
+    };
+    let old = vtep("02:00:00:00:00:01");
+    let manager = LeaseManager::start(registry.clone(), &config, old, None, timing)
+        .await
+        .unwrap();
+    let lease = manager.lease();
+    let key = format!("{prefix}/subnets/{}", lease.key);
+    let handle = manager.handle();
+    let updates = manager.subscribe();
+    let task = tokio::spawn(manager.run());
+    // A peer's view of the leases (its own subnet outside the network: it sees all of them).
+    let mut peer_watch = registry.watch_leases(WatchScope::AllLeases);
+    let mut peers = PeerSet::new(net("10.99.0.0/24"));
+    match next(&mut peer_watch).await {
+        WatchUpdate::Snapshot(leases) => {
+            peers.replace_all(leases);
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let new = vtep("02:00:00:00:00:02");
+    handle.set_attrs(new.clone());
+    while peers.iter().all(|l| l.attrs != new) {
+        match next(&mut peer_watch).await {
+            WatchUpdate::Snapshot(leases) => {
+                peers.replace_all(leases);
+            }
+            WatchUpdate::Events(events) => events.iter().for_each(|e| {
+                peers.apply(e);
+            }),
+        }
+    }
+    assert_eq!(server.get(&key), Some(new.to_json()));
+    eventually("the new attributes are published", || {
+        let current = updates.borrow();
+        current.attrs == new && is_valid(&current, SystemTime::now())
+    })
+    .await;
+    // The watch echo of our own writes is no conflict (the retry interval is 1 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(is_valid(&updates.borrow(), SystemTime::now()));
+
+    assert!(server.delete(&key));
+    eventually("the lease is re-claimed with the new attributes", || {
+        server.get(&key) == Some(new.to_json())
+    })
+    .await;
+    task.abort();
+}
+
 fn lease_json(ip: u8) -> String {
     host(ip).to_json()
 }
