@@ -264,10 +264,20 @@ struct LanB {
 }
 
 impl Cluster {
-    /// Builds `n` hosts and an etcd (TLS, inside its own namespace) on one switch, writes
-    /// `config` at `<prefix>/config` and starts the agent on every host with `extra_args`.
+    /// Builds `n` hosts and an etcd (TLS, v2 API enabled, inside its own namespace) on one
+    /// switch, writes `config` at `<prefix>/config` (v3) and starts the agent on every host with
+    /// `extra_args`.
     pub fn start(n: usize, config: &str, extra_args: &[&str]) -> Cluster {
         Cluster::launch(Cluster::prepare(n, Some(config), extra_args))
+    }
+
+    /// Like [`Cluster::start`], but `config` is written to the etcd v2 keyspace with
+    /// `ETCDCTL_API=2 etcdctl set`, as in a flanneld v0.11 cluster: the agents find it there
+    /// (`--etcd-api=auto`, unless `extra_args` says otherwise) and keep their leases there.
+    pub fn start_v2(n: usize, config: &str, extra_args: &[&str]) -> Cluster {
+        let cluster = Cluster::prepare(n, None, extra_args);
+        cluster.etcd.v2_set(&cluster.config_key(), config, None);
+        Cluster::launch(cluster)
     }
 
     /// Like [`Cluster::start`], but without writing any network config: the agents start and
@@ -344,6 +354,7 @@ impl Cluster {
             tls: true,
             ip: std::net::Ipv4Addr::new(192, 168, 100, 2),
             netns: Some(etcd_ns.name().to_string()),
+            enable_v2: true,
         });
         let prefix = crate::etcd::EtcdServer::unique_prefix();
         if let Some(config) = config {

@@ -3,8 +3,9 @@
 //!
 //! [`EtcdServer`] runs etcd on free ports with its data in a temporary directory; dropping the
 //! guard kills the process and removes the directory, also when the test panics (and the kernel
-//! kills etcd if the test thread dies first). The helpers use `etcdctl` (API v3), so they work
-//! from sync and async tests alike.
+//! kills etcd if the test thread dies first). The helpers use `etcdctl` (API v3; the `v2_*` ones
+//! `ETCDCTL_API=2 etcdctl` and curl for the v2 keyspace of flanneld v0.11), so they work from sync
+//! and async tests alike.
 
 use std::fs;
 use std::io::Read;
@@ -54,6 +55,8 @@ pub struct EtcdSpec {
     /// Run etcd (and the `etcdctl` helpers) inside this network namespace; etcd then uses the
     /// standard ports 2379/2380, which are free in a namespace of its own.
     pub netns: Option<String>,
+    /// Serve the v2 API too (`--enable-v2=true`), as clusters of flanneld v0.11 need.
+    pub enable_v2: bool,
 }
 
 impl Default for EtcdSpec {
@@ -62,6 +65,7 @@ impl Default for EtcdSpec {
             tls: false,
             ip: Ipv4Addr::LOCALHOST,
             netns: None,
+            enable_v2: false,
         }
     }
 }
@@ -208,6 +212,97 @@ impl EtcdServer {
         Some((ttl["ttl"].as_i64()?, ttl["granted-ttl"].as_i64()?, id))
     }
 
+    /// `ETCDCTL_API=2 etcdctl set key value [--ttl N]`, as an operator of a flanneld v0.11
+    /// cluster writes the config (or a lease by hand).
+    pub fn v2_set(&self, key: &str, value: &str, ttl: Option<u64>) {
+        let mut args = vec!["set".to_string(), key.to_string(), value.to_string()];
+        if let Some(ttl) = ttl {
+            args.push(format!("--ttl={ttl}"));
+        }
+        let mut cmd = self.etcdctl_v2_command();
+        let out = cmd
+            .arg("--")
+            .args(&args)
+            .output()
+            .expect("cannot run etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl (v2) {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The v2 node at `key` (`{"key":..,"value":..,"ttl":..,"modifiedIndex":..}`), if it exists.
+    pub fn v2_get(&self, key: &str) -> Option<serde_json::Value> {
+        let answer = self.v2_request("GET", &format!("{key}?quorum=true"), &[]);
+        (answer["errorCode"].is_null()).then(|| answer["node"].clone())
+    }
+
+    /// Deletes the v2 `key`; returns whether it existed.
+    pub fn v2_delete(&self, key: &str) -> bool {
+        self.v2_request("DELETE", key, &[])["errorCode"].is_null()
+    }
+
+    /// The values of the v2 keys under the directory `dir` (recursively), by key.
+    pub fn v2_values(&self, dir: &str) -> std::collections::BTreeMap<String, String> {
+        fn collect(node: &serde_json::Value, out: &mut std::collections::BTreeMap<String, String>) {
+            if let (Some(key), Some(value)) = (node["key"].as_str(), node["value"].as_str()) {
+                out.insert(key.to_string(), value.to_string());
+            }
+            for child in node["nodes"].as_array().into_iter().flatten() {
+                collect(child, out);
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        let answer = self.v2_request("GET", &format!("{dir}?recursive=true&quorum=true"), &[]);
+        collect(&answer["node"], &mut out);
+        out
+    }
+
+    /// Sends `method /v2/keys<path>` with form fields through curl; returns the JSON answer
+    /// (an error answer too).
+    pub fn v2_request(&self, method: &str, path: &str, form: &[(&str, &str)]) -> serde_json::Value {
+        let mut cmd = in_netns(self.netns.as_deref(), "curl");
+        cmd.args(["-sS", "--max-time", "5", "-X", method]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        for (name, value) in form {
+            cmd.arg("--data-urlencode").arg(format!("{name}={value}"));
+        }
+        cmd.arg(format!("{}/v2/keys{path}", self.endpoint));
+        let out = cmd.output().expect("cannot run curl");
+        assert!(
+            out.status.success(),
+            "curl {method} {path} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "curl {method} {path}: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// An `ETCDCTL_API=2 etcdctl` command for this server.
+    fn etcdctl_v2_command(&self) -> Command {
+        let mut cmd = in_netns(self.netns.as_deref(), "etcdctl");
+        cmd.env("ETCDCTL_API", "2")
+            .arg(format!("--endpoints={}", self.endpoint));
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--ca-file={}", tls.ca.display()))
+                .arg(format!("--cert-file={}", tls.client_cert.display()))
+                .arg(format!("--key-file={}", tls.client_key.display()));
+        }
+        cmd
+    }
+
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.etcdctl(args);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}: {out}"))
@@ -348,6 +443,9 @@ fn spawn_etcd(
         .arg("--initial-cluster-state=new")
         .arg("--logger=zap")
         .arg("--log-outputs=stderr");
+    if spec.enable_v2 {
+        cmd.arg("--enable-v2=true");
+    }
     if let Some(tls) = tls {
         cmd.arg("--client-cert-auth")
             .arg(format!("--trusted-ca-file={}", tls.ca.display()))

@@ -267,6 +267,7 @@ impl Lab {
             tls: false,
             ip: ETCD_IP,
             netns: Some(etcd_ns.name().to_string()),
+            enable_v2: false,
         });
         // The etcd client (and the /metrics reader) live in etcd's namespace.
         enter_netns(etcd_ns.name())?;
