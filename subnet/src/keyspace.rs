@@ -71,12 +71,13 @@ impl Detector {
     }
 
     /// Looks for `<prefix>/config` in the v3 keyspace, then in the v2 keyspace, and logs which
-    /// one is used and why. A config that exists but is invalid counts as found (it is reported
-    /// when it is read). Neither: [`RegistryError::ConfigNotFound`], worth retrying.
+    /// one is used and why. The first keyspace holding the key decides: an invalid config there
+    /// is [`RegistryError::InvalidConfig`]; neither holding it is
+    /// [`RegistryError::ConfigNotFound`]; both are worth retrying (an operator may fix it).
     pub async fn detect(&self) -> Result<Keyspace, RegistryError> {
         let key = self.v3.config_key().to_string();
         match self.v3.network_config().await {
-            Ok(_) | Err(RegistryError::InvalidConfig { .. }) => {
+            Ok(_) => {
                 tracing::info!("using the etcd v3 keyspace (--etcd-api=auto): {key} is there");
                 return Ok(Keyspace::V3(Box::new(self.v3.clone())));
             }
@@ -85,7 +86,7 @@ impl Detector {
         }
         let v2_note = match &self.v2 {
             Ok(v2) => match v2.network_config().await {
-                Ok(_) | Err(RegistryError::InvalidConfig { .. }) => {
+                Ok(_) => {
                     tracing::info!(
                         "using the etcd v2 keyspace (--etcd-api=auto): {key} is not in the v3 \
                          keyspace but in the v2 keyspace (a flanneld v0.11 network); leases are \

@@ -71,9 +71,27 @@ async fn v2_config_is_read_over_tls_and_auto_prefers_the_v3_keyspace() {
     assert_eq!(config.v4().unwrap().network, "10.3.0.0/16".parse().unwrap());
     assert_eq!(config.backend.backend_type, "vxlan");
 
-    let options = server.options(&prefix);
-    let detector = Detector::connect(&options).await.unwrap();
+    // A dead endpoint first (as in the default list): the next one answers.
+    let mut options = server.options(&prefix);
+    options.endpoints.insert(0, "https://127.0.0.1:1".into());
+    let registry = EtcdV2Registry::connect(&options).unwrap();
+    assert!(registry.network_config().await.is_ok());
+
+    let detector = Detector::connect(&server.options(&prefix)).await.unwrap();
     assert!(matches!(detector.detect().await, Ok(Keyspace::V2(_))));
+    server.v2_set(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.3.0.0/16","SubnetLen":31}"#,
+        None,
+    );
+    assert!(
+        matches!(
+            detector.detect().await,
+            Err(RegistryError::InvalidConfig { .. })
+        ),
+        "the keyspace holding the config decides, even when the config is invalid"
+    );
+    server.v2_set(&format!("{prefix}/config"), CONFIG, None);
     server.put(&format!("{prefix}/config"), r#"{"Network":"10.4.0.0/16"}"#);
     assert!(
         matches!(detector.detect().await, Ok(Keyspace::V3(_))),
