@@ -317,7 +317,7 @@ where
         match outcome {
             Ok(v) => {
                 if !last.is_empty() {
-                    tracing::info!("{what}: resolved");
+                    tracing::info!("ok now (earlier: {last})");
                 }
                 return Ok(Some(v));
             }
