@@ -2,5 +2,6 @@
 //! running the agent. The tests themselves live in `tests/tests/`.
 
 pub mod cluster;
+pub mod dataplane;
 pub mod etcd;
 pub mod netns;

@@ -1,13 +1,10 @@
 //! host-gw backend and reconciler against the real kernel, in a network namespace.
 
-#[path = "backends_support.rs"]
-mod support;
-
 use backends::{Backend, Reconciler};
-use serde_json::json;
-use support::{
+use flanneld_tests::dataplane::{
     backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of,
 };
+use serde_json::json;
 
 const OWN: &str = "10.5.1.0/24";
 

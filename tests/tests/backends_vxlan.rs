@@ -2,18 +2,15 @@
 //! FDB / route, removal, VtepMAC change, DirectRouting, device deletion noticed and repaired,
 //! restart, and a ping between two hosts across a router.
 
-#[path = "backends_support.rs"]
-mod support;
-
 use std::time::Duration;
 
 use backends::{Backend, Netlink, Notification, Notifications, Reaction, Reconciler};
+use flanneld_tests::dataplane::{
+    backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of,
+};
 use flanneld_tests::netns::Netns;
 use serde_json::{json, Value};
 use subnet::LeaseAttrs;
-use support::{
-    backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of,
-};
 
 const OWN: &str = "10.5.1.0/24";
 const MAC2: &str = "02:aa:00:00:00:02";

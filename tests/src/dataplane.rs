@@ -1,12 +1,11 @@
-//! Shared helpers for the `backends_*` tests (included with `#[path]`; as its own test target it
-//! holds no tests).
-#![allow(dead_code)]
+//! Helpers for data-plane tests that drive the `backends` crate against the real kernel in a
+//! namespace: peers and leases from short strings, an external interface, a netlink runtime.
 
 use std::future::Future;
 use std::net::Ipv4Addr;
 
+use crate::netns::Netns;
 use backends::{ExternalInterface, Netlink};
-use flanneld_tests::netns::Netns;
 use serde_json::Value;
 use subnet::config::BackendConfig;
 use subnet::{Lease, LeaseAttrs, LeaseEvent, PeerSet, SubnetKey};
