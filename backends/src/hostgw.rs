@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use subnet::{LeaseAttrs, PeerSet};
+use subnet::{Lease, LeaseAttrs};
 
 use crate::desired::DesiredState;
 use crate::notify::{react, Notification, Reaction};
@@ -40,7 +40,7 @@ impl HostGw {
         self.ext.mtu
     }
 
-    pub(crate) fn desired(&self, peers: &PeerSet) -> DesiredState {
+    pub(crate) fn desired<'a>(&self, peers: impl IntoIterator<Item = &'a Lease>) -> DesiredState {
         desired(peers, self.ext.index)
     }
 
@@ -53,9 +53,9 @@ impl HostGw {
     }
 }
 
-fn desired(peers: &PeerSet, oif: u32) -> DesiredState {
+fn desired<'a>(peers: impl IntoIterator<Item = &'a Lease>, oif: u32) -> DesiredState {
     let mut state = DesiredState::default();
-    for peer in peers.iter() {
+    for peer in peers {
         if peer.attrs.backend_type == TYPE {
             state.add_direct_route(peer.subnet(), peer.attrs.public_ip, oif);
         } else {
@@ -75,7 +75,7 @@ fn desired(peers: &PeerSet, oif: u32) -> DesiredState {
 mod tests {
     use super::*;
     use crate::desired::Route;
-    use subnet::{Lease, LeaseEvent, SubnetKey};
+    use subnet::{LeaseEvent, PeerSet, SubnetKey};
 
     fn ext() -> ExternalInterface {
         ExternalInterface {
@@ -99,7 +99,9 @@ mod tests {
         let mut peers = PeerSet::new("10.5.1.0/24".parse().unwrap());
         peers.apply(&peer("10.5.2.0/24", [192, 168, 1, 2], "host-gw"));
         peers.apply(&peer("10.5.3.0/24", [192, 168, 1, 3], "vxlan"));
-        let state = HostGw::new(ext(), ext().addr).unwrap().desired(&peers);
+        let state = HostGw::new(ext(), ext().addr)
+            .unwrap()
+            .desired(peers.iter());
         let dst = "10.5.2.0/24".parse().unwrap();
         assert_eq!(
             state.routes.values().copied().collect::<Vec<_>>(),

@@ -229,6 +229,12 @@ impl Backend {
     /// The kernel objects wanted for `peers`. Peers of another backend type or with
     /// undecodable data are left out and listed in [`DesiredState::skipped`].
     pub fn desired(&self, peers: &PeerSet) -> DesiredState {
+        self.desired_for(peers.iter())
+    }
+
+    /// The kernel objects wanted for some peer leases only, e.g. the old or the new leases of
+    /// the peers an etcd event changed (for [`Reconciler::reconcile_changes`]).
+    pub fn desired_for<'a>(&self, peers: impl IntoIterator<Item = &'a Lease>) -> DesiredState {
         let mut state = match &self.kind {
             Kind::HostGw(b) => b.desired(peers),
             Kind::Vxlan(b) => b.desired(peers),

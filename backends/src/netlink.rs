@@ -80,6 +80,19 @@ pub(crate) struct KernelRoute {
 }
 
 impl KernelRoute {
+    /// How the kernel reports `route` once we installed it (tagged ours, metric 0, tos 0).
+    pub fn ours(route: &Route) -> KernelRoute {
+        KernelRoute {
+            dst: route.dst,
+            gateway: Some(route.gateway),
+            oif: Some(route.oif),
+            onlink: route.onlink,
+            protocol: ROUTE_PROTOCOL,
+            priority: 0,
+            tos: 0,
+        }
+    }
+
     /// Whether the route carries our protocol tag.
     pub fn is_ours(&self) -> bool {
         self.protocol == ROUTE_PROTOCOL

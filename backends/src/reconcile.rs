@@ -1,6 +1,11 @@
 //! The level-triggered reconciler: dump the kernel objects we own, diff them against the
 //! desired state, apply the minimal changes, verify.
 //!
+//! Between full runs the reconciler keeps the dumped objects, updated with every write the
+//! kernel acknowledged, so that a change of a few peers ([`Reconciler::reconcile_changes`]) is
+//! planned against that model for just the objects those peers touch, without a dump. Writes
+//! are pipelined: each phase of a plan is sent with up to [`PIPELINE_DEPTH`] requests in flight.
+//!
 //! Ownership rules (DESIGN principle 3): routes are ours when they carry
 //! [`crate::ROUTE_PROTOCOL`] and lie inside the desired state's cluster network; neighbours and FDB entries are ours when they are permanent and on
 //! the vxlan device of the desired state. An untagged route that exactly matches a desired route
@@ -10,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use futures::StreamExt;
 use ipnet::Ipv4Net;
 
 use crate::desired::{DesiredState, Route};
@@ -49,6 +55,9 @@ pub(crate) enum Op {
     DelNeighbour { link: u32, ip: Ipv4Addr },
 }
 
+/// Kernel requests in flight at once while applying one phase of a plan.
+const PIPELINE_DEPTH: usize = 64;
+
 /// How an [`Op`] counts in the [`Report`].
 enum Change {
     Added,
@@ -57,6 +66,18 @@ enum Change {
 }
 
 impl Op {
+    /// The ordering phase: ops of one phase are independent and may run concurrently; phases
+    /// run in this order (neighbours, FDB entries, routes, then the deletes in reverse).
+    fn phase(&self) -> u8 {
+        match self {
+            Op::SetNeighbour { .. } => 0,
+            Op::SetFdb { .. } => 1,
+            Op::AddRoute(_) | Op::ReplaceRoute(_) | Op::DelRoute(_) => 2,
+            Op::DelFdb { .. } => 3,
+            Op::DelNeighbour { .. } => 4,
+        }
+    }
+
     fn change(&self) -> Change {
         match self {
             Op::AddRoute(_)
@@ -132,12 +153,101 @@ impl Report {
     }
 }
 
-/// The owned kernel objects, dumped once per run.
+/// The kernel objects the reconciler looks at, indexed by key: every main-table unicast route
+/// by destination, the permanent neighbours and the FDB remotes (non-zero MACs) of the vxlan
+/// device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Snapshot {
-    pub routes: Vec<KernelRoute>,
-    pub neighbours: Vec<(Ipv4Addr, Mac)>,
-    pub fdb: Vec<(Mac, Ipv4Addr)>,
+    pub routes: BTreeMap<Ipv4Net, Vec<KernelRoute>>,
+    pub neighbours: BTreeMap<Ipv4Addr, Mac>,
+    pub fdb: BTreeMap<Mac, BTreeSet<Ipv4Addr>>,
+}
+
+impl Snapshot {
+    /// Indexes dumped objects.
+    pub fn new(
+        routes: Vec<KernelRoute>,
+        neighbours: Vec<(Ipv4Addr, Mac)>,
+        fdb: Vec<(Mac, Ipv4Addr)>,
+    ) -> Snapshot {
+        let mut snap = Snapshot {
+            neighbours: neighbours.into_iter().collect(),
+            ..Snapshot::default()
+        };
+        for k in routes {
+            snap.routes.entry(k.dst).or_default().push(k);
+        }
+        for (mac, remote) in fdb.into_iter().filter(|(mac, _)| !mac.is_zero()) {
+            snap.fdb.entry(mac).or_default().insert(remote);
+        }
+        snap
+    }
+
+    /// The part of the snapshot with the keys `desired` states use: their route destinations,
+    /// neighbour addresses and FDB MACs.
+    fn scoped(&self, states: &[&DesiredState]) -> Snapshot {
+        let mut out = Snapshot::default();
+        for state in states {
+            for dst in state.routes.keys() {
+                if let Some(ks) = self.routes.get(dst) {
+                    out.routes.insert(*dst, ks.clone());
+                }
+            }
+            for ip in state.neighbours.keys() {
+                if let Some(mac) = self.neighbours.get(ip) {
+                    out.neighbours.insert(*ip, *mac);
+                }
+            }
+            for mac in state.fdb.keys() {
+                if let Some(remotes) = self.fdb.get(mac) {
+                    out.fdb.insert(*mac, remotes.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Follows a write the kernel acknowledged; `false` when the outcome cannot be modelled
+    /// (an FDB replace on a MAC with several remotes), so the snapshot must be dumped again.
+    fn record(&mut self, op: &Op) -> bool {
+        match op {
+            Op::AddRoute(r) | Op::ReplaceRoute(r) => {
+                let same = self.routes.entry(r.dst).or_default();
+                same.retain(|k| k.priority != 0 || k.tos != 0);
+                same.push(KernelRoute::ours(r));
+            }
+            Op::DelRoute(k) => {
+                if let Some(same) = self.routes.get_mut(&k.dst) {
+                    same.retain(|x| x != k);
+                    if same.is_empty() {
+                        self.routes.remove(&k.dst);
+                    }
+                }
+            }
+            Op::SetNeighbour { ip, mac, .. } => {
+                self.neighbours.insert(*ip, *mac);
+            }
+            Op::DelNeighbour { ip, .. } => {
+                self.neighbours.remove(ip);
+            }
+            Op::SetFdb { mac, remote, .. } => {
+                let remotes = self.fdb.entry(*mac).or_default();
+                if remotes.len() > 1 {
+                    return false;
+                }
+                *remotes = BTreeSet::from([*remote]);
+            }
+            Op::DelFdb { mac, remote, .. } => {
+                if let Some(remotes) = self.fdb.get_mut(mac) {
+                    remotes.remove(remote);
+                    if remotes.is_empty() {
+                        self.fdb.remove(mac);
+                    }
+                }
+            }
+        }
+        true
+    }
 }
 
 /// What to do to get from a snapshot to the desired state.
@@ -207,7 +317,7 @@ pub(crate) fn plan(desired: &DesiredState, snap: &Snapshot) -> Plan {
     plan_routes(desired, snap, &mut out);
     out.ops.extend(fdb_deletes);
     if let Some(link) = desired.vtep {
-        for (ip, _) in &snap.neighbours {
+        for ip in snap.neighbours.keys() {
             if !desired.neighbours.contains_key(ip) {
                 out.ops.push(Op::DelNeighbour { link, ip: *ip });
             }
@@ -217,9 +327,8 @@ pub(crate) fn plan(desired: &DesiredState, snap: &Snapshot) -> Plan {
 }
 
 fn plan_neighbours(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
-    let kernel: BTreeMap<Ipv4Addr, Mac> = snap.neighbours.iter().copied().collect();
     for (ip, mac) in &desired.neighbours {
-        match kernel.get(ip) {
+        match snap.neighbours.get(ip) {
             Some(have) if have == mac => {}
             have => out.ops.push(Op::SetNeighbour {
                 link,
@@ -233,12 +342,8 @@ fn plan_neighbours(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut
 
 /// Pushes the FDB sets and returns the FDB deletes (applied after the routes).
 fn plan_fdb(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut Plan) -> Vec<Op> {
-    let mut remotes: BTreeMap<Mac, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    for (mac, remote) in snap.fdb.iter().filter(|(mac, _)| !mac.is_zero()) {
-        remotes.entry(*mac).or_default().insert(*remote);
-    }
     for (mac, remote) in &desired.fdb {
-        match remotes.get(mac) {
+        match snap.fdb.get(mac) {
             Some(have) if have.contains(remote) => {}
             have => out.ops.push(Op::SetFdb {
                 link,
@@ -248,7 +353,7 @@ fn plan_fdb(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut Plan) 
             }),
         }
     }
-    remotes
+    snap.fdb
         .iter()
         .flat_map(|(mac, have)| have.iter().map(move |r| (*mac, *r)))
         .filter(|(mac, remote)| desired.fdb.get(mac) != Some(remote))
@@ -260,8 +365,10 @@ fn plan_routes(desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
     // Only routes with the key of ours (metric 0, tos 0) can collide with ours.
     let same_key = |dst: Ipv4Net| {
         snap.routes
-            .iter()
-            .filter(move |k| k.dst == dst && k.priority == 0 && k.tos == 0)
+            .get(&dst)
+            .into_iter()
+            .flatten()
+            .filter(|k| k.priority == 0 && k.tos == 0)
     };
     for route in desired.routes.values() {
         let ours = same_key(route.dst).filter(|k| k.is_ours());
@@ -290,7 +397,13 @@ fn plan_routes(desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
         }
     }
     let in_scope = |k: &&KernelRoute| desired.network.is_none_or(|n| n.contains(&k.dst));
-    for k in snap.routes.iter().filter(|k| k.is_ours()).filter(in_scope) {
+    for k in snap
+        .routes
+        .values()
+        .flatten()
+        .filter(|k| k.is_ours())
+        .filter(in_scope)
+    {
         let wanted = desired.routes.get(&k.dst).is_some_and(|r| k.matches(r));
         let replaceable = desired.routes.contains_key(&k.dst) && k.priority == 0 && k.tos == 0;
         if !wanted && !replaceable {
@@ -306,15 +419,63 @@ async fn snapshot<K: Kernel>(kernel: &K, desired: &DesiredState) -> Result<Snaps
         Some(link) => (kernel.neighbours(link).await?, kernel.fdb(link).await?),
         None => (Vec::new(), Vec::new()),
     };
-    Ok(Snapshot {
-        routes,
-        neighbours,
-        fdb,
-    })
+    Ok(Snapshot::new(routes, neighbours, fdb))
 }
 
-/// One run: dump, plan, apply, verify.
-pub(crate) async fn run<K: Kernel>(kernel: &K, desired: &DesiredState) -> Report {
+/// Applies `ops` phase by phase, pipelined within a phase; returns each op's outcome, in order.
+async fn apply_all<K: Kernel>(kernel: &K, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
+    let mut results = Vec::with_capacity(ops.len());
+    for phase in ops.chunk_by(|a, b| a.phase() == b.phase()) {
+        let outcomes: Vec<_> = futures::stream::iter(phase)
+            .map(|op| kernel.apply(op))
+            .buffered(PIPELINE_DEPTH)
+            .collect()
+            .await;
+        results.extend(outcomes);
+    }
+    results
+}
+
+/// Applies a plan and counts the outcome into `report`; `snap`, if given, follows every write
+/// the kernel acknowledged. Returns `false` if a write failed or `snap` could not follow.
+async fn execute<K: Kernel>(
+    kernel: &K,
+    plan: Plan,
+    report: &mut Report,
+    mut snap: Option<&mut Snapshot>,
+) -> bool {
+    report.errors.extend(plan.conflicts);
+    let mut exact = true;
+    for (op, outcome) in plan.ops.iter().zip(apply_all(kernel, &plan.ops).await) {
+        match outcome {
+            Ok(()) => match op.change() {
+                Change::Added => report.added += 1,
+                Change::Replaced => report.replaced += 1,
+                Change::Deleted => report.deleted += 1,
+            },
+            Err(e) if already_gone(op, &e) => {}
+            Err(e) => {
+                exact = false;
+                report.errors.push(ObjectError {
+                    object: op.object(),
+                    message: op.explain(&e),
+                });
+                continue;
+            }
+        }
+        if let Some(s) = snap.as_deref_mut() {
+            exact &= s.record(op);
+        }
+    }
+    exact
+}
+
+/// One full run: dump, plan, apply, verify. Returns the report and the snapshot the run ended
+/// with (`None` if a dump failed).
+pub(crate) async fn run<K: Kernel>(
+    kernel: &K,
+    desired: &DesiredState,
+) -> (Report, Option<Snapshot>) {
     let mut report = Report::default();
     let dump_failed = |e: NetlinkError| ObjectError {
         object: "kernel dump".into(),
@@ -324,33 +485,45 @@ pub(crate) async fn run<K: Kernel>(kernel: &K, desired: &DesiredState) -> Report
         Ok(s) => s,
         Err(e) => {
             report.errors.push(dump_failed(e));
-            return report;
+            return (report, None);
         }
     };
     let plan = plan(desired, &snap);
-    report.errors.extend(plan.conflicts);
-    for op in &plan.ops {
-        match kernel.apply(op).await {
-            Ok(()) => match op.change() {
-                Change::Added => report.added += 1,
-                Change::Replaced => report.replaced += 1,
-                Change::Deleted => report.deleted += 1,
-            },
-            Err(e) if already_gone(op, &e) => {}
-            Err(e) => report.errors.push(ObjectError {
-                object: op.object(),
-                message: op.explain(&e),
-            }),
-        }
+    if plan.ops.is_empty() {
+        report.errors.extend(plan.conflicts);
+        report.converged = report.errors.is_empty();
+        return (report, Some(snap));
     }
-    if !plan.ops.is_empty() {
-        match snapshot(kernel, desired).await {
-            Ok(after) => report.pending = self::plan(desired, &after).ops.len(),
-            Err(e) => report.errors.push(dump_failed(e)),
+    execute(kernel, plan, &mut report, None).await;
+    let after = match snapshot(kernel, desired).await {
+        Ok(after) => {
+            report.pending = self::plan(desired, &after).ops.len();
+            Some(after)
         }
-    }
+        Err(e) => {
+            report.errors.push(dump_failed(e));
+            None
+        }
+    };
     report.converged = report.errors.is_empty() && report.pending == 0;
-    report
+    (report, after)
+}
+
+/// An incremental run for changed peers: `before` and `after` are the desired objects of just
+/// those peers (old and new leases). Plans against `snap` restricted to the keys of both, so
+/// only those objects are written (objects only `before` wants are deleted if ours), without a
+/// dump. Returns the report and whether `snap` still models the kernel exactly.
+pub(crate) async fn run_changes<K: Kernel>(
+    kernel: &K,
+    snap: &mut Snapshot,
+    before: &DesiredState,
+    after: &DesiredState,
+) -> (Report, bool) {
+    let mut report = Report::default();
+    let plan = plan(after, &snap.scoped(&[before, after]));
+    let exact = execute(kernel, plan, &mut report, Some(snap)).await;
+    report.converged = report.errors.is_empty();
+    (report, exact)
 }
 
 /// Makes the kernel match a [`DesiredState`]; keeps what it logged so that a persistent problem
@@ -359,6 +532,9 @@ pub(crate) async fn run<K: Kernel>(kernel: &K, desired: &DesiredState) -> Report
 pub struct Reconciler {
     kernel: Netlink,
     problems: Problems,
+    /// The kernel as of the last full run, updated with every acknowledged write since; `None`
+    /// until a full run succeeded, and again after anything the model cannot follow.
+    model: Option<Snapshot>,
 }
 
 /// The problems logged by the last run, keyed by object.
@@ -373,6 +549,7 @@ impl Reconciler {
         Reconciler {
             kernel,
             problems: Problems::default(),
+            model: None,
         }
     }
 
@@ -381,7 +558,8 @@ impl Reconciler {
     /// logged as a warning the first time it is seen (and again if it changes); its end is
     /// logged too. Skipped peers are logged once the same way.
     pub async fn reconcile(&mut self, desired: &DesiredState) -> Report {
-        let report = run(&self.kernel, desired).await;
+        let (report, snap) = run(&self.kernel, desired).await;
+        self.model = snap;
         let (problems, recovered) = self.problems.news(desired, &report);
         for line in problems {
             tracing::warn!("{line}");
@@ -391,9 +569,56 @@ impl Reconciler {
         }
         report
     }
+
+    /// Applies a change of some peers without dumping the kernel: `before` holds the desired
+    /// objects of those peers' old leases, `after` those of their new ones (a removed peer is
+    /// only in `before`). Objects of other peers are not looked at. New problems are logged
+    /// like in [`Reconciler::reconcile`].
+    ///
+    /// `None` when there is no model of the kernel to plan against (no successful full run
+    /// yet, or one since a write failed): run [`Reconciler::reconcile`] instead. A report that
+    /// is not converged also calls for a full run, which re-reads the kernel.
+    pub async fn reconcile_changes(
+        &mut self,
+        before: &DesiredState,
+        after: &DesiredState,
+    ) -> Option<Report> {
+        let model = self.model.as_mut()?;
+        let (report, exact) = run_changes(&self.kernel, model, before, after).await;
+        if !exact {
+            self.model = None;
+        }
+        for line in self.problems.more(after, &report) {
+            tracing::warn!("{line}");
+        }
+        Some(report)
+    }
 }
 
 impl Problems {
+    /// The problems of a partial run that were not logged yet; they are remembered, and what
+    /// became of them is told by the next full run.
+    fn more(&mut self, desired: &DesiredState, report: &Report) -> Vec<String> {
+        let found = report
+            .errors
+            .iter()
+            .map(|e| (e.object.clone(), e.message.clone()))
+            .chain(
+                desired
+                    .skipped
+                    .iter()
+                    .map(|(subnet, why)| (format!("peer {subnet}"), why.clone())),
+            );
+        let mut lines = Vec::new();
+        for (object, message) in found {
+            if self.logged.get(&object) != Some(&message) {
+                lines.push(format!("{object}: {message}"));
+                self.logged.insert(object, message);
+            }
+        }
+        lines
+    }
+
     /// The problems to log now (new or changed since the last run) and the objects whose
     /// problem went away.
     fn news(&mut self, desired: &DesiredState, report: &Report) -> (Vec<String>, Vec<String>) {
@@ -475,10 +700,7 @@ mod tests {
     fn missing_routes_are_added_and_matching_ones_left_alone() {
         let a = hostgw("10.5.2.0/24", "192.168.1.2");
         let b = hostgw("10.5.3.0/24", "192.168.1.3");
-        let snap = Snapshot {
-            routes: vec![kroute(&a, ROUTE_PROTOCOL)],
-            ..Snapshot::default()
-        };
+        let snap = Snapshot::new(vec![kroute(&a, ROUTE_PROTOCOL)], vec![], vec![]);
         let p = plan(&desired(&[a, b]), &snap);
         assert_eq!(p.ops, vec![Op::AddRoute(b)]);
         assert!(p.conflicts.is_empty());
@@ -490,10 +712,7 @@ mod tests {
         let wrong = kroute(&hostgw("10.5.2.0/24", "192.168.1.9"), ROUTE_PROTOCOL);
         let stale = kroute(&hostgw("10.5.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
         let foreign = kroute(&hostgw("10.9.0.0/16", "192.168.1.1"), 3);
-        let snap = Snapshot {
-            routes: vec![wrong, stale, foreign],
-            ..Snapshot::default()
-        };
+        let snap = Snapshot::new(vec![wrong, stale, foreign], vec![], vec![]);
         let p = plan(&desired(&[want]), &snap);
         assert_eq!(p.ops, vec![Op::ReplaceRoute(want), Op::DelRoute(stale)]);
     }
@@ -502,13 +721,14 @@ mod tests {
     fn identical_untagged_routes_are_adopted_and_different_ones_are_conflicts() {
         let a = hostgw("10.5.2.0/24", "192.168.1.2");
         let b = hostgw("10.5.3.0/24", "192.168.1.3");
-        let snap = Snapshot {
-            routes: vec![
+        let snap = Snapshot::new(
+            vec![
                 kroute(&a, 3),
                 kroute(&hostgw("10.5.3.0/24", "192.168.1.99"), 3),
             ],
-            ..Snapshot::default()
-        };
+            vec![],
+            vec![],
+        );
         let p = plan(&desired(&[a, b]), &snap);
         assert_eq!(p.ops, vec![Op::ReplaceRoute(a)]);
         assert_eq!(p.conflicts.len(), 1);
@@ -519,10 +739,7 @@ mod tests {
     fn tagged_routes_of_another_network_are_left_alone() {
         let stale = kroute(&hostgw("10.5.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
         let other_network = kroute(&hostgw("10.6.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
-        let snap = Snapshot {
-            routes: vec![stale, other_network],
-            ..Snapshot::default()
-        };
+        let snap = Snapshot::new(vec![stale, other_network], vec![], vec![]);
         let mut want = desired(&[]);
         want.network = Some(net("10.5.0.0/16"));
         assert_eq!(plan(&want, &snap).ops, vec![Op::DelRoute(stale)]);
@@ -533,10 +750,7 @@ mod tests {
         let a = hostgw("10.5.2.0/24", "192.168.1.2");
         let mut other = kroute(&hostgw("10.5.2.0/24", "192.168.1.77"), 3);
         other.priority = 100;
-        let snap = Snapshot {
-            routes: vec![other],
-            ..Snapshot::default()
-        };
+        let snap = Snapshot::new(vec![other], vec![], vec![]);
         assert_eq!(plan(&desired(&[a]), &snap).ops, vec![Op::AddRoute(a)]);
     }
 
@@ -582,11 +796,11 @@ mod tests {
                 Op::AddRoute(route),
             ]
         );
-        let snap = Snapshot {
-            routes: vec![kroute(&route, ROUTE_PROTOCOL)],
-            neighbours: vec![(ip("10.5.2.0"), mac("02:00:00:00:00:02"))],
-            fdb: vec![(mac("02:00:00:00:00:02"), ip("192.168.1.2"))],
-        };
+        let snap = Snapshot::new(
+            vec![kroute(&route, ROUTE_PROTOCOL)],
+            vec![(ip("10.5.2.0"), mac("02:00:00:00:00:02"))],
+            vec![(mac("02:00:00:00:00:02"), ip("192.168.1.2"))],
+        );
         assert_eq!(plan(&want, &snap), Plan::default());
         let empty = DesiredState {
             vtep: Some(9),
@@ -617,14 +831,14 @@ mod tests {
         };
         vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:03", "192.168.1.2");
         let route = want.routes[&net("10.5.2.0/24")];
-        let snap = Snapshot {
-            routes: vec![kroute(&route, ROUTE_PROTOCOL)],
-            neighbours: vec![(ip("10.5.2.0"), mac("02:00:00:00:00:02"))],
-            fdb: vec![
+        let snap = Snapshot::new(
+            vec![kroute(&route, ROUTE_PROTOCOL)],
+            vec![(ip("10.5.2.0"), mac("02:00:00:00:00:02"))],
+            vec![
                 (mac("02:00:00:00:00:02"), ip("192.168.1.2")),
                 (mac("00:00:00:00:00:00"), ip("192.168.1.50")),
             ],
-        };
+        );
         assert_eq!(
             plan(&want, &snap).ops,
             vec![
@@ -702,13 +916,68 @@ mod tests {
             hostgw("10.5.2.0/24", "192.168.1.2"),
             hostgw("10.5.3.0/24", "192.168.1.3"),
         ]);
-        let first = block_on(run(&kernel, &want));
+        let first = block_on(run(&kernel, &want)).0;
         assert_eq!((first.added, first.converged), (2, true), "{first:?}");
         let writes = *kernel.writes.borrow();
-        let second = block_on(run(&kernel, &want));
+        let second = block_on(run(&kernel, &want)).0;
         assert_eq!(second.writes(), 0);
         assert!(second.converged);
         assert_eq!(*kernel.writes.borrow(), writes);
+    }
+
+    #[test]
+    fn changes_are_planned_against_the_model_and_only_for_the_changed_peers() {
+        let a = hostgw("10.5.2.0/24", "192.168.1.2");
+        let b = hostgw("10.5.3.0/24", "192.168.1.3");
+        let moved = hostgw("10.5.3.0/24", "192.168.1.9");
+        let foreign = kroute(&hostgw("10.5.4.0/24", "192.168.1.99"), 3);
+        let kernel = FakeKernel::default();
+        kernel.routes.borrow_mut().push(foreign);
+        let (first, model) = block_on(run(&kernel, &desired(&[a])));
+        assert!(first.converged);
+        let mut model = model.unwrap();
+        let none = desired(&[]);
+
+        let (added, exact) = block_on(run_changes(&kernel, &mut model, &none, &desired(&[b])));
+        assert_eq!((added.added, added.converged, exact), (1, true, true));
+        let (replaced, _) = block_on(run_changes(
+            &kernel,
+            &mut model,
+            &desired(&[b]),
+            &desired(&[moved]),
+        ));
+        assert_eq!((replaced.replaced, replaced.writes()), (1, 1));
+        let (deleted, _) = block_on(run_changes(&kernel, &mut model, &desired(&[a]), &none));
+        assert_eq!((deleted.deleted, deleted.writes()), (1, 1));
+        let (same, _) = block_on(run_changes(&kernel, &mut model, &none, &desired(&[moved])));
+        assert_eq!(same.writes(), 0);
+        assert_eq!(
+            model,
+            Snapshot::new(kernel.routes.borrow().clone(), vec![], vec![])
+        );
+
+        let blocked = hostgw("10.5.4.0/24", "192.168.1.4");
+        let (conflict, _) = block_on(run_changes(
+            &kernel,
+            &mut model,
+            &none,
+            &desired(&[blocked]),
+        ));
+        assert!(!conflict.converged);
+        assert_eq!(conflict.writes(), 0);
+        assert!(kernel.routes.borrow().contains(&foreign));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_model() {
+        let kernel = FakeKernel {
+            unreachable: vec![ip("10.99.0.5")],
+            ..FakeKernel::default()
+        };
+        let mut model = Snapshot::default();
+        let want = desired(&[hostgw("10.5.2.0/24", "10.99.0.5")]);
+        let (report, exact) = block_on(run_changes(&kernel, &mut model, &desired(&[]), &want));
+        assert!(!report.converged && !exact);
     }
 
     #[test]
@@ -718,7 +987,7 @@ mod tests {
             ..FakeKernel::default()
         };
         let want = desired(&[hostgw("10.5.2.0/24", "10.99.0.5")]);
-        let report = block_on(run(&kernel, &want));
+        let report = block_on(run(&kernel, &want)).0;
         assert!(!report.converged);
         assert_eq!(report.errors.len(), 1);
         let msg = &report.errors[0].message;

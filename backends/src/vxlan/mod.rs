@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
-use subnet::{Lease, LeaseAttrs, PeerSet};
+use subnet::{Lease, LeaseAttrs};
 
 use crate::desired::{DesiredState, Route};
 use crate::mac::Mac;
@@ -141,7 +141,7 @@ impl Vxlan {
         Ok(drift)
     }
 
-    pub(crate) fn desired(&self, peers: &PeerSet) -> DesiredState {
+    pub(crate) fn desired<'a>(&self, peers: impl IntoIterator<Item = &'a Lease>) -> DesiredState {
         desired(
             peers,
             &self.cfg,
@@ -158,8 +158,8 @@ impl Vxlan {
 }
 
 /// The pure core: what `peers` need, given the device index and the on-link subnets.
-fn desired(
-    peers: &PeerSet,
+fn desired<'a>(
+    peers: impl IntoIterator<Item = &'a Lease>,
     cfg: &VxlanConfig,
     ext_index: u32,
     vtep: Option<u32>,
@@ -169,7 +169,7 @@ fn desired(
         vtep,
         ..DesiredState::default()
     };
-    for peer in peers.iter() {
+    for peer in peers {
         if let Err(why) = add_peer(&mut state, peer, cfg, ext_index, onlink) {
             state.skipped.insert(peer.subnet(), why);
         }
@@ -217,7 +217,7 @@ fn add_peer(
 mod tests {
     use super::*;
     use serde_json::json;
-    use subnet::{LeaseEvent, SubnetKey};
+    use subnet::{LeaseEvent, PeerSet, SubnetKey};
 
     fn peer(subnet: &str, ip: &str, kind: &str, data: Option<Value>) -> LeaseEvent {
         let mut attrs = LeaseAttrs::new(ip.parse().unwrap(), kind);
@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn each_vxlan_peer_gets_neighbour_fdb_and_onlink_route() {
-        let state = desired(&peers(), &cfg(false), 2, Some(9), &[]);
+        let state = desired(peers().iter(), &cfg(false), 2, Some(9), &[]);
         assert_eq!(state.vtep, Some(9));
         let n2: Ipv4Addr = "10.5.2.0".parse().unwrap();
         let m2: Mac = "02:00:00:00:00:02".parse().unwrap();
@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn direct_routing_splits_on_link_peers_off() {
         let onlink = ["192.168.1.0/24".parse().unwrap()];
-        let state = desired(&peers(), &cfg(true), 2, Some(9), &onlink);
+        let state = desired(peers().iter(), &cfg(true), 2, Some(9), &onlink);
         let r2 = state.routes[&"10.5.2.0/24".parse().unwrap()];
         assert_eq!(
             (r2.gateway, r2.oif, r2.onlink),
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(state.neighbours.len(), 1);
         // Without DirectRouting the on-link peer goes through the device too.
         assert_eq!(
-            desired(&peers(), &cfg(false), 2, Some(9), &onlink)
+            desired(peers().iter(), &cfg(false), 2, Some(9), &onlink)
                 .neighbours
                 .len(),
             2
