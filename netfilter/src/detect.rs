@@ -126,7 +126,11 @@ impl Iptables {
             BackendChoice::Legacy => (Flavour::Legacy, "requested".to_string()),
             BackendChoice::Nft => (Flavour::Nft, "requested".to_string()),
             BackendChoice::Auto => {
-                choose(Census::take(Flavour::Legacy), Census::take(Flavour::Nft))
+                let (legacy, nft) = exec::concurrently(
+                    || Census::take(Flavour::Legacy),
+                    || Census::take(Flavour::Nft),
+                );
+                choose(legacy, nft)
             }
         };
         let iptables = Iptables::probe(flavour)?;

@@ -34,6 +34,22 @@ impl Finished {
     }
 }
 
+/// Runs `a` on a helper thread (which shares this thread's network namespace) while `b` runs
+/// here, so that independent commands overlap.
+pub(crate) fn concurrently<A: Send, B>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B,
+) -> (A, B) {
+    std::thread::scope(|s| {
+        let helper = s.spawn(a);
+        let rb = b();
+        let ra = helper
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (ra, rb)
+    })
+}
+
 /// Runs `program args...`, feeding `stdin` if given, and waits for it.
 pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<Finished, Error> {
     let command = std::iter::once(program)

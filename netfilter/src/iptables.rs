@@ -79,25 +79,36 @@ impl Iptables {
     /// binary cannot be run.
     pub fn probe(flavour: Flavour) -> Result<Iptables, Error> {
         let restore = flavour.restore_command();
-        let version = exec::run(restore, &["--version"], None)?
+        // Three independent commands, run at the same time.
+        let (version, (wait, random_fully)) = exec::concurrently(
+            || exec::run(restore, &["--version"], None),
+            || {
+                exec::concurrently(
+                    || {
+                        exec::run(
+                            restore,
+                            &["--test", "--noflush", "-w", LOCK_WAIT_SECONDS],
+                            Some(""),
+                        )
+                    },
+                    || {
+                        exec::run(
+                            flavour.iptables_command(),
+                            &["-j", "MASQUERADE", "--help"],
+                            None,
+                        )
+                    },
+                )
+            },
+        );
+        let version = version?
             .stdout()
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|_| format!("{restore} (version unknown)"));
-        let wait = exec::run(
-            restore,
-            &["--test", "--noflush", "-w", LOCK_WAIT_SECONDS],
-            Some(""),
-        )?
-        .output
-        .status
-        .success();
-        let random_fully = exec::run(
-            flavour.iptables_command(),
-            &["-j", "MASQUERADE", "--help"],
-            None,
-        )
-        .and_then(exec::Finished::stdout)
-        .is_ok_and(|help| help.contains("--random-fully"));
+        let wait = wait?.output.status.success();
+        let random_fully = random_fully
+            .and_then(exec::Finished::stdout)
+            .is_ok_and(|help| help.contains("--random-fully"));
         Ok(Iptables {
             flavour,
             version,
