@@ -7,7 +7,7 @@
 //! level-triggered reconcile. SIGTERM/SIGINT leave routes, devices, rules, subnet.env and the etcd
 //! lease in place (DESIGN principle 5).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Options;
-use crate::firewall::{Firewall, FirewallOptions};
+use crate::firewall::{Detection, Firewall, FirewallOptions};
 use crate::healthz::{self, Readiness};
 use crate::iface::{self, Selection};
 use crate::sdnotify;
@@ -65,6 +65,15 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         tokio::spawn(healthz::serve(listener, ready_rx));
     }
 
+    // iptables detection needs no lease: it runs while etcd is asked for config and lease.
+    let fw_options = FirewallOptions {
+        backend: opts.iptables_backend.clone(),
+        ip_masq: opts.ip_masq,
+        random_fully_disabled: opts.ip_masq_fully_random_disable,
+        forward_rules: opts.iptables_forward_rules,
+    };
+    let firewall = (Detection::start(&fw_options)?, fw_options);
+
     let etcd = etcd_options(&opts);
     let api: EtcdApi = opts.etcd_api.parse().map_err(|e: String| anyhow!(e))?;
     tracing::info!(
@@ -93,8 +102,12 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         }
     };
     match keyspace {
-        Keyspace::V3(registry) => serve(*registry, opts, previous, ready_tx, shutdown).await,
-        Keyspace::V2(registry) => serve(registry, opts, previous, ready_tx, shutdown).await,
+        Keyspace::V3(registry) => {
+            serve(*registry, opts, previous, firewall, ready_tx, shutdown).await
+        }
+        Keyspace::V2(registry) => {
+            serve(registry, opts, previous, firewall, ready_tx, shutdown).await
+        }
     }
 }
 
@@ -103,6 +116,7 @@ async fn serve<R: Registry>(
     registry: R,
     opts: Options,
     previous: PreviousEnv,
+    (detection, fw_options): (Detection, FirewallOptions),
     ready_tx: watch::Sender<Readiness>,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -212,21 +226,16 @@ async fn serve<R: Registry>(
     let manager_task = tokio::spawn(manager.run());
 
     backend.configure(&nl, &lease, range.network).await?;
-    let mut firewall = Firewall::new(
-        FirewallOptions {
-            backend: opts.iptables_backend.clone(),
-            ip_masq: opts.ip_masq,
-            random_fully_disabled: opts.ip_masq_fully_random_disable,
-            forward_rules: opts.iptables_forward_rules,
-        },
+    let firewall = Firewall::new(
+        fw_options,
+        detection,
         range.network,
         lease.subnet(),
         previous,
     )
     .await?;
-    if let Some(fw) = firewall.as_mut() {
-        fw.ensure().await?;
-    }
+    // The first rule check runs while the peers are listed and programmed.
+    let first_check = firewall.as_ref().map(Firewall::start_ensure);
 
     let notifications = Notifications::subscribe()
         .context("cannot subscribe to kernel link/route notifications")?;
@@ -238,6 +247,7 @@ async fn serve<R: Registry>(
         backend,
         nl: nl.clone(),
         reconciler: Reconciler::new(nl),
+        changed: BTreeMap::new(),
         firewall,
         firewall_ok: true,
         converged: false,
@@ -261,6 +271,9 @@ async fn serve<R: Registry>(
         }
     }
     agent.reconcile().await;
+    if let (Some(task), Some(fw)) = (first_check, agent.firewall.as_mut()) {
+        fw.finish_ensure(task).await?;
+    }
     agent.write_subnet_env();
     sdnotify::notify_ready();
     agent.publish_readiness();
@@ -278,6 +291,19 @@ async fn serve<R: Registry>(
     manager_task.abort();
     tracing::info!("Exiting cleanly... (routes, devices, rules, subnet.env and the etcd lease are left in place)");
     result
+}
+
+/// A peer event as logged: `peer <subnet> at <PublicIP> (<type>)` or `peer <subnet> removed`.
+fn describe(e: &subnet::LeaseEvent) -> String {
+    match e {
+        subnet::LeaseEvent::Added(l) => format!(
+            "peer {} at {} ({})",
+            l.subnet(),
+            l.attrs.public_ip,
+            l.attrs.backend_type
+        ),
+        subnet::LeaseEvent::Removed(k) => format!("peer {} removed", k.ipv4),
+    }
 }
 
 /// Maps the `--etcd-*` flags to the registry options.
@@ -350,6 +376,10 @@ struct Agent {
     backend: Backend,
     nl: Netlink,
     reconciler: Reconciler,
+    /// Peers changed by watch events since the last reconcile, each with its lease before the
+    /// first of those changes (`None`: a new peer). Applied incrementally unless a full
+    /// reconcile is due anyway.
+    changed: BTreeMap<Ipv4Net, Option<Lease>>,
     firewall: Option<Firewall>,
     firewall_ok: bool,
     converged: bool,
@@ -383,7 +413,13 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 update = peer_watch.recv() => match update {
-                    Some(update) => dirty = self.on_peer_update(update),
+                    Some(update) => {
+                        // Take every update already queued, to program them in one go.
+                        dirty = self.on_peer_update(update);
+                        while let Ok(more) = peer_watch.try_recv() {
+                            dirty |= self.on_peer_update(more);
+                        }
+                    }
                     None => peer_watch = registry.watch_leases(WatchScope::AllLeases),
                 },
                 changed = lease_rx.changed() => {
@@ -431,6 +467,8 @@ impl Agent {
             }
             if dirty {
                 self.reconcile().await;
+            } else if !self.changed.is_empty() {
+                self.reconcile_changes().await;
             }
             if !self.env_written {
                 self.write_subnet_env();
@@ -439,9 +477,10 @@ impl Agent {
         }
     }
 
-    /// Applies a peer watch update to the peer set; returns whether the data plane must change.
+    /// Applies a peer watch update to the peer set. Returns whether a full reconcile is due (a
+    /// listing that changed something); changes by events are noted in `changed` instead.
     fn on_peer_update(&mut self, update: WatchUpdate) -> bool {
-        let events = match update {
+        match update {
             WatchUpdate::Snapshot(leases) => {
                 let n = leases.len();
                 let events = self.peers.replace_all(leases);
@@ -450,24 +489,27 @@ impl Agent {
                     self.peers.len(),
                     events.len()
                 );
-                events
+                // One line per peer of a listing only on request: thousands at start-up.
+                for e in &events {
+                    tracing::debug!("{}", describe(e));
+                }
+                !events.is_empty()
             }
             WatchUpdate::Events(events) => {
-                events.into_iter().filter(|e| self.peers.apply(e)).collect()
-            }
-        };
-        for e in &events {
-            match e {
-                subnet::LeaseEvent::Added(l) => tracing::info!(
-                    "peer {} at {} ({})",
-                    l.subnet(),
-                    l.attrs.public_ip,
-                    l.attrs.backend_type
-                ),
-                subnet::LeaseEvent::Removed(k) => tracing::info!("peer {} removed", k.ipv4),
+                for e in events {
+                    let subnet = match &e {
+                        subnet::LeaseEvent::Added(l) => l.subnet(),
+                        subnet::LeaseEvent::Removed(k) => k.ipv4,
+                    };
+                    let old = self.peers.get(&subnet).cloned();
+                    if self.peers.apply(&e) {
+                        tracing::info!("{}", describe(&e));
+                        self.changed.entry(subnet).or_insert(old);
+                    }
+                }
+                false
             }
         }
-        !events.is_empty()
     }
 
     /// Takes a new version of our own lease; returns whether the data plane must be set up
@@ -517,8 +559,34 @@ impl Agent {
         }
     }
 
+    /// Programs the peers in `changed` only, planned against the reconciler's model of the
+    /// kernel; falls back to a full reconcile when there is no model or the change did not
+    /// apply cleanly.
+    async fn reconcile_changes(&mut self) {
+        let changed = std::mem::take(&mut self.changed);
+        let before = self.backend.desired_for(changed.values().flatten());
+        let after = self
+            .backend
+            .desired_for(changed.keys().filter_map(|s| self.peers.get(s)));
+        match self.reconciler.reconcile_changes(&before, &after).await {
+            Some(report) if report.converged => {
+                if report.writes() > 0 {
+                    tracing::info!(
+                        "data plane: {} added, {} replaced, {} deleted for {} changed peers",
+                        report.added,
+                        report.replaced,
+                        report.deleted,
+                        changed.len()
+                    );
+                }
+            }
+            _ => self.reconcile().await,
+        }
+    }
+
     /// Makes the kernel match the desired state for the current peers.
     async fn reconcile(&mut self) {
+        self.changed.clear();
         let desired = self.backend.desired(&self.peers);
         let report = self.reconciler.reconcile(&desired).await;
         if report.writes() > 0 {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
-use netfilter::{BackendChoice, Config, Iptables, Netfilter, Previous, RuleSet};
+use netfilter::{BackendChoice, Config, EnsureOutcome, Iptables, Netfilter, Previous, RuleSet};
 use subnet::PreviousEnv;
+use tokio::task::JoinHandle;
 
 /// What the operator asked for.
 #[derive(Clone, Debug)]
@@ -23,6 +24,27 @@ pub struct FirewallOptions {
     pub forward_rules: bool,
 }
 
+/// The iptables flavour detection, started before the lease is known (it needs none) and
+/// finished by [`Firewall::new`]; `None` inside when no rule is asked for.
+pub struct Detection(Option<JoinHandle<Result<(Iptables, String), netfilter::Error>>>);
+
+impl Detection {
+    /// Starts detecting the iptables flavour on a blocking thread, unless neither `--ip-masq`
+    /// nor `--iptables-forward-rules` asks for any rule. Fails on a bad `--iptables-backend`.
+    pub fn start(options: &FirewallOptions) -> Result<Detection> {
+        if !options.ip_masq && !options.forward_rules {
+            return Ok(Detection(None));
+        }
+        let choice: BackendChoice = options.backend.parse().context("--iptables-backend")?;
+        Ok(Detection(Some(tokio::task::spawn_blocking(move || {
+            Iptables::detect(choice)
+        }))))
+    }
+}
+
+/// A rule check running on a blocking thread ([`Firewall::start_ensure`]).
+pub struct EnsureTask(JoinHandle<Result<EnsureOutcome, netfilter::Error>>);
+
 /// Owns the agent's iptables rules.
 pub struct Firewall {
     iptables: Arc<Iptables>,
@@ -33,24 +55,24 @@ pub struct Firewall {
 }
 
 impl Firewall {
-    /// Detects the iptables flavour and builds the rules for `network`/`subnet`; `None` when
-    /// neither `--ip-masq` nor `--iptables-forward-rules` asks for any rule. When subnet.env
-    /// recorded another Network or subnet, the rules Go flanneld v0.11 left for those old values
-    /// are retired by the first [`Firewall::ensure`].
+    /// Takes the detected iptables flavour and builds the rules for `network`/`subnet`; `None`
+    /// when neither `--ip-masq` nor `--iptables-forward-rules` asks for any rule. When
+    /// subnet.env recorded another Network or subnet, the rules Go flanneld v0.11 left for those
+    /// old values are retired by the first [`Firewall::ensure`].
     pub async fn new(
         options: FirewallOptions,
+        detection: Detection,
         network: Ipv4Net,
         subnet: Ipv4Net,
         previous: PreviousEnv,
     ) -> Result<Option<Firewall>> {
-        if !options.ip_masq && !options.forward_rules {
+        let Detection(Some(detection)) = detection else {
             tracing::info!(
                 "--ip-masq=false and --iptables-forward-rules=false: iptables is left alone"
             );
             return Ok(None);
-        }
-        let choice: BackendChoice = options.backend.parse().context("--iptables-backend")?;
-        let (iptables, reason) = tokio::task::spawn_blocking(move || Iptables::detect(choice))
+        };
+        let (iptables, reason) = detection
             .await
             .context("iptables detection task")?
             .context("cannot use iptables")?;
@@ -98,9 +120,22 @@ impl Firewall {
     /// Makes the kernel hold the rules (idempotent; writes only on drift) and logs what was done
     /// and each new foreign masquerading rule.
     pub async fn ensure(&mut self) -> Result<()> {
+        let task = self.start_ensure();
+        self.finish_ensure(task).await
+    }
+
+    /// Starts [`Firewall::ensure`]'s check on a blocking thread, to overlap it with other
+    /// start-up work; [`Firewall::finish_ensure`] waits for it and logs.
+    pub fn start_ensure(&self) -> EnsureTask {
         let iptables = Arc::clone(&self.iptables);
         let rules = self.rules.clone();
-        let outcome = tokio::task::spawn_blocking(move || iptables.ensure(&rules))
+        EnsureTask(tokio::task::spawn_blocking(move || iptables.ensure(&rules)))
+    }
+
+    /// Waits for a check started by [`Firewall::start_ensure`] and logs what it did.
+    pub async fn finish_ensure(&mut self, task: EnsureTask) -> Result<()> {
+        let outcome = task
+            .0
             .await
             .context("iptables task")?
             .context("applying iptables rules")?;
