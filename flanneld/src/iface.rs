@@ -357,197 +357,109 @@ pub async fn read_host(
 mod tests {
     use super::*;
 
+    fn iface(name: &str, index: u32, mtu: u32, addrs: &[[u8; 4]]) -> HostInterface {
+        HostInterface {
+            name: name.into(),
+            index,
+            mtu,
+            addrs: addrs.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+        }
+    }
+
     fn view() -> HostView {
         HostView {
             interfaces: vec![
-                HostInterface {
-                    name: "lo".into(),
-                    index: 1,
-                    mtu: 65536,
-                    addrs: vec![Ipv4Addr::LOCALHOST],
-                },
-                HostInterface {
-                    name: "eth0".into(),
-                    index: 2,
-                    mtu: 1500,
-                    addrs: vec![Ipv4Addr::new(10, 4, 7, 21)],
-                },
-                HostInterface {
-                    name: "eth1".into(),
-                    index: 3,
-                    mtu: 9000,
-                    addrs: vec![
-                        Ipv4Addr::new(192, 168, 9, 5),
-                        Ipv4Addr::new(192, 168, 10, 5),
-                    ],
-                },
-                HostInterface {
-                    name: "empty0".into(),
-                    index: 4,
-                    mtu: 1500,
-                    addrs: vec![],
-                },
+                iface("lo", 1, 65536, &[[127, 0, 0, 1]]),
+                iface("eth0", 2, 1500, &[[10, 4, 7, 21]]),
+                iface("eth1", 3, 9000, &[[192, 168, 9, 5], [192, 168, 10, 5]]),
+                iface("empty0", 4, 1500, &[]),
             ],
             default_route_index: Some(2),
             can_reach: Some((3, Some(Ipv4Addr::new(192, 168, 10, 5)))),
         }
     }
 
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    /// Selects with `--iface`/`--iface-regex` values, `--iface-can-reach` and `--public-ip`.
+    fn pick(
+        ifaces: &[&str],
+        regexes: &[&str],
+        can_reach: &str,
+        public_ip: &str,
+    ) -> Result<ExternalInterface, IfaceError> {
+        let iface: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
+        let iface_regex: Vec<String> = regexes.iter().map(|s| s.to_string()).collect();
+        let sel = Selection {
+            iface: &iface,
+            iface_regex: &iface_regex,
+            can_reach,
+            public_ip,
+        };
+        select(&view(), &sel)
+    }
+
+    /// The chosen interface name, interface address and public IP.
+    fn chosen(e: ExternalInterface) -> (String, Ipv4Addr, Ipv4Addr) {
+        (e.iface.name, e.iface_addr, e.public_ip)
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
     }
 
     #[test]
     fn default_route_interface_when_nothing_given() {
-        let e = select(&view(), &Selection::default()).unwrap();
-        assert_eq!(
-            (e.iface.name.as_str(), e.public_ip),
-            ("eth0", Ipv4Addr::new(10, 4, 7, 21))
-        );
+        let e = pick(&[], &[], "", "").unwrap();
         assert!(e.reason.contains("default route"), "{}", e.reason);
+        assert_eq!(chosen(e), ("eth0".into(), ip("10.4.7.21"), ip("10.4.7.21")));
     }
 
     #[test]
     fn iface_by_name_or_ip_in_order() {
-        let iface = strings(&["nope", "192.168.10.5", "eth0"]);
-        let e = select(
-            &view(),
-            &Selection {
-                iface: &iface,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let e = pick(&["nope", "192.168.10.5", "eth0"], &[], "", "").unwrap();
         assert_eq!(
-            (e.iface.name.as_str(), e.iface_addr),
-            ("eth1", Ipv4Addr::new(192, 168, 10, 5))
+            chosen(e),
+            ("eth1".into(), ip("192.168.10.5"), ip("192.168.10.5"))
         );
-        let iface = strings(&["eth1"]);
-        let e = select(
-            &view(),
-            &Selection {
-                iface: &iface,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(e.iface_addr, Ipv4Addr::new(192, 168, 9, 5));
-        let iface = strings(&["empty0"]);
-        assert!(select(
-            &view(),
-            &Selection {
-                iface: &iface,
-                ..Default::default()
-            }
-        )
-        .is_err());
-        let iface = strings(&["nope"]);
-        let err = select(
-            &view(),
-            &Selection {
-                iface: &iface,
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
+        let e = pick(&["eth1"], &[], "", "").unwrap();
+        assert_eq!(e.iface_addr, ip("192.168.9.5"), "first (preferred) address");
+        assert!(pick(&["empty0"], &[], "", "").is_err());
+        let err = pick(&["nope"], &[], "", "").unwrap_err();
         assert!(err.to_string().contains("no interface matches"), "{err}");
     }
 
     #[test]
     fn regex_matches_addresses_before_names() {
-        let re = strings(&[r"^192\.168\.10\."]);
-        let e = select(
-            &view(),
-            &Selection {
-                iface_regex: &re,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(e.iface_addr, Ipv4Addr::new(192, 168, 10, 5));
-        let re = strings(&["^eth1$"]);
-        let e = select(
-            &view(),
-            &Selection {
-                iface_regex: &re,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let e = pick(&[], &[r"^192\.168\.10\."], "", "").unwrap();
+        assert_eq!(e.iface_addr, ip("192.168.10.5"));
+        let e = pick(&[], &["^eth1$"], "", "").unwrap();
         assert_eq!(e.iface.name, "eth1");
-        let re = strings(&["("]);
         assert!(matches!(
-            select(
-                &view(),
-                &Selection {
-                    iface_regex: &re,
-                    ..Default::default()
-                }
-            ),
+            pick(&[], &["("], "", ""),
             Err(IfaceError::BadFlag { .. })
         ));
     }
 
     #[test]
     fn public_ip_overrides_or_selects() {
-        let iface = strings(&["eth0"]);
-        let e = select(
-            &view(),
-            &Selection {
-                iface: &iface,
-                public_ip: "1.2.3.4",
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let e = pick(&["eth0"], &[], "", "1.2.3.4").unwrap();
+        assert_eq!(chosen(e), ("eth0".into(), ip("10.4.7.21"), ip("1.2.3.4")));
+        let e = pick(&[], &[], "", "192.168.9.5").unwrap();
         assert_eq!(
-            (e.iface_addr, e.public_ip),
-            (Ipv4Addr::new(10, 4, 7, 21), Ipv4Addr::new(1, 2, 3, 4))
+            chosen(e),
+            ("eth1".into(), ip("192.168.9.5"), ip("192.168.9.5"))
         );
-        let e = select(
-            &view(),
-            &Selection {
-                public_ip: "192.168.9.5",
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(e.iface.name, "eth1");
-        let e = select(
-            &view(),
-            &Selection {
-                public_ip: "1.2.3.4",
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            (e.iface.name.as_str(), e.public_ip),
-            ("eth0", Ipv4Addr::new(1, 2, 3, 4))
-        );
-        assert!(select(
-            &view(),
-            &Selection {
-                public_ip: "x",
-                ..Default::default()
-            }
-        )
-        .is_err());
+        let e = pick(&[], &[], "", "1.2.3.4").unwrap();
+        assert!(e.reason.contains("not assigned locally"), "{}", e.reason);
+        assert_eq!(chosen(e), ("eth0".into(), ip("10.4.7.21"), ip("1.2.3.4")));
+        assert!(pick(&[], &[], "", "x").is_err());
     }
 
     #[test]
     fn can_reach_uses_the_kernel_route() {
-        let e = select(
-            &view(),
-            &Selection {
-                can_reach: "192.168.10.1",
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let e = pick(&[], &[], "192.168.10.1", "").unwrap();
         assert_eq!(
-            (e.iface.name.as_str(), e.iface_addr),
-            ("eth1", Ipv4Addr::new(192, 168, 10, 5))
+            chosen(e),
+            ("eth1".into(), ip("192.168.10.5"), ip("192.168.10.5"))
         );
     }
 }
