@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
-use netfilter::{BackendChoice, Config, EnsureOutcome, Iptables, Netfilter, Previous, RuleSet};
+use netfilter::{
+    BackendChoice, Config, EnsureOutcome, Iptables, Netfilter, NftChanges, Previous, RuleSet,
+};
 use subnet::PreviousEnv;
 use tokio::task::JoinHandle;
 
@@ -52,6 +54,11 @@ pub struct Firewall {
     random_fully: bool,
     rules: RuleSet,
     reported: BTreeSet<String>,
+    /// nf_tables change notifications (nft binaries only): while none arrives after a check
+    /// that found the rules in place, the next check is skipped.
+    changes: Option<NftChanges>,
+    /// Whether the last check found or put the current rules in place.
+    verified: bool,
 }
 
 impl Firewall {
@@ -99,12 +106,24 @@ impl Firewall {
             &rule_config(&options, random_fully, network, subnet),
             previous.as_ref(),
         );
+        // Subscribed before the first check, so no change after it goes unnoticed.
+        let changes = if iptables.uses_nf_tables() {
+            NftChanges::subscribe()
+                .inspect_err(|e| {
+                    tracing::info!("no nf_tables change notifications ({e}): every --iptables-resync runs a full check")
+                })
+                .ok()
+        } else {
+            None
+        };
         Ok(Some(Firewall {
             iptables: Arc::new(iptables),
             options,
             random_fully,
             rules,
             reported: BTreeSet::new(),
+            changes,
+            verified: false,
         }))
     }
 
@@ -115,11 +134,17 @@ impl Firewall {
             &rule_config(&self.options, self.random_fully, network, subnet),
             None,
         );
+        self.verified = false;
     }
 
     /// Makes the kernel hold the rules (idempotent; writes only on drift) and logs what was done
-    /// and each new foreign masquerading rule.
+    /// and each new foreign masquerading rule. With nft binaries the check (an `iptables-save`)
+    /// is skipped while the kernel reported no nf_tables change since the last good check.
     pub async fn ensure(&mut self) -> Result<()> {
+        let unchanged = self.changes.as_mut().is_some_and(|c| !c.take());
+        if self.verified && unchanged {
+            return Ok(());
+        }
         let task = self.start_ensure();
         self.finish_ensure(task).await
     }
@@ -134,11 +159,13 @@ impl Firewall {
 
     /// Waits for a check started by [`Firewall::start_ensure`] and logs what it did.
     pub async fn finish_ensure(&mut self, task: EnsureTask) -> Result<()> {
+        self.verified = false;
         let outcome = task
             .0
             .await
             .context("iptables task")?
             .context("applying iptables rules")?;
+        self.verified = true;
         if outcome.applied {
             tracing::info!(
                 "iptables rules applied: {}",

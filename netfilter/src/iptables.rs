@@ -127,6 +127,16 @@ impl Iptables {
         &self.version
     }
 
+    /// Whether the binaries program nf_tables (iptables-nft, or a system default whose version
+    /// says `nf_tables`), whose changes [`crate::NftChanges`] can see.
+    pub fn uses_nf_tables(&self) -> bool {
+        match self.flavour {
+            Flavour::Nft => true,
+            Flavour::Legacy => false,
+            Flavour::System => self.version.contains("nf_tables"),
+        }
+    }
+
     /// Whether MASQUERADE accepts `--random-fully`.
     pub fn supports_random_fully(&self) -> bool {
         self.random_fully

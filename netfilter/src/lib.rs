@@ -16,6 +16,7 @@ mod detect;
 mod error;
 mod exec;
 mod iptables;
+mod monitor;
 mod plan;
 mod rule;
 mod ruleset;
@@ -25,6 +26,7 @@ mod words;
 pub use detect::{BackendChoice, UnknownBackend};
 pub use error::Error;
 pub use iptables::{Flavour, Iptables};
+pub use monitor::NftChanges;
 pub use plan::{plan, Plan};
 pub use rule::{Rule, Table};
 pub use ruleset::{

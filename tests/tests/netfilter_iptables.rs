@@ -10,7 +10,8 @@
 use flanneld_tests::cluster::{seen_by, wait_seen_by, Whoami};
 use flanneld_tests::netns::Netns;
 use netfilter::{
-    BackendChoice, Config, EnsureOutcome, Flavour, Iptables, Netfilter, Previous, RuleSet,
+    BackendChoice, Config, EnsureOutcome, Flavour, Iptables, Netfilter, NftChanges, Previous,
+    RuleSet,
 };
 
 const NETWORK: &str = "10.66.0.0/16";
@@ -370,6 +371,7 @@ fn detection_follows_the_backend_holding_the_rules() {
         .unwrap();
     assert_eq!(iptables.flavour(), Flavour::Legacy, "{reason}");
     assert!(reason.contains("KUBE-/DOCKER"), "{reason}");
+    assert!(!iptables.uses_nf_tables());
 
     let kube_nft = Netns::new("nf");
     kube_nft.exec("iptables-nft", &["-t", "filter", "-N", "KUBE-FORWARD"]);
@@ -378,12 +380,32 @@ fn detection_follows_the_backend_holding_the_rules() {
         .enter(|| Iptables::detect(BackendChoice::Auto))
         .unwrap();
     assert_eq!(iptables.flavour(), Flavour::Nft, "{reason}");
+    assert!(iptables.uses_nf_tables());
 
     let (iptables, reason) = kube_nft
         .enter(|| Iptables::detect(BackendChoice::Legacy))
         .unwrap();
     assert_eq!(iptables.flavour(), Flavour::Legacy, "{reason}");
     assert!(reason.starts_with("legacy: requested"), "{reason}");
+}
+
+#[test]
+fn nft_changes_are_noticed_and_reading_is_not_a_change() {
+    let ns = Netns::new("nf");
+    let mut changes = ns
+        .enter(NftChanges::subscribe)
+        .expect("subscribe to nf_tables changes");
+    assert!(!changes.take());
+    ns.exec("iptables-nft", &["-t", "filter", "-N", "SOMEONE-ELSE"]);
+    assert!(changes.take());
+    assert!(!changes.take(), "one change is reported once");
+    ns.exec("iptables-nft-save", &[]);
+    assert!(!changes.take(), "reading the rules changes nothing");
+    ns.exec(
+        "iptables-nft",
+        &["-t", "nat", "-A", "POSTROUTING", "-j", "RETURN"],
+    );
+    assert!(changes.take());
 }
 
 /// host (cni0 10.66.1.1/24, pod 10.66.1.2) — remote host (cni0 10.66.2.1/24, pod 10.66.2.2)
