@@ -4,7 +4,7 @@
 //! ```text
 //! cargo build --release -p flanneld
 //! cargo run --release -p flanneld-tests --bin flanneld-bench -- [--quick] [--runs N]
-//!     [--out FILE] [--only cold,propagation,churn,idle,iperf]
+//!     [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf]
 //! ```
 //!
 //! The agent is `$FLANNELD_BIN`, else `flanneld` next to this binary (`target/release/`). etcd
@@ -46,6 +46,7 @@ struct Opts {
     runs: usize,
     out: Option<PathBuf>,
     only: Vec<String>,
+    logs: Option<PathBuf>,
 }
 
 impl Opts {
@@ -55,6 +56,7 @@ impl Opts {
             runs: 5,
             out: None,
             only: Vec::new(),
+            logs: None,
         };
         let mut runs = None;
         let mut args = std::env::args().skip(1);
@@ -63,6 +65,7 @@ impl Opts {
                 "--quick" => opts.quick = true,
                 "--runs" => runs = Some(args.next().context("--runs N")?.parse()?),
                 "--out" => opts.out = Some(args.next().context("--out FILE")?.into()),
+                "--logs" => opts.logs = Some(args.next().context("--logs DIR")?.into()),
                 "--only" => {
                     opts.only = args
                         .next()
@@ -72,7 +75,7 @@ impl Opts {
                         .collect()
                 }
                 "-h" | "--help" => {
-                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--only cold,propagation,churn,idle,iperf]");
+                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf]");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other:?} (see --help)"),
@@ -230,7 +233,18 @@ impl AgentProc {
 }
 
 impl Drop for AgentProc {
+    /// SIGTERM (a clean exit lets wrappers such as valgrind write their reports), SIGKILL
+    /// after 10 s.
     fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -244,7 +258,9 @@ struct Lab {
     etcd: EtcdServer,
     rt: tokio::runtime::Runtime,
     client: etcd_client::Client,
-    work: tempfile::TempDir,
+    /// Per-run directories (subnet.env, flanneld.log); kept when `--logs` names it.
+    work: PathBuf,
+    _temp: Option<tempfile::TempDir>,
     hosts: usize,
 }
 
@@ -259,7 +275,14 @@ struct Run {
 }
 
 impl Lab {
-    fn start(bin: PathBuf) -> Result<Lab> {
+    fn start(bin: PathBuf, logs: Option<&Path>) -> Result<Lab> {
+        let (work, temp) = match logs {
+            Some(dir) => (dir.to_path_buf(), None),
+            None => {
+                let t = tempfile::tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
         let switch = Switch::new("blan");
         let etcd_ns = Netns::new("betcd");
         switch.plug(&etcd_ns, "eth0", &format!("{ETCD_IP}/16"));
@@ -282,7 +305,8 @@ impl Lab {
             etcd,
             rt,
             client,
-            work: tempfile::tempdir()?,
+            work,
+            _temp: temp,
             hosts: 0,
         })
     }
@@ -351,7 +375,7 @@ impl Lab {
             Peer::new(i).objects(kind, &mut expected);
         }
         watch.expect(expected);
-        let dir = self.work.path().join(format!("run{}", self.hosts));
+        let dir = self.work.join(format!("run{}", self.hosts));
         std::fs::create_dir_all(&dir)?;
         let subnet_env = dir.join("subnet.env");
         let log = File::create(dir.join("flanneld.log"))?;
@@ -496,12 +520,12 @@ fn spread(v: &[f64], digits: usize) -> String {
 
 fn cold_start(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
     writeln!(out, "### 1. Cold start\n")?;
-    writeln!(out, "Time from exec to subnet.env written and to every peer object in the kernel (ready = the later of the two), peak RSS (VmHWM) 1 s after ready. Median (min–max) of {} runs.\n", opts.runs)?;
+    writeln!(out, "Time from exec to subnet.env written and to every peer object in the kernel (ready = the later of the two), peak RSS (VmHWM) and the anonymous and file-backed parts of the RSS (RssAnon, RssFile) 1 s after ready. Median (min–max) of {} runs.\n", opts.runs)?;
     writeln!(
         out,
-        "| backend | peers | subnet.env (ms) | kernel complete (ms) | ready (ms) | peak RSS (MiB) |"
+        "| backend | peers | subnet.env (ms) | kernel complete (ms) | ready (ms) | peak RSS (MiB) | anon / file (MiB) |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
     let cases = [
         (Kind::HostGw, 0),
         (Kind::HostGw, 1),
@@ -511,10 +535,13 @@ fn cold_start(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
     ];
     for (kind, n) in cases {
         let (mut env, mut kernel, mut ready, mut rss) = (vec![], vec![], vec![], vec![]);
+        let (mut anon, mut file) = (vec![], vec![]);
         for _ in 0..opts.runs {
             let (run, s) = lab.ready_agent(kind, n, &[])?;
             std::thread::sleep(Duration::from_secs(1));
             rss.push(vm_mib(run.agent.pid(), "VmHWM:")?);
+            anon.push(vm_mib(run.agent.pid(), "RssAnon:")?);
+            file.push(vm_mib(run.agent.pid(), "RssFile:")?);
             env.push(s.env_ms);
             kernel.push(s.kernel_ms);
             ready.push(s.ready_ms());
@@ -522,12 +549,14 @@ fn cold_start(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
         }
         writeln!(
             out,
-            "| {} | {n} | {} | {} | {} | {} |",
+            "| {} | {n} | {} | {} | {} | {} | {:.1} / {:.1} |",
             kind.name(),
             spread(&env, 1),
             spread(&kernel, 1),
             spread(&ready, 1),
-            spread(&rss, 1)
+            spread(&rss, 1),
+            median(anon),
+            median(file)
         )?;
         eprintln!(
             "cold start {} {n}: ready {}",
@@ -818,7 +847,7 @@ fn main() -> Result<()> {
         bin.display(),
         std::env::args().collect::<Vec<_>>().join(" ")
     )?;
-    let mut lab = Lab::start(bin)?;
+    let mut lab = Lab::start(bin, opts.logs.as_deref())?;
     if opts.wants("cold") {
         cold_start(&mut lab, &opts, &mut out)?;
     }
