@@ -162,8 +162,16 @@ impl Netlink {
     pub(crate) async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
         let mut req = RouteMessage::default();
         req.header.address_family = AddressFamily::Inet;
-        let msgs: Vec<RouteMessage> = self.handle.route().get(req).execute().try_collect().await?;
-        Ok(msgs.iter().filter_map(kernel_route).collect())
+        // Converted as they arrive: thousands of full messages are never held at once.
+        let routes = self
+            .handle
+            .route()
+            .get(req)
+            .execute()
+            .try_filter_map(|m| std::future::ready(Ok(kernel_route(&m))))
+            .try_collect()
+            .await?;
+        Ok(routes)
     }
 
     /// Adds (`replace == false`: create, fail if it exists) or replaces a route, tagged ours.
@@ -204,19 +212,31 @@ impl Netlink {
 
     /// The permanent IPv4 neighbours on `link`.
     pub(crate) async fn neighbours(&self, link: u32) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
-        let msgs: Vec<NeighbourMessage> = self
+        self.permanent(link, AddressFamily::Inet).await
+    }
+
+    /// The permanent entries of `family`'s neighbour table on `link` with an IPv4 destination,
+    /// as (destination, MAC) pairs, converted as they arrive.
+    async fn permanent(
+        &self,
+        link: u32,
+        family: AddressFamily,
+    ) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
+        let found = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Inet)
+            .set_address_family(family)
             .execute()
+            .try_filter_map(|m| {
+                let ours = m.header.ifindex == link && is_permanent(&m);
+                std::future::ready(Ok(ours
+                    .then(|| Some((neighbour_ipv4(&m)?, neighbour_mac(&m)?)))
+                    .flatten()))
+            })
             .try_collect()
             .await?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == link && is_permanent(m))
-            .filter_map(|m| Some((neighbour_ipv4(m)?, neighbour_mac(m)?)))
-            .collect())
+        Ok(found)
     }
 
     /// Sets (creates or replaces) the permanent neighbour `ip lladdr mac` on `link`.
@@ -249,18 +269,10 @@ impl Netlink {
 
     /// The permanent FDB entries with an IPv4 remote on `link`, as (MAC, remote) pairs.
     pub(crate) async fn fdb(&self, link: u32) -> Result<Vec<(Mac, Ipv4Addr)>, NetlinkError> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == link && is_permanent(m))
-            .filter_map(|m| Some((neighbour_mac(m)?, neighbour_ipv4(m)?)))
+        let found = self.permanent(link, AddressFamily::Bridge).await?;
+        Ok(found
+            .into_iter()
+            .map(|(remote, mac)| (mac, remote))
             .collect())
     }
 

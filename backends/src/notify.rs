@@ -2,6 +2,8 @@
 //! reconcile when the vxlan device, the external interface, an address or one of our routes or
 //! neighbours changes under us.
 
+use std::os::fd::{AsRawFd, RawFd};
+
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{FutureExt, StreamExt};
 use ipnet::Ipv4Net;
@@ -65,12 +67,13 @@ pub struct Notifications {
 impl Notifications {
     /// Subscribes; spawns the socket's driver task on the current tokio runtime.
     pub fn subscribe() -> Result<Notifications, NetlinkError> {
-        let (conn, _, messages) = rtnetlink::new_multicast_connection(&[
+        let (mut conn, _, messages) = rtnetlink::new_multicast_connection(&[
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Ipv4Route,
             MulticastGroup::Neigh,
         ])?;
+        keep_only_wanted(conn.socket_mut().as_raw_fd())?;
         tokio::spawn(conn);
         Ok(Notifications { messages })
     }
@@ -99,6 +102,53 @@ impl Notifications {
             }
         }
     }
+}
+
+/// The message types [`convert`] turns into notifications: RTM_NEWLINK, RTM_DELLINK,
+/// RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE and RTM_DELNEIGH.
+const WANTED: [u16; 6] = [16, 17, 20, 21, 25, 29];
+
+/// Attaches a socket filter that drops every other message type in the kernel: programming
+/// thousands of routes then queues no thousands of RTM_NEWROUTE notifications to parse (or to
+/// overflow the socket with).
+fn keep_only_wanted(fd: RawFd) -> Result<(), NetlinkError> {
+    /// `SO_ATTACH_FILTER` (asm-generic; the libc crate does not export it for every target).
+    const SO_ATTACH_FILTER: libc::c_int = 26;
+    let insn = |code: u32, jt: usize, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: jt as u8,
+        jf: 0,
+        k,
+    };
+    // 0: load nlmsg_type; 1..=n: accept if it is a wanted one; n+1: drop; n+2: accept.
+    let accept = WANTED.len() + 2;
+    let mut prog = vec![insn(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 0, 4)];
+    for (i, kind) in WANTED.iter().enumerate() {
+        // Absolute loads read big-endian; nlmsg_type is in host byte order.
+        let k = u32::from(u16::from_be_bytes(kind.to_ne_bytes()));
+        let jump = accept - (i + 1) - 1;
+        prog.push(insn(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, jump, k));
+    }
+    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, 0));
+    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, u32::MAX));
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: the program outlives the call, which copies it into the kernel.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ATTACH_FILTER,
+            std::ptr::from_ref(&fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }
 
 fn convert(msg: RouteNetlinkMessage) -> Option<Notification> {
