@@ -275,6 +275,7 @@ async fn serve<R: Registry>(
         fw.finish_ensure(task).await?;
     }
     agent.write_subnet_env();
+    release_freed_heap();
     sdnotify::notify_ready();
     agent.publish_readiness();
 
@@ -291,6 +292,16 @@ async fn serve<R: Registry>(
     manager_task.abort();
     tracing::info!("Exiting cleanly... (routes, devices, rules, subnet.env and the etcd lease are left in place)");
     result
+}
+
+/// Hands the heap freed after start-up back to the kernel: the lease listings and the first
+/// kernel dump of thousands of peers are transient, and glibc would otherwise keep their pages.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A peer event as logged: `peer <subnet> at <PublicIP> (<type>)` or `peer <subnet> removed`.
