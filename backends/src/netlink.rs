@@ -158,13 +158,20 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// A connection for one dump, closed when the returned guard drops: netlink-proto keeps
+    /// the queue a dump of thousands of objects grew to for the life of its connection.
+    fn dump_connection() -> Result<(Handle, DumpConnection), NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        Ok((handle, DumpConnection(tokio::spawn(conn))))
+    }
+
     /// All main-table IPv4 unicast routes.
     pub(crate) async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
         let mut req = RouteMessage::default();
         req.header.address_family = AddressFamily::Inet;
+        let (handle, _conn) = Self::dump_connection()?;
         // Converted as they arrive: thousands of full messages are never held at once.
-        let routes = self
-            .handle
+        let routes = handle
             .route()
             .get(req)
             .execute()
@@ -222,8 +229,8 @@ impl Netlink {
         link: u32,
         family: AddressFamily,
     ) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
-        let found = self
-            .handle
+        let (handle, _conn) = Self::dump_connection()?;
+        let found = handle
             .neighbours()
             .get()
             .set_address_family(family)
@@ -422,6 +429,15 @@ impl Netlink {
         msg.attributes
             .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
         Ok(self.handle.address().del(msg).execute().await?)
+    }
+}
+
+/// The driver task of a dump's own connection; stopped on drop.
+struct DumpConnection(tokio::task::JoinHandle<()>);
+
+impl Drop for DumpConnection {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

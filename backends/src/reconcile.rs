@@ -175,7 +175,11 @@ impl Snapshot {
             ..Snapshot::default()
         };
         for k in routes {
-            snap.routes.entry(k.dst).or_default().push(k);
+            // Nearly every destination has one route: no room reserved for more.
+            snap.routes
+                .entry(k.dst)
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push(k);
         }
         for (mac, remote) in fdb.into_iter().filter(|(mac, _)| !mac.is_zero()) {
             snap.fdb.entry(mac).or_default().insert(remote);
@@ -212,7 +216,10 @@ impl Snapshot {
     fn record(&mut self, op: &Op) -> bool {
         match op {
             Op::AddRoute(r) | Op::ReplaceRoute(r) => {
-                let same = self.routes.entry(r.dst).or_default();
+                let same = self
+                    .routes
+                    .entry(r.dst)
+                    .or_insert_with(|| Vec::with_capacity(1));
                 same.retain(|k| k.priority != 0 || k.tos != 0);
                 same.push(KernelRoute::ours(r));
             }
