@@ -494,17 +494,31 @@ impl Agent {
         match update {
             WatchUpdate::Snapshot(leases) => {
                 let n = leases.len();
-                let events = self.peers.replace_all(leases);
-                tracing::info!(
-                    "lease listing: {} peers ({n} leases), {} changes",
-                    self.peers.len(),
-                    events.len()
-                );
                 // One line per peer of a listing only on request: thousands at start-up.
-                for e in &events {
-                    tracing::debug!("{}", describe(e));
-                }
-                !events.is_empty()
+                let changes = if self.peers.is_empty() {
+                    // Nothing to remove: the leases are taken one by one, so no second copy
+                    // of all of them (replace_all's events) is ever held.
+                    let mut added = 0;
+                    for lease in leases {
+                        let e = subnet::LeaseEvent::Added(lease);
+                        if self.peers.apply(&e) {
+                            tracing::debug!("{}", describe(&e));
+                            added += 1;
+                        }
+                    }
+                    added
+                } else {
+                    let events = self.peers.replace_all(leases);
+                    for e in &events {
+                        tracing::debug!("{}", describe(e));
+                    }
+                    events.len()
+                };
+                tracing::info!(
+                    "lease listing: {} peers ({n} leases), {changes} changes",
+                    self.peers.len()
+                );
+                changes > 0
             }
             WatchUpdate::Events(events) => {
                 for e in events {
