@@ -260,8 +260,18 @@ struct Lab {
     client: etcd_client::Client,
     /// Per-run directories (subnet.env, flanneld.log); kept when `--logs` names it.
     work: PathBuf,
+    /// The namespace this thread was in before entering etcd's, re-entered on drop (a process
+    /// inside a namespace being deleted is killed with it).
+    home: File,
     _temp: Option<tempfile::TempDir>,
     hosts: usize,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // SAFETY: setns back into the namespace this thread came from.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
 }
 
 /// One agent in a fresh host namespace, with its kernel observer.
@@ -293,6 +303,7 @@ impl Lab {
             enable_v2: false,
         });
         // The etcd client (and the /metrics reader) live in etcd's namespace.
+        let home = File::open("/proc/thread-self/ns/net")?;
         enter_netns(etcd_ns.name())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -306,6 +317,7 @@ impl Lab {
             rt,
             client,
             work,
+            home,
             _temp: temp,
             hosts: 0,
         })
@@ -708,32 +720,39 @@ fn idle(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
     Ok(())
 }
 
-/// Gbit/s of one `iperf3` run from `client` to `server_ip` (an `iperf3 -s -1` in `server`).
+/// Gbit/s of one `iperf3` run from `client` to `server_ip` (an `iperf3 -s` in `server`, killed
+/// afterwards).
 fn iperf(client: &Netns, server: &Netns, server_ip: &str, secs: usize) -> Result<f64> {
     let mut srv = server
         .command("iperf3")
-        .args(["-s", "-1"])
+        .arg("-s")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let t = secs.to_string();
-    let mut last = String::new();
+    let mut outcome = Err(anyhow::anyhow!("iperf3 never connected"));
     for _ in 0..50 {
         let o = client.try_exec("iperf3", &["-c", server_ip, "-t", &t, "-J"]);
         if o.status.success() {
-            let _ = srv.wait();
-            let json: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-            let bps = json["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .context("iperf3 JSON without end.sum_received")?;
-            return Ok(bps / 1e9);
+            outcome = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .map_err(anyhow::Error::from)
+                .and_then(|json| {
+                    json["end"]["sum_received"]["bits_per_second"]
+                        .as_f64()
+                        .context("iperf3 JSON without end.sum_received")
+                })
+                .map(|bps| bps / 1e9);
+            break;
         }
-        last = String::from_utf8_lossy(&o.stdout).into_owned();
+        outcome = Err(anyhow::anyhow!(
+            "iperf3 never connected: {}",
+            String::from_utf8_lossy(&o.stdout)
+        ));
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = srv.kill();
     let _ = srv.wait();
-    bail!("iperf3 never connected: {last}")
+    outcome
 }
 
 /// Two hosts running the agent with `kind`, a pod on each (MTU = FLANNEL_MTU); Gbit/s per run.
@@ -847,21 +866,34 @@ fn main() -> Result<()> {
         bin.display(),
         std::env::args().collect::<Vec<_>>().join(" ")
     )?;
+    // Each section is printed as soon as it is done.
+    let mut printed = 0;
+    let mut flush = |out: &str| {
+        print!("{}", &out[printed..]);
+        let _ = std::io::stdout().flush();
+        printed = out.len();
+    };
+    flush(&out);
     let mut lab = Lab::start(bin, opts.logs.as_deref())?;
     if opts.wants("cold") {
         cold_start(&mut lab, &opts, &mut out)?;
+        flush(&out);
     }
     if opts.wants("propagation") {
         propagation(&mut lab, &opts, &mut out)?;
+        flush(&out);
     }
     if opts.wants("churn") {
         churn(&mut lab, &opts, &mut out)?;
+        flush(&out);
     }
     if opts.wants("idle") {
         idle(&mut lab, &opts, &mut out)?;
+        flush(&out);
     }
     if opts.wants("iperf") {
         data_plane(&opts, &mut out)?;
+        flush(&out);
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     writeln!(
@@ -872,7 +904,7 @@ fn main() -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     )?;
-    print!("{out}");
+    flush(&out);
     if let Some(path) = &opts.out {
         std::fs::write(path, &out).with_context(|| format!("write {}", path.display()))?;
     }
