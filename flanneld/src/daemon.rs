@@ -1,11 +1,13 @@
 //! The agent's lifecycle (reference §9) and its control loop.
 //!
 //! Start-up: health server → etcd → network config (retried every second) → interface →
-//! backend init → lease → backend configure → iptables → first peer listing and reconcile →
+//! backend init → lease → backend configure → iptables rules, first peer listing and reconcile
+//! (the rule check runs alongside; iptables detection already ran alongside the etcd steps) →
 //! subnet.env → ready. Then one task owns all state (DESIGN principle 4) and reacts to peer
 //! lease updates, lease changes, kernel notifications and timers; every path ends in the same
-//! level-triggered reconcile. SIGTERM/SIGINT leave routes, devices, rules, subnet.env and the etcd
-//! lease in place (DESIGN principle 5).
+//! level-triggered reconcile: peer events apply just the changed peers' objects, everything else
+//! (and any change that did not apply cleanly) runs a full one. SIGTERM/SIGINT leave routes,
+//! devices, rules, subnet.env and the etcd lease in place (DESIGN principle 5).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
