@@ -414,9 +414,11 @@ impl Agent {
         iptables_resync: i64,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let mut resync = tokio::time::interval(RESYNC_PERIOD);
+        // Start-up has just reconciled and checked the rules: the first ticks come a period on.
+        let now = tokio::time::Instant::now();
+        let mut resync = tokio::time::interval_at(now + RESYNC_PERIOD, RESYNC_PERIOD);
         let fw_period = Duration::from_secs(iptables_resync.max(1).unsigned_abs());
-        let mut fw_tick = tokio::time::interval(fw_period);
+        let mut fw_tick = tokio::time::interval_at(now + fw_period, fw_period);
         let mut readiness_tick = tokio::time::interval(Duration::from_secs(1));
         let mut needs_setup = false;
         loop {
