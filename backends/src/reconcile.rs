@@ -1,5 +1,6 @@
 //! The level-triggered reconciler: dump the kernel objects we own, diff them against the
-//! desired state, apply the minimal changes, verify.
+//! desired state, apply the minimal changes, verify (every write is acknowledged by the kernel;
+//! when one fails, the kernel is dumped again).
 //!
 //! Between full runs the reconciler keeps the dumped objects, updated with every write the
 //! kernel acknowledged, so that a change of a few peers ([`Reconciler::reconcile_changes`]) is
@@ -443,13 +444,13 @@ async fn apply_all<K: Kernel>(kernel: &K, ops: &[Op]) -> Vec<Result<(), NetlinkE
     results
 }
 
-/// Applies a plan and counts the outcome into `report`; `snap`, if given, follows every write
-/// the kernel acknowledged. Returns `false` if a write failed or `snap` could not follow.
+/// Applies a plan and counts the outcome into `report`; `snap` follows every write the kernel
+/// acknowledged. Returns `false` if a write failed or `snap` could not follow.
 async fn execute<K: Kernel>(
     kernel: &K,
     plan: Plan,
     report: &mut Report,
-    mut snap: Option<&mut Snapshot>,
+    snap: &mut Snapshot,
 ) -> bool {
     report.errors.extend(plan.conflicts);
     let mut exact = true;
@@ -470,15 +471,14 @@ async fn execute<K: Kernel>(
                 continue;
             }
         }
-        if let Some(s) = snap.as_deref_mut() {
-            exact &= s.record(op);
-        }
+        exact &= snap.record(op);
     }
     exact
 }
 
-/// One full run: dump, plan, apply, verify. Returns the report and the snapshot the run ended
-/// with (`None` if a dump failed).
+/// One full run: dump, plan, apply, verify (against the acknowledged writes, or a second dump
+/// when one failed). Returns the report and the snapshot the run ended with (`None` if a dump
+/// failed).
 pub(crate) async fn run<K: Kernel>(
     kernel: &K,
     desired: &DesiredState,
@@ -495,13 +495,20 @@ pub(crate) async fn run<K: Kernel>(
             return (report, None);
         }
     };
+    let mut snap = snap;
     let plan = plan(desired, &snap);
     if plan.ops.is_empty() {
         report.errors.extend(plan.conflicts);
         report.converged = report.errors.is_empty();
         return (report, Some(snap));
     }
-    execute(kernel, plan, &mut report, None).await;
+    // The snapshot follows every write the kernel acknowledged; only when a write failed (or
+    // the snapshot cannot follow) is the kernel dumped again to see where it stands.
+    if execute(kernel, plan, &mut report, &mut snap).await {
+        report.pending = self::plan(desired, &snap).ops.len();
+        report.converged = report.errors.is_empty() && report.pending == 0;
+        return (report, Some(snap));
+    }
     let after = match snapshot(kernel, desired).await {
         Ok(after) => {
             report.pending = self::plan(desired, &after).ops.len();
@@ -528,7 +535,7 @@ pub(crate) async fn run_changes<K: Kernel>(
 ) -> (Report, bool) {
     let mut report = Report::default();
     let plan = plan(after, &snap.scoped(&[before, after]));
-    let exact = execute(kernel, plan, &mut report, Some(snap)).await;
+    let exact = execute(kernel, plan, &mut report, snap).await;
     report.converged = report.errors.is_empty();
     (report, exact)
 }
