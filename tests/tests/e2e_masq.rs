@@ -153,9 +153,12 @@ fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes(flavour: Flavour) 
         );
     }
     iptables(flavour, &c.hosts[0], "nat", "-I", &docker_rule(SUBNET0));
+    // Host 0 first: host 1 picks a random free subnet and must not take 10.20.7.0/24 before
+    // host 0 re-claims it from its subnet.env.
     c.start_agent(0);
+    let first = wait_rewritten(&mut c, 0, true);
     c.start_agent(1);
-    let subnets: Vec<String> = (0..2).map(|i| wait_rewritten(&mut c, i, true)).collect();
+    let subnets = vec![first, wait_rewritten(&mut c, 1, true)];
     assert_eq!(
         subnets[0], "10.20.7.1/24",
         "the previous subnet is re-claimed"
@@ -270,9 +273,12 @@ fn ip_masq_false_leaves_the_nat_table_byte_for_byte() {
         "{before:?}"
     );
 
+    // Host 0 first: host 1 picks a random free subnet and must not take 10.20.7.0/24 before
+    // host 0 re-claims it from its subnet.env.
     c.start_agent(0);
+    let first = wait_rewritten(&mut c, 0, false);
     c.start_agent(1);
-    let subnets: Vec<String> = (0..2).map(|i| wait_rewritten(&mut c, i, false)).collect();
+    let subnets = vec![first, wait_rewritten(&mut c, 1, false)];
     assert_eq!(subnets[0], "10.20.7.1/24");
     assert!(subnets[1].starts_with("10.20."), "{}", subnets[1]);
     for host in &c.hosts {
