@@ -1,0 +1,369 @@
+//! The control loop: one task owns the peer set, the lease, the backend, the reconciler and the
+//! firewall (DESIGN principle 4) and reacts to peer lease updates, lease changes, kernel
+//! notifications and timers. Peer events apply just the changed peers' objects; everything else
+//! (and any change that did not apply cleanly) runs a full, level-triggered reconcile.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use backends::{Backend, Netlink, Notifications, Reaction, Reconciler};
+use ipnet::Ipv4Net;
+use subnet::manager::{self, LeaseHandle};
+use subnet::registry::Registry;
+use subnet::watch::{WatchScope, WatchUpdate};
+use subnet::{Lease, PeerSet, SubnetEnv};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::firewall::Firewall;
+use crate::healthz::Readiness;
+
+/// How often the whole data plane is reconciled even without events (Go flanneld's route check).
+const RESYNC_PERIOD: Duration = Duration::from_secs(10);
+
+/// A peer event as logged: `peer <subnet> at <PublicIP> (<type>)` or `peer <subnet> removed`.
+fn describe(e: &subnet::LeaseEvent) -> String {
+    match e {
+        subnet::LeaseEvent::Added(l) => format!(
+            "peer {} at {} ({})",
+            l.subnet(),
+            l.attrs.public_ip,
+            l.attrs.backend_type
+        ),
+        subnet::LeaseEvent::Removed(k) => format!("peer {} removed", k.ipv4),
+    }
+}
+
+/// Everything the control loop owns.
+pub(crate) struct Agent {
+    pub(crate) peers: PeerSet,
+    pub(crate) lease: Lease,
+    /// Publishes changed lease attributes (e.g. a new VtepMAC after setup).
+    pub(crate) lease_handle: LeaseHandle,
+    pub(crate) network: Ipv4Net,
+    pub(crate) backend: Backend,
+    pub(crate) nl: Netlink,
+    pub(crate) reconciler: Reconciler,
+    /// Peers changed by watch events since the last reconcile, each with its lease before the
+    /// first of those changes (`None`: a new peer). Applied incrementally unless a full
+    /// reconcile is due anyway.
+    pub(crate) changed: BTreeMap<Ipv4Net, Option<Lease>>,
+    pub(crate) firewall: Option<Firewall>,
+    pub(crate) firewall_ok: bool,
+    pub(crate) converged: bool,
+    pub(crate) env_written: bool,
+    pub(crate) subnet_file: PathBuf,
+    pub(crate) ip_masq: bool,
+    pub(crate) ready_tx: watch::Sender<Readiness>,
+    pub(crate) last_status: Option<Readiness>,
+}
+
+impl Agent {
+    /// Reacts to kernel, etcd and timer events until `shutdown`.
+    pub(crate) async fn control_loop<R: Registry>(
+        &mut self,
+        registry: &R,
+        mut peer_watch: mpsc::Receiver<WatchUpdate>,
+        mut lease_rx: watch::Receiver<Lease>,
+        mut notifications: Notifications,
+        iptables_resync: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        // Start-up has just reconciled and checked the rules: the first ticks come a period on.
+        let now = tokio::time::Instant::now();
+        let mut resync = tokio::time::interval_at(now + RESYNC_PERIOD, RESYNC_PERIOD);
+        let fw_period = Duration::from_secs(iptables_resync.max(1).unsigned_abs());
+        let mut fw_tick = tokio::time::interval_at(now + fw_period, fw_period);
+        let mut readiness_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut needs_setup = false;
+        loop {
+            let mut dirty = false;
+            // A kernel notification that may need setup, and the size of its burst.
+            let mut kernel_cause = None;
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                update = peer_watch.recv() => match update {
+                    Some(update) => {
+                        // Take every update already queued, to program them in one go.
+                        dirty = self.on_peer_update(update);
+                        while let Ok(more) = peer_watch.try_recv() {
+                            dirty |= self.on_peer_update(more);
+                        }
+                    }
+                    None => peer_watch = registry.watch_leases(WatchScope::AllLeases),
+                },
+                changed = lease_rx.changed() => {
+                    if changed.is_err() {
+                        bail!("the lease manager stopped unexpectedly");
+                    }
+                    let lease = lease_rx.borrow_and_update().clone();
+                    if self.on_lease_change(lease) {
+                        needs_setup = true;
+                        dirty = true;
+                    }
+                }
+                burst = notifications.next_burst() => match burst {
+                    // One reaction per burst: setup (if any part asks for it) before the
+                    // reconcile, never a reconcile against a device that is being deleted.
+                    Some(burst) => {
+                        let reactions: Vec<Reaction> =
+                            burst.iter().map(|n| self.backend.reaction(n)).collect();
+                        dirty = reactions.iter().any(|r| *r != Reaction::Ignore);
+                        let cause = burst.iter().zip(&reactions).find(|(_, r)| **r == Reaction::Setup);
+                        kernel_cause = cause.map(|(n, _)| (n.clone(), burst.len()));
+                    }
+                    None => {
+                        tracing::warn!("kernel notification socket closed; relying on the {}s resync", RESYNC_PERIOD.as_secs());
+                        notifications = Notifications::subscribe().context("cannot re-subscribe to kernel notifications")?;
+                    }
+                },
+                _ = resync.tick() => dirty = true,
+                _ = fw_tick.tick() => self.ensure_firewall().await,
+                _ = readiness_tick.tick() => {}
+            }
+            if let (false, Some((n, len))) = (needs_setup, kernel_cause) {
+                // Setup's own writes are reported too: only a difference needs setup again.
+                let drift = self.backend.drift(&self.nl).await;
+                if !drift.is_empty() {
+                    tracing::info!(
+                        "kernel reported {n:?} (in a burst of {len}): {}; re-running backend setup",
+                        drift.join("; ")
+                    );
+                    needs_setup = true;
+                }
+            }
+            if needs_setup {
+                needs_setup = !self.setup().await;
+            }
+            if dirty {
+                self.reconcile().await;
+            } else if !self.changed.is_empty() {
+                self.reconcile_changes().await;
+            }
+            if !self.env_written {
+                self.write_subnet_env();
+            }
+            self.publish_readiness();
+        }
+    }
+
+    /// Applies a peer watch update to the peer set. Returns whether a full reconcile is due (a
+    /// listing that changed something); changes by events are noted in `changed` instead.
+    pub(crate) fn on_peer_update(&mut self, update: WatchUpdate) -> bool {
+        match update {
+            WatchUpdate::Snapshot(leases) => {
+                let n = leases.len();
+                // One line per peer of a listing only on request: thousands at start-up.
+                let changes = if self.peers.is_empty() {
+                    // Nothing to remove: the leases are taken one by one, so no second copy
+                    // of all of them (replace_all's events) is ever held.
+                    let mut added = 0;
+                    for lease in leases {
+                        let e = subnet::LeaseEvent::Added(lease);
+                        if self.peers.apply(&e) {
+                            tracing::debug!("{}", describe(&e));
+                            added += 1;
+                        }
+                    }
+                    added
+                } else {
+                    let events = self.peers.replace_all(leases);
+                    for e in &events {
+                        tracing::debug!("{}", describe(e));
+                    }
+                    events.len()
+                };
+                tracing::info!(
+                    "lease listing: {} peers ({n} leases), {changes} changes",
+                    self.peers.len()
+                );
+                changes > 0
+            }
+            WatchUpdate::Events(events) => {
+                for e in events {
+                    let subnet = match &e {
+                        subnet::LeaseEvent::Added(l) => l.subnet(),
+                        subnet::LeaseEvent::Removed(k) => k.ipv4,
+                    };
+                    let old = self.peers.get(&subnet).cloned();
+                    if self.peers.apply(&e) {
+                        tracing::info!("{}", describe(&e));
+                        self.changed.entry(subnet).or_insert(old);
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Takes a new version of our own lease; returns whether the data plane must be set up
+    /// again (the lease moved to another subnet).
+    pub(crate) fn on_lease_change(&mut self, lease: Lease) -> bool {
+        let moved = lease.subnet() != self.lease.subnet();
+        if moved {
+            tracing::warn!(
+                "our lease moved from {} to {}: reconfiguring the data plane, rules and subnet.env",
+                self.lease.subnet(),
+                lease.subnet()
+            );
+            let leases: Vec<Lease> = self.peers.iter().cloned().collect();
+            self.peers = PeerSet::new(lease.subnet());
+            self.peers.replace_all(leases);
+            if let Some(fw) = self.firewall.as_mut() {
+                fw.retarget(self.network, lease.subnet());
+            }
+            self.env_written = false;
+        }
+        self.lease = lease;
+        moved
+    }
+
+    /// Re-runs backend init + configure (device or interface came back, or the lease moved).
+    /// Returns whether it succeeded; failures are retried on the next event or tick.
+    pub(crate) async fn setup(&mut self) -> bool {
+        let result = async {
+            let attrs = self.backend.init(&self.nl).await?;
+            // Changed attributes (a new VtepMAC) are written at once, so peers follow.
+            self.lease_handle.set_attrs(attrs);
+            self.backend
+                .configure(&self.nl, &self.lease, self.network)
+                .await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!("backend setup done");
+                self.ensure_firewall().await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!("backend setup failed, will retry: {e}");
+                false
+            }
+        }
+    }
+
+    /// Programs the peers in `changed` only, planned against the reconciler's model of the
+    /// kernel; falls back to a full reconcile when there is no model or the change did not
+    /// apply cleanly.
+    pub(crate) async fn reconcile_changes(&mut self) {
+        let changed = std::mem::take(&mut self.changed);
+        let before = self.backend.desired_for(changed.values().flatten());
+        let after = self
+            .backend
+            .desired_for(changed.keys().filter_map(|s| self.peers.get(s)));
+        match self.reconciler.reconcile_changes(&before, &after).await {
+            Some(report) if report.converged => {
+                if report.writes() > 0 {
+                    tracing::info!(
+                        "data plane: {} added, {} replaced, {} deleted for {} changed peers",
+                        report.added,
+                        report.replaced,
+                        report.deleted,
+                        changed.len()
+                    );
+                }
+            }
+            _ => self.reconcile().await,
+        }
+    }
+
+    /// Makes the kernel match the desired state for the current peers.
+    pub(crate) async fn reconcile(&mut self) {
+        self.changed.clear();
+        let desired = self.backend.desired(&self.peers);
+        let report = self.reconciler.reconcile(&desired).await;
+        if report.writes() > 0 {
+            tracing::info!(
+                "data plane: {} added, {} replaced, {} deleted for {} peers",
+                report.added,
+                report.replaced,
+                report.deleted,
+                self.peers.len()
+            );
+        }
+        self.converged = report.converged;
+    }
+
+    /// Runs the firewall check; errors are logged once per distinct message.
+    pub(crate) async fn ensure_firewall(&mut self) {
+        let Some(fw) = self.firewall.as_mut() else {
+            return;
+        };
+        match fw.ensure().await {
+            Ok(()) => {
+                if !self.firewall_ok {
+                    tracing::info!("iptables rules are in place again");
+                }
+                self.firewall_ok = true;
+            }
+            Err(e) => {
+                if self.firewall_ok {
+                    tracing::error!("iptables: {e:#}");
+                }
+                self.firewall_ok = false;
+            }
+        }
+    }
+
+    /// Writes subnet.env (atomically); a failure is logged and retried, and keeps us not ready.
+    pub(crate) fn write_subnet_env(&mut self) {
+        let env = SubnetEnv {
+            network: self.network,
+            subnet: self.lease.subnet(),
+            mtu: self.backend.mtu(),
+            ipmasq: self.ip_masq,
+        };
+        match env.write_atomic(&self.subnet_file) {
+            Ok(()) => {
+                tracing::info!(
+                    "wrote {}: {}",
+                    self.subnet_file.display(),
+                    env.render().trim_end().replace('\n', " ")
+                );
+                self.env_written = true;
+            }
+            Err(e) => {
+                if self.env_written || self.last_status.is_none() {
+                    tracing::warn!("cannot write {}: {e}", self.subnet_file.display());
+                }
+            }
+        }
+    }
+
+    /// Computes readiness and publishes it when it changes.
+    pub(crate) fn publish_readiness(&mut self) {
+        let lease_valid = manager::is_valid(&self.lease, SystemTime::now());
+        let mut problems = BTreeSet::new();
+        if !lease_valid {
+            problems.insert("the subnet lease is not valid".to_string());
+        }
+        if !self.converged {
+            problems.insert("the data plane has not converged (see the log)".to_string());
+        }
+        if !self.firewall_ok {
+            problems.insert("iptables rules could not be applied".to_string());
+        }
+        if !self.env_written {
+            problems.insert(format!("{} is not written", self.subnet_file.display()));
+        }
+        let status = if problems.is_empty() {
+            Readiness::Ready
+        } else {
+            Readiness::NotReady(problems.into_iter().collect::<Vec<_>>().join("; "))
+        };
+        if self.last_status.as_ref() != Some(&status) {
+            match &status {
+                Readiness::Ready => tracing::info!(
+                    "ready: lease {} valid, data plane converged",
+                    self.lease.subnet()
+                ),
+                Readiness::NotReady(why) => tracing::warn!("not ready: {why}"),
+            }
+            self.ready_tx.send_replace(status.clone());
+            self.last_status = Some(status);
+        }
+    }
+}
