@@ -158,7 +158,7 @@ fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes(flavour: Flavour) 
     c.start_agent(0);
     let first = wait_rewritten(&mut c, 0, true);
     c.start_agent(1);
-    let subnets = vec![first, wait_rewritten(&mut c, 1, true)];
+    let subnets = [first, wait_rewritten(&mut c, 1, true)];
     assert_eq!(
         subnets[0], "10.20.7.1/24",
         "the previous subnet is re-claimed"
@@ -278,7 +278,7 @@ fn ip_masq_false_leaves_the_nat_table_byte_for_byte() {
     c.start_agent(0);
     let first = wait_rewritten(&mut c, 0, false);
     c.start_agent(1);
-    let subnets = vec![first, wait_rewritten(&mut c, 1, false)];
+    let subnets = [first, wait_rewritten(&mut c, 1, false)];
     assert_eq!(subnets[0], "10.20.7.1/24");
     assert!(subnets[1].starts_with("10.20."), "{}", subnets[1]);
     for host in &c.hosts {
