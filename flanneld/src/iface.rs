@@ -116,6 +116,18 @@ fn first_addr(iface: &HostInterface, what: &str) -> Result<Ipv4Addr, IfaceError>
         .ok_or_else(|| IfaceError::NotFound(format!("{what} {} has no IPv4 address", iface.name)))
 }
 
+/// The interface with kernel index `index`; `what` names who pointed at it, for the error.
+fn by_index<'a>(
+    view: &'a HostView,
+    index: u32,
+    what: &str,
+) -> Result<&'a HostInterface, IfaceError> {
+    view.interfaces
+        .iter()
+        .find(|i| i.index == index)
+        .ok_or_else(|| IfaceError::NotFound(format!("{what} uses unknown interface index {index}")))
+}
+
 /// Chooses the external interface from a view of the host (pure; see the module docs for order).
 pub fn select(view: &HostView, sel: &Selection) -> Result<ExternalInterface, IfaceError> {
     let public = match sel.public_ip {
@@ -195,16 +207,11 @@ pub fn select(view: &HostView, sel: &Selection) -> Result<ExternalInterface, Ifa
                 sel.can_reach
             ))
         })?;
-        let i = view
-            .interfaces
-            .iter()
-            .find(|i| i.index == index)
-            .ok_or_else(|| {
-                IfaceError::NotFound(format!(
-                    "--iface-can-reach {}: route uses unknown interface index {index}",
-                    sel.can_reach
-                ))
-            })?;
+        let i = by_index(
+            view,
+            index,
+            &format!("--iface-can-reach {}: route", sel.can_reach),
+        )?;
         let addr = match src {
             Some(a) => a,
             None => first_addr(i, "--iface-can-reach interface")?,
@@ -234,15 +241,7 @@ pub fn select(view: &HostView, sel: &Selection) -> Result<ExternalInterface, Ifa
             "no default route and no --iface given; use --iface=<name or IP>".into(),
         )
     })?;
-    let i = view
-        .interfaces
-        .iter()
-        .find(|i| i.index == index)
-        .ok_or_else(|| {
-            IfaceError::NotFound(format!(
-                "default route uses unknown interface index {index}"
-            ))
-        })?;
+    let i = by_index(view, index, "default route")?;
     let addr = first_addr(i, "default-route interface")?;
     let reason = match public {
         Some(p) => format!(
