@@ -35,6 +35,16 @@ async fn setup(server: &EtcdServer, config: &str) -> (EtcdRegistry, String) {
     (registry, prefix)
 }
 
+/// Connects with `options` and reads the config, which must fail; returns the error.
+async fn config_error(options: &EtcdOptions) -> RegistryError {
+    EtcdRegistry::connect(options)
+        .await
+        .unwrap()
+        .network_config()
+        .await
+        .unwrap_err()
+}
+
 async fn next(updates: &mut mpsc::Receiver<WatchUpdate>) -> WatchUpdate {
     tokio::time::timeout(Duration::from_secs(20), updates.recv())
         .await
@@ -540,12 +550,7 @@ async fn tls_misconfiguration_is_a_clear_error() {
         cafile: Some(tls.other_ca.clone()),
         ..server.options(&prefix)
     };
-    let err = EtcdRegistry::connect(&wrong_ca)
-        .await
-        .unwrap()
-        .network_config()
-        .await
-        .unwrap_err();
+    let err = config_error(&wrong_ca).await;
     let text = err.to_string();
     assert!(matches!(err, RegistryError::Unavailable { .. }), "{err:?}");
     assert!(text.contains(server.endpoint()), "{text}");
@@ -556,12 +561,7 @@ async fn tls_misconfiguration_is_a_clear_error() {
         keyfile: Some(tls.other_client_key.clone()),
         ..server.options(&prefix)
     };
-    let err = EtcdRegistry::connect(&untrusted_client)
-        .await
-        .unwrap()
-        .network_config()
-        .await
-        .unwrap_err();
+    let err = config_error(&untrusted_client).await;
     let text = err.to_string();
     assert!(
         text.contains(server.endpoint()) && text.contains("--etcd-certfile"),
@@ -588,12 +588,7 @@ async fn tls_misconfiguration_is_a_clear_error() {
         keyfile: None,
         ..server.options(&prefix)
     };
-    let err = EtcdRegistry::connect(&plain)
-        .await
-        .unwrap()
-        .network_config()
-        .await
-        .unwrap_err();
+    let err = config_error(&plain).await;
     assert!(err.to_string().contains(&plain.endpoints[0]), "{err}");
 }
 
@@ -607,12 +602,7 @@ async fn an_unreachable_etcd_fails_fast_and_names_the_endpoint() {
         request_timeout: Duration::from_secs(2),
         ..EtcdOptions::default()
     };
-    let err = EtcdRegistry::connect(&options)
-        .await
-        .unwrap()
-        .network_config()
-        .await
-        .unwrap_err();
+    let err = config_error(&options).await;
     assert!(err.is_retryable());
     assert!(err.to_string().contains(&endpoint), "{err}");
 }
