@@ -77,7 +77,7 @@ fn chain(flavour: Flavour, host: &Netns, table: &str, chain: &str) -> Vec<String
 }
 
 /// Writes subnet.env of host `i` as a previous run with `--ip-masq=<!ipmasq>` would have left
-/// it; [`wait_rewritten`] then tells the agent's own file (`FLANNEL_IPMASQ=<ipmasq>`) from it.
+/// it (with the opposite `FLANNEL_IPMASQ`, so [`wait_rewritten`] can tell the agent's own file).
 fn seed_subnet_env(c: &Cluster, i: usize, network: &str, flannel_subnet: &str, ipmasq: bool) {
     let path = c.subnet_env(i);
     fs::create_dir_all(path.parent().expect("subnet.env has a folder")).unwrap();
@@ -91,17 +91,16 @@ fn seed_subnet_env(c: &Cluster, i: usize, network: &str, flannel_subnet: &str, i
     .unwrap();
 }
 
-/// Waits for host `i`'s agent to write subnet.env with `FLANNEL_IPMASQ=<ipmasq>`, replacing
-/// the seeded one; returns its FLANNEL_SUBNET.
+/// Waits for host `i`'s agent to write its own subnet.env (the seeded one says the opposite
+/// `FLANNEL_IPMASQ`, so the value proves whose file it is); returns its FLANNEL_SUBNET.
 fn wait_rewritten(c: &mut Cluster, i: usize, ipmasq: bool) -> String {
-    let path = c.subnet_env(i);
-    let want = ipmasq.to_string();
-    wait_for(
-        &format!("host {i}'s agent to write FLANNEL_IPMASQ={want}"),
-        Duration::from_secs(30),
-        || (env_value(&path, "FLANNEL_IPMASQ") == Some(want.clone())).then_some(()),
+    let subnet = c.wait_subnet(i);
+    assert_eq!(
+        env_value(&c.subnet_env(i), "FLANNEL_IPMASQ"),
+        Some(ipmasq.to_string()),
+        "host {i}'s subnet.env"
     );
-    c.wait_subnet(i)
+    subnet
 }
 
 /// The external machine, routing each host's pod subnet via that host, with a whoami server.
