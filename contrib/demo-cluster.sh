@@ -99,8 +99,12 @@ for h in 1 2 3; do
   ip -n "$id-p$h" route add default via "$gw"
   nsx "$id-p$h" python3 contrib/whoami.py 8080 & pids+=($!)
 done
-sleep 1
 for h in 1 2 3; do
+  for _ in $(seq 100); do nsx "$id-p$h" curl -s -m1 http://127.0.0.1:8080/ >/dev/null && break; sleep 0.1; done
+  nsx "$id-p$h" curl -s -m1 http://127.0.0.1:8080/ >/dev/null || { echo "whoami in pod $h is not answering"; exit 1; }
+done
+for h in 1 2 3; do  # each host has a route (proto 70) to each of the other two pod subnets
+  for _ in $(seq 100); do [ "$(nsx "$id-h$h" ip route show proto 70 | wc -l)" -ge 2 ] && break; sleep 0.1; done
   echo "== routes on host $h"; nsx "$id-h$h" ip route | grep -v "^192.168.100\|cni0" | sed "s/^/   /"
 done
 

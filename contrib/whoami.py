@@ -1,6 +1,13 @@
 #!/usr/bin/env python3
-"""A tiny HTTP server for demos and tests: answers every GET with the client address it saw."""
+"""A tiny HTTP server for demos and tests: answers every GET with the client address it saw.
+
+It listens at once and never resolves names: http.server.HTTPServer looks up its own fully
+qualified name (a reverse DNS query) between bind and listen, which inside a pod namespace with
+no reachable nameserver blocks for the resolver's timeout (5 s per server and attempt) while
+connections are refused.
+"""
 import http.server
+import socketserver
 import sys
 
 
@@ -16,5 +23,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Server(socketserver.TCPServer):
+    """HTTPServer without its getfqdn() in server_bind."""
+
+    allow_reuse_address = True
+
+
 port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
-http.server.HTTPServer(("0.0.0.0", port), Handler).serve_forever()
+Server(("0.0.0.0", port), Handler).serve_forever()
