@@ -30,6 +30,11 @@ impl Mac {
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
     }
+
+    /// Whether this is a group (multicast or broadcast) address: bit 0 of the first byte.
+    pub fn is_group(&self) -> bool {
+        self.0[0] & 1 == 1
+    }
 }
 
 impl fmt::Display for Mac {

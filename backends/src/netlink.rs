@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -405,6 +405,18 @@ impl Netlink {
             .iter()
             .filter(|m| m.header.index == index)
             .filter_map(address_of)
+            .collect())
+    }
+
+    /// The networks this host is directly connected to: those of its IPv4 addresses of global
+    /// or link scope (loopback's host-scope addresses are not a network a peer could be on).
+    pub async fn connected_networks(&self) -> Result<Vec<Ipv4Net>, NetlinkError> {
+        let msgs: Vec<AddressMessage> = self.handle.address().get().execute().try_collect().await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.scope != AddressScope::Host)
+            .filter_map(address_of)
+            .map(|a| a.trunc())
             .collect())
     }
 

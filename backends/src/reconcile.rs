@@ -369,6 +369,33 @@ fn plan_fdb(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut Plan) 
         .collect()
 }
 
+/// Why a peer's route cannot be installed over a route we do not own, and what to do. A route
+/// without a gateway (the host's own connected network) or a default route may carry the host's
+/// own traffic: the advice is then never to delete it.
+fn conflict_message(route: &Route, other: &KernelRoute) -> String {
+    let what = format!(
+        "a route to {} that flanneld-rs does not own is in the way (proto {}, via {}, dev #{}); \
+         it is left alone",
+        route.dst,
+        other.protocol,
+        other.gateway.map_or("-".into(), |g| g.to_string()),
+        other.oif.unwrap_or(0),
+    );
+    if other.gateway.is_none() || other.dst.prefix_len() == 0 {
+        format!(
+            "{what}: it may carry this host's own traffic, so do not delete it; check the lease \
+             for {} under <prefix>/subnets/ (its subnet overlaps this host's network)",
+            route.dst
+        )
+    } else {
+        format!(
+            "{what}: if it is stale, delete it (`ip route del {}`) to let the peer's route be \
+             installed",
+            route.dst
+        )
+    }
+}
+
 fn plan_routes(desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
     // Only routes with the key of ours (metric 0, tos 0) can collide with ours.
     let same_key = |dst: Ipv4Net| {
@@ -389,22 +416,18 @@ fn plan_routes(desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
         } else if let Some(other) = foreign.clone().next() {
             out.conflicts.push(ObjectError {
                 object: route.to_string(),
-                message: format!(
-                    "a route to {} that flanneld-rs does not own is in the way (proto {}, via {}, \
-                     dev #{}); it is left alone: delete it (`ip route del {}`) to let the peer's \
-                     route be installed",
-                    route.dst,
-                    other.protocol,
-                    other.gateway.map_or("-".into(), |g| g.to_string()),
-                    other.oif.unwrap_or(0),
-                    route.dst
-                ),
+                message: conflict_message(route, other),
             });
         } else {
             out.ops.push(Op::AddRoute(*route));
         }
     }
-    let in_scope = |k: &&KernelRoute| desired.network.is_none_or(|n| n.contains(&k.dst));
+    // Tagged routes through our own vxlan device are ours wherever they lead (e.g. one left by
+    // an older version for a lease outside the Network).
+    let in_scope = |k: &&KernelRoute| {
+        desired.network.is_none_or(|n| n.contains(&k.dst))
+            || (desired.vtep.is_some() && k.oif == desired.vtep)
+    };
     for k in snap
         .routes
         .values()
@@ -757,6 +780,39 @@ mod tests {
         let mut want = desired(&[]);
         want.network = Some(net("10.5.0.0/16"));
         assert_eq!(plan(&want, &snap).ops, vec![Op::DelRoute(stale)]);
+    }
+
+    #[test]
+    fn a_connected_or_default_route_in_the_way_is_never_advised_for_deletion() {
+        let lan = hostgw("192.168.1.0/24", "192.168.1.2");
+        let default = hostgw("0.0.0.0/0", "192.168.1.3");
+        let connected = KernelRoute {
+            gateway: None,
+            ..kroute(&lan, 2)
+        };
+        let gateway_default = kroute(&hostgw("0.0.0.0/0", "192.168.1.1"), 3);
+        let snap = Snapshot::new(vec![connected, gateway_default], vec![], vec![]);
+        let p = plan(&desired(&[lan, default]), &snap);
+        assert!(p.ops.is_empty(), "{:?}", p.ops);
+        assert_eq!(p.conflicts.len(), 2);
+        for c in &p.conflicts {
+            assert!(!c.message.contains("ip route del"), "{}", c.message);
+            assert!(c.message.contains("do not delete it"), "{}", c.message);
+        }
+    }
+
+    #[test]
+    fn tagged_routes_through_our_vxlan_device_are_ours_outside_the_network_too() {
+        let mut leftover = kroute(&hostgw("192.168.7.0/24", "192.168.7.0"), ROUTE_PROTOCOL);
+        leftover.oif = Some(9);
+        let other_network = kroute(&hostgw("10.6.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
+        let snap = Snapshot::new(vec![leftover, other_network], vec![], vec![]);
+        let want = DesiredState {
+            vtep: Some(9),
+            network: Some(net("10.5.0.0/16")),
+            ..DesiredState::default()
+        };
+        assert_eq!(plan(&want, &snap).ops, vec![Op::DelRoute(leftover)]);
     }
 
     #[test]

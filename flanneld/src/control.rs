@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 use subnet::manager::{self, LeaseHandle};
 use subnet::registry::Registry;
 use subnet::watch::{WatchScope, WatchUpdate};
-use subnet::{Lease, PeerSet, SubnetEnv};
+use subnet::{Lease, LeasePolicy, PeerSet, SubnetEnv};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,18 @@ fn describe(e: &subnet::LeaseEvent) -> String {
         ),
         subnet::LeaseEvent::Removed(k) => format!("peer {} removed", k.ipv4),
     }
+}
+
+/// `a, b, c` (or `none`).
+fn join(networks: &[Ipv4Net]) -> String {
+    if networks.is_empty() {
+        return "none".into();
+    }
+    networks
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Everything the control loop owns.
@@ -179,6 +191,7 @@ impl Agent {
                     "lease listing: {} peers ({n} leases), {changes} changes",
                     self.peers.len()
                 );
+                self.report_rejections();
                 changes > 0
             }
             WatchUpdate::Events(events) => {
@@ -193,6 +206,7 @@ impl Agent {
                         self.changed.entry(subnet).or_insert(old);
                     }
                 }
+                self.report_rejections();
                 false
             }
         }
@@ -208,9 +222,16 @@ impl Agent {
                 self.lease.subnet(),
                 lease.subnet()
             );
-            let leases: Vec<Lease> = self.peers.iter().cloned().collect();
-            self.peers = PeerSet::new(lease.subnet());
-            self.peers.replace_all(leases);
+            if let Some(policy) = self.peers.policy() {
+                // Every lease known is checked again, including the one of the host that took
+                // our old subnet while it was still ours.
+                let policy = LeasePolicy {
+                    own_subnet: lease.subnet(),
+                    ..policy.clone()
+                };
+                self.peers.set_policy(policy);
+                self.report_rejections();
+            }
             if let Some(fw) = self.firewall.as_mut() {
                 fw.retarget(self.network, lease.subnet());
             }
@@ -270,8 +291,44 @@ impl Agent {
         }
     }
 
+    /// Reads the networks this host is connected to and checks every lease against them again
+    /// (a lease covering a LAN of this host must never be routed). A failed read keeps the
+    /// networks known before.
+    pub(crate) async fn refresh_local_networks(&mut self) {
+        let Some(policy) = self.peers.policy() else {
+            return;
+        };
+        match self.nl.connected_networks().await {
+            Ok(networks) => {
+                let policy = policy.clone().with_local_networks(networks);
+                if self.peers.policy() != Some(&policy) {
+                    tracing::info!(
+                        "this host's networks (no peer subnet may overlap them): {}",
+                        join(&policy.local_networks)
+                    );
+                    self.peers.set_policy(policy);
+                    self.report_rejections();
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot read this host's networks, keeping the last known: {e}")
+            }
+        }
+    }
+
+    /// Logs each lease newly rejected by the policy, once.
+    pub(crate) fn report_rejections(&mut self) {
+        for (key, why) in self.peers.take_new_rejections() {
+            tracing::warn!(
+                "ignoring the lease {key}: {why}; nothing is programmed for it (fix or delete \
+                 <prefix>/subnets/{key})"
+            );
+        }
+    }
+
     /// Makes the kernel match the desired state for the current peers.
     pub(crate) async fn reconcile(&mut self) {
+        self.refresh_local_networks().await;
         self.changed.clear();
         let desired = self.backend.desired(&self.peers);
         let report = self.reconciler.reconcile(&desired).await;

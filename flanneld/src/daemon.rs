@@ -23,7 +23,7 @@ use subnet::keyspace::{Detector, EtcdApi, Keyspace};
 use subnet::manager::{self, LeaseManager, LeaseTiming};
 use subnet::registry::Registry;
 use subnet::watch::WatchScope;
-use subnet::{PeerSet, PreviousEnv};
+use subnet::{LeasePolicy, PeerSet, PreviousEnv};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -239,8 +239,14 @@ async fn serve<R: Registry>(
 
     let notifications = Notifications::subscribe()
         .context("cannot subscribe to kernel link/route notifications")?;
+    let policy = LeasePolicy::new(
+        range.network,
+        range.subnet_len,
+        lease.subnet(),
+        selected.public_ip,
+    );
     let mut agent = Agent {
-        peers: PeerSet::new(lease.subnet()),
+        peers: PeerSet::with_policy(policy),
         lease,
         lease_handle,
         network: range.network,
@@ -257,6 +263,8 @@ async fn serve<R: Registry>(
         ready_tx,
         last_status: None,
     };
+    // The host's networks are known before the first lease is checked against them.
+    agent.refresh_local_networks().await;
     let mut peer_watch = registry.watch_leases(WatchScope::AllLeases);
     // The first update is the full listing: program it before declaring the data plane ready.
     tokio::select! {

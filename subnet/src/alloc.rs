@@ -11,6 +11,7 @@ use rand::Rng;
 
 use crate::config::Ipv4Range;
 use crate::registry::StoredLease;
+use crate::validate::overlaps;
 
 /// At most this many free subnets are considered for a random pick (as in Go flanneld).
 pub const MAX_CANDIDATES: usize = 100;
@@ -19,8 +20,9 @@ pub const MAX_CANDIDATES: usize = 100;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "out of subnets: no free /{subnet_len} between SubnetMin {min} and SubnetMax {max} \
-     ({leases} leases exist); delete stale leases under <prefix>/subnets/ or widen the range \
-     (Network, SubnetLen, SubnetMin, SubnetMax)"
+     ({leases} leases exist{}); delete stale leases under <prefix>/subnets/ or widen the range \
+     (Network, SubnetLen, SubnetMin, SubnetMax)",
+    holders_text(holders)
 )]
 pub struct OutOfSubnets {
     /// The subnet length.
@@ -29,8 +31,24 @@ pub struct OutOfSubnets {
     pub min: Ipv4Addr,
     /// SubnetMax.
     pub max: Ipv4Addr,
-    /// How many leases exist.
+    /// How many leases of the config's shape exist.
     pub leases: usize,
+    /// The keys of those leases (the ones filling the range).
+    pub holders: Vec<String>,
+}
+
+/// `, e.g. 10.5.1.0-24, 10.5.2.0-24 and 252 more` for the error message.
+fn holders_text(holders: &[String]) -> String {
+    const SHOWN: usize = 5;
+    match holders.len() {
+        0 => String::new(),
+        n if n <= SHOWN => format!(": {}", holders.join(", ")),
+        n => format!(
+            ", e.g. {} and {} more",
+            holders[..SHOWN].join(", "),
+            n - SHOWN
+        ),
+    }
 }
 
 /// Why a subnet is to be created.
@@ -103,6 +121,16 @@ pub fn plan(
             rejected,
         });
     }
+    // Only leases this config could have handed out occupy the range: one of another length or
+    // outside the Network (a hostile or stale key) must not exhaust the pool.
+    let (others, misshapen): (Vec<&StoredLease>, Vec<&StoredLease>) =
+        others.into_iter().partition(|l| in_shape(range, l));
+    for lease in &misshapen {
+        rejected.push(format!(
+            "lease {} is not a /{} inside the Network {}; it does not occupy the range",
+            lease.lease.key, range.subnet_len, range.network
+        ));
+    }
     let taken: Vec<Ipv4Net> = others.iter().map(|l| l.lease.subnet()).collect();
     if let Some(previous) = previous {
         if !range.allows(previous) {
@@ -126,7 +154,10 @@ pub fn plan(
             });
         }
     }
-    let subnet = allocate(range, &taken, rng)?;
+    let subnet = allocate(range, &taken, rng).map_err(|mut e| {
+        e.holders = others.iter().map(|l| l.lease.key.to_string()).collect();
+        e
+    })?;
     Ok(Plan {
         stale,
         choice: Choice::Create {
@@ -151,6 +182,7 @@ pub fn allocate(
             min: range.subnet_min,
             max: range.subnet_max,
             leases: taken.len(),
+            holders: Vec::new(),
         });
     }
     Ok(candidates[rng.random_range(0..candidates.len())])
@@ -179,8 +211,12 @@ fn allowed(range: &Ipv4Range, lease: &StoredLease) -> bool {
     lease.lease.key.ipv6.is_none() && range.allows(lease.lease.subnet())
 }
 
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
+/// Whether the lease's subnet is one of this config's: SubnetLen, aligned, inside the Network.
+fn in_shape(range: &Ipv4Range, lease: &StoredLease) -> bool {
+    let subnet = lease.lease.subnet();
+    subnet.prefix_len() == range.subnet_len
+        && subnet.trunc() == subnet
+        && range.network.contains(&subnet)
 }
 
 fn describe(range: &Ipv4Range) -> String {
@@ -279,6 +315,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("3 leases"), "{text}");
+    }
+
+    #[test]
+    fn misshapen_leases_do_not_occupy_the_range_and_a_full_range_names_its_holders() {
+        let r =
+            range(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.10.0","SubnetMax":"10.3.11.0"}"#);
+        let hostile = [
+            stored("10.3.0.0/16", [1, 1, 1, 2]),
+            stored("10.3.10.0/25", [1, 1, 1, 3]),
+            stored("0.0.0.0/0", [1, 1, 1, 4]),
+            stored("192.168.1.0/24", [1, 1, 1, 5]),
+        ];
+        let p = plan(&r, OURS, None, &hostile, &mut rand::rng()).unwrap();
+        assert!(matches!(p.choice, Choice::Create { .. }), "{p:?}");
+        assert_eq!(p.rejected.len(), 4, "{:?}", p.rejected);
+        assert!(p.rejected[0].contains("10.3.0.0-16"), "{:?}", p.rejected);
+
+        let mut full = hostile.to_vec();
+        full.push(stored("10.3.10.0/24", [1, 1, 1, 6]));
+        full.push(stored("10.3.11.0/24", [1, 1, 1, 7]));
+        let text = plan(&r, OURS, None, &full, &mut rand::rng())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("(2 leases exist: 10.3.10.0-24, 10.3.11.0-24)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ pub mod peers;
 pub mod subnet_env;
 
 pub use peers::{LeaseEvent, PeerSet};
+pub mod validate;
 pub use subnet_env::{PreviousEnv, SubnetEnv};
+pub use validate::{LeasePolicy, Rejection};
 pub mod alloc;
 pub mod etcd;
 pub mod etcdv2;

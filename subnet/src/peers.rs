@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use ipnet::Ipv4Net;
 
 use crate::lease::{Lease, SubnetKey};
+use crate::validate::{LeasePolicy, Rejection};
 
 /// A change to the lease set, as seen by a watcher.
 // Most events are `Added`, so boxing the lease would cost an allocation per event to save a few
@@ -18,54 +19,97 @@ pub enum LeaseEvent {
     Removed(SubnetKey),
 }
 
-/// Peer leases by IPv4 subnet; the agent's own subnet is never in the set.
+/// Peer leases by IPv4 subnet; the agent's own subnet is never in the set. With a
+/// [`LeasePolicy`], leases that fail it are kept aside as rejected (never programmed), and the
+/// lease seen for our own subnet is remembered, so that a new policy (our lease moved, the host's
+/// networks changed) re-evaluates every lease without a new listing.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PeerSet {
     own: Option<Ipv4Net>,
+    policy: Option<LeasePolicy>,
     peers: BTreeMap<Ipv4Net, Lease>,
+    /// The lease last seen for our own subnet (ours, or another host's that took it).
+    own_lease: Option<Lease>,
+    rejected: BTreeMap<SubnetKey, (Lease, Rejection)>,
+    /// Rejections not yet handed out by [`PeerSet::take_new_rejections`].
+    unreported: Vec<(SubnetKey, Rejection)>,
 }
 
 impl PeerSet {
-    /// An empty set that will ignore leases for `own` (our own subnet).
+    /// An empty set that will ignore leases for `own` (our own subnet) and check nothing else.
     pub fn new(own: Ipv4Net) -> Self {
         PeerSet {
             own: Some(own),
-            peers: BTreeMap::new(),
+            ..PeerSet::default()
         }
     }
 
-    /// Applies one event; returns whether the set changed.
+    /// An empty set that takes only leases passing `policy` (whose own subnet is ignored).
+    pub fn with_policy(policy: LeasePolicy) -> Self {
+        PeerSet {
+            own: Some(policy.own_subnet),
+            policy: Some(policy),
+            ..PeerSet::default()
+        }
+    }
+
+    /// The policy leases are checked against, if any.
+    pub fn policy(&self) -> Option<&LeasePolicy> {
+        self.policy.as_ref()
+    }
+
+    /// Applies one event; returns whether the set of programmable peers changed.
     pub fn apply(&mut self, event: &LeaseEvent) -> bool {
         match event {
-            LeaseEvent::Added(lease) => {
-                if Some(lease.subnet()) == self.own {
-                    return false;
+            LeaseEvent::Added(lease) => self.add(lease),
+            LeaseEvent::Removed(key) => {
+                self.rejected.remove(key);
+                if Some(key.ipv4) == self.own {
+                    self.own_lease = None;
                 }
-                match self.peers.get(&lease.subnet()) {
-                    Some(old) if old.attrs == lease.attrs && old.key == lease.key => {
-                        self.peers.insert(lease.subnet(), lease.clone());
-                        false
-                    }
-                    _ => {
-                        self.peers.insert(lease.subnet(), lease.clone());
-                        true
-                    }
-                }
+                self.peers.remove(&key.ipv4).is_some()
             }
-            LeaseEvent::Removed(key) => self.peers.remove(&key.ipv4).is_some(),
+        }
+    }
+
+    fn add(&mut self, lease: &Lease) -> bool {
+        if Some(lease.subnet()) == self.own {
+            self.own_lease = Some(lease.clone());
+            return false;
+        }
+        if let Some(why) = self.policy.as_ref().and_then(|p| p.check(lease).err()) {
+            let known = self.rejected.get(&lease.key).map(|(_, r)| r);
+            if known != Some(&why) {
+                self.unreported.push((lease.key, why.clone()));
+            }
+            self.rejected.insert(lease.key, (lease.clone(), why));
+            return self.peers.remove(&lease.subnet()).is_some();
+        }
+        self.rejected.remove(&lease.key);
+        match self.peers.insert(lease.subnet(), lease.clone()) {
+            Some(old) => old.attrs != lease.attrs || old.key != lease.key,
+            None => true,
         }
     }
 
     /// Replaces the whole set with a fresh listing and returns the events that turn the old set
-    /// into the new one (used after a re-list, e.g. on watch compaction).
+    /// of programmable peers into the new one (used after a re-list, e.g. on watch compaction).
     pub fn replace_all(&mut self, leases: Vec<Lease>) -> Vec<LeaseEvent> {
+        let known_rejections = std::mem::take(&mut self.rejected);
+        let pending = std::mem::take(&mut self.unreported);
         let mut fresh = PeerSet {
             own: self.own,
-            peers: BTreeMap::new(),
+            policy: self.policy.clone(),
+            ..PeerSet::default()
         };
         for lease in leases {
-            fresh.apply(&LeaseEvent::Added(lease));
+            fresh.add(&lease);
         }
+        // A rejection already known with the same reason is not new.
+        fresh
+            .unreported
+            .retain(|(key, why)| known_rejections.get(key).map(|(_, r)| r) != Some(why));
+        fresh.unreported.splice(0..0, pending);
         let mut events: Vec<LeaseEvent> = self
             .peers
             .values()
@@ -83,6 +127,31 @@ impl PeerSet {
         );
         *self = fresh;
         events
+    }
+
+    /// Checks every lease known (peers, rejected ones and the one for our own subnet) against a
+    /// new policy; returns the events that changed the programmable peers.
+    pub fn set_policy(&mut self, policy: LeasePolicy) -> Vec<LeaseEvent> {
+        if self.policy.as_ref() == Some(&policy) {
+            return Vec::new();
+        }
+        let mut leases: Vec<Lease> = self.peers.values().cloned().collect();
+        leases.extend(self.rejected.values().map(|(l, _)| l.clone()));
+        leases.extend(self.own_lease.take());
+        self.own = Some(policy.own_subnet);
+        self.policy = Some(policy);
+        self.replace_all(leases)
+    }
+
+    /// Rejections that are new (a lease rejected for the first time, or for another reason)
+    /// since the last call, to be logged once each.
+    pub fn take_new_rejections(&mut self) -> Vec<(SubnetKey, Rejection)> {
+        std::mem::take(&mut self.unreported)
+    }
+
+    /// The leases rejected by the policy, with the reason.
+    pub fn rejected(&self) -> impl Iterator<Item = (&SubnetKey, &Rejection)> {
+        self.rejected.iter().map(|(k, (_, r))| (k, r))
     }
 
     /// The peer leases, ordered by subnet.
@@ -131,6 +200,82 @@ mod tests {
         assert!(set.apply(&LeaseEvent::Removed(lease("10.0.2.0/24", [0; 4]).key)));
         assert!(!set.apply(&LeaseEvent::Removed(lease("10.0.2.0/24", [0; 4]).key)));
         assert!(set.is_empty());
+    }
+
+    fn policed(own: &str) -> PeerSet {
+        PeerSet::with_policy(LeasePolicy::new(
+            "10.0.0.0/16".parse().unwrap(),
+            24,
+            own.parse().unwrap(),
+            Ipv4Addr::new(1, 1, 1, 1),
+        ))
+    }
+
+    #[test]
+    fn a_rejected_lease_is_never_a_peer_and_is_reported_once() {
+        let mut set = policed("10.0.1.0/24");
+        let bogus = lease("10.0.0.0/16", [1, 1, 1, 2]);
+        assert!(!set.apply(&LeaseEvent::Added(bogus.clone())));
+        assert!(!set.apply(&LeaseEvent::Added(bogus.clone())));
+        let reported = set.take_new_rejections();
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert!(reported[0].1.to_string().contains("SubnetLen is 24"));
+        assert!(set.is_empty());
+        assert_eq!(set.rejected().count(), 1);
+        // A re-listing that still holds it reports nothing new.
+        set.replace_all(vec![bogus.clone()]);
+        assert!(set.take_new_rejections().is_empty());
+        assert!(!set.apply(&LeaseEvent::Removed(bogus.key)));
+        assert_eq!(set.rejected().count(), 0);
+    }
+
+    #[test]
+    fn a_peer_whose_lease_turns_hostile_is_removed() {
+        let mut set = policed("10.0.1.0/24");
+        assert!(set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2]))));
+        assert!(set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [127, 0, 0, 1]))));
+        assert!(set.is_empty());
+        let reported = set.take_new_rejections();
+        assert!(
+            reported[0].1.to_string().contains("loopback"),
+            "{reported:?}"
+        );
+        // Fixed again: a peer once more, and no longer rejected.
+        assert!(set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2]))));
+        assert_eq!(set.rejected().count(), 0);
+    }
+
+    #[test]
+    fn when_our_lease_moves_the_host_that_took_our_old_subnet_becomes_a_peer() {
+        let mut set = policed("10.0.1.0/24");
+        // Another host took our old subnet while it was still ours.
+        assert!(!set.apply(&LeaseEvent::Added(lease("10.0.1.0/24", [1, 1, 1, 9]))));
+        set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2])));
+        let policy = LeasePolicy {
+            own_subnet: "10.0.7.0/24".parse().unwrap(),
+            ..set.policy().unwrap().clone()
+        };
+        let events = set.set_policy(policy);
+        assert_eq!(
+            events,
+            vec![LeaseEvent::Added(lease("10.0.1.0/24", [1, 1, 1, 9]))]
+        );
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn a_new_local_network_rejects_the_leases_it_covers_and_frees_them_when_gone() {
+        let mut set = policed("10.0.1.0/24");
+        set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2])));
+        let base = set.policy().unwrap().clone();
+        let lan = base
+            .clone()
+            .with_local_networks(["10.0.2.0/23".parse().unwrap()]);
+        assert_eq!(set.set_policy(lan).len(), 1);
+        assert!(set.is_empty());
+        assert_eq!(set.take_new_rejections().len(), 1);
+        assert_eq!(set.set_policy(base).len(), 1);
+        assert_eq!(set.len(), 1);
     }
 
     #[test]

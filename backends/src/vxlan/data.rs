@@ -31,12 +31,18 @@ impl VtepData {
         let data = data.ok_or("its lease has no BackendData")?;
         let fields =
             Fields::new(data).ok_or_else(|| format!("BackendData {data} is not an object"))?;
-        let mac = fields
+        let mac: Mac = fields
             .get("VtepMAC")
             .and_then(Value::as_str)
             .ok_or_else(|| format!("BackendData {data} has no VtepMAC string"))?
             .parse()
             .map_err(|e| format!("BackendData VtepMAC: {e}"))?;
+        if mac.is_zero() || mac.is_group() {
+            // The all-zero FDB key floods every peer; a group address is no VTEP's.
+            return Err(format!(
+                "BackendData VtepMAC {mac} is not a unicast MAC address"
+            ));
+        }
         let vni = match fields.get("VNI") {
             None => None,
             Some(v) => Some(
@@ -86,6 +92,9 @@ mod tests {
             serde_json::json!({"VtepMAC": 7}),
             serde_json::json!({"VNI": "x", "VtepMAC": "82:4b:b6:2f:54:4e"}),
             serde_json::json!([1]),
+            serde_json::json!({"VtepMAC": "00:00:00:00:00:00"}),
+            serde_json::json!({"VtepMAC": "ff:ff:ff:ff:ff:ff"}),
+            serde_json::json!({"VtepMAC": "01:00:5e:00:00:01"}),
         ] {
             assert!(VtepData::from_json(Some(&bad)).is_err(), "{bad}");
         }
