@@ -23,6 +23,13 @@ use crate::healthz::Readiness;
 /// How often the whole data plane is reconciled even without events (Go flanneld's route check).
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 
+/// How long the agent may go without an answer from etcd before `/readyz` says so: three of the
+/// lease manager's own-key checks ([`manager::OWN_KEY_CHECK_PERIOD`]). The data plane is kept.
+pub(crate) const ETCD_CONTACT_GRACE: Duration = Duration::from_secs(30);
+
+/// How long peers missing from a re-listing stay programmed (see [`Agent::linger`]).
+pub(crate) const PEER_GRACE: Duration = Duration::from_secs(60);
+
 /// A peer event as logged: `peer <subnet> at <PublicIP> (<type>)` or `peer <subnet> removed`.
 fn describe(e: &subnet::LeaseEvent) -> String {
     match e {
@@ -70,6 +77,10 @@ pub(crate) struct Agent {
     pub(crate) ip_masq: bool,
     pub(crate) ready_tx: watch::Sender<Readiness>,
     pub(crate) last_status: Option<Readiness>,
+    /// When etcd last answered the lease manager.
+    pub(crate) etcd_contact: watch::Receiver<tokio::time::Instant>,
+    /// Peers a re-listing no longer showed, programmed until the deadline ([`PEER_GRACE`]).
+    pub(crate) lingering: BTreeMap<Ipv4Net, (Lease, tokio::time::Instant)>,
 }
 
 impl Agent {
@@ -131,7 +142,10 @@ impl Agent {
                         notifications = Notifications::subscribe().context("cannot re-subscribe to kernel notifications")?;
                     }
                 },
-                _ = resync.tick() => dirty = true,
+                _ = resync.tick() => {
+                    self.expire_lingering();
+                    dirty = true;
+                }
                 _ = fw_tick.tick() => self.ensure_firewall().await,
                 _ = readiness_tick.tick() => {}
             }
@@ -164,52 +178,113 @@ impl Agent {
     /// Applies a peer watch update to the peer set. Returns whether a full reconcile is due (a
     /// listing that changed something); changes by events are noted in `changed` instead.
     pub(crate) fn on_peer_update(&mut self, update: WatchUpdate) -> bool {
-        match update {
-            WatchUpdate::Snapshot(leases) => {
-                let n = leases.len();
-                // One line per peer of a listing only on request: thousands at start-up.
-                let changes = if self.peers.is_empty() {
-                    // Nothing to remove: the leases are taken one by one, so no second copy
-                    // of all of them (replace_all's events) is ever held.
-                    let mut added = 0;
-                    for lease in leases {
-                        let e = subnet::LeaseEvent::Added(lease);
-                        if self.peers.apply(&e) {
-                            tracing::debug!("{}", describe(&e));
-                            added += 1;
-                        }
-                    }
-                    added
-                } else {
-                    let events = self.peers.replace_all(leases);
-                    for e in &events {
-                        tracing::debug!("{}", describe(e));
-                    }
-                    events.len()
-                };
-                tracing::info!(
-                    "lease listing: {} peers ({n} leases), {changes} changes",
-                    self.peers.len()
-                );
-                self.report_rejections();
-                changes > 0
-            }
+        let full = match update {
+            WatchUpdate::Snapshot(leases) => self.on_listing(leases),
             WatchUpdate::Events(events) => {
-                for e in events {
-                    let subnet = match &e {
-                        subnet::LeaseEvent::Added(l) => l.subnet(),
-                        subnet::LeaseEvent::Removed(k) => k.ipv4,
-                    };
-                    let old = self.peers.get(&subnet).cloned();
-                    if self.peers.apply(&e) {
-                        tracing::info!("{}", describe(&e));
-                        self.changed.entry(subnet).or_insert(old);
-                    }
-                }
-                self.report_rejections();
+                self.on_events(events);
                 false
             }
+        };
+        self.report_rejections();
+        full
+    }
+
+    /// Takes a complete listing; returns whether it changed the peers.
+    fn on_listing(&mut self, leases: Vec<Lease>) -> bool {
+        let n = leases.len();
+        // One line per peer of a listing only on request: thousands at start-up.
+        let changes = if self.peers.is_empty() {
+            // Nothing to remove: the leases are taken one by one, so no second copy of all of
+            // them (replace_all's events) is ever held.
+            let mut added = 0;
+            for lease in leases {
+                let e = subnet::LeaseEvent::Added(lease);
+                if self.peers.apply(&e) {
+                    tracing::debug!("{}", describe(&e));
+                    added += 1;
+                }
+            }
+            added
+        } else {
+            let listed: BTreeSet<Ipv4Net> = leases.iter().map(Lease::subnet).collect();
+            let missing: Vec<Lease> = (self.peers.iter())
+                .filter(|l| !listed.contains(&l.subnet()))
+                .cloned()
+                .collect();
+            let events = self.peers.replace_all(leases);
+            for e in &events {
+                tracing::debug!("{}", describe(e));
+            }
+            self.linger(missing);
+            events.len()
+        };
+        tracing::info!(
+            "lease listing: {} peers ({n} leases), {changes} changes",
+            self.peers.len()
+        );
+        changes > 0
+    }
+
+    /// Keeps programming peers a re-listing no longer shows for [`PEER_GRACE`]: after an etcd
+    /// restore (or a re-list after compaction) their hosts are most likely re-creating their
+    /// leases, and cutting their pods off meanwhile would be the outage.
+    fn linger(&mut self, missing: Vec<Lease>) {
+        if missing.is_empty() {
+            return;
         }
+        let until = tokio::time::Instant::now() + PEER_GRACE;
+        tracing::warn!(
+            "{} peers are missing from the lease listing; keeping their routes for {}s while \
+             they re-create their leases",
+            missing.len(),
+            PEER_GRACE.as_secs()
+        );
+        for lease in missing {
+            self.lingering.insert(lease.subnet(), (lease, until));
+        }
+    }
+
+    /// Drops the lingering peers whose grace period is over; returns whether any was dropped.
+    pub(crate) fn expire_lingering(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let before = self.lingering.len();
+        self.lingering.retain(|subnet, (_, until)| {
+            let keep = *until > now;
+            if !keep {
+                tracing::warn!("peer {subnet} did not re-create its lease in time; removing it");
+            }
+            keep
+        });
+        self.lingering.len() != before
+    }
+
+    /// Takes a batch of lease events, noting each changed peer (with its lease before the first
+    /// change) for the incremental reconcile.
+    fn on_events(&mut self, events: Vec<subnet::LeaseEvent>) {
+        for e in events {
+            let subnet = match &e {
+                subnet::LeaseEvent::Added(l) => l.subnet(),
+                subnet::LeaseEvent::Removed(k) => k.ipv4,
+            };
+            let old = self.programmed(&subnet).cloned();
+            // Any news of a lingering peer ends its grace period.
+            let lingered = self.lingering.remove(&subnet).is_some();
+            if self.peers.apply(&e) || lingered {
+                tracing::info!("{}", describe(&e));
+                self.changed.entry(subnet).or_insert(old);
+            }
+        }
+    }
+
+    /// The lease programmed for `subnet`: a peer's, or a lingering one's.
+    fn programmed(&self, subnet: &Ipv4Net) -> Option<&Lease> {
+        (self.peers.get(subnet)).or_else(|| self.lingering.get(subnet).map(|(lease, _)| lease))
+    }
+
+    /// Every lease to program: the peers and the lingering peers.
+    fn all_programmed(&self) -> impl Iterator<Item = &Lease> {
+        let lingering = self.lingering.values().map(|(lease, _)| lease);
+        (self.peers.iter()).chain(lingering.filter(|l| self.peers.get(&l.subnet()).is_none()))
     }
 
     /// Takes a new version of our own lease; returns whether the data plane must be set up
@@ -274,7 +349,7 @@ impl Agent {
         let before = self.backend.desired_for(changed.values().flatten());
         let after = self
             .backend
-            .desired_for(changed.keys().filter_map(|s| self.peers.get(s)));
+            .desired_for(changed.keys().filter_map(|s| self.programmed(s)));
         match self.reconciler.reconcile_changes(&before, &after).await {
             Some(report) if report.converged => {
                 if report.writes() > 0 {
@@ -330,7 +405,7 @@ impl Agent {
     pub(crate) async fn reconcile(&mut self) {
         self.refresh_local_networks().await;
         self.changed.clear();
-        let desired = self.backend.desired(&self.peers);
+        let desired = self.backend.desired_for(self.all_programmed());
         let report = self.reconciler.reconcile(&desired).await;
         if report.writes() > 0 {
             tracing::info!(
@@ -405,6 +480,12 @@ impl Agent {
         }
         if !self.env_written {
             problems.insert(format!("{} is not written", self.subnet_file.display()));
+        }
+        if self.etcd_contact.borrow().elapsed() > ETCD_CONTACT_GRACE {
+            problems.insert(format!(
+                "no answer from etcd for more than {}s (the data plane is kept as it is)",
+                ETCD_CONTACT_GRACE.as_secs()
+            ));
         }
         let status = if problems.is_empty() {
             Readiness::Ready

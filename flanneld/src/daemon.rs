@@ -222,6 +222,7 @@ async fn serve<R: Registry>(
         lease.attrs.public_ip
     );
     let lease_rx = manager.subscribe();
+    let etcd_contact = manager.contact();
     let lease_handle = manager.handle();
     let manager_task = tokio::spawn(manager.run());
 
@@ -262,6 +263,8 @@ async fn serve<R: Registry>(
         ip_masq: opts.ip_masq,
         ready_tx,
         last_status: None,
+        etcd_contact,
+        lingering: BTreeMap::new(),
     };
     // The host's networks are known before the first lease is checked against them.
     agent.refresh_local_networks().await;

@@ -24,6 +24,14 @@ use crate::watch::{WatchScope, WatchUpdate};
 /// How many times a lost creation race is retried with another subnet.
 const MAX_ATTEMPTS: usize = 10;
 
+/// How often the manager reads its own key, beside watching it: a watch that waits at a position
+/// an etcd restored from a backup has not reached (v2), or a stream that silently stalls, would
+/// otherwise hide a lost lease until the next renewal. Each successful read is also etcd contact.
+pub const OWN_KEY_CHECK_PERIOD: Duration = Duration::from_secs(10);
+
+/// How many times renewing retries when the key changes between its read and its guarded write.
+const MAX_REFRESH_RACES: usize = 5;
+
 /// Lease lifetime and renewal schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseTiming {
@@ -157,6 +165,8 @@ enum Refresh {
     Refreshed(SystemTime),
     /// Another host holds the key.
     HeldBy(LeaseAttrs),
+    /// The key kept changing between our read and our guarded write; try again later.
+    Contended,
 }
 
 /// What the own-lease watch says about our key.
@@ -215,6 +225,8 @@ pub struct LeaseManager<R: Registry> {
     replaced: Option<LeaseAttrs>,
     timing: LeaseTiming,
     current: state::Sender<Lease>,
+    /// When etcd last answered one of our requests.
+    contact: state::Sender<Instant>,
     /// New attributes asked for through [`LeaseManager::handle`].
     wanted: state::Receiver<LeaseAttrs>,
     handle: LeaseHandle,
@@ -237,6 +249,7 @@ impl<R: Registry> LeaseManager<R> {
             replaced: None,
             timing,
             current: state::channel(lease).0,
+            contact: state::channel(Instant::now()).0,
             wanted,
             handle: LeaseHandle { wanted: wanted_tx },
         })
@@ -259,16 +272,29 @@ impl<R: Registry> LeaseManager<R> {
         self.current.subscribe()
     }
 
+    /// When etcd last answered the manager (acquire, renewals, own-key checks): readiness turns
+    /// false after a grace period without contact.
+    pub fn contact(&self) -> state::Receiver<Instant> {
+        self.contact.subscribe()
+    }
+
     /// Keeps the lease forever; stop it by dropping the future (or aborting its task).
     pub async fn run(mut self) {
         let mut key = self.lease().key;
         let mut own = self.registry.watch_leases(WatchScope::OneLease(key));
         let mut next = Next::Renew;
         let mut at = self.renewal_time();
+        let first_check = Instant::now() + OWN_KEY_CHECK_PERIOD;
+        let mut check = tokio::time::interval_at(first_check, OWN_KEY_CHECK_PERIOD);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {
                     (next, at) = self.act(next).await;
+                }
+                _ = check.tick() => {
+                    if let Some(changed) = self.check_own_key(key, next).await {
+                        (next, at) = changed;
+                    }
                 }
                 update = own.recv() => {
                     let Some(update) = update else {
@@ -292,6 +318,28 @@ impl<R: Registry> LeaseManager<R> {
                 own = self.registry.watch_leases(WatchScope::OneLease(key));
             }
         }
+    }
+
+    /// Reads our key (see [`OWN_KEY_CHECK_PERIOD`]) and reacts as to a watch listing; returns
+    /// the next action and when, if it changes. A failed read changes nothing (the watch and the
+    /// renewal report etcd problems).
+    async fn check_own_key(&mut self, key: SubnetKey, next: Next) -> Option<(Next, Instant)> {
+        match self.registry.get_lease(key).await {
+            Ok(found) => {
+                self.touch();
+                let leases = found.into_iter().map(|stored| stored.lease).collect();
+                self.observe(WatchUpdate::Snapshot(leases), next)
+            }
+            Err(e) => {
+                tracing::debug!("cannot read our lease {key}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Notes that etcd just answered.
+    fn touch(&self) {
+        self.contact.send_replace(Instant::now());
     }
 
     /// When to renew the lease just written: `renew_margin` before it expires, but no sooner
@@ -377,7 +425,19 @@ impl<R: Registry> LeaseManager<R> {
     async fn act(&self, next: Next) -> (Next, Instant) {
         let key = self.lease().key;
         let retry = Instant::now() + self.timing.retry_interval;
-        match self.refresh(key).await {
+        let refreshed = self.refresh(key).await;
+        if refreshed.is_ok() {
+            self.touch();
+        }
+        match refreshed {
+            Ok(Refresh::Contended) => {
+                tracing::warn!(
+                    "lease {key} kept changing while we wrote it ({MAX_REFRESH_RACES} times); \
+                     retrying in {:?}",
+                    self.timing.retry_interval
+                );
+                (next, retry)
+            }
             Ok(Refresh::Refreshed(expiration)) => {
                 match next {
                     Next::Renew => tracing::info!("renewed lease {key}"),
@@ -437,7 +497,7 @@ impl<R: Registry> LeaseManager<R> {
     /// Makes `key` hold our attributes with a fresh TTL, unless another host holds it.
     async fn refresh(&self, key: SubnetKey) -> Result<Refresh, RegistryError> {
         let ttl = self.timing.ttl;
-        loop {
+        for _ in 0..MAX_REFRESH_RACES {
             let written = match self.registry.get_lease(key).await? {
                 None => {
                     self.registry
@@ -460,6 +520,7 @@ impl<R: Registry> LeaseManager<R> {
             }
             // The key changed between reading and writing: look again.
         }
+        Ok(Refresh::Contended)
     }
 
     /// Acquires a lease anew with the current config (our subnet was taken).

@@ -6,7 +6,9 @@
 //! last event seen (backoff 100 ms doubling to 5 s, with jitter); when etcd no longer has the
 //! events from that revision (v3: compacted; v2: outside the 1000-event window) it lists again
 //! and delivers a fresh snapshot, which the consumer diffs against what it knows (e.g.
-//! [`crate::PeerSet::replace_all`]). A malformed key or value is skipped with a warning; it never
+//! [`crate::PeerSet::replace_all`]); so it does when a v3 store is behind the revision we resume
+//! from (etcd restored from a backup or wiped: waiting there would miss every change). A malformed
+//! key or value is skipped with a warning; it never
 //! turns into an empty snapshot (Go flanneld's hazard).
 //!
 //! The loop is shared by both etcd APIs through [`WatchSource`]; the v3 source is here, the v2
@@ -91,6 +93,9 @@ pub(crate) enum Ended {
     Compacted(i64),
     /// The stream broke; resume from `resume_from` after a backoff.
     Broken { resume_from: i64, error: String },
+    /// The store's position is behind the one we resume from: etcd was restored from a backup
+    /// or replaced by an empty one. Waiting for the old position would miss everything: re-list.
+    Rewound { from: i64, now: i64 },
 }
 
 /// Lists and watches `scope` forever, sending updates to `tx`; returns when `tx` is closed.
@@ -119,6 +124,13 @@ async fn run<S: WatchSource>(source: &S, scope: WatchScope, tx: &mpsc::Sender<Wa
         let opened = Instant::now();
         match source.follow(scope, start, tx).await {
             Ended::Stopped => return,
+            Ended::Rewound { from, now } => {
+                tracing::warn!(
+                    "etcd is at revision {now}, behind revision {from} this watch had reached: \
+                     it was restored or replaced; re-listing leases for {scope:?}"
+                );
+                resume_from = None;
+            }
             Ended::Compacted(compact_revision) => {
                 tracing::info!(
                     "etcd no longer has the events from {start} (compacted or cleared; now at \
@@ -187,6 +199,13 @@ async fn follow(
                 }
             }
         };
+        let position = response.header().map(|h| h.revision());
+        if let Some(now) = position.filter(|now| response.created() && now + 1 < start) {
+            return Ended::Rewound {
+                from: start - 1,
+                now,
+            };
+        }
         if response.canceled() {
             if response.compact_revision() > 0 {
                 return Ended::Compacted(response.compact_revision());

@@ -80,6 +80,8 @@ pub struct EtcdServer {
     endpoint: String,
     tls: Option<TlsFiles>,
     dir: TempDir,
+    spec: EtcdSpec,
+    peer_port: u16,
 }
 
 /// How long etcd may take to become healthy.
@@ -125,6 +127,8 @@ impl EtcdServer {
                 endpoint,
                 tls: tls.clone(),
                 dir,
+                spec: spec.clone(),
+                peer_port,
             };
             match server.wait_healthy() {
                 Ok(()) => return server,
@@ -137,6 +141,34 @@ impl EtcdServer {
             }
         }
         panic!("etcd did not start after {PORT_RETRIES} port picks:\n{last_log}");
+    }
+
+    /// Kills etcd (its data is kept): an outage, until [`EtcdServer::start_again`].
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// Starts etcd again at the same address with the same data and certificates, and waits
+    /// until it is healthy.
+    pub fn start_again(&mut self) {
+        self.child = spawn_etcd(
+            self.dir.path(),
+            &self.spec,
+            &self.endpoint,
+            self.peer_port,
+            self.tls.as_ref(),
+        );
+        if let Err(log) = self.wait_healthy() {
+            panic!("etcd did not start again:\n{log}");
+        }
+    }
+
+    /// A disaster: kills etcd, deletes its data directory (a lost disk) and starts an empty etcd
+    /// at the same address with the same certificates.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(self.dir.path().join("data"));
+        self.start_again();
     }
 
     /// The client URL, e.g. `https://127.0.0.1:40123`.
