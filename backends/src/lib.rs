@@ -163,6 +163,16 @@ enum Kind {
     Vxlan(Vxlan),
 }
 
+/// Checks the `Backend` section of a network config without touching the host: a known type and,
+/// for vxlan, valid keys. The agent waits for a config passing this instead of exiting.
+pub fn check_config(config: &BackendConfig) -> Result<(), Error> {
+    match config.backend_type.as_str() {
+        hostgw::TYPE => Ok(()),
+        vxlan::TYPE => vxlan::check_config(&config.raw),
+        other => Err(Error::UnknownType(other.to_string())),
+    }
+}
+
 impl Backend {
     /// Builds the backend named by `config.backend_type` (`host-gw` or `vxlan`). Fails on an
     /// unknown type, a bad vxlan key, or (host-gw) a public IP that is not the interface's.

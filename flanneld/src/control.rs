@@ -79,6 +79,10 @@ pub(crate) struct Agent {
     pub(crate) last_status: Option<Readiness>,
     /// When etcd last answered the lease manager.
     pub(crate) etcd_contact: watch::Receiver<tokio::time::Instant>,
+    /// What the agent noticed about the network config in etcd (see [`crate::config_watch`]).
+    pub(crate) config_note: watch::Receiver<Option<String>>,
+    /// The last backend setup failure logged, until setup succeeds (de-duplicates the log).
+    pub(crate) setup_failure: Option<String>,
     /// Peers a re-listing no longer showed, programmed until the deadline ([`PEER_GRACE`]).
     pub(crate) lingering: BTreeMap<Ipv4Net, (Lease, tokio::time::Instant)>,
 }
@@ -330,12 +334,22 @@ impl Agent {
         .await;
         match result {
             Ok(()) => {
-                tracing::info!("backend setup done");
+                match self.setup_failure.take() {
+                    Some(earlier) => tracing::info!("backend setup done (earlier: {earlier})"),
+                    None => tracing::info!("backend setup done"),
+                }
                 self.ensure_firewall().await;
                 true
             }
             Err(e) => {
-                tracing::warn!("backend setup failed, will retry: {e}");
+                // Retried on every event and tick: one line per distinct failure.
+                let text = e.to_string();
+                if self.setup_failure.as_ref() != Some(&text) {
+                    tracing::warn!(
+                        "backend setup failed, will retry on the next event or tick: {text}"
+                    );
+                    self.setup_failure = Some(text);
+                }
                 false
             }
         }
@@ -465,11 +479,27 @@ impl Agent {
         }
     }
 
-    /// Computes readiness and publishes it when it changes.
+    /// Computes readiness from the facts the loop owns and publishes it when it changes.
     pub(crate) fn publish_readiness(&mut self) {
-        let lease_valid = manager::is_valid(&self.lease, SystemTime::now());
+        let status = self.readiness();
+        if self.last_status.as_ref() != Some(&status) {
+            match &status {
+                Readiness::Ready | Readiness::ReadyNote(_) => tracing::info!(
+                    "ready: lease {} valid, data plane converged",
+                    self.lease.subnet()
+                ),
+                Readiness::NotReady(why) => tracing::warn!("not ready: {why}"),
+            }
+            self.ready_tx.send_replace(status.clone());
+            self.last_status = Some(status);
+        }
+    }
+
+    /// Ready when the lease is valid, the data plane converged, the rules are in place,
+    /// subnet.env is written and etcd answered recently; else the reasons.
+    fn readiness(&self) -> Readiness {
         let mut problems = BTreeSet::new();
-        if !lease_valid {
+        if !manager::is_valid(&self.lease, SystemTime::now()) {
             problems.insert("the subnet lease is not valid".to_string());
         }
         if !self.converged {
@@ -487,21 +517,12 @@ impl Agent {
                 ETCD_CONTACT_GRACE.as_secs()
             ));
         }
-        let status = if problems.is_empty() {
-            Readiness::Ready
-        } else {
-            Readiness::NotReady(problems.into_iter().collect::<Vec<_>>().join("; "))
-        };
-        if self.last_status.as_ref() != Some(&status) {
-            match &status {
-                Readiness::Ready => tracing::info!(
-                    "ready: lease {} valid, data plane converged",
-                    self.lease.subnet()
-                ),
-                Readiness::NotReady(why) => tracing::warn!("not ready: {why}"),
-            }
-            self.ready_tx.send_replace(status.clone());
-            self.last_status = Some(status);
+        if !problems.is_empty() {
+            return Readiness::NotReady(problems.into_iter().collect::<Vec<_>>().join("; "));
+        }
+        match self.config_note.borrow().clone() {
+            Some(note) => Readiness::ReadyNote(note),
+            None => Readiness::Ready,
         }
     }
 }

@@ -121,19 +121,16 @@ async fn serve<R: Registry>(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let subnet_file = PathBuf::from(&opts.subnet_file);
-    let Some(config) = retry(
+    let Some((config, range)) = retry(
         &shutdown,
         "Couldn't fetch network config",
-        |e: &subnet::registry::RegistryError| !e.is_retryable(),
-        || registry.network_config(),
+        ConfigProblem::is_fatal,
+        || usable_config(&registry),
     )
     .await?
     else {
         return Ok(());
     };
-    let range = *config.v4().ok_or_else(|| {
-        anyhow!("the network config has EnableIPv4=false; flanneld-rs supports IPv4 networks only")
-    })?;
     if config.ipv6.is_some() {
         tracing::warn!(
             "EnableIPv6 is set but flanneld-rs does not implement IPv6 yet; configuring IPv4 only"
@@ -265,6 +262,8 @@ async fn serve<R: Registry>(
         last_status: None,
         etcd_contact,
         lingering: BTreeMap::new(),
+        setup_failure: None,
+        config_note: crate::config_watch::spawn(registry.clone(), config.clone()),
     };
     // The host's networks are known before the first lease is checked against them.
     agent.refresh_local_networks().await;
@@ -303,6 +302,34 @@ async fn serve<R: Registry>(
     manager_task.abort();
     tracing::info!("Exiting cleanly... (routes, devices, rules, subnet.env and the etcd lease are left in place)");
     result
+}
+
+/// Why the network config cannot be used yet; all but a fatal registry error are waited on
+/// (retried, one log line per distinct problem), so a bad config never makes supervisor loop.
+#[derive(Debug, thiserror::Error)]
+enum ConfigProblem {
+    #[error(transparent)]
+    Registry(#[from] subnet::registry::RegistryError),
+    #[error("invalid Backend section: {0}")]
+    Backend(#[from] backends::Error),
+    #[error("the network config has EnableIPv4=false; flanneld-rs supports IPv4 networks only (set EnableIPv4 to true and Network)")]
+    NoIpv4,
+}
+
+impl ConfigProblem {
+    fn is_fatal(&self) -> bool {
+        matches!(self, ConfigProblem::Registry(e) if !e.is_retryable())
+    }
+}
+
+/// The network config, once it is valid including its `Backend` section, with its IPv4 range.
+async fn usable_config<R: Registry>(
+    registry: &R,
+) -> Result<(subnet::NetworkConfig, subnet::config::Ipv4Range), ConfigProblem> {
+    let config = registry.network_config().await?;
+    backends::check_config(&config.backend)?;
+    let range = *config.v4().ok_or(ConfigProblem::NoIpv4)?;
+    Ok((config, range))
 }
 
 /// Hands the heap freed after start-up back to the kernel: the lease listings and the first

@@ -19,6 +19,9 @@ use tokio::sync::watch;
 pub enum Readiness {
     /// Lease valid and data plane converged.
     Ready,
+    /// Ready, with something the operator should know shown in the `/readyz` body (e.g. the
+    /// network config in etcd changed and needs a restart to apply).
+    ReadyNote(String),
     /// Not ready, with the reason shown in the `/readyz` body.
     NotReady(String),
 }
@@ -28,6 +31,9 @@ fn respond(path: &str, ready: &Readiness) -> (StatusCode, String) {
         "/healthz" => (StatusCode::OK, "flanneld is running\n".into()),
         "/readyz" => match ready {
             Readiness::Ready => (StatusCode::OK, "flanneld is ready\n".into()),
+            Readiness::ReadyNote(note) => {
+                (StatusCode::OK, format!("flanneld is ready; note: {note}\n"))
+            }
             Readiness::NotReady(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("flanneld is not ready yet: {why}\n"),

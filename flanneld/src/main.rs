@@ -5,6 +5,7 @@
 //! copies a flanneld v0.11 network from the etcd v2 keyspace to v3.
 
 mod cli;
+mod config_watch;
 mod control;
 mod daemon;
 mod firewall;

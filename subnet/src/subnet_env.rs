@@ -84,11 +84,26 @@ pub struct PreviousEnv {
 }
 
 impl PreviousEnv {
-    /// Reads `path`; a missing or unreadable file gives empty values.
+    /// Reads `path`; a missing or unreadable file gives empty values. What cannot be used (an
+    /// unreadable file, a line that is not `KEY=value`, a subnet value that is not one IPv4
+    /// subnet) is logged with what was ignored.
     pub fn read(path: &Path) -> PreviousEnv {
-        fs::read_to_string(path)
-            .map(|text| PreviousEnv::parse(&text))
-            .unwrap_or_default()
+        match fs::read_to_string(path) {
+            Ok(text) => {
+                for problem in problems(&text) {
+                    tracing::warn!("{}: {problem}", path.display());
+                }
+                PreviousEnv::parse(&text)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PreviousEnv::default(),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read {} ({e}): no subnet of a previous run is known",
+                    path.display()
+                );
+                PreviousEnv::default()
+            }
+        }
     }
 
     /// Parses dotenv text (comments, `export`, quotes tolerated). A value may be a comma list as
@@ -113,6 +128,34 @@ impl PreviousEnv {
     }
 }
 
+/// What [`PreviousEnv::parse`] ignores in `text`, one note per line, naming it.
+fn problems(text: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            notes.push(format!(
+                "ignoring line {}: {line:?} is not KEY=value",
+                n + 1
+            ));
+            continue;
+        };
+        let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+        let key = key.trim();
+        if ["FLANNEL_NETWORK", "FLANNEL_SUBNET"].contains(&key) && single_cidr(value).is_none() {
+            notes.push(format!(
+                "ignoring {key}={value:?} (line {}): not one IPv4 subnet such as 10.5.34.1/24",
+                n + 1
+            ));
+        }
+    }
+    notes
+}
+
 fn single_cidr(value: &str) -> Option<Ipv4Net> {
     let mut valid = value
         .split(',')
@@ -128,6 +171,20 @@ fn single_cidr(value: &str) -> Option<Ipv4Net> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn what_a_corrupt_file_loses_is_named() {
+        let notes = problems(
+            "FLANNEL_NETWORK=10.1.0.0/16\n\u{0}garbage\nFLANNEL_SUBNET=10.1.300.1/24\n# ok\n",
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("line 2") && notes[0].contains("not KEY=value"));
+        assert!(
+            notes[1].contains("FLANNEL_SUBNET=\"10.1.300.1/24\""),
+            "{notes:?}"
+        );
+        assert!(problems("FLANNEL_SUBNET=10.1.3.1/24\nFLANNEL_MTU=1450\n").is_empty());
+    }
 
     fn env() -> SubnetEnv {
         SubnetEnv {

@@ -135,3 +135,102 @@ fn readiness_follows_convergence_and_bad_peer_keys_remove_nothing() {
         (c.healthz(0, "/readyz") == 200).then_some(())
     });
 }
+
+#[test]
+fn an_invalid_backend_at_start_up_is_waited_on_not_an_exit() {
+    let mut c = Cluster::start(
+        1,
+        r#"{"Network":"10.43.0.0/16","Backend":{"Type":"bogus"}}"#,
+        &[],
+    );
+    wait_for("the unknown-type error", Duration::from_secs(15), || {
+        c.log(0)
+            .contains("unknown backend type: \"bogus\"")
+            .then_some(())
+    });
+    c.etcd.put(
+        &c.config_key(),
+        r#"{"Network":"10.43.0.0/16","Backend":{"Type":"vxlan","VNI":"seven"}}"#,
+    );
+    wait_for("the bad-VNI error", Duration::from_secs(15), || {
+        c.log(0).contains("Backend key \"VNI\"").then_some(())
+    });
+    assert!(
+        c.agents[0].as_mut().is_some_and(|a| a.is_running()),
+        "still running, not a restart loop"
+    );
+    assert_eq!(count(&c.log(0), "unknown backend type"), 1, "{}", c.log(0));
+    assert_eq!(c.healthz(0, "/readyz"), 503, "not ready while waiting");
+
+    c.etcd.put(
+        &c.config_key(),
+        r#"{"Network":"10.43.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    assert!(c.wait_subnet(0).starts_with("10.43."));
+    wait_for("ready", Duration::from_secs(15), || {
+        (c.healthz(0, "/readyz") == 200).then_some(())
+    });
+}
+
+#[test]
+fn a_config_changed_while_running_is_reported_once_and_kept() {
+    let mut c = Cluster::start(
+        1,
+        r#"{"Network":"10.44.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        &[],
+    );
+    let subnet = c.wait_subnet(0);
+    c.etcd.put(
+        &c.config_key(),
+        r#"{"Network":"10.45.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    );
+    wait_for("the change to be reported", Duration::from_secs(30), || {
+        c.log(0)
+            .contains("Network 10.44.0.0/16 -> 10.45.0.0/16")
+            .then_some(())
+    });
+    let body = c.hosts[0].exec("curl", &["-s", "-m", "2", "http://127.0.0.1:2401/readyz"]);
+    assert!(
+        body.contains("ready; note: the network config in etcd changed"),
+        "{body}"
+    );
+    assert_eq!(c.healthz(0, "/readyz"), 200, "the agent keeps working");
+
+    c.etcd.put(&c.config_key(), "{not json");
+    wait_for(
+        "the invalid config to be reported",
+        Duration::from_secs(30),
+        || c.log(0).contains("unusable now").then_some(()),
+    );
+    assert_eq!(count(&c.log(0), "Network 10.44.0.0/16 -> 10.45.0.0/16"), 1);
+    assert_eq!(c.wait_subnet(0), subnet, "same subnet, same data plane");
+}
+
+#[test]
+fn a_failed_subnet_env_write_is_retried_until_it_succeeds() {
+    let mut c = Cluster::build(
+        1,
+        r#"{"Network":"10.46.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        &[],
+    );
+    // A regular file where subnet.env's directory should be: the write fails even for root.
+    let dir = c.subnet_env(0).parent().expect("dir").to_path_buf();
+    std::fs::write(&dir, "in the way").expect("blocker");
+    c.start_agent(0);
+    wait_for("the write failure", Duration::from_secs(15), || {
+        c.log(0).contains("cannot write").then_some(())
+    });
+    assert_eq!(c.healthz(0, "/readyz"), 503, "not ready without subnet.env");
+
+    std::fs::remove_file(&dir).expect("remove blocker");
+    assert!(c.wait_subnet(0).starts_with("10.46."));
+    wait_for("ready", Duration::from_secs(15), || {
+        (c.healthz(0, "/readyz") == 200).then_some(())
+    });
+    assert_eq!(
+        count(&c.log(0), "cannot write"),
+        1,
+        "logged once:\n{}",
+        c.log(0)
+    );
+}

@@ -37,6 +37,11 @@ pub(crate) struct Vxlan {
     onlink: Vec<Ipv4Net>,
 }
 
+/// Parses the vxlan keys of a `Backend` object, for [`crate::check_config`].
+pub(crate) fn check_config(raw: &Value) -> Result<(), Error> {
+    VxlanConfig::parse(raw).map(|_| ())
+}
+
 impl Vxlan {
     /// Decodes the vxlan keys of the `Backend` object.
     pub(crate) fn new(
