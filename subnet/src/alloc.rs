@@ -246,6 +246,7 @@ mod tests {
                 expiration: None,
             },
             mod_revision: 7,
+            reservation: false,
         }
     }
 

@@ -116,6 +116,7 @@ impl Keys {
                 expiration: None,
             },
             mod_revision,
+            reservation: false,
         })
     }
 }
@@ -396,7 +397,9 @@ impl EtcdRegistry {
 
     /// Decodes a stored lease (key and JSON value).
     pub(crate) fn decode(&self, kv: &KeyValue) -> Result<StoredLease, RegistryError> {
-        self.keys.decode(kv.key(), kv.value(), kv.mod_revision())
+        let mut stored = self.keys.decode(kv.key(), kv.value(), kv.mod_revision())?;
+        stored.reservation = kv.lease() == 0;
+        Ok(stored)
     }
 }
 
@@ -604,7 +607,7 @@ impl Registry for EtcdRegistry {
         key: SubnetKey,
         attrs: &LeaseAttrs,
         guard: PutGuard,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<Option<SystemTime>, RegistryError> {
         let etcd_key = self.keys.lease(key);
         let condition = match guard {
@@ -614,10 +617,9 @@ impl Registry for EtcdRegistry {
             }
         };
         let written = self
-            .put_if(etcd_key, attrs.to_json(), condition, Some(ttl))
+            .put_if(etcd_key, attrs.to_json(), condition, ttl)
             .await?;
-        // With a TTL, a written key always has an expiration.
-        Ok(written.flatten())
+        Ok(written.map(|expiration| expiration.unwrap_or_else(crate::lease::never)))
     }
 
     async fn delete_lease(&self, key: SubnetKey, mod_revision: i64) -> Result<bool, RegistryError> {

@@ -246,8 +246,11 @@ impl EtcdV2Registry {
     fn decode(&self, node: &Node) -> Result<StoredLease, RegistryError> {
         let revision = i64::try_from(node.modified_index).unwrap_or(i64::MAX);
         let value = node.value.as_deref().unwrap_or_default();
-        self.keys
-            .decode(node.key.as_bytes(), value.as_bytes(), revision)
+        let mut stored = self
+            .keys
+            .decode(node.key.as_bytes(), value.as_bytes(), revision)?;
+        stored.reservation = node.ttl.is_none();
+        Ok(stored)
     }
 
     /// Lists the leases in `scope`, skipping malformed entries with a warning; returns them with
@@ -357,16 +360,17 @@ impl Registry for EtcdV2Registry {
         key: SubnetKey,
         attrs: &LeaseAttrs,
         guard: PutGuard,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<Option<SystemTime>, RegistryError> {
         let condition = match guard {
             PutGuard::Absent => "prevExist=false".to_string(),
             PutGuard::Unchanged { mod_revision } => format!("prevIndex={mod_revision}"),
         };
+        // Without `ttl` a v2 write makes the key permanent (a reservation stays one).
+        let ttl_field = ttl.map_or(String::new(), |t| format!("&ttl={}", t.as_secs()));
         let form = format!(
-            "value={}&ttl={}&{condition}",
+            "value={}{ttl_field}&{condition}",
             utf8_percent_encode(&attrs.to_json_v011(), VALUE),
-            ttl.as_secs()
         );
         let written_at = SystemTime::now();
         let outcome = self
@@ -380,10 +384,11 @@ impl Registry for EtcdV2Registry {
             .await?;
         match outcome {
             Outcome::Done(answer, _) => {
-                let lifetime = answer
-                    .node
-                    .ttl
-                    .map_or(ttl, |t| Duration::from_secs(t.max(0).unsigned_abs()));
+                let lifetime = match (answer.node.ttl, ttl) {
+                    (Some(t), _) => Duration::from_secs(t.max(0).unsigned_abs()),
+                    (None, Some(asked)) => asked,
+                    (None, None) => return Ok(Some(crate::lease::never())),
+                };
                 Ok(Some(written_at + lifetime))
             }
             Outcome::Failed(e) if [KEY_NOT_FOUND, TEST_FAILED, NODE_EXIST].contains(&e.code) => {

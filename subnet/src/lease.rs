@@ -104,6 +104,11 @@ fn parse_prefix(s: &str, max: u8) -> Option<u8> {
     s.parse::<u8>().ok().filter(|l| *l <= max)
 }
 
+/// The expiration of a lease key without a TTL (a reservation): far enough ahead never to pass.
+pub fn never() -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 40)
+}
+
 /// The JSON value stored at a lease key: who holds the subnet and how to reach it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaseAttrs {

@@ -119,17 +119,27 @@ pub async fn acquire<R: Registry>(
                 .delete_lease(stale.lease.key, stale.mod_revision)
                 .await?;
         }
-        let (key, guard, why) = match &plan.choice {
+        let (key, guard, lifetime, why) = match &plan.choice {
             Choice::Reuse(stored) => (
                 stored.lease.key,
                 PutGuard::Unchanged {
                     mod_revision: stored.mod_revision,
                 },
-                format!("reusing lease {}: it holds our PublicIP", stored.lease.key),
+                lifetime(stored, ttl),
+                format!(
+                    "reusing lease {}: it holds our PublicIP{}",
+                    stored.lease.key,
+                    if stored.reservation {
+                        " (a reservation: kept without a TTL)"
+                    } else {
+                        ""
+                    }
+                ),
             ),
             Choice::Create { subnet, reason } => (
                 SubnetKey::v4(*subnet),
                 PutGuard::Absent,
+                Some(ttl),
                 match reason {
                     Reason::PreviousSubnet => {
                         format!("re-claiming subnet {subnet} of the previous run (subnet.env)")
@@ -141,7 +151,7 @@ pub async fn acquire<R: Registry>(
                 },
             ),
         };
-        match registry.put_lease(key, attrs, guard, ttl).await? {
+        match registry.put_lease(key, attrs, guard, lifetime).await? {
             Some(expiration) => {
                 tracing::info!("{why}; PublicIP {}", attrs.public_ip);
                 return Ok(Lease {
@@ -157,6 +167,11 @@ pub async fn acquire<R: Registry>(
         }
     }
     Err(AcquireError::Contention(MAX_ATTEMPTS))
+}
+
+/// The TTL to write a stored lease of ours with: none for a reservation, so it stays one.
+fn lifetime(stored: &StoredLease, ttl: Duration) -> Option<Duration> {
+    (!stored.reservation).then_some(ttl)
 }
 
 /// The result of making our key hold our value with a fresh TTL.
@@ -351,9 +366,11 @@ impl<R: Registry> LeaseManager<R> {
                 .duration_since(SystemTime::now())
                 .ok()
         });
+        // A reservation never expires: it is still checked (and rewritten) once per TTL.
         Instant::now()
             + until
                 .unwrap_or(Duration::ZERO)
+                .min(self.timing.ttl)
                 .max(self.timing.retry_interval)
     }
 
@@ -501,16 +518,16 @@ impl<R: Registry> LeaseManager<R> {
             let written = match self.registry.get_lease(key).await? {
                 None => {
                     self.registry
-                        .put_lease(key, &self.attrs, PutGuard::Absent, ttl)
+                        .put_lease(key, &self.attrs, PutGuard::Absent, Some(ttl))
                         .await?
                 }
-                Some(StoredLease {
-                    lease,
-                    mod_revision,
-                }) if lease.attrs.public_ip == self.attrs.public_ip => {
-                    let guard = PutGuard::Unchanged { mod_revision };
+                Some(stored) if stored.lease.attrs.public_ip == self.attrs.public_ip => {
+                    let guard = PutGuard::Unchanged {
+                        mod_revision: stored.mod_revision,
+                    };
+                    let lifetime = lifetime(&stored, ttl);
                     self.registry
-                        .put_lease(key, &self.attrs, guard, ttl)
+                        .put_lease(key, &self.attrs, guard, lifetime)
                         .await?
                 }
                 Some(other) => return Ok(Refresh::HeldBy(other.lease.attrs)),
@@ -583,6 +600,8 @@ mod tests {
         watches: Vec<(WatchScope, mpsc::Sender<WatchUpdate>)>,
         /// Another host that creates the key just before our next create (a lost race).
         thief: Option<LeaseAttrs>,
+        /// Keys written without a TTL (reservations).
+        untimed: std::collections::BTreeSet<SubnetKey>,
     }
 
     impl Fake {
@@ -594,6 +613,7 @@ mod tests {
                     revision: 1,
                     watches: Vec::new(),
                     thief: None,
+                    untimed: Default::default(),
                 })),
             }
         }
@@ -601,8 +621,10 @@ mod tests {
         fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
             self.state.lock().unwrap()
         }
+    }
 
-        fn stored(key: SubnetKey, attrs: &LeaseAttrs, revision: i64) -> StoredLease {
+    impl FakeState {
+        fn stored(&self, key: SubnetKey, attrs: &LeaseAttrs, revision: i64) -> StoredLease {
             StoredLease {
                 lease: Lease {
                     key,
@@ -610,6 +632,7 @@ mod tests {
                     expiration: None,
                 },
                 mod_revision: revision,
+                reservation: self.untimed.contains(&key),
             }
         }
     }
@@ -624,7 +647,7 @@ mod tests {
             Ok(state
                 .leases
                 .iter()
-                .map(|(key, (attrs, rev))| Fake::stored(*key, attrs, *rev))
+                .map(|(key, (attrs, rev))| state.stored(*key, attrs, *rev))
                 .collect())
         }
 
@@ -633,7 +656,7 @@ mod tests {
             Ok(state
                 .leases
                 .get(&key)
-                .map(|(attrs, rev)| Fake::stored(key, attrs, *rev)))
+                .map(|(attrs, rev)| state.stored(key, attrs, *rev)))
         }
 
         async fn put_lease(
@@ -641,7 +664,7 @@ mod tests {
             key: SubnetKey,
             attrs: &LeaseAttrs,
             guard: PutGuard,
-            ttl: Duration,
+            ttl: Option<Duration>,
         ) -> Result<Option<SystemTime>, RegistryError> {
             let mut state = self.state();
             if let (PutGuard::Absent, Some(thief)) = (guard, state.thief.take()) {
@@ -660,7 +683,16 @@ mod tests {
             state.revision += 1;
             let revision = state.revision;
             state.leases.insert(key, (attrs.clone(), revision));
-            Ok(Some(SystemTime::now() + ttl))
+            match ttl {
+                Some(ttl) => {
+                    state.untimed.remove(&key);
+                    Ok(Some(SystemTime::now() + ttl))
+                }
+                None => {
+                    state.untimed.insert(key);
+                    Ok(Some(crate::lease::never()))
+                }
+            }
         }
 
         async fn delete_lease(
@@ -857,6 +889,32 @@ mod tests {
         assert_eq!(fake.state().leases[&key].0, new);
         assert_eq!(current.borrow().attrs, new);
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reservation_is_reused_and_renewed_without_a_ttl() {
+        let fake = Fake::new(r#"{"Network":"10.3.0.0/16"}"#);
+        let config = fake.state().config.clone();
+        let reserved = key("10.3.7.0/24");
+        fake.state().leases.insert(reserved, (attrs(1), 5));
+        fake.state().untimed.insert(reserved);
+        let ttl = Duration::from_secs(60);
+        let lease = acquire(&fake, &config, &attrs(1), None, ttl).await.unwrap();
+        assert_eq!(lease.key, reserved);
+        assert_eq!(lease.expiration, Some(crate::lease::never()));
+        assert!(
+            fake.state().untimed.contains(&reserved),
+            "still a reservation"
+        );
+
+        let timing = LeaseTiming::default();
+        let manager = LeaseManager::start(fake.clone(), &config, attrs(1), None, timing)
+            .await
+            .unwrap();
+        let renewed = manager.refresh(reserved).await.unwrap();
+        assert!(matches!(renewed, Refresh::Refreshed(t) if t == crate::lease::never()));
+        assert!(fake.state().untimed.contains(&reserved), "renewal keeps it");
+        assert!(manager.renewal_time() <= Instant::now() + timing.ttl);
     }
 
     #[tokio::test]

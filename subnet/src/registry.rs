@@ -19,6 +19,9 @@ pub struct StoredLease {
     pub lease: Lease,
     /// The revision of the last write to the key.
     pub mod_revision: i64,
+    /// The key has no TTL: a reservation (flannel's Documentation/reservations.md), which
+    /// renewals and reuse keep without one.
+    pub reservation: bool,
 }
 
 /// The condition under which [`Registry::put_lease`] writes.
@@ -52,14 +55,15 @@ pub trait Registry: Clone + Send + Sync + 'static {
         key: SubnetKey,
     ) -> impl Future<Output = Result<Option<StoredLease>, RegistryError>> + Send;
 
-    /// Writes `attrs` at `key` with a fresh store lease of `ttl`, if `guard` holds. Returns the
-    /// new expiration, or `None` when the guard failed (the fresh store lease is then revoked).
+    /// Writes `attrs` at `key` with a fresh store lease of `ttl` (`None`: without a TTL, for a
+    /// reservation), if `guard` holds. Returns the new expiration ([`crate::lease::never`] without
+    /// a TTL), or `None` when the guard failed (the fresh store lease is then revoked).
     fn put_lease(
         &self,
         key: SubnetKey,
         attrs: &LeaseAttrs,
         guard: PutGuard,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> impl Future<Output = Result<Option<SystemTime>, RegistryError>> + Send;
 
     /// Deletes `key` if it was not written since `mod_revision`; returns whether it was deleted.

@@ -234,3 +234,35 @@ fn a_failed_subnet_env_write_is_retried_until_it_succeeds() {
         c.log(0)
     );
 }
+
+#[test]
+fn a_reservation_is_reused_and_stays_without_a_ttl() {
+    let mut c = Cluster::build(
+        1,
+        r#"{"Network":"10.47.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        &[],
+    );
+    // A reservation (flannel's Documentation/reservations.md): a lease key without a TTL.
+    let key = format!("{}/subnets/10.47.7.0-24", c.prefix);
+    let value = format!(
+        r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"host-gw"}}"#,
+        c.host_ip(0)
+    );
+    c.etcd.put(&key, &value);
+    c.start_agent(0);
+    assert_eq!(
+        c.wait_subnet(0),
+        "10.47.7.1/24",
+        "the reserved subnet is used"
+    );
+    assert!(
+        c.log(0).contains("a reservation: kept without a TTL"),
+        "{}",
+        c.log(0)
+    );
+    assert_eq!(c.etcd.get(&key), Some(value));
+    assert_eq!(c.etcd.lease_ttl(&key), None, "still no TTL");
+    wait_for("ready", Duration::from_secs(15), || {
+        (c.healthz(0, "/readyz") == 200).then_some(())
+    });
+}

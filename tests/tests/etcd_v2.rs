@@ -195,14 +195,14 @@ async fn leases_are_created_as_v011_writes_them_and_reused_by_public_ip_or_subne
     };
     assert_eq!(
         registry
-            .put_lease(lease9.key, &vtep(8), stale, DAY)
+            .put_lease(lease9.key, &vtep(8), stale, Some(DAY))
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         registry
-            .put_lease(lease9.key, &vtep(8), PutGuard::Absent, DAY)
+            .put_lease(lease9.key, &vtep(8), PutGuard::Absent, Some(DAY))
             .await
             .unwrap(),
         None
@@ -287,7 +287,7 @@ async fn the_watch_re_lists_after_the_1000_event_window_and_the_diff_is_right() 
     );
     for (k, host) in [(a, 1), (b, 2)] {
         registry
-            .put_lease(k, &vtep(host), PutGuard::Absent, DAY)
+            .put_lease(k, &vtep(host), PutGuard::Absent, Some(DAY))
             .await
             .unwrap()
             .unwrap();
@@ -305,7 +305,7 @@ async fn the_watch_re_lists_after_the_1000_event_window_and_the_diff_is_right() 
     // v2 keeps.
     for _ in 0..600 {
         registry
-            .put_lease(c, &vtep(3), PutGuard::Absent, DAY)
+            .put_lease(c, &vtep(3), PutGuard::Absent, Some(DAY))
             .await
             .unwrap()
             .unwrap();
@@ -318,7 +318,7 @@ async fn the_watch_re_lists_after_the_1000_event_window_and_the_diff_is_right() 
         .await
         .unwrap());
     registry
-        .put_lease(d, &vtep(4), PutGuard::Absent, DAY)
+        .put_lease(d, &vtep(4), PutGuard::Absent, Some(DAY))
         .await
         .unwrap()
         .unwrap();
