@@ -146,3 +146,32 @@ fn readiness_turns_unready_without_etcd_and_back_keeping_the_data_plane() {
     });
     assert_pods_connected(&pods);
 }
+
+#[test]
+fn a_v2_keyspace_restored_empty_heals_too() {
+    let mut c = Cluster::start_v2(2, CONFIG, &[]);
+    let subnets: Vec<String> = (0..2).map(|i| c.wait_subnet(i)).collect();
+    let before = c.etcd.v2_values(&format!("{}/subnets", c.prefix));
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    c.etcd.restart_empty();
+    c.etcd.v2_set(&c.config_key(), CONFIG, None);
+    wait_for("both v2 leases re-created", Duration::from_secs(30), || {
+        (c.etcd.v2_values(&format!("{}/subnets", c.prefix)) == before).then_some(())
+    });
+    // A new peer is seen again: the watches left the old index behind.
+    c.etcd.v2_set(
+        &format!("{}/subnets/10.62.250.0-24", c.prefix),
+        r#"{"PublicIP":"192.168.100.99","BackendType":"host-gw"}"#,
+        Some(600),
+    );
+    for i in 0..2 {
+        wait_for("the new v2 peer routed", Duration::from_secs(15), || {
+            c.route(i, "10.62.250.0/24")
+                .contains("proto 70")
+                .then_some(())
+        });
+        let other = Cluster::network_of(&subnets[1 - i]);
+        assert!(c.route(i, &other).contains("proto 70"), "peer route kept");
+    }
+}

@@ -98,6 +98,13 @@ impl EtcdV2Registry {
                 Err(e) => return broken(next, e.to_string()),
             };
             let (status, started_at) = (pending.status, pending.index);
+            // A store behind the index we wait for was restored or replaced (see v3's check).
+            if let Some(now) = started_at.filter(|now| now + 1 < next) {
+                return Ended::Rewound {
+                    from: i64::try_from(next - 1).unwrap_or(i64::MAX),
+                    now: i64::try_from(now).unwrap_or(0),
+                };
+            }
             let body = match tokio::time::timeout(POLL, pending.body()).await {
                 Ok(Ok(body)) => body,
                 Ok(Err(e)) => return broken(next, format!("the long poll broke: {e}")),
