@@ -240,15 +240,18 @@ pub struct Cluster {
     pub hosts: Vec<Netns>,
     /// The agents, one per host (`None` while stopped).
     pub agents: Vec<Option<Agent>>,
-    /// The etcd server every agent uses (mutual TLS).
+    /// The etcd server every agent uses (mutual TLS); with [`Cluster::start_etcd_cluster`] the
+    /// first member of the etcd cluster.
     pub etcd: crate::etcd::EtcdServer,
+    /// The other members of a multi-member etcd cluster ([`Cluster::start_etcd_cluster`]).
+    pub etcd_members: Vec<crate::etcd::EtcdServer>,
     /// The key prefix of this cluster.
     pub prefix: String,
     /// Work directory: subnet.env files and agent logs.
     pub dir: tempfile::TempDir,
     switch: crate::netns::Switch,
-    /// etcd runs inside it.
-    etcd_ns: Netns,
+    /// etcd runs inside them (one per member), at `192.168.100.2`, `.3`, ...
+    etcd_ns: Vec<Netns>,
     extra_args: Vec<String>,
     /// Each host's LAN address, by host index.
     host_ips: Vec<String>,
@@ -269,6 +272,36 @@ impl Cluster {
     /// `extra_args`.
     pub fn start(n: usize, config: &str, extra_args: &[&str]) -> Cluster {
         Cluster::launch(Cluster::prepare(n, Some(config), extra_args))
+    }
+
+    /// Like [`Cluster::start`], but etcd is a cluster of `members` members (each in a namespace
+    /// of its own at `192.168.100.2`, `.3`, ...; mutual TLS) and every agent is given all of
+    /// their endpoints, as production seeds are.
+    pub fn start_etcd_cluster(
+        n: usize,
+        members: usize,
+        config: &str,
+        extra_args: &[&str],
+    ) -> Cluster {
+        let mut cluster = Cluster::prepare_with(n, members, Some(config), extra_args);
+        for i in 0..cluster.hosts.len() {
+            cluster.start_agent(i);
+        }
+        cluster
+    }
+
+    /// Etcd member `i` (0 is [`Cluster::etcd`]).
+    pub fn etcd_member(&mut self, i: usize) -> &mut crate::etcd::EtcdServer {
+        match i {
+            0 => &mut self.etcd,
+            _ => &mut self.etcd_members[i - 1],
+        }
+    }
+
+    /// Cuts etcd member `i` off the LAN (`up == false`: its link goes down) or plugs it back.
+    pub fn partition_etcd_member(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        self.etcd_ns[i].exec("ip", &["link", "set", "eth0", state]);
     }
 
     /// Like [`Cluster::start`], but `config` is written to the etcd v2 keyspace with
@@ -315,7 +348,7 @@ impl Cluster {
             .plug(&router, "lana", &format!("{LAN_A}.{ROUTER}/24"));
         switch.plug(&router, "lanb", &format!("{LAN_B}.{ROUTER}/24"));
         router.sh("sysctl -qw net.ipv4.ip_forward=1");
-        for ns in self.hosts.iter().chain([&self.etcd_ns]) {
+        for ns in self.hosts.iter().chain(&self.etcd_ns) {
             route_to_other_lan(ns, LAN_B, LAN_A);
         }
         self.lan_b = Some(LanB {
@@ -347,15 +380,36 @@ impl Cluster {
     }
 
     fn prepare(n: usize, config: Option<&str>, extra_args: &[&str]) -> Cluster {
+        Cluster::prepare_with(n, 1, config, extra_args)
+    }
+
+    fn prepare_with(
+        n: usize,
+        members: usize,
+        config: Option<&str>,
+        extra_args: &[&str],
+    ) -> Cluster {
         let switch = crate::netns::Switch::new("lan");
-        let etcd_ns = Netns::new("etcd");
-        switch.plug(&etcd_ns, "eth0", "192.168.100.2/24");
-        let etcd = crate::etcd::EtcdServer::start_with(crate::etcd::EtcdSpec {
-            tls: true,
-            ip: std::net::Ipv4Addr::new(192, 168, 100, 2),
-            netns: Some(etcd_ns.name().to_string()),
-            enable_v2: true,
-        });
+        let etcd_ns: Vec<Netns> = (0..members).map(|_| Netns::new("etcd")).collect();
+        let mut places = Vec::new();
+        for (i, ns) in etcd_ns.iter().enumerate() {
+            let ip =
+                std::net::Ipv4Addr::new(192, 168, 100, 2 + u8::try_from(i).expect("few members"));
+            switch.plug(ns, "eth0", &format!("{ip}/24"));
+            places.push((ip, ns.name().to_string()));
+        }
+        let mut etcd_members = if members == 1 {
+            vec![crate::etcd::EtcdServer::start_with(crate::etcd::EtcdSpec {
+                tls: true,
+                ip: places[0].0,
+                netns: Some(places[0].1.clone()),
+                enable_v2: true,
+                ..crate::etcd::EtcdSpec::default()
+            })]
+        } else {
+            crate::etcd::EtcdServer::start_members(&places, true)
+        };
+        let etcd = etcd_members.remove(0);
         let prefix = crate::etcd::EtcdServer::unique_prefix();
         if let Some(config) = config {
             etcd.put(&format!("{prefix}/config"), config);
@@ -368,6 +422,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             switch,
             etcd_ns,
+            etcd_members,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             host_ips: Vec::new(),
             lan_b: None,
@@ -419,7 +474,7 @@ impl Cluster {
     pub fn agent_args(&self, i: usize) -> Vec<String> {
         let tls = self.etcd.tls().expect("the cluster etcd uses TLS");
         let mut args = vec![
-            format!("--etcd-endpoints={}", self.etcd.endpoint()),
+            format!("--etcd-endpoints={}", self.etcd_endpoints()),
             format!("-etcd-prefix={}", self.prefix),
             format!("--etcd-cafile={}", tls.ca.display()),
             format!("--etcd-certfile={}", tls.client_cert.display()),
@@ -433,6 +488,15 @@ impl Cluster {
         ];
         args.extend(self.extra_args.iter().cloned());
         args
+    }
+
+    /// Every etcd member's client URL, comma separated.
+    pub fn etcd_endpoints(&self) -> String {
+        std::iter::once(&self.etcd)
+            .chain(&self.etcd_members)
+            .map(|m| m.endpoint().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Starts (or restarts) the agent on host `i`.

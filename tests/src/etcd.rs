@@ -57,6 +57,23 @@ pub struct EtcdSpec {
     pub netns: Option<String>,
     /// Serve the v2 API too (`--enable-v2=true`), as clusters of flanneld v0.11 need.
     pub enable_v2: bool,
+    /// Membership in a multi-member cluster; `None`: a cluster of its own.
+    pub membership: Option<Membership>,
+    /// Certificates shared with other members; `None`: made for this server (with `tls`).
+    pub tls_files: Option<TlsFiles>,
+}
+
+/// A member's place in a multi-member cluster (see [`EtcdServer::start_members`]).
+#[derive(Clone, Debug)]
+pub struct Membership {
+    /// The member's name.
+    pub name: String,
+    /// `--initial-cluster`: `name=peer-url,...` of every member.
+    pub initial_cluster: String,
+    /// `--initial-cluster-token`.
+    pub token: String,
+    /// `new`, or `existing` when joining a running cluster.
+    pub state: &'static str,
 }
 
 impl Default for EtcdSpec {
@@ -66,6 +83,8 @@ impl Default for EtcdSpec {
             ip: Ipv4Addr::LOCALHOST,
             netns: None,
             enable_v2: false,
+            membership: None,
+            tls_files: None,
         }
     }
 }
@@ -110,7 +129,8 @@ impl EtcdServer {
             .prefix("flanneld-etcd-")
             .tempdir()
             .expect("cannot create a temporary directory for etcd");
-        let tls = spec.tls.then(|| write_certificates(dir.path(), spec.ip));
+        let tls = (spec.tls_files.clone())
+            .or_else(|| spec.tls.then(|| write_certificates(dir.path(), &[spec.ip])));
         let mut dir = dir;
         let mut last_log = String::new();
         for _ in 0..PORT_RETRIES {
@@ -141,6 +161,107 @@ impl EtcdServer {
             }
         }
         panic!("etcd did not start after {PORT_RETRIES} port picks:\n{last_log}");
+    }
+
+    /// Starts a cluster of one member per `(address, namespace)` (TLS, shared certificates, ports
+    /// 2379/2380 in each namespace) and waits until every member is healthy. The members start
+    /// together: a member of a new cluster waits for a quorum.
+    pub fn start_members(members: &[(Ipv4Addr, String)], enable_v2: bool) -> Vec<EtcdServer> {
+        let token = unique_id();
+        let names: Vec<String> = (0..members.len()).map(|i| format!("{token}m{i}")).collect();
+        let initial_cluster = (names.iter().zip(members))
+            .map(|(name, (ip, _))| format!("{name}=http://{ip}:2380"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let ips: Vec<Ipv4Addr> = members.iter().map(|(ip, _)| *ip).collect();
+        let mut servers: Vec<EtcdServer> = Vec::new();
+        let mut tls_files = None;
+        for ((ip, netns), name) in members.iter().zip(names) {
+            let dir = tempfile::Builder::new()
+                .prefix("flanneld-etcd-")
+                .tempdir()
+                .expect("tempdir");
+            let tls = tls_files
+                .get_or_insert_with(|| write_certificates(dir.path(), &ips))
+                .clone();
+            let spec = EtcdSpec {
+                tls: true,
+                ip: *ip,
+                netns: Some(netns.clone()),
+                enable_v2,
+                membership: Some(Membership {
+                    name,
+                    initial_cluster: initial_cluster.clone(),
+                    token: token.clone(),
+                    state: "new",
+                }),
+                tls_files: Some(tls.clone()),
+            };
+            let endpoint = format!("https://{ip}:2379");
+            let child = spawn_etcd(dir.path(), &spec, &endpoint, 2380, Some(&tls));
+            let netns = spec.netns.clone();
+            servers.push(EtcdServer {
+                child,
+                netns,
+                endpoint,
+                tls: Some(tls),
+                dir,
+                spec,
+                peer_port: 2380,
+            });
+        }
+        for server in &mut servers {
+            if let Err(log) = server.wait_healthy() {
+                panic!("etcd member did not start:\n{log}");
+            }
+        }
+        servers
+    }
+
+    /// Runs `etcdctl args` until it succeeds, for up to 30 s; panics with its last error.
+    fn etcdctl_until_ok(&self, args: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = (self.etcdctl_command("5s").args(args).output())
+                .unwrap_or_else(|e| panic!("cannot run etcdctl: {e}"));
+            if out.status.success() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Whether this member is the cluster's leader now.
+    pub fn is_leader(&self) -> bool {
+        let status = self.json(&["endpoint", "status", "--write-out=json"]);
+        let status = &status[0]["Status"];
+        status["leader"].as_u64().is_some() && status["leader"] == status["header"]["member_id"]
+    }
+
+    /// Replaces this member by an empty one of the same name and address, as after a lost disk:
+    /// removes it from the cluster through `via` (another member), adds it again, deletes its
+    /// data and starts it to join the running cluster; waits until it is healthy.
+    pub fn rejoin_empty(&mut self, via: &EtcdServer) {
+        let membership = self.spec.membership.clone().expect("a cluster member");
+        let members = via.json(&["member", "list", "--write-out=json"]);
+        let id = (members["members"].as_array().into_iter().flatten())
+            .find(|m| m["name"] == membership.name.as_str())
+            .and_then(|m| m["ID"].as_u64())
+            .expect("the member is listed");
+        self.stop();
+        let peer = format!("--peer-urls=http://{}:{}", self.spec.ip, self.peer_port);
+        // etcd refuses membership changes while a member is still catching up ("unhealthy
+        // cluster"): each is retried for a while.
+        via.etcdctl_until_ok(&["member", "remove", &format!("{id:x}")]);
+        via.etcdctl_until_ok(&["member", "add", &membership.name, &peer]);
+        self.spec.membership = Some(Membership {
+            state: "existing",
+            ..membership
+        });
+        self.restart_empty();
     }
 
     /// Kills etcd (its data is kept): an outage, until [`EtcdServer::start_again`].
@@ -203,6 +324,15 @@ impl EtcdServer {
     /// `etcdctl put key value`.
     pub fn put(&self, key: &str, value: &str) {
         self.etcdctl(&["put", key, value]);
+    }
+
+    /// `etcdctl put key value`; whether it succeeded (e.g. false while a cluster elects a leader).
+    pub fn try_put(&self, key: &str, value: &str) -> bool {
+        (self
+            .etcdctl_command("5s")
+            .args(["put", key, value])
+            .output())
+        .is_ok_and(|o| o.status.success())
     }
 
     /// The value at `key`, if any.
@@ -459,20 +589,28 @@ fn spawn_etcd(
     peer_port: u16,
     tls: Option<&TlsFiles>,
 ) -> Child {
-    let name = unique_id();
     let peer = format!("http://{}:{peer_port}", spec.ip);
+    let membership = spec.membership.clone().unwrap_or_else(|| {
+        let name = unique_id();
+        Membership {
+            initial_cluster: format!("{name}={peer}"),
+            token: name.clone(),
+            name,
+            state: "new",
+        }
+    });
     let log = fs::File::create(dir.join("etcd.log")).expect("cannot create etcd.log");
     // `ip netns exec` execs etcd in place, so the child's PID is etcd's.
     let mut cmd = in_netns(spec.netns.as_deref(), "/usr/bin/etcd");
-    cmd.arg(format!("--name={name}"))
+    cmd.arg(format!("--name={}", membership.name))
         .arg(format!("--data-dir={}", dir.join("data").display()))
         .arg(format!("--listen-client-urls={endpoint}"))
         .arg(format!("--advertise-client-urls={endpoint}"))
         .arg(format!("--listen-peer-urls={peer}"))
         .arg(format!("--initial-advertise-peer-urls={peer}"))
-        .arg(format!("--initial-cluster={name}={peer}"))
-        .arg(format!("--initial-cluster-token={name}"))
-        .arg("--initial-cluster-state=new")
+        .arg(format!("--initial-cluster={}", membership.initial_cluster))
+        .arg(format!("--initial-cluster-token={}", membership.token))
+        .arg(format!("--initial-cluster-state={}", membership.state))
         .arg("--logger=zap")
         .arg("--log-outputs=stderr");
     if spec.enable_v2 {
@@ -532,7 +670,7 @@ fn certificate_authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 /// Generates the CA, server, client and unrelated-CA certificates into `dir`.
-fn write_certificates(dir: &Path, ip: Ipv4Addr) -> TlsFiles {
+fn write_certificates(dir: &Path, ips: &[Ipv4Addr]) -> TlsFiles {
     let write = |name: &str, pem: &str| {
         let path = dir.join(name);
         fs::write(&path, pem).expect("cannot write a PEM file");
@@ -541,9 +679,11 @@ fn write_certificates(dir: &Path, ip: Ipv4Addr) -> TlsFiles {
     let ca = certificate_authority("flanneld test CA");
     let other = certificate_authority("unrelated CA");
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    if ip != Ipv4Addr::LOCALHOST {
-        sans.push(ip.to_string());
-    }
+    sans.extend(
+        (ips.iter())
+            .filter(|ip| !ip.is_loopback())
+            .map(ToString::to_string),
+    );
     let server_usage = [
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,

@@ -300,7 +300,7 @@ impl Lab {
             tls: false,
             ip: ETCD_IP,
             netns: Some(etcd_ns.name().to_string()),
-            enable_v2: false,
+            ..EtcdSpec::default()
         });
         // The etcd client (and the /metrics reader) live in etcd's namespace.
         let home = File::open("/proc/thread-self/ns/net")?;
