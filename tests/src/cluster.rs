@@ -96,6 +96,11 @@ impl Agent {
         None
     }
 
+    /// The agent's process ID while it runs (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
