@@ -400,10 +400,18 @@ impl<R: Registry> LeaseManager<R> {
                 Some(lease) => self.classify(lease.attrs),
                 None => Seen::Missing,
             },
-            WatchUpdate::Events(events) => match events.into_iter().last()? {
-                LeaseEvent::Added(lease) => self.classify(lease.attrs),
-                LeaseEvent::Removed(_) => Seen::Missing,
-            },
+            WatchUpdate::Events(events) => {
+                // A deletion followed by another host's write is our lease taken while it was
+                // gone (not an overwrite of it): re-claim, which finds it held and moves us.
+                let vanished = events.iter().any(|e| matches!(e, LeaseEvent::Removed(_)));
+                match (events.into_iter().last()?, vanished) {
+                    (LeaseEvent::Added(lease), vanished) => match self.classify(lease.attrs) {
+                        Seen::Other(_) if vanished => Seen::Missing,
+                        seen => seen,
+                    },
+                    (LeaseEvent::Removed(_), _) => Seen::Missing,
+                }
+            }
         };
         match seen {
             Seen::Ours => {
@@ -419,6 +427,8 @@ impl<R: Registry> LeaseManager<R> {
                 self.invalidate();
                 Some((Next::Reclaim, Instant::now()))
             }
+            // The pending re-claim finds the key held by another host and moves us.
+            Seen::Other(_) if next == Next::Reclaim => None,
             Seen::Other(attrs) => {
                 self.report_conflict(key, &attrs);
                 // Not at once: two agents fighting over one key must not spin.

@@ -266,3 +266,63 @@ fn a_reservation_is_reused_and_stays_without_a_ttl() {
         (c.healthz(0, "/readyz") == 200).then_some(())
     });
 }
+
+#[test]
+fn a_lease_taken_while_gone_moves_us_and_the_host_that_took_it_is_routed() {
+    let mut c = Cluster::start(
+        2,
+        r#"{"Network":"10.48.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        &[],
+    );
+    let old = Cluster::network_of(&c.wait_subnet(0));
+    c.wait_subnet(1);
+    let key = format!("{}/subnets/{}", c.prefix, old.replace('/', "-"));
+    let taker = r#"{"PublicIP":"192.168.100.99","PublicIPv6":null,"BackendType":"host-gw"}"#;
+    // While agent 0 is frozen its lease is deleted and another host takes the subnet.
+    let pid = c.agents[0].as_ref().and_then(|a| a.pid()).expect("pid");
+    let signal = |sig| {
+        // SAFETY: kill(2) of the agent process this test started.
+        assert_eq!(
+            unsafe { libc::kill(i32::try_from(pid).expect("pid"), sig) },
+            0
+        );
+    };
+    signal(libc::SIGSTOP);
+    assert!(c.etcd.delete(&key));
+    c.etcd.put(&key, taker);
+    signal(libc::SIGCONT);
+
+    let new = wait_for(
+        "agent 0 to move to a new subnet",
+        Duration::from_secs(30),
+        || {
+            flanneld_tests::cluster::flannel_subnet(&c.subnet_env(0))
+                .map(|s| Cluster::network_of(&s))
+                .filter(|s| *s != old)
+        },
+    );
+    assert!(c.log(0).contains("SUBNET CHANGED"), "{}", c.log(0));
+    assert_eq!(
+        c.etcd.get(&key).as_deref(),
+        Some(taker),
+        "the taker's lease is left alone"
+    );
+    wait_for(
+        "host 0 to route its old subnet to the host that took it",
+        Duration::from_secs(15),
+        || {
+            c.route(0, &old)
+                .contains("via 192.168.100.99")
+                .then_some(())
+        },
+    );
+    wait_for(
+        "host 1 to route host 0's new subnet",
+        Duration::from_secs(15),
+        || {
+            c.route(1, &new)
+                .contains(&format!("via {}", c.host_ip(0)))
+                .then_some(())
+        },
+    );
+}
