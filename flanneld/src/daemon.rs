@@ -103,6 +103,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     };
     match keyspace {
         Keyspace::V3(registry) => {
+            subnet::members::spawn_member_check(&etcd);
             serve(*registry, opts, previous, firewall, ready_tx, shutdown).await
         }
         Keyspace::V2(registry) => {

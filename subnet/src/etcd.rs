@@ -221,6 +221,13 @@ impl EtcdRegistry {
         })
     }
 
+    /// Asks the member(s) for their status: whether etcd answers at all.
+    pub async fn status(&self) -> Result<(), RegistryError> {
+        self.request("status", self.client.clone().status())
+            .await
+            .map(|_| ())
+    }
+
     /// The config key, `<prefix>/config`.
     pub fn config_key(&self) -> &str {
         &self.keys.config

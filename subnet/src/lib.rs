@@ -19,6 +19,7 @@ pub mod etcd;
 pub mod etcdv2;
 pub mod keyspace;
 pub mod manager;
+pub mod members;
 pub mod registry;
 mod retry;
 pub mod watch;

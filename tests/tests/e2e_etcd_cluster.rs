@@ -27,6 +27,21 @@ fn peer_reaches_every_agent(c: &mut Cluster, via: usize, third: u8) {
     }
 }
 
+/// Waits until every agent logged `text` about member `member`'s endpoint, and checks it did so
+/// once: each change of a member is logged once.
+fn member_logged(c: &Cluster, member: usize, text: &str) {
+    let line = format!("etcd member https://192.168.100.{}:2379 {text}", 2 + member);
+    for i in 0..c.hosts.len() {
+        wait_for(
+            &format!("host {i} to log {line:?}"),
+            Duration::from_secs(30),
+            || c.log(i).contains(&line).then_some(()),
+        );
+        let n = c.log(i).lines().filter(|l| l.contains(&line)).count();
+        assert_eq!(n, 1, "host {i} logs {line:?} once:\n{}", c.log(i));
+    }
+}
+
 /// Each host's lease key and the ID of the etcd lease behind it (a renewal or re-claim grants a
 /// new one), read through member `via`.
 fn own_leases(c: &mut Cluster, via: usize, keys: &[String]) -> Vec<Option<i64>> {
@@ -54,11 +69,16 @@ fn agents_ride_out_leader_loss_a_partition_and_a_rejoined_empty_member() {
         .expect("a leader");
     c.etcd_member(leader).kill();
     peer_reaches_every_agent(&mut c, (leader + 1) % 3, 250);
+    member_logged(&c, leader, "does not answer");
     c.etcd_member(leader).start_again();
+    member_logged(&c, leader, "answers again");
 
     // A member is cut off the LAN.
     c.partition_etcd_member(1, false);
     peer_reaches_every_agent(&mut c, 2, 251);
+    if leader != 1 {
+        member_logged(&c, 1, "does not answer");
+    }
     c.partition_etcd_member(1, true);
 
     // A member loses its disk and rejoins empty.
