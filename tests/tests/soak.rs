@@ -216,7 +216,8 @@ fn soak_200_churning_peers_with_hostile_values_against_3_agents() {
                 "agent {i} grew from {rss0} kB to {rss1} kB"
             );
             assert!(
-                fds1 <= fds0,
+                // One transient socket (a netlink dump, an etcd request) may be open at a sample.
+                *fds1 <= fds0 + 1,
                 "agent {i} holds more descriptors: {fds0} -> {fds1}"
             );
         }
