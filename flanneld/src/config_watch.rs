@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use subnet::config::Ipv4Range;
 use subnet::registry::{Registry, RegistryError};
 use subnet::NetworkConfig;
 use tokio::sync::watch;
@@ -72,46 +73,32 @@ fn finding(
     }
 }
 
-/// `Network 10.1.0.0/16 -> 10.2.0.0/16, backend host-gw -> vxlan`, naming what changed.
+/// How to show one key of the IPv4 range.
+type Show = fn(&Ipv4Range) -> String;
+
+/// The IPv4 keys compared, each with how to show its value.
+const V4_KEYS: [(&str, Show); 4] = [
+    ("Network", |r| r.network.to_string()),
+    ("SubnetLen", |r| r.subnet_len.to_string()),
+    ("SubnetMin", |r| r.subnet_min.to_string()),
+    ("SubnetMax", |r| r.subnet_max.to_string()),
+];
+
+/// `Network 10.1.0.0/16 -> 10.2.0.0/16, Backend {..} -> {..}`, naming what changed.
 fn differences(old: &NetworkConfig, new: &NetworkConfig) -> String {
-    let mut out = Vec::new();
-    let (a, b) = (old.v4(), new.v4());
-    let field = |name: &str, x: String, y: String, out: &mut Vec<String>| {
-        if x != y {
-            out.push(format!("{name} {x} -> {y}"));
-        }
-    };
-    let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
-    field(
-        "Network",
-        show(a.map(|r| r.network.to_string())),
-        show(b.map(|r| r.network.to_string())),
-        &mut out,
-    );
-    field(
-        "SubnetLen",
-        show(a.map(|r| r.subnet_len.to_string())),
-        show(b.map(|r| r.subnet_len.to_string())),
-        &mut out,
-    );
-    field(
-        "SubnetMin",
-        show(a.map(|r| r.subnet_min.to_string())),
-        show(b.map(|r| r.subnet_min.to_string())),
-        &mut out,
-    );
-    field(
-        "SubnetMax",
-        show(a.map(|r| r.subnet_max.to_string())),
-        show(b.map(|r| r.subnet_max.to_string())),
-        &mut out,
-    );
-    field(
-        "Backend",
-        old.backend.raw.to_string(),
-        new.backend.raw.to_string(),
-        &mut out,
-    );
+    let show =
+        |config: &NetworkConfig, get: Show| config.v4().map_or_else(|| "none".to_string(), get);
+    let mut out: Vec<String> = V4_KEYS
+        .iter()
+        .map(|(name, get)| (name, show(old, *get), show(new, *get)))
+        .chain(std::iter::once((
+            &"Backend",
+            old.backend.raw.to_string(),
+            new.backend.raw.to_string(),
+        )))
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| format!("{name} {a} -> {b}"))
+        .collect();
     if out.is_empty() {
         out.push("IPv6 or nftables settings".into());
     }

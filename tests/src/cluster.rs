@@ -560,6 +560,13 @@ impl Cluster {
             .to_string()
     }
 
+    /// Waits (up to 30 s) until host `i`'s `/readyz` answers 200.
+    pub fn wait_ready(&self, i: usize) {
+        wait_for(&format!("host {i} ready"), Duration::from_secs(30), || {
+            (self.healthz(i, "/readyz") == 200).then_some(())
+        });
+    }
+
     /// GET `http://127.0.0.1:2401<path>` inside host `i`; returns the HTTP status code.
     pub fn healthz(&self, i: usize, path: &str) -> u16 {
         let out = self.hosts[i].try_exec(

@@ -92,9 +92,7 @@ fn agents_ride_out_leader_loss_a_partition_and_a_rejoined_empty_member() {
     );
     for i in 0..2 {
         assert!(c.agents[i].as_mut().is_some_and(|a| a.is_running()));
-        wait_for(&format!("host {i} ready"), Duration::from_secs(45), || {
-            (c.healthz(i, "/readyz") == 200).then_some(())
-        });
+        c.wait_ready(i);
         let log = c.log(i);
         assert!(!log.contains("re-claimed lease"), "host {i}:\n{log}");
         let warnings = log.lines().filter(|l| l.contains(" WARN ")).count();

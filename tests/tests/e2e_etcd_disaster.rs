@@ -31,9 +31,7 @@ fn etcd_restored_empty_heals_with_the_same_subnets_and_no_agent_restart() {
     let keys: Vec<String> = subnets.iter().map(|s| lease_key(&c, s)).collect();
     let values: Vec<String> = keys.iter().map(|k| c.etcd.get(k).expect("lease")).collect();
     for i in 0..3 {
-        wait_for(&format!("host {i} ready"), Duration::from_secs(15), || {
-            (c.healthz(i, "/readyz") == 200).then_some(())
-        });
+        c.wait_ready(i);
     }
     assert_pods_connected(&pods);
 
@@ -81,11 +79,7 @@ fn etcd_restored_empty_heals_with_the_same_subnets_and_no_agent_restart() {
             let route = c.route(i, &Cluster::network_of(subnet));
             assert!(route.contains(&format!("via {}", c.host_ip(j))), "{route}");
         }
-        wait_for(
-            &format!("host {i} ready again"),
-            Duration::from_secs(30),
-            || (c.healthz(i, "/readyz") == 200).then_some(()),
-        );
+        c.wait_ready(i);
     }
     assert_pods_connected(&pods);
     // Each host saw its peers' leases again: a new peer lease is routed as before.
@@ -126,9 +120,7 @@ fn readiness_turns_unready_without_etcd_and_back_keeping_the_data_plane() {
     let pods: Vec<Pod> = (0..2)
         .map(|i| Pod::new(&c.hosts[i], &subnets[i], 2))
         .collect();
-    wait_for("host 0 ready", Duration::from_secs(15), || {
-        (c.healthz(0, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(0);
 
     c.etcd.kill();
     let body = wait_for("/readyz to report etcd", Duration::from_secs(60), || {
@@ -141,9 +133,7 @@ fn readiness_turns_unready_without_etcd_and_back_keeping_the_data_plane() {
     assert_pods_connected(&pods);
 
     c.etcd.start_again();
-    wait_for("ready again", Duration::from_secs(30), || {
-        (c.healthz(0, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(0);
     assert_pods_connected(&pods);
 }
 

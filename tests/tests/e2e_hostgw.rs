@@ -55,9 +55,7 @@ fn hostgw_three_hosts_connect_repair_restart_and_forget_peers() {
             );
         }
     }
-    wait_for("host 0 ready", Duration::from_secs(10), || {
-        (c.healthz(0, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(0);
     assert_eq!(c.healthz(0, "/healthz"), 200);
 
     // A route deleted by hand comes back (netlink notification or the 10 s resync).

@@ -112,9 +112,7 @@ fn hostgw_hostile_leases_harm_no_host() {
     // A restarted agent programs none of them either.
     c.stop_agent(1);
     c.start_agent(1);
-    wait_for("host 1 ready again", Duration::from_secs(20), || {
-        (c.healthz(1, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(1);
     assert_unharmed(&c, &pods, &[], &allowed);
 }
 

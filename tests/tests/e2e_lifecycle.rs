@@ -50,9 +50,7 @@ fn waits_for_a_valid_config_logging_each_problem_once() {
     );
     let subnet = c.wait_subnet(0);
     assert!(subnet.starts_with("10.40."), "{subnet}");
-    wait_for("ready", Duration::from_secs(10), || {
-        (c.healthz(0, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(0);
 }
 
 #[test]
@@ -63,9 +61,7 @@ fn readiness_follows_convergence_and_bad_peer_keys_remove_nothing() {
         &[],
     );
     let own = Cluster::network_of(&c.wait_subnet(0));
-    wait_for("ready", Duration::from_secs(10), || {
-        (c.healthz(0, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(0);
 
     // Our own lease deleted behind our back: re-claimed with the same subnet, no exit.
     let own_key = format!("{}/subnets/{}", c.prefix, own.replace('/', "-"));
@@ -131,9 +127,7 @@ fn readiness_follows_convergence_and_bad_peer_keys_remove_nothing() {
         c.log(0)
     );
     assert!(c.etcd.delete(&far));
-    wait_for("ready again", Duration::from_secs(15), || {
-        (c.healthz(0, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(0);
 }
 
 #[test]
@@ -167,9 +161,7 @@ fn an_invalid_backend_at_start_up_is_waited_on_not_an_exit() {
         r#"{"Network":"10.43.0.0/16","Backend":{"Type":"vxlan"}}"#,
     );
     assert!(c.wait_subnet(0).starts_with("10.43."));
-    wait_for("ready", Duration::from_secs(15), || {
-        (c.healthz(0, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(0);
 }
 
 #[test]
@@ -224,9 +216,7 @@ fn a_failed_subnet_env_write_is_retried_until_it_succeeds() {
 
     std::fs::remove_file(&dir).expect("remove blocker");
     assert!(c.wait_subnet(0).starts_with("10.46."));
-    wait_for("ready", Duration::from_secs(15), || {
-        (c.healthz(0, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(0);
     assert_eq!(
         count(&c.log(0), "cannot write"),
         1,
@@ -262,9 +252,7 @@ fn a_reservation_is_reused_and_stays_without_a_ttl() {
     );
     assert_eq!(c.etcd.get(&key), Some(value));
     assert_eq!(c.etcd.lease_ttl(&key), None, "still no TTL");
-    wait_for("ready", Duration::from_secs(15), || {
-        (c.healthz(0, "/readyz") == 200).then_some(())
-    });
+    c.wait_ready(0);
 }
 
 #[test]
