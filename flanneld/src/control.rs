@@ -27,6 +27,9 @@ const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 /// lease manager's own-key checks ([`manager::OWN_KEY_CHECK_PERIOD`]). The data plane is kept.
 pub(crate) const ETCD_CONTACT_GRACE: Duration = Duration::from_secs(30);
 
+/// The pause before a watch task that stopped is started again.
+const WATCH_RESTART_PAUSE: Duration = Duration::from_secs(1);
+
 /// How long peers missing from a re-listing stay programmed (see [`Agent::linger`]).
 pub(crate) const PEER_GRACE: Duration = Duration::from_secs(60);
 
@@ -119,7 +122,13 @@ impl Agent {
                             dirty |= self.on_peer_update(more);
                         }
                     }
-                    None => peer_watch = registry.watch_leases(WatchScope::AllLeases),
+                    // The watch task ends only with its receiver; should it die, restart it
+                    // after a pause, never in a busy loop.
+                    None => {
+                        tracing::error!("the peer lease watch stopped; restarting it in {}s", WATCH_RESTART_PAUSE.as_secs());
+                        tokio::time::sleep(WATCH_RESTART_PAUSE).await;
+                        peer_watch = registry.watch_leases(WatchScope::AllLeases);
+                    }
                 },
                 changed = lease_rx.changed() => {
                     if changed.is_err() {

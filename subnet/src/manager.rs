@@ -313,6 +313,10 @@ impl<R: Registry> LeaseManager<R> {
                 }
                 update = own.recv() => {
                     let Some(update) = update else {
+                        // The watch task ends only with its receiver; should it die, restart
+                        // it after a pause, never in a busy loop.
+                        tracing::error!("the watch of lease {key} stopped; restarting it");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         own = self.registry.watch_leases(WatchScope::OneLease(key));
                         continue;
                     };
