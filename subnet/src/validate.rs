@@ -109,13 +109,16 @@ impl LeasePolicy {
     }
 
     /// The same policy with the host's connected networks: those of its IPv4 addresses, except
-    /// host routes (/32) and the networks inside our own subnet (the pod bridge's address).
+    /// host routes (/32), the networks inside our own subnet (the pod bridge's address) and the
+    /// networks that contain the whole cluster Network: the operator gave that range to pods (a
+    /// flat 10.0.0.0/8 LAN around Network 10.244.0.0/16, or docker0's default 172.17.0.1/16 before
+    /// docker gets `--bip`), and peer routes inside it are meant to be more specific.
     pub fn with_local_networks(mut self, networks: impl IntoIterator<Item = Ipv4Net>) -> Self {
-        let own = self.own_subnet;
+        let (own, cluster) = (self.own_subnet, self.network);
         let mut local: Vec<Ipv4Net> = networks
             .into_iter()
             .map(|n| n.trunc())
-            .filter(|n| n.prefix_len() < 32 && !own.contains(n))
+            .filter(|n| n.prefix_len() < 32 && !own.contains(n) && !n.contains(&cluster))
             .collect();
         local.sort();
         local.dedup();
@@ -260,6 +263,19 @@ mod tests {
             "192.168.1.0/24".parse().unwrap(),
         ];
         assert_eq!(policy().local_networks, want);
+    }
+
+    #[test]
+    fn networks_around_the_whole_cluster_network_do_not_reject_peers() {
+        let flat = policy().with_local_networks([
+            "10.0.0.5/8".parse().unwrap(),
+            "10.244.0.1/16".parse().unwrap(),
+        ]);
+        assert!(flat.local_networks.is_empty(), "{:?}", flat.local_networks);
+        assert_eq!(flat.check(&lease("10.244.6.0-24", "10.1.2.3")), Ok(()));
+        // A LAN inside the Network is still protected.
+        let inside = policy().with_local_networks(["10.244.7.9/24".parse().unwrap()]);
+        assert!(inside.check(&lease("10.244.7.0-24", "192.168.1.11")).is_err());
     }
 
     #[test]
