@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use backends::{Backend, Netlink, Notifications, Reaction, Reconciler};
+use backends::{Backend, Netlink, Notification, Notifications, Reaction, Reconciler};
 use ipnet::Ipv4Net;
 use subnet::manager::{self, LeaseHandle};
 use subnet::registry::Registry;
@@ -17,6 +17,7 @@ use subnet::{Lease, LeasePolicy, PeerSet, SubnetEnv};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::decide::{self, decide, Pending, Reconcile, Turn, Wake};
 use crate::firewall::Firewall;
 use crate::healthz::Readiness;
 
@@ -107,20 +108,20 @@ impl Agent {
         let fw_period = Duration::from_secs(iptables_resync.max(1).unsigned_abs());
         let mut fw_tick = tokio::time::interval_at(now + fw_period, fw_period);
         let mut readiness_tick = tokio::time::interval(Duration::from_secs(1));
-        let mut needs_setup = false;
+        let mut pending_setup = false;
         loop {
-            let mut dirty = false;
-            // A kernel notification that may need setup, and the size of its burst.
+            // The burst that asked for setup, for the log: its first such notification and size.
             let mut kernel_cause = None;
-            tokio::select! {
+            let wake = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 update = peer_watch.recv() => match update {
                     Some(update) => {
                         // Take every update already queued, to program them in one go.
-                        dirty = self.on_peer_update(update);
+                        let mut listing_changed = self.on_peer_update(update);
                         while let Ok(more) = peer_watch.try_recv() {
-                            dirty |= self.on_peer_update(more);
+                            listing_changed |= self.on_peer_update(more);
                         }
+                        Wake::Peers { listing_changed }
                     }
                     // The watch task ends only with its receiver; should it die, restart it
                     // after a pause, never in a busy loop.
@@ -128,6 +129,7 @@ impl Agent {
                         tracing::error!("the peer lease watch stopped; restarting it in {}s", WATCH_RESTART_PAUSE.as_secs());
                         tokio::time::sleep(WATCH_RESTART_PAUSE).await;
                         peer_watch = registry.watch_leases(WatchScope::AllLeases);
+                        Wake::Tick
                     }
                 },
                 changed = lease_rx.changed() => {
@@ -135,57 +137,65 @@ impl Agent {
                         bail!("the lease manager stopped unexpectedly");
                     }
                     let lease = lease_rx.borrow_and_update().clone();
-                    if self.on_lease_change(lease) {
-                        needs_setup = true;
-                        dirty = true;
-                    }
+                    Wake::Lease { moved: self.on_lease_change(lease) }
                 }
                 burst = notifications.next_burst() => match burst {
-                    // One reaction per burst: setup (if any part asks for it) before the
-                    // reconcile, never a reconcile against a device that is being deleted.
                     Some(burst) => {
                         let reactions: Vec<Reaction> =
                             burst.iter().map(|n| self.backend.reaction(n)).collect();
-                        dirty = reactions.iter().any(|r| *r != Reaction::Ignore);
                         let cause = burst.iter().zip(&reactions).find(|(_, r)| **r == Reaction::Setup);
                         kernel_cause = cause.map(|(n, _)| (n.clone(), burst.len()));
+                        Wake::Kernel(decide::strongest(reactions))
                     }
                     None => {
                         tracing::warn!("kernel notification socket closed; relying on the {}s resync", RESYNC_PERIOD.as_secs());
                         notifications = Notifications::subscribe().context("cannot re-subscribe to kernel notifications")?;
+                        Wake::Tick
                     }
                 },
-                _ = resync.tick() => {
-                    self.expire_lingering();
-                    dirty = true;
-                }
-                _ = fw_tick.tick() => self.ensure_firewall().await,
-                _ = readiness_tick.tick() => {}
-            }
-            if let (false, Some((n, len))) = (needs_setup, kernel_cause) {
-                // Setup's own writes are reported too: only a difference needs setup again.
-                let drift = self.backend.drift(&self.nl).await;
-                if !drift.is_empty() {
-                    tracing::info!(
-                        "kernel reported {n:?} (in a burst of {len}): {}; re-running backend setup",
-                        drift.join("; ")
-                    );
-                    needs_setup = true;
-                }
-            }
-            if needs_setup {
-                needs_setup = !self.setup().await;
-            }
-            if dirty {
-                self.reconcile().await;
-            } else if !self.changed.is_empty() {
-                self.reconcile_changes().await;
-            }
-            if !self.env_written {
-                self.write_subnet_env();
-            }
-            self.publish_readiness();
+                _ = resync.tick() => Wake::Resync,
+                _ = fw_tick.tick() => Wake::RuleCheck,
+                _ = readiness_tick.tick() => Wake::Tick,
+            };
+            let pending = Pending {
+                setup: pending_setup,
+                changed_peers: !self.changed.is_empty(),
+            };
+            pending_setup = self.run_turn(decide(wake, pending), kernel_cause).await;
         }
+    }
+
+    /// Runs the steps of one turn ([`decide`]); returns whether setup failed (and stays pending).
+    async fn run_turn(&mut self, turn: Turn, kernel_cause: Option<(Notification, usize)>) -> bool {
+        if turn.expire_lingering {
+            self.expire_lingering();
+        }
+        if turn.check_rules {
+            self.ensure_firewall().await;
+        }
+        let mut setup = turn.setup;
+        if let (true, Some((n, len))) = (turn.check_drift, kernel_cause) {
+            // Setup's own writes are reported too: only a difference needs setup again.
+            let drift = self.backend.drift(&self.nl).await;
+            if !drift.is_empty() {
+                tracing::info!(
+                    "kernel reported {n:?} (in a burst of {len}): {}; re-running backend setup",
+                    drift.join("; ")
+                );
+                setup = true;
+            }
+        }
+        let setup_failed = setup && !self.setup().await;
+        match turn.reconcile {
+            Reconcile::Full => self.reconcile().await,
+            Reconcile::ChangedPeers => self.reconcile_changes().await,
+            Reconcile::Nothing => {}
+        }
+        if !self.env_written {
+            self.write_subnet_env();
+        }
+        self.publish_readiness();
+        setup_failed
     }
 
     /// Applies a peer watch update to the peer set. Returns whether a full reconcile is due (a

@@ -8,6 +8,7 @@ mod cli;
 mod config_watch;
 mod control;
 mod daemon;
+mod decide;
 mod firewall;
 mod healthz;
 mod iface;

@@ -275,7 +275,9 @@ mod tests {
         assert_eq!(flat.check(&lease("10.244.6.0-24", "10.1.2.3")), Ok(()));
         // A LAN inside the Network is still protected.
         let inside = policy().with_local_networks(["10.244.7.9/24".parse().unwrap()]);
-        assert!(inside.check(&lease("10.244.7.0-24", "192.168.1.11")).is_err());
+        assert!(inside
+            .check(&lease("10.244.7.0-24", "192.168.1.11"))
+            .is_err());
     }
 
     #[test]

@@ -1,0 +1,229 @@
+//! The control loop's decision: from what woke it and what earlier turns left pending, which steps
+//! to run this turn. Pure; [`crate::control`] runs the steps in the order of [`Turn`]'s fields.
+
+use backends::Reaction;
+
+/// What woke the control loop (after the loop applied what came with it, e.g. peer updates to the
+/// peer set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Peer lease updates; `listing_changed`: a complete listing changed the peers (events only
+    /// note the changed peers, see [`Pending::changed_peers`]).
+    Peers { listing_changed: bool },
+    /// Our own lease was published again; `moved`: it is for another subnet now.
+    Lease { moved: bool },
+    /// A burst of kernel notifications, by its strongest reaction (`Setup` > `Reconcile` >
+    /// `Ignore`).
+    Kernel(Reaction),
+    /// The periodic full reconcile (every 10 s).
+    Resync,
+    /// The periodic rule check (`--iptables-resync`).
+    RuleCheck,
+    /// The readiness tick: nothing changed, readiness is computed again.
+    Tick,
+}
+
+/// What earlier turns left to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pending {
+    /// Backend setup failed and is to be tried again.
+    pub setup: bool,
+    /// Peers changed by watch events wait for an incremental reconcile.
+    pub changed_peers: bool,
+}
+
+/// How this turn brings the kernel up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reconcile {
+    /// The kernel is not touched.
+    Nothing,
+    /// Just the changed peers' objects, against the reconciler's model of the kernel (falls back
+    /// to [`Reconcile::Full`] when that does not apply cleanly).
+    ChangedPeers,
+    /// Dump, plan and apply everything.
+    Full,
+}
+
+/// The steps of one turn, run in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Turn {
+    /// Forget the lingering peers whose grace period is over.
+    pub expire_lingering: bool,
+    /// Check (and repair) the iptables rules.
+    pub check_rules: bool,
+    /// Ask the backend whether the kernel differs from what its setup configured (the
+    /// notifications of setup's own writes do not); a difference turns `setup` on.
+    pub check_drift: bool,
+    /// Run backend setup (init and configure); a failure stays pending.
+    pub setup: bool,
+    /// How to reconcile afterwards.
+    pub reconcile: Reconcile,
+}
+
+/// Decides one turn.
+pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
+    let full = match wake {
+        Wake::Peers { listing_changed } => listing_changed,
+        Wake::Lease { moved } => moved,
+        Wake::Kernel(reaction) => reaction != Reaction::Ignore,
+        Wake::Resync => true,
+        Wake::RuleCheck | Wake::Tick => false,
+    };
+    let setup = pending.setup || wake == (Wake::Lease { moved: true });
+    let reconcile = if full {
+        Reconcile::Full
+    } else if pending.changed_peers {
+        Reconcile::ChangedPeers
+    } else {
+        Reconcile::Nothing
+    };
+    Turn {
+        expire_lingering: wake == Wake::Resync,
+        check_rules: wake == Wake::RuleCheck,
+        check_drift: wake == Wake::Kernel(Reaction::Setup) && !setup,
+        setup,
+        reconcile,
+    }
+}
+
+/// The strongest of a burst's reactions: one setup before one reconcile for the whole burst.
+pub(crate) fn strongest(reactions: impl IntoIterator<Item = Reaction>) -> Reaction {
+    let rank = |r: &Reaction| match r {
+        Reaction::Ignore => 0,
+        Reaction::Reconcile => 1,
+        Reaction::Setup => 2,
+    };
+    reactions
+        .into_iter()
+        .max_by_key(rank)
+        .unwrap_or(Reaction::Ignore)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOTHING: Pending = Pending {
+        setup: false,
+        changed_peers: false,
+    };
+
+    fn turn(reconcile: Reconcile) -> Turn {
+        Turn {
+            expire_lingering: false,
+            check_rules: false,
+            check_drift: false,
+            setup: false,
+            reconcile,
+        }
+    }
+
+    #[test]
+    fn each_wake_with_nothing_pending() {
+        use Reconcile::*;
+        let cases = [
+            (
+                Wake::Peers {
+                    listing_changed: true,
+                },
+                turn(Full),
+            ),
+            (
+                Wake::Peers {
+                    listing_changed: false,
+                },
+                turn(Nothing),
+            ),
+            (Wake::Lease { moved: false }, turn(Nothing)),
+            (
+                Wake::Lease { moved: true },
+                Turn {
+                    setup: true,
+                    ..turn(Full)
+                },
+            ),
+            (Wake::Kernel(Reaction::Ignore), turn(Nothing)),
+            (Wake::Kernel(Reaction::Reconcile), turn(Full)),
+            (
+                Wake::Kernel(Reaction::Setup),
+                Turn {
+                    check_drift: true,
+                    ..turn(Full)
+                },
+            ),
+            (
+                Wake::Resync,
+                Turn {
+                    expire_lingering: true,
+                    ..turn(Full)
+                },
+            ),
+            (
+                Wake::RuleCheck,
+                Turn {
+                    check_rules: true,
+                    ..turn(Nothing)
+                },
+            ),
+            (Wake::Tick, turn(Nothing)),
+        ];
+        for (wake, want) in cases {
+            assert_eq!(decide(wake, NOTHING), want, "{wake:?}");
+        }
+    }
+
+    #[test]
+    fn changed_peers_are_programmed_incrementally_unless_a_full_reconcile_is_due() {
+        let pending = Pending {
+            changed_peers: true,
+            ..NOTHING
+        };
+        let events = decide(
+            Wake::Peers {
+                listing_changed: false,
+            },
+            pending,
+        );
+        assert_eq!(events.reconcile, Reconcile::ChangedPeers);
+        // A tick or rule check also programs them (they were left by an earlier turn).
+        assert_eq!(
+            decide(Wake::Tick, pending).reconcile,
+            Reconcile::ChangedPeers
+        );
+        for wake in [
+            Wake::Resync,
+            Wake::Kernel(Reaction::Reconcile),
+            Wake::Lease { moved: true },
+        ] {
+            assert_eq!(decide(wake, pending).reconcile, Reconcile::Full, "{wake:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_setup_is_retried_on_every_turn_and_skips_the_drift_check() {
+        let pending = Pending {
+            setup: true,
+            ..NOTHING
+        };
+        for wake in [
+            Wake::Tick,
+            Wake::RuleCheck,
+            Wake::Peers {
+                listing_changed: false,
+            },
+        ] {
+            assert!(decide(wake, pending).setup, "{wake:?}");
+        }
+        let device_gone = decide(Wake::Kernel(Reaction::Setup), pending);
+        assert!(device_gone.setup && !device_gone.check_drift);
+        assert_eq!(device_gone.reconcile, Reconcile::Full);
+    }
+
+    #[test]
+    fn a_burst_acts_on_its_strongest_reaction() {
+        use Reaction::*;
+        assert_eq!(strongest([Ignore, Reconcile, Ignore]), Reconcile);
+        assert_eq!(strongest([Reconcile, Setup, Ignore]), Setup);
+        assert_eq!(strongest([]), Ignore);
+    }
+}
