@@ -59,6 +59,17 @@ fn join(networks: &[Ipv4Net]) -> String {
         .join(", ")
 }
 
+/// Starts the peer lease watch again after a pause: its task ends only with its receiver, so
+/// should it die, it is restarted, never in a busy loop.
+async fn restart_peer_watch<R: Registry>(registry: &R) -> mpsc::Receiver<WatchUpdate> {
+    tracing::error!(
+        "the peer lease watch stopped; restarting it in {}s",
+        WATCH_RESTART_PAUSE.as_secs()
+    );
+    tokio::time::sleep(WATCH_RESTART_PAUSE).await;
+    registry.watch_leases(WatchScope::AllLeases)
+}
+
 /// Everything the control loop owns.
 pub(crate) struct Agent {
     pub(crate) peers: PeerSet,
@@ -115,20 +126,11 @@ impl Agent {
             let wake = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 update = peer_watch.recv() => match update {
-                    Some(update) => {
-                        // Take every update already queued, to program them in one go.
-                        let mut listing_changed = self.on_peer_update(update);
-                        while let Ok(more) = peer_watch.try_recv() {
-                            listing_changed |= self.on_peer_update(more);
-                        }
-                        Wake::Peers { listing_changed }
-                    }
-                    // The watch task ends only with its receiver; should it die, restart it
-                    // after a pause, never in a busy loop.
+                    Some(update) => Wake::Peers {
+                        listing_changed: self.on_peer_updates(update, &mut peer_watch),
+                    },
                     None => {
-                        tracing::error!("the peer lease watch stopped; restarting it in {}s", WATCH_RESTART_PAUSE.as_secs());
-                        tokio::time::sleep(WATCH_RESTART_PAUSE).await;
-                        peer_watch = registry.watch_leases(WatchScope::AllLeases);
+                        peer_watch = restart_peer_watch(registry).await;
                         Wake::Tick
                     }
                 },
@@ -141,11 +143,9 @@ impl Agent {
                 }
                 burst = notifications.next_burst() => match burst {
                     Some(burst) => {
-                        let reactions: Vec<Reaction> =
-                            burst.iter().map(|n| self.backend.reaction(n)).collect();
-                        let cause = burst.iter().zip(&reactions).find(|(_, r)| **r == Reaction::Setup);
-                        kernel_cause = cause.map(|(n, _)| (n.clone(), burst.len()));
-                        Wake::Kernel(decide::strongest(reactions))
+                        let (reaction, cause) = self.on_kernel_burst(&burst);
+                        kernel_cause = cause;
+                        Wake::Kernel(reaction)
                     }
                     None => {
                         tracing::warn!("kernel notification socket closed; relying on the {}s resync", RESYNC_PERIOD.as_secs());
@@ -163,6 +163,18 @@ impl Agent {
             };
             pending_setup = self.run_turn(decide(wake, pending), kernel_cause).await;
         }
+    }
+
+    /// The backend's reaction to a burst of kernel notifications (its strongest), and the
+    /// notification that asked for setup, if any, with the burst's size (for the log).
+    fn on_kernel_burst(&self, burst: &[Notification]) -> (Reaction, Option<(Notification, usize)>) {
+        let reactions: Vec<Reaction> = burst.iter().map(|n| self.backend.reaction(n)).collect();
+        let cause = burst
+            .iter()
+            .zip(&reactions)
+            .find(|(_, r)| **r == Reaction::Setup);
+        let cause = cause.map(|(n, _)| (n.clone(), burst.len()));
+        (decide::strongest(reactions), cause)
     }
 
     /// Runs the steps of one turn ([`decide`]); returns whether setup failed (and stays pending).
@@ -196,6 +208,20 @@ impl Agent {
         }
         self.publish_readiness();
         setup_failed
+    }
+
+    /// Applies `first` and every update already queued behind it, to program them in one go;
+    /// returns whether a listing changed the peers.
+    fn on_peer_updates(
+        &mut self,
+        first: WatchUpdate,
+        rx: &mut mpsc::Receiver<WatchUpdate>,
+    ) -> bool {
+        let mut listing_changed = self.on_peer_update(first);
+        while let Ok(more) = rx.try_recv() {
+            listing_changed |= self.on_peer_update(more);
+        }
+        listing_changed
     }
 
     /// Applies a peer watch update to the peer set. Returns whether a full reconcile is due (a
