@@ -102,7 +102,49 @@ pub(crate) struct Agent {
     pub(crate) lingering: BTreeMap<Ipv4Net, (Lease, tokio::time::Instant)>,
 }
 
+/// What the control loop starts with; the rest of its state starts empty.
+pub(crate) struct Parts {
+    /// The policy peer leases are checked against.
+    pub(crate) policy: LeasePolicy,
+    pub(crate) lease: Lease,
+    pub(crate) lease_handle: LeaseHandle,
+    pub(crate) etcd_contact: watch::Receiver<tokio::time::Instant>,
+    pub(crate) backend: Backend,
+    pub(crate) nl: Netlink,
+    pub(crate) firewall: Option<Firewall>,
+    pub(crate) subnet_file: PathBuf,
+    pub(crate) ip_masq: bool,
+    pub(crate) ready_tx: watch::Sender<Readiness>,
+    pub(crate) config_note: watch::Receiver<Option<String>>,
+}
+
 impl Agent {
+    /// The agent before its first listing: no peers, nothing converged or written yet.
+    pub(crate) fn new(parts: Parts) -> Agent {
+        Agent {
+            network: parts.policy.network,
+            peers: PeerSet::with_policy(parts.policy),
+            lease: parts.lease,
+            lease_handle: parts.lease_handle,
+            backend: parts.backend,
+            reconciler: Reconciler::new(parts.nl.clone()),
+            nl: parts.nl,
+            changed: BTreeMap::new(),
+            firewall: parts.firewall,
+            firewall_ok: true,
+            converged: false,
+            env_written: false,
+            subnet_file: parts.subnet_file,
+            ip_masq: parts.ip_masq,
+            ready_tx: parts.ready_tx,
+            last_status: None,
+            etcd_contact: parts.etcd_contact,
+            config_note: parts.config_note,
+            setup_failure: None,
+            lingering: BTreeMap::new(),
+        }
+    }
+
     /// Reacts to kernel, etcd and timer events until `shutdown`.
     pub(crate) async fn control_loop<R: Registry>(
         &mut self,

@@ -9,7 +9,6 @@
 //! (and any change that did not apply cleanly) runs a full one. SIGTERM/SIGINT leave routes,
 //! devices, rules, subnet.env and the etcd lease in place (DESIGN principle 5).
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,19 +16,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use backends::{Backend, Netlink, Notifications, Reconciler};
+use backends::{Backend, Netlink, Notifications};
 use subnet::etcd::{EtcdOptions, EtcdRegistry};
 use subnet::keyspace::{Detector, EtcdApi, Keyspace};
 use subnet::manager::{self, LeaseManager, LeaseTiming};
 use subnet::registry::Registry;
 use subnet::watch::WatchScope;
-use subnet::{LeasePolicy, PeerSet, PreviousEnv};
+use subnet::{LeasePolicy, PreviousEnv};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Options;
-use crate::control::Agent;
-use crate::firewall::{Detection, Firewall, FirewallOptions};
+use crate::control::{Agent, Parts};
+use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions};
 use crate::healthz::{self, Readiness};
 use crate::iface::{self, Selection};
 use crate::sdnotify;
@@ -49,21 +48,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     }
 
     let (ready_tx, ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
-    if opts.healthz_port > 0 {
-        let ip: IpAddr = opts
-            .healthz_ip
-            .parse()
-            .with_context(|| format!("--healthz-ip {:?} is not an IP address", opts.healthz_ip))?;
-        let port = u16::try_from(opts.healthz_port).with_context(|| {
-            format!("--healthz-port {} is not a port number", opts.healthz_port)
-        })?;
-        let addr = SocketAddr::new(ip, port);
-        let listener = healthz::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (--healthz-ip/--healthz-port)"))?;
-        tracing::info!("health server on http://{addr}/healthz and /readyz");
-        tokio::spawn(healthz::serve(listener, ready_rx));
-    }
+    start_health_server(&opts, ready_rx).await?;
 
     // iptables detection needs no lease: it runs while etcd is asked for config and lease.
     let fw_options = FirewallOptions {
@@ -82,24 +67,8 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         etcd.prefix
     );
     ready_tx.send_replace(Readiness::NotReady("waiting for the network config".into()));
-    let keyspace = match api {
-        EtcdApi::V3 => Keyspace::V3(Box::new(
-            EtcdRegistry::connect(&etcd).await.context("etcd")?,
-        )),
-        EtcdApi::V2 => Keyspace::V2(subnet::EtcdV2Registry::connect(&etcd).context("etcd")?),
-        EtcdApi::Auto => {
-            let detector = Detector::connect(&etcd).await.context("etcd")?;
-            let found = retry(
-                &shutdown,
-                "Couldn't fetch network config",
-                |e: &subnet::registry::RegistryError| !e.is_retryable(),
-                || detector.detect(),
-            );
-            let Some(keyspace) = found.await? else {
-                return Ok(());
-            };
-            keyspace
-        }
+    let Some(keyspace) = open_keyspace(api, &etcd, &shutdown).await? else {
+        return Ok(());
     };
     match keyspace {
         Keyspace::V3(registry) => {
@@ -112,25 +81,131 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     }
 }
 
-/// The agent on the keyspace chosen: config, interface, backend, lease, data plane, control loop.
+/// Serves `/healthz` and `/readyz` on `--healthz-ip:--healthz-port` (not at all with port 0).
+async fn start_health_server(opts: &Options, ready_rx: watch::Receiver<Readiness>) -> Result<()> {
+    if opts.healthz_port == 0 {
+        return Ok(());
+    }
+    let ip: IpAddr = (opts.healthz_ip.parse())
+        .with_context(|| format!("--healthz-ip {:?} is not an IP address", opts.healthz_ip))?;
+    let port = u16::try_from(opts.healthz_port)
+        .with_context(|| format!("--healthz-port {} is not a port number", opts.healthz_port))?;
+    let addr = SocketAddr::new(ip, port);
+    let listener = healthz::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--healthz-ip/--healthz-port)"))?;
+    tracing::info!("health server on http://{addr}/healthz and /readyz");
+    tokio::spawn(healthz::serve(listener, ready_rx));
+    Ok(())
+}
+
+/// The etcd keyspace to run on: `--etcd-api=v3|v2`, or (auto) the one holding the config, waited
+/// for like a missing config. `None` when `shutdown` fires first.
+async fn open_keyspace(
+    api: EtcdApi,
+    etcd: &EtcdOptions,
+    shutdown: &CancellationToken,
+) -> Result<Option<Keyspace>> {
+    Ok(Some(match api {
+        EtcdApi::V3 => Keyspace::V3(Box::new(EtcdRegistry::connect(etcd).await.context("etcd")?)),
+        EtcdApi::V2 => Keyspace::V2(subnet::EtcdV2Registry::connect(etcd).context("etcd")?),
+        EtcdApi::Auto => {
+            let detector = Detector::connect(etcd).await.context("etcd")?;
+            let fatal = |e: &subnet::registry::RegistryError| !e.is_retryable();
+            let found = retry(shutdown, "Couldn't fetch network config", fatal, || {
+                detector.detect()
+            });
+            let Some(keyspace) = found.await? else {
+                return Ok(None);
+            };
+            keyspace
+        }
+    }))
+}
+
+/// The agent on the keyspace chosen, step by step: a usable config, the interface, the backend
+/// (vxlan device), the lease, the data plane and rules, the first listing programmed, subnet.env
+/// and readiness; then the control loop until `shutdown`.
 async fn serve<R: Registry>(
     registry: R,
     opts: Options,
     previous: PreviousEnv,
-    (detection, fw_options): (Detection, FirewallOptions),
+    firewall: (Detection, FirewallOptions),
     ready_tx: watch::Sender<Readiness>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let subnet_file = PathBuf::from(&opts.subnet_file);
-    let Some((config, range)) = retry(
-        &shutdown,
-        "Couldn't fetch network config",
-        ConfigProblem::is_fatal,
-        || usable_config(&registry),
-    )
-    .await?
+    let Some((config, range)) = wait_for_config(&registry, &shutdown).await? else {
+        return Ok(());
+    };
+    let nl = Netlink::connect().context("cannot open a netlink socket")?;
+    let selected = choose_interface(&opts).await?;
+    let mut backend = Backend::new(&config.backend, external(&selected), selected.public_ip)?;
+    let attrs = backend.init(&nl).await?;
+    ready_tx.send_replace(Readiness::NotReady("acquiring a subnet lease".into()));
+    let Some(manager) =
+        acquire_lease(&registry, &config, attrs, previous.subnet, &opts, &shutdown).await?
     else {
         return Ok(());
+    };
+    let lease = manager.lease();
+    let (firewall, first_check) =
+        configure_data_plane(&mut backend, &nl, &lease, range.network, firewall, previous).await?;
+    let lease_rx = manager.subscribe();
+    let mut agent = Agent::new(Parts {
+        policy: LeasePolicy::new(
+            range.network,
+            range.subnet_len,
+            lease.subnet(),
+            selected.public_ip,
+        ),
+        lease,
+        lease_handle: manager.handle(),
+        etcd_contact: manager.contact(),
+        backend,
+        nl,
+        firewall,
+        subnet_file: PathBuf::from(&opts.subnet_file),
+        ip_masq: opts.ip_masq,
+        ready_tx,
+        config_note: crate::config_watch::spawn(registry.clone(), config.clone()),
+    });
+    let manager_task = tokio::spawn(manager.run());
+    let Some((peer_watch, notifications)) =
+        first_sync(&mut agent, &registry, first_check, &shutdown).await?
+    else {
+        manager_task.abort();
+        return Ok(());
+    };
+    let result = agent
+        .control_loop(
+            &registry,
+            peer_watch,
+            lease_rx,
+            notifications,
+            opts.iptables_resync,
+            &shutdown,
+        )
+        .await;
+    manager_task.abort();
+    tracing::info!("Exiting cleanly... (routes, devices, rules, subnet.env and the etcd lease are left in place)");
+    result
+}
+
+/// Step 1: waits for a network config that is valid including its `Backend` section; logs it and
+/// what of it is not implemented. `None` when `shutdown` fires first.
+async fn wait_for_config<R: Registry>(
+    registry: &R,
+    shutdown: &CancellationToken,
+) -> Result<Option<(subnet::NetworkConfig, subnet::config::Ipv4Range)>> {
+    let found = retry(
+        shutdown,
+        "Couldn't fetch network config",
+        ConfigProblem::is_fatal,
+        || usable_config(registry),
+    )
+    .await?;
+    let Some((config, range)) = found else {
+        return Ok(None);
     };
     if config.ipv6.is_some() {
         tracing::warn!(
@@ -148,31 +223,30 @@ async fn serve<R: Registry>(
         range.subnet_max,
         config.backend.backend_type
     );
+    Ok(Some((config, range)))
+}
 
-    let nl = Netlink::connect().context("cannot open a netlink socket")?;
-    let selected = {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().context("cannot open a netlink socket")?;
-        let driver = tokio::spawn(conn);
-        let can_reach = match opts.iface_can_reach.as_str() {
-            "" => None,
-            s => Some(
-                s.parse::<Ipv4Addr>()
-                    .with_context(|| format!("--iface-can-reach {s:?} is not an IPv4 address"))?,
-            ),
-        };
-        let host = iface::read_host(&handle, can_reach).await?;
-        driver.abort();
-        iface::select(
-            &host,
-            &Selection {
-                iface: &opts.iface,
-                iface_regex: &opts.iface_regex,
-                can_reach: &opts.iface_can_reach,
-                public_ip: &opts.public_ip,
-            },
-        )?
+/// Step 2: chooses the external interface and public IP (`--iface`, `--iface-regex`,
+/// `--iface-can-reach`, `--public-ip`) and logs why.
+async fn choose_interface(opts: &Options) -> Result<iface::ExternalInterface> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
+    let driver = tokio::spawn(conn);
+    let can_reach = match opts.iface_can_reach.as_str() {
+        "" => None,
+        s => Some(
+            s.parse::<Ipv4Addr>()
+                .with_context(|| format!("--iface-can-reach {s:?} is not an IPv4 address"))?,
+        ),
     };
+    let host = iface::read_host(&handle, can_reach).await;
+    driver.abort();
+    let selection = Selection {
+        iface: &opts.iface,
+        iface_regex: &opts.iface_regex,
+        can_reach: &opts.iface_can_reach,
+        public_ip: &opts.public_ip,
+    };
+    let selected = iface::select(&host?, &selection)?;
     tracing::info!(
         "using interface {} (index {}, MTU {}) address {}, public IP {}: {}",
         selected.iface.name,
@@ -182,99 +256,87 @@ async fn serve<R: Registry>(
         selected.public_ip,
         selected.reason
     );
+    Ok(selected)
+}
 
-    let ext = backends::ExternalInterface {
+/// The backend's view of the chosen interface.
+fn external(selected: &iface::ExternalInterface) -> backends::ExternalInterface {
+    backends::ExternalInterface {
         name: selected.iface.name.clone(),
         index: selected.iface.index,
         addr: selected.iface_addr,
         mtu: selected.iface.mtu,
-    };
-    let mut backend = Backend::new(&config.backend, ext, selected.public_ip)?;
-    let attrs = backend.init(&nl).await?;
+    }
+}
 
-    ready_tx.send_replace(Readiness::NotReady("acquiring a subnet lease".into()));
+/// Step 3: acquires the lease (retried; the manager logs which subnet and why). `None` when
+/// `shutdown` fires first.
+async fn acquire_lease<R: Registry>(
+    registry: &R,
+    config: &subnet::NetworkConfig,
+    attrs: subnet::LeaseAttrs,
+    previous: Option<ipnet::Ipv4Net>,
+    opts: &Options,
+    shutdown: &CancellationToken,
+) -> Result<Option<LeaseManager<R>>> {
     let timing =
         LeaseTiming::with_renew_margin_minutes(opts.subnet_lease_renew_margin.unsigned_abs());
-    let Some(manager) = retry(
-        &shutdown,
+    let acquired = retry(
+        shutdown,
         "Couldn't acquire a subnet lease",
         |e: &manager::AcquireError| !e.is_retryable(),
-        || {
-            LeaseManager::start(
-                registry.clone(),
-                &config,
-                attrs.clone(),
-                previous.subnet,
-                timing,
-            )
-        },
-    )
-    .await?
-    else {
-        return Ok(());
-    };
-    let lease = manager.lease();
-    tracing::info!(
-        "lease acquired: {} (PublicIP {})",
-        lease.subnet(),
-        lease.attrs.public_ip
-    );
-    let lease_rx = manager.subscribe();
-    let etcd_contact = manager.contact();
-    let lease_handle = manager.handle();
-    let manager_task = tokio::spawn(manager.run());
-
-    backend.configure(&nl, &lease, range.network).await?;
-    let firewall = Firewall::new(
-        fw_options,
-        detection,
-        range.network,
-        lease.subnet(),
-        previous,
+        || LeaseManager::start(registry.clone(), config, attrs.clone(), previous, timing),
     )
     .await?;
-    // The first rule check runs while the peers are listed and programmed.
-    let first_check = firewall.as_ref().map(Firewall::start_ensure);
+    if let Some(manager) = &acquired {
+        let lease = manager.lease();
+        tracing::info!(
+            "lease acquired: {} (PublicIP {})",
+            lease.subnet(),
+            lease.attrs.public_ip
+        );
+    }
+    Ok(acquired)
+}
 
+/// Step 4: the data plane for our lease (the vxlan device's address, up) and the iptables rules;
+/// the first rule check starts and runs while the peers are listed and programmed.
+async fn configure_data_plane(
+    backend: &mut Backend,
+    nl: &Netlink,
+    lease: &subnet::Lease,
+    network: ipnet::Ipv4Net,
+    (detection, fw_options): (Detection, FirewallOptions),
+    previous: PreviousEnv,
+) -> Result<(Option<Firewall>, Option<EnsureTask>)> {
+    backend.configure(nl, lease, network).await?;
+    let firewall = Firewall::new(fw_options, detection, network, lease.subnet(), previous).await?;
+    let first_check = firewall.as_ref().map(Firewall::start_ensure);
+    Ok((firewall, first_check))
+}
+
+/// Step 5: subscribes to kernel notifications, programs the first complete listing of peers and
+/// finishes the first rule check, then writes subnet.env and announces readiness. Returns the peer
+/// watch and the notifications, or `None` when `shutdown` fires first.
+async fn first_sync<R: Registry>(
+    agent: &mut Agent,
+    registry: &R,
+    first_check: Option<EnsureTask>,
+    shutdown: &CancellationToken,
+) -> Result<
+    Option<(
+        tokio::sync::mpsc::Receiver<subnet::WatchUpdate>,
+        Notifications,
+    )>,
+> {
+    // Subscribed first: a change during the first reconcile is then not missed.
     let notifications = Notifications::subscribe()
         .context("cannot subscribe to kernel link/route notifications")?;
-    let policy = LeasePolicy::new(
-        range.network,
-        range.subnet_len,
-        lease.subnet(),
-        selected.public_ip,
-    );
-    let mut agent = Agent {
-        peers: PeerSet::with_policy(policy),
-        lease,
-        lease_handle,
-        network: range.network,
-        backend,
-        nl: nl.clone(),
-        reconciler: Reconciler::new(nl),
-        changed: BTreeMap::new(),
-        firewall,
-        firewall_ok: true,
-        converged: false,
-        env_written: false,
-        subnet_file,
-        ip_masq: opts.ip_masq,
-        ready_tx,
-        last_status: None,
-        etcd_contact,
-        lingering: BTreeMap::new(),
-        setup_failure: None,
-        config_note: crate::config_watch::spawn(registry.clone(), config.clone()),
-    };
     // The host's networks are known before the first lease is checked against them.
     agent.refresh_local_networks().await;
     let mut peer_watch = registry.watch_leases(WatchScope::AllLeases);
-    // The first update is the full listing: program it before declaring the data plane ready.
     tokio::select! {
-        _ = shutdown.cancelled() => {
-            manager_task.abort();
-            return Ok(());
-        }
+        _ = shutdown.cancelled() => return Ok(None),
         first = peer_watch.recv() => {
             if let Some(update) = first {
                 agent.on_peer_update(update);
@@ -289,20 +351,7 @@ async fn serve<R: Registry>(
     release_freed_heap();
     sdnotify::notify_ready();
     agent.publish_readiness();
-
-    let result = agent
-        .control_loop(
-            &registry,
-            peer_watch,
-            lease_rx,
-            notifications,
-            opts.iptables_resync,
-            &shutdown,
-        )
-        .await;
-    manager_task.abort();
-    tracing::info!("Exiting cleanly... (routes, devices, rules, subnet.env and the etcd lease are left in place)");
-    result
+    Ok(Some((peer_watch, notifications)))
 }
 
 /// Why the network config cannot be used yet; all but a fatal registry error are waited on
