@@ -12,8 +12,8 @@ use backends::{Backend, Netlink, Notification, Notifications, Reaction, Reconcil
 use ipnet::Ipv4Net;
 use subnet::manager::{self, LeaseHandle};
 use subnet::registry::Registry;
-use subnet::watch::{WatchScope, WatchUpdate};
 use subnet::{Lease, LeasePolicy, PeerSet, SubnetEnv};
+use subnet::{WatchScope, WatchUpdate};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 

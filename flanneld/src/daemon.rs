@@ -21,7 +21,7 @@ use subnet::etcd::{EtcdOptions, EtcdRegistry};
 use subnet::keyspace::{Detector, EtcdApi, Keyspace};
 use subnet::manager::{self, LeaseManager, LeaseTiming};
 use subnet::registry::Registry;
-use subnet::watch::WatchScope;
+use subnet::WatchScope;
 use subnet::{LeasePolicy, PreviousEnv};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -5,6 +5,8 @@
 //! prefix joined with path semantics (`/coreos.com/network/` and `/coreos.com/network` are the
 //! same). Leases are written with a fresh etcd lease (TTL) by compare-guarded transactions.
 
+mod watch;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -18,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::registry::{PutGuard, Registry, RegistryError, StoredLease};
-use crate::watch::{self, WatchScope, WatchUpdate};
+use crate::registry::{WatchScope, WatchUpdate};
 
 /// Go flanneld's default `--etcd-endpoints`.
 pub const DEFAULT_ENDPOINTS: [&str; 2] = ["http://127.0.0.1:4001", "http://127.0.0.1:2379"];
@@ -645,7 +647,7 @@ impl Registry for EtcdRegistry {
     }
 
     fn watch_leases(&self, scope: WatchScope) -> mpsc::Receiver<WatchUpdate> {
-        watch::spawn(self.clone(), scope)
+        crate::watch::spawn(self.clone(), scope)
     }
 }
 

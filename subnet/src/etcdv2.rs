@@ -22,7 +22,7 @@ use crate::config::NetworkConfig;
 use crate::etcd::{EtcdOptions, Keys, EXAMPLE_CONFIG};
 use crate::lease::{LeaseAttrs, SubnetKey};
 use crate::registry::{PutGuard, Registry, RegistryError, StoredLease};
-use crate::watch::{WatchScope, WatchUpdate};
+use crate::registry::{WatchScope, WatchUpdate};
 
 /// v2 error: the key does not exist.
 const KEY_NOT_FOUND: u32 = 100;

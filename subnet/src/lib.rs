@@ -29,5 +29,4 @@ pub use etcd::{EtcdOptions, EtcdRegistry};
 pub use etcdv2::EtcdV2Registry;
 pub use keyspace::{EtcdApi, Keyspace};
 pub use manager::{AcquireError, LeaseManager, LeaseTiming};
-pub use registry::{Registry, RegistryError};
-pub use watch::{WatchScope, WatchUpdate};
+pub use registry::{Registry, RegistryError, WatchScope, WatchUpdate};

@@ -18,8 +18,7 @@ use crate::alloc::{self, Choice, OutOfSubnets, Reason};
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::peers::LeaseEvent;
-use crate::registry::{PutGuard, Registry, RegistryError, StoredLease};
-use crate::watch::{WatchScope, WatchUpdate};
+use crate::registry::{PutGuard, Registry, RegistryError, StoredLease, WatchScope, WatchUpdate};
 
 /// How many times a lost creation race is retried with another subnet.
 const MAX_ATTEMPTS: usize = 10;

@@ -10,7 +10,25 @@ use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, NetworkConfig};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
-use crate::watch::{WatchScope, WatchUpdate};
+use crate::peers::LeaseEvent;
+
+/// Which leases to watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchScope {
+    /// Every lease under `<prefix>/subnets/` (the peers, and our own).
+    AllLeases,
+    /// One lease key (our own).
+    OneLease(SubnetKey),
+}
+
+/// What a lease watch delivers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchUpdate {
+    /// The complete current set of leases in the scope; replaces everything known before.
+    Snapshot(Vec<Lease>),
+    /// Changes since the previous update, in order (one batch per etcd watch response).
+    Events(Vec<LeaseEvent>),
+}
 
 /// A lease as stored, with the store revision it was last written at (for guarded writes).
 #[derive(Clone, Debug, PartialEq)]

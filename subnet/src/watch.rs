@@ -11,38 +11,16 @@
 //! key or value is skipped with a warning; it never
 //! turns into an empty snapshot (Go flanneld's hazard).
 //!
-//! The loop is shared by both etcd APIs through [`WatchSource`]; the v3 source is here, the v2
-//! one in [`crate::etcdv2`].
+//! The loop is shared by both etcd APIs through [`WatchSource`]; the sources are in
+//! `etcd/watch.rs` (v3) and `etcdv2/watch.rs` (v2).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Event, EventType};
 use tokio::sync::mpsc;
 
-use crate::etcd::EtcdRegistry;
-use crate::lease::{Lease, SubnetKey};
-use crate::peers::LeaseEvent;
-use crate::registry::{RegistryError, StoredLease};
+use crate::registry::{RegistryError, StoredLease, WatchScope, WatchUpdate};
 use crate::retry::{Backoff, WarnOnce};
-
-/// Which leases to watch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WatchScope {
-    /// Every lease under `<prefix>/subnets/` (the peers, and our own).
-    AllLeases,
-    /// One lease key (our own).
-    OneLease(SubnetKey),
-}
-
-/// What a lease watch delivers.
-#[derive(Clone, Debug, PartialEq)]
-pub enum WatchUpdate {
-    /// The complete current set of leases in the scope; replaces everything known before.
-    Snapshot(Vec<Lease>),
-    /// Changes since the previous update, in order (one batch per etcd watch response).
-    Events(Vec<LeaseEvent>),
-}
 
 /// Smallest reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -154,91 +132,4 @@ async fn run<S: WatchSource>(source: &S, scope: WatchScope, tx: &mpsc::Sender<Wa
             }
         }
     }
-}
-
-impl WatchSource for EtcdRegistry {
-    async fn list(&self, scope: WatchScope) -> Result<(Vec<StoredLease>, i64), RegistryError> {
-        EtcdRegistry::list(self, scope).await
-    }
-
-    async fn follow(&self, scope: WatchScope, start: i64, tx: &mpsc::Sender<WatchUpdate>) -> Ended {
-        follow(self, scope, start, tx).await
-    }
-}
-
-/// Follows one etcd v3 watch stream from `start`, sending event batches until it ends.
-async fn follow(
-    registry: &EtcdRegistry,
-    scope: WatchScope,
-    start: i64,
-    tx: &mpsc::Sender<WatchUpdate>,
-) -> Ended {
-    let mut next = start;
-    let mut stream = match registry.open_watch(scope, start).await {
-        Ok(stream) => stream,
-        Err(e) => {
-            return Ended::Broken {
-                resume_from: next,
-                error: e.to_string(),
-            }
-        }
-    };
-    loop {
-        let response = match stream.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => {
-                return Ended::Broken {
-                    resume_from: next,
-                    error: "etcd closed the watch stream".into(),
-                }
-            }
-            Err(e) => {
-                return Ended::Broken {
-                    resume_from: next,
-                    error: registry.describe("watch leases", e).to_string(),
-                }
-            }
-        };
-        let position = response.header().map(|h| h.revision());
-        if let Some(now) = position.filter(|now| response.created() && now + 1 < start) {
-            return Ended::Rewound {
-                from: start - 1,
-                now,
-            };
-        }
-        if response.canceled() {
-            if response.compact_revision() > 0 {
-                return Ended::Compacted(response.compact_revision());
-            }
-            return Ended::Broken {
-                resume_from: next,
-                error: format!("etcd canceled the watch: {}", response.cancel_reason()),
-            };
-        }
-        let events = translate(registry, response.events(), &mut next);
-        if !events.is_empty() && tx.send(WatchUpdate::Events(events)).await.is_err() {
-            return Ended::Stopped;
-        }
-    }
-}
-
-/// Turns etcd events into lease events, skipping malformed ones with a warning, and advances
-/// `next` past every event seen.
-fn translate(registry: &EtcdRegistry, events: &[Event], next: &mut i64) -> Vec<LeaseEvent> {
-    let mut out = Vec::with_capacity(events.len());
-    for event in events {
-        let Some(kv) = event.kv() else { continue };
-        *next = (*next).max(kv.mod_revision() + 1);
-        match event.event_type() {
-            EventType::Put => match registry.decode(kv) {
-                Ok(stored) => out.push(LeaseEvent::Added(stored.lease)),
-                Err(e) => tracing::warn!("ignoring malformed lease update: {e}"),
-            },
-            EventType::Delete => match registry.decode_key(kv.key()) {
-                Ok(key) => out.push(LeaseEvent::Removed(key)),
-                Err(e) => tracing::debug!("ignoring deletion of a non-lease key: {e}"),
-            },
-        }
-    }
-    out
 }

@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use super::{Answer, EtcdV2Registry, Outcome, EVENT_INDEX_CLEARED};
 use crate::peers::LeaseEvent;
 use crate::registry::{RegistryError, StoredLease};
-use crate::watch::{Ended, WatchScope, WatchSource, WatchUpdate};
+use crate::registry::{WatchScope, WatchUpdate};
+use crate::watch::{Ended, WatchSource};
 
 /// How long one long poll waits for an event before it is re-issued.
 const POLL: Duration = Duration::from_secs(60);
