@@ -192,14 +192,6 @@ impl Backend {
         })
     }
 
-    /// The backend type as published in leases (`host-gw` or `vxlan`).
-    pub fn backend_type(&self) -> &'static str {
-        match self.kind {
-            Kind::HostGw(_) => hostgw::TYPE,
-            Kind::Vxlan(_) => vxlan::TYPE,
-        }
-    }
-
     /// Prepares the kernel before the lease is acquired and returns the lease attributes to
     /// publish. host-gw: re-reads the external interface. vxlan: also creates `flannel.<VNI>`
     /// or reuses a compatible existing one (keeping its MAC), and learns the on-link subnets

@@ -104,9 +104,15 @@ impl Notifications {
     }
 }
 
-/// The message types [`convert`] turns into notifications: RTM_NEWLINK, RTM_DELLINK,
-/// RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE and RTM_DELNEIGH.
-const WANTED: [u16; 6] = [16, 17, 20, 21, 25, 29];
+/// The message types [`convert`] turns into notifications.
+const WANTED: [u16; 6] = [
+    libc::RTM_NEWLINK,
+    libc::RTM_DELLINK,
+    libc::RTM_NEWADDR,
+    libc::RTM_DELADDR,
+    libc::RTM_DELROUTE,
+    libc::RTM_DELNEIGH,
+];
 
 /// Attaches a socket filter that drops every other message type in the kernel: programming
 /// thousands of routes then queues no thousands of RTM_NEWROUTE notifications to parse (or to

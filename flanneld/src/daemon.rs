@@ -228,7 +228,7 @@ async fn wait_for_config<R: Registry>(
 
 /// Step 2: chooses the external interface and public IP (`--iface`, `--iface-regex`,
 /// `--iface-can-reach`, `--public-ip`) and logs why.
-async fn choose_interface(opts: &Options) -> Result<iface::ExternalInterface> {
+async fn choose_interface(opts: &Options) -> Result<iface::SelectedInterface> {
     let (conn, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
     let driver = tokio::spawn(conn);
     let can_reach = match opts.iface_can_reach.as_str() {
@@ -260,7 +260,7 @@ async fn choose_interface(opts: &Options) -> Result<iface::ExternalInterface> {
 }
 
 /// The backend's view of the chosen interface.
-fn external(selected: &iface::ExternalInterface) -> backends::ExternalInterface {
+fn external(selected: &iface::SelectedInterface) -> backends::ExternalInterface {
     backends::ExternalInterface {
         name: selected.iface.name.clone(),
         index: selected.iface.index,

@@ -53,7 +53,7 @@ pub struct Selection<'a> {
 
 /// The chosen interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExternalInterface {
+pub struct SelectedInterface {
     /// The interface.
     pub iface: HostInterface,
     /// Its address used for inter-host traffic.
@@ -90,14 +90,14 @@ fn with_addr(
     addr: Ipv4Addr,
     public: Option<Ipv4Addr>,
     reason: String,
-) -> Result<ExternalInterface, IfaceError> {
+) -> Result<SelectedInterface, IfaceError> {
     if iface.mtu == 0 {
         return Err(IfaceError::NotFound(format!(
             "interface {} has MTU 0",
             iface.name
         )));
     }
-    Ok(ExternalInterface {
+    Ok(SelectedInterface {
         iface: iface.clone(),
         iface_addr: addr,
         public_ip: public.unwrap_or(addr),
@@ -129,7 +129,7 @@ fn by_index<'a>(
 }
 
 /// Chooses the external interface from a view of the host (pure; see the module docs for order).
-pub fn select(view: &HostView, sel: &Selection) -> Result<ExternalInterface, IfaceError> {
+pub fn select(view: &HostView, sel: &Selection) -> Result<SelectedInterface, IfaceError> {
     let public = match sel.public_ip {
         "" => None,
         s => Some(s.parse::<Ipv4Addr>().map_err(|_| IfaceError::BadFlag {
@@ -384,7 +384,7 @@ mod tests {
         regexes: &[&str],
         can_reach: &str,
         public_ip: &str,
-    ) -> Result<ExternalInterface, IfaceError> {
+    ) -> Result<SelectedInterface, IfaceError> {
         let iface: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
         let iface_regex: Vec<String> = regexes.iter().map(|s| s.to_string()).collect();
         let sel = Selection {
@@ -397,7 +397,7 @@ mod tests {
     }
 
     /// The chosen interface name, interface address and public IP.
-    fn chosen(e: ExternalInterface) -> (String, Ipv4Addr, Ipv4Addr) {
+    fn chosen(e: SelectedInterface) -> (String, Ipv4Addr, Ipv4Addr) {
         (e.iface.name, e.iface_addr, e.public_ip)
     }
 
