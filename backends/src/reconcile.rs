@@ -158,22 +158,22 @@ impl Report {
 /// by destination, the permanent neighbours and the FDB remotes (non-zero MACs) of the vxlan
 /// device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Snapshot {
+pub(crate) struct KernelState {
     pub routes: BTreeMap<Ipv4Net, Vec<KernelRoute>>,
     pub neighbours: BTreeMap<Ipv4Addr, Mac>,
     pub fdb: BTreeMap<Mac, BTreeSet<Ipv4Addr>>,
 }
 
-impl Snapshot {
+impl KernelState {
     /// Indexes dumped objects.
     pub fn new(
         routes: Vec<KernelRoute>,
         neighbours: Vec<(Ipv4Addr, Mac)>,
         fdb: Vec<(Mac, Ipv4Addr)>,
-    ) -> Snapshot {
-        let mut snap = Snapshot {
+    ) -> KernelState {
+        let mut snap = KernelState {
             neighbours: neighbours.into_iter().collect(),
-            ..Snapshot::default()
+            ..KernelState::default()
         };
         for k in routes {
             // Nearly every destination has one route: no room reserved for more.
@@ -188,10 +188,10 @@ impl Snapshot {
         snap
     }
 
-    /// The part of the snapshot with the keys `desired` states use: their route destinations,
+    /// The part of the kernel state with the keys `desired` states use: their route destinations,
     /// neighbour addresses and FDB MACs.
-    fn scoped(&self, states: &[&DesiredState]) -> Snapshot {
-        let mut out = Snapshot::default();
+    fn scoped(&self, states: &[&DesiredState]) -> KernelState {
+        let mut out = KernelState::default();
         for state in states {
             for dst in state.routes.keys() {
                 if let Some(ks) = self.routes.get(dst) {
@@ -213,7 +213,7 @@ impl Snapshot {
     }
 
     /// Follows a write the kernel acknowledged; `false` when the outcome cannot be modelled
-    /// (an FDB replace on a MAC with several remotes), so the snapshot must be dumped again.
+    /// (an FDB replace on a MAC with several remotes), so the kernel state must be dumped again.
     fn record(&mut self, op: &Op) -> bool {
         match op {
             Op::AddRoute(r) | Op::ReplaceRoute(r) => {
@@ -258,7 +258,7 @@ impl Snapshot {
     }
 }
 
-/// What to do to get from a snapshot to the desired state.
+/// What to do to get from a kernel state to the desired state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Plan {
     pub ops: Vec<Op>,
@@ -313,7 +313,7 @@ fn already_gone(op: &Op, e: &NetlinkError) -> bool {
 
 /// Computes the writes that turn `snap` into `desired`, in a safe order: neighbours, FDB
 /// entries, then routes are created; routes, FDB entries, then neighbours are deleted.
-pub(crate) fn plan(desired: &DesiredState, snap: &Snapshot) -> Plan {
+pub(crate) fn plan(desired: &DesiredState, snap: &KernelState) -> Plan {
     let mut out = Plan::default();
     if let Some(link) = desired.vtep {
         plan_neighbours(link, desired, snap, &mut out);
@@ -334,7 +334,7 @@ pub(crate) fn plan(desired: &DesiredState, snap: &Snapshot) -> Plan {
     out
 }
 
-fn plan_neighbours(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
+fn plan_neighbours(link: u32, desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
     for (ip, mac) in &desired.neighbours {
         match snap.neighbours.get(ip) {
             Some(have) if have == mac => {}
@@ -349,7 +349,7 @@ fn plan_neighbours(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut
 }
 
 /// Pushes the FDB sets and returns the FDB deletes (applied after the routes).
-fn plan_fdb(link: u32, desired: &DesiredState, snap: &Snapshot, out: &mut Plan) -> Vec<Op> {
+fn plan_fdb(link: u32, desired: &DesiredState, snap: &KernelState, out: &mut Plan) -> Vec<Op> {
     for (mac, remote) in &desired.fdb {
         match snap.fdb.get(mac) {
             Some(have) if have.contains(remote) => {}
@@ -396,7 +396,7 @@ fn conflict_message(route: &Route, other: &KernelRoute) -> String {
     }
 }
 
-fn plan_routes(desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
+fn plan_routes(desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
     // Only routes with the key of ours (metric 0, tos 0) can collide with ours.
     let same_key = |dst: Ipv4Net| {
         snap.routes
@@ -444,13 +444,16 @@ fn plan_routes(desired: &DesiredState, snap: &Snapshot, out: &mut Plan) {
 }
 
 /// Dumps the owned objects.
-async fn snapshot<K: Kernel>(kernel: &K, desired: &DesiredState) -> Result<Snapshot, NetlinkError> {
+async fn dump_state<K: Kernel>(
+    kernel: &K,
+    desired: &DesiredState,
+) -> Result<KernelState, NetlinkError> {
     let routes = kernel.routes().await?;
     let (neighbours, fdb) = match desired.vtep {
         Some(link) => (kernel.neighbours(link).await?, kernel.fdb(link).await?),
         None => (Vec::new(), Vec::new()),
     };
-    Ok(Snapshot::new(routes, neighbours, fdb))
+    Ok(KernelState::new(routes, neighbours, fdb))
 }
 
 /// Applies `ops` phase by phase, pipelined within a phase; returns each op's outcome, in order.
@@ -473,7 +476,7 @@ async fn execute<K: Kernel>(
     kernel: &K,
     plan: Plan,
     report: &mut Report,
-    snap: &mut Snapshot,
+    snap: &mut KernelState,
 ) -> bool {
     report.errors.extend(plan.conflicts);
     let mut exact = true;
@@ -500,18 +503,18 @@ async fn execute<K: Kernel>(
 }
 
 /// One full run: dump, plan, apply, verify (against the acknowledged writes, or a second dump
-/// when one failed). Returns the report and the snapshot the run ended with (`None` if a dump
+/// when one failed). Returns the report and the kernel state the run ended with (`None` if a dump
 /// failed).
 pub(crate) async fn run<K: Kernel>(
     kernel: &K,
     desired: &DesiredState,
-) -> (Report, Option<Snapshot>) {
+) -> (Report, Option<KernelState>) {
     let mut report = Report::default();
     let dump_failed = |e: NetlinkError| ObjectError {
         object: "kernel dump".into(),
         message: format!("cannot list routes/neighbours/FDB: {e}"),
     };
-    let snap = match snapshot(kernel, desired).await {
+    let snap = match dump_state(kernel, desired).await {
         Ok(s) => s,
         Err(e) => {
             report.errors.push(dump_failed(e));
@@ -526,13 +529,13 @@ pub(crate) async fn run<K: Kernel>(
         return (report, Some(snap));
     }
     // The snapshot follows every write the kernel acknowledged; only when a write failed (or
-    // the snapshot cannot follow) is the kernel dumped again to see where it stands.
+    // the kernel state cannot follow) is the kernel dumped again to see where it stands.
     if execute(kernel, plan, &mut report, &mut snap).await {
         report.pending = self::plan(desired, &snap).ops.len();
         report.converged = report.errors.is_empty() && report.pending == 0;
         return (report, Some(snap));
     }
-    let after = match snapshot(kernel, desired).await {
+    let after = match dump_state(kernel, desired).await {
         Ok(after) => {
             report.pending = self::plan(desired, &after).ops.len();
             Some(after)
@@ -552,7 +555,7 @@ pub(crate) async fn run<K: Kernel>(
 /// dump. Returns the report and whether `snap` still models the kernel exactly.
 pub(crate) async fn run_changes<K: Kernel>(
     kernel: &K,
-    snap: &mut Snapshot,
+    snap: &mut KernelState,
     before: &DesiredState,
     after: &DesiredState,
 ) -> (Report, bool) {
@@ -571,7 +574,7 @@ pub struct Reconciler {
     problems: Problems,
     /// The kernel as of the last full run, updated with every acknowledged write since; `None`
     /// until a full run succeeded, and again after anything the model cannot follow.
-    model: Option<Snapshot>,
+    model: Option<KernelState>,
 }
 
 /// The problems logged by the last run, keyed by object.
@@ -737,7 +740,7 @@ mod tests {
     fn missing_routes_are_added_and_matching_ones_left_alone() {
         let a = hostgw("10.5.2.0/24", "192.168.1.2");
         let b = hostgw("10.5.3.0/24", "192.168.1.3");
-        let snap = Snapshot::new(vec![kroute(&a, ROUTE_PROTOCOL)], vec![], vec![]);
+        let snap = KernelState::new(vec![kroute(&a, ROUTE_PROTOCOL)], vec![], vec![]);
         let p = plan(&desired(&[a, b]), &snap);
         assert_eq!(p.ops, vec![Op::AddRoute(b)]);
         assert!(p.conflicts.is_empty());
@@ -749,7 +752,7 @@ mod tests {
         let wrong = kroute(&hostgw("10.5.2.0/24", "192.168.1.9"), ROUTE_PROTOCOL);
         let stale = kroute(&hostgw("10.5.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
         let foreign = kroute(&hostgw("10.9.0.0/16", "192.168.1.1"), 3);
-        let snap = Snapshot::new(vec![wrong, stale, foreign], vec![], vec![]);
+        let snap = KernelState::new(vec![wrong, stale, foreign], vec![], vec![]);
         let p = plan(&desired(&[want]), &snap);
         assert_eq!(p.ops, vec![Op::ReplaceRoute(want), Op::DelRoute(stale)]);
     }
@@ -758,7 +761,7 @@ mod tests {
     fn identical_untagged_routes_are_adopted_and_different_ones_are_conflicts() {
         let a = hostgw("10.5.2.0/24", "192.168.1.2");
         let b = hostgw("10.5.3.0/24", "192.168.1.3");
-        let snap = Snapshot::new(
+        let snap = KernelState::new(
             vec![
                 kroute(&a, 3),
                 kroute(&hostgw("10.5.3.0/24", "192.168.1.99"), 3),
@@ -776,7 +779,7 @@ mod tests {
     fn tagged_routes_of_another_network_are_left_alone() {
         let stale = kroute(&hostgw("10.5.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
         let other_network = kroute(&hostgw("10.6.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
-        let snap = Snapshot::new(vec![stale, other_network], vec![], vec![]);
+        let snap = KernelState::new(vec![stale, other_network], vec![], vec![]);
         let mut want = desired(&[]);
         want.network = Some(net("10.5.0.0/16"));
         assert_eq!(plan(&want, &snap).ops, vec![Op::DelRoute(stale)]);
@@ -791,7 +794,7 @@ mod tests {
             ..kroute(&lan, 2)
         };
         let gateway_default = kroute(&hostgw("0.0.0.0/0", "192.168.1.1"), 3);
-        let snap = Snapshot::new(vec![connected, gateway_default], vec![], vec![]);
+        let snap = KernelState::new(vec![connected, gateway_default], vec![], vec![]);
         let p = plan(&desired(&[lan, default]), &snap);
         assert!(p.ops.is_empty(), "{:?}", p.ops);
         assert_eq!(p.conflicts.len(), 2);
@@ -806,7 +809,7 @@ mod tests {
         let mut leftover = kroute(&hostgw("192.168.7.0/24", "192.168.7.0"), ROUTE_PROTOCOL);
         leftover.oif = Some(9);
         let other_network = kroute(&hostgw("10.6.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
-        let snap = Snapshot::new(vec![leftover, other_network], vec![], vec![]);
+        let snap = KernelState::new(vec![leftover, other_network], vec![], vec![]);
         let want = DesiredState {
             vtep: Some(9),
             network: Some(net("10.5.0.0/16")),
@@ -820,7 +823,7 @@ mod tests {
         let a = hostgw("10.5.2.0/24", "192.168.1.2");
         let mut other = kroute(&hostgw("10.5.2.0/24", "192.168.1.77"), 3);
         other.priority = 100;
-        let snap = Snapshot::new(vec![other], vec![], vec![]);
+        let snap = KernelState::new(vec![other], vec![], vec![]);
         assert_eq!(plan(&desired(&[a]), &snap).ops, vec![Op::AddRoute(a)]);
     }
 
@@ -846,7 +849,7 @@ mod tests {
             ..DesiredState::default()
         };
         vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:02", "192.168.1.2");
-        let p = plan(&want, &Snapshot::default());
+        let p = plan(&want, &KernelState::default());
         let route = want.routes[&net("10.5.2.0/24")];
         assert_eq!(
             p.ops,
@@ -866,7 +869,7 @@ mod tests {
                 Op::AddRoute(route),
             ]
         );
-        let snap = Snapshot::new(
+        let snap = KernelState::new(
             vec![kroute(&route, ROUTE_PROTOCOL)],
             vec![(ip("10.5.2.0"), mac("02:00:00:00:00:02"))],
             vec![(mac("02:00:00:00:00:02"), ip("192.168.1.2"))],
@@ -901,7 +904,7 @@ mod tests {
         };
         vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:03", "192.168.1.2");
         let route = want.routes[&net("10.5.2.0/24")];
-        let snap = Snapshot::new(
+        let snap = KernelState::new(
             vec![kroute(&route, ROUTE_PROTOCOL)],
             vec![(ip("10.5.2.0"), mac("02:00:00:00:00:02"))],
             vec![
@@ -1023,7 +1026,7 @@ mod tests {
         assert_eq!(same.writes(), 0);
         assert_eq!(
             model,
-            Snapshot::new(kernel.routes.borrow().clone(), vec![], vec![])
+            KernelState::new(kernel.routes.borrow().clone(), vec![], vec![])
         );
 
         let blocked = hostgw("10.5.4.0/24", "192.168.1.4");
@@ -1044,7 +1047,7 @@ mod tests {
             unreachable: vec![ip("10.99.0.5")],
             ..FakeKernel::default()
         };
-        let mut model = Snapshot::default();
+        let mut model = KernelState::default();
         let want = desired(&[hostgw("10.5.2.0/24", "10.99.0.5")]);
         let (report, exact) = block_on(run_changes(&kernel, &mut model, &desired(&[]), &want));
         assert!(!report.converged && !exact);

@@ -86,7 +86,7 @@ pub struct Plan {
 }
 
 /// Decides which subnet this host (advertising `public_ip`) should lease.
-pub fn plan(
+pub fn choose_subnet(
     range: &Ipv4Range,
     public_ip: Ipv4Addr,
     previous: Option<Ipv4Net>,
@@ -328,7 +328,7 @@ mod tests {
             stored("0.0.0.0/0", [1, 1, 1, 4]),
             stored("192.168.1.0/24", [1, 1, 1, 5]),
         ];
-        let p = plan(&r, OURS, None, &hostile, &mut rand::rng()).unwrap();
+        let p = choose_subnet(&r, OURS, None, &hostile, &mut rand::rng()).unwrap();
         assert!(matches!(p.choice, Choice::Create { .. }), "{p:?}");
         assert_eq!(p.rejected.len(), 4, "{:?}", p.rejected);
         assert!(p.rejected[0].contains("10.3.0.0-16"), "{:?}", p.rejected);
@@ -336,7 +336,7 @@ mod tests {
         let mut full = hostile.to_vec();
         full.push(stored("10.3.10.0/24", [1, 1, 1, 6]));
         full.push(stored("10.3.11.0/24", [1, 1, 1, 7]));
-        let text = plan(&r, OURS, None, &full, &mut rand::rng())
+        let text = choose_subnet(&r, OURS, None, &full, &mut rand::rng())
             .unwrap_err()
             .to_string();
         assert!(
@@ -352,7 +352,7 @@ mod tests {
             stored("10.3.7.0/24", [1, 1, 1, 1]),
             stored("10.3.9.0/24", OURS.octets()),
         ];
-        let plan = plan(
+        let plan = choose_subnet(
             &r,
             OURS,
             Some(net("10.3.5.0/24")),
@@ -371,7 +371,7 @@ mod tests {
             stored("10.4.1.0/24", OURS.octets()),
             stored("10.3.7.0/24", [1, 1, 1, 1]),
         ];
-        let plan = plan(
+        let plan = choose_subnet(
             &r,
             OURS,
             Some(net("10.3.5.0/24")),
@@ -398,7 +398,7 @@ mod tests {
     fn a_taken_or_disallowed_previous_subnet_falls_back_to_allocation() {
         let r = range(r#"{"Network":"10.3.0.0/16","SubnetMax":"10.3.3.0"}"#);
         let leases = [stored("10.3.1.0/24", [1, 1, 1, 1])];
-        let taken = plan(
+        let taken = choose_subnet(
             &r,
             OURS,
             Some(net("10.3.1.0/24")),
@@ -417,7 +417,8 @@ mod tests {
         assert_eq!(reason, Reason::Allocated);
         assert!(subnet == net("10.3.2.0/24") || subnet == net("10.3.3.0/24"));
 
-        let outside = plan(&r, OURS, Some(net("10.4.1.0/24")), &[], &mut rand::rng()).unwrap();
+        let outside =
+            choose_subnet(&r, OURS, Some(net("10.4.1.0/24")), &[], &mut rand::rng()).unwrap();
         assert!(
             outside.rejected[0].contains("outside"),
             "{:?}",

@@ -109,7 +109,8 @@ pub async fn acquire<R: Registry>(
     let range = config.v4().ok_or(AcquireError::NoIpv4)?;
     for _ in 0..MAX_ATTEMPTS {
         let leases = registry.list_leases().await?;
-        let plan = alloc::plan(range, attrs.public_ip, previous, &leases, &mut rand::rng())?;
+        let plan =
+            alloc::choose_subnet(range, attrs.public_ip, previous, &leases, &mut rand::rng())?;
         for note in &plan.rejected {
             tracing::info!("{note}");
         }
