@@ -528,7 +528,7 @@ pub(crate) async fn run<K: Kernel>(
         report.converged = report.errors.is_empty();
         return (report, Some(snap));
     }
-    // The snapshot follows every write the kernel acknowledged; only when a write failed (or
+    // The kernel state follows every write the kernel acknowledged; only when a write failed (or
     // the kernel state cannot follow) is the kernel dumped again to see where it stands.
     if execute(kernel, plan, &mut report, &mut snap).await {
         report.pending = self::plan(desired, &snap).ops.len();
