@@ -17,6 +17,7 @@
 //!    from the published ones).
 
 mod desired;
+mod host;
 mod hostgw;
 mod mac;
 mod netlink;
@@ -31,6 +32,7 @@ use subnet::config::BackendConfig;
 use subnet::{Lease, LeaseAttrs, PeerSet};
 
 pub use desired::{DesiredState, Route};
+pub use host::{HostInterface, HostView};
 pub use mac::{BadMac, Mac};
 pub use netlink::{Netlink, NetlinkError};
 pub use notify::{Notification, Notifications, Reaction};

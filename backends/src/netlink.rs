@@ -158,6 +158,11 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// The rtnetlink handle, for the other kernel readers of this crate.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// A connection for one dump, closed when the returned guard drops: netlink-proto keeps
     /// the queue a dump of thousands of objects grew to for the life of its connection.
     fn dump_connection() -> Result<(Handle, DumpConnection), NetlinkError> {

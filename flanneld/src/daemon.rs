@@ -138,7 +138,7 @@ async fn serve<R: Registry>(
         return Ok(());
     };
     let nl = Netlink::connect().context("cannot open a netlink socket")?;
-    let selected = choose_interface(&opts).await?;
+    let selected = choose_interface(&opts, &nl).await?;
     let mut backend = Backend::new(&config.backend, external(&selected), selected.public_ip)?;
     let attrs = backend.init(&nl).await?;
     ready_tx.send_replace(Readiness::NotReady("acquiring a subnet lease".into()));
@@ -228,9 +228,7 @@ async fn wait_for_config<R: Registry>(
 
 /// Step 2: chooses the external interface and public IP (`--iface`, `--iface-regex`,
 /// `--iface-can-reach`, `--public-ip`) and logs why.
-async fn choose_interface(opts: &Options) -> Result<iface::SelectedInterface> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
-    let driver = tokio::spawn(conn);
+async fn choose_interface(opts: &Options, nl: &Netlink) -> Result<iface::SelectedInterface> {
     let can_reach = match opts.iface_can_reach.as_str() {
         "" => None,
         s => Some(
@@ -238,15 +236,17 @@ async fn choose_interface(opts: &Options) -> Result<iface::SelectedInterface> {
                 .with_context(|| format!("--iface-can-reach {s:?} is not an IPv4 address"))?,
         ),
     };
-    let host = iface::read_host(&handle, can_reach).await;
-    driver.abort();
+    let host = nl
+        .host_view(can_reach)
+        .await
+        .context("cannot read this host's interfaces, addresses and routes")?;
     let selection = Selection {
         iface: &opts.iface,
         iface_regex: &opts.iface_regex,
         can_reach: &opts.iface_can_reach,
         public_ip: &opts.public_ip,
     };
-    let selected = iface::select(&host?, &selection)?;
+    let selected = iface::select(&host, &selection)?;
     tracing::info!(
         "using interface {} (index {}, MTU {}) address {}, public IP {}: {}",
         selected.iface.name,

@@ -5,38 +5,8 @@
 
 use std::net::Ipv4Addr;
 
-use futures::TryStreamExt;
-use netlink_packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
-};
-use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+pub use backends::{HostInterface, HostView};
 use regex_lite::Regex;
-use rtnetlink::{Handle, RouteMessageBuilder};
-
-/// One host interface with its IPv4 addresses, most preferred first.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostInterface {
-    /// Interface name.
-    pub name: String,
-    /// Kernel interface index.
-    pub index: u32,
-    /// MTU.
-    pub mtu: u32,
-    /// IPv4 addresses: global before link-local, permanent before dynamic.
-    pub addrs: Vec<Ipv4Addr>,
-}
-
-/// What the host looks like for interface selection.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostView {
-    /// All interfaces.
-    pub interfaces: Vec<HostInterface>,
-    /// The interface index of the first default route in the main table.
-    pub default_route_index: Option<u32>,
-    /// For `--iface-can-reach`: the interface index and source address the kernel would use.
-    pub can_reach: Option<(u32, Option<Ipv4Addr>)>,
-}
 
 /// The selection options (from the command line).
 #[derive(Clone, Debug, Default)]
@@ -80,9 +50,6 @@ pub enum IfaceError {
     /// Nothing matched.
     #[error("{0}")]
     NotFound(String),
-    /// Reading links, addresses or routes failed.
-    #[error("reading interfaces from the kernel: {0}")]
-    Netlink(#[from] rtnetlink::Error),
 }
 
 fn with_addr(
@@ -251,105 +218,6 @@ pub fn select(view: &HostView, sel: &Selection) -> Result<SelectedInterface, Ifa
         None => format!("interface of the default route ({})", i.name),
     };
     with_addr(i, addr, public, reason)
-}
-
-/// Reads links, IPv4 addresses and the default route (and the route to `can_reach`) from the
-/// kernel through rtnetlink.
-pub async fn read_host(
-    handle: &Handle,
-    can_reach: Option<Ipv4Addr>,
-) -> Result<HostView, IfaceError> {
-    let mut interfaces = Vec::new();
-    let mut links = handle.link().get().execute();
-    while let Some(msg) = links.try_next().await? {
-        let mut iface = HostInterface {
-            name: String::new(),
-            index: msg.header.index,
-            mtu: 0,
-            addrs: Vec::new(),
-        };
-        for attr in msg.attributes {
-            match attr {
-                LinkAttribute::IfName(n) => iface.name = n,
-                LinkAttribute::Mtu(m) => iface.mtu = m,
-                _ => {}
-            }
-        }
-        interfaces.push(iface);
-    }
-    let mut ranked: Vec<(u32, (u8, u8), Ipv4Addr)> = Vec::new();
-    let mut addrs = handle.address().get().execute();
-    while let Some(msg) = addrs.try_next().await? {
-        let mut permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent);
-        let mut local = None;
-        let mut address = None;
-        for attr in &msg.attributes {
-            match attr {
-                AddressAttribute::Local(std::net::IpAddr::V4(a)) => local = Some(*a),
-                AddressAttribute::Address(std::net::IpAddr::V4(a)) => address = Some(*a),
-                AddressAttribute::Flags(f) => permanent = f.contains(AddressFlags::Permanent),
-                _ => {}
-            }
-        }
-        if let Some(ip) = local.or(address) {
-            let scope_rank = match msg.header.scope {
-                AddressScope::Universe => 0,
-                AddressScope::Link => 1,
-                _ => 2,
-            };
-            ranked.push((msg.header.index, (scope_rank, u8::from(!permanent)), ip));
-        }
-    }
-    ranked.sort_by_key(|(_, rank, _)| *rank);
-    for (index, _, ip) in ranked {
-        if let Some(i) = interfaces.iter_mut().find(|i| i.index == index) {
-            i.addrs.push(ip);
-        }
-    }
-
-    let mut default_route_index = None;
-    let mut routes = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
-    while let Some(msg) = routes.try_next().await? {
-        let main = msg.header.table == libc::RT_TABLE_MAIN
-            || msg.attributes.iter().any(
-                |a| matches!(a, RouteAttribute::Table(t) if *t == u32::from(libc::RT_TABLE_MAIN)),
-            );
-        if default_route_index.is_none() && main && msg.header.destination_prefix_length == 0 {
-            default_route_index = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            });
-        }
-    }
-
-    let can_reach = match can_reach {
-        None => None,
-        Some(dst) => {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(dst, 32)
-                .build();
-            let mut stream = handle.route().get(msg).execute();
-            stream.try_next().await?.and_then(|r| {
-                let oif = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
-                })?;
-                let src = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::PrefSource(RouteAddress::Inet(s)) => Some(*s),
-                    _ => None,
-                });
-                Some((oif, src))
-            })
-        }
-    };
-    Ok(HostView {
-        interfaces,
-        default_route_index,
-        can_reach,
-    })
 }
 
 #[cfg(test)]

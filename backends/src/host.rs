@@ -1,0 +1,159 @@
+//! What the host looks like for interface selection (`flanneld`'s `--iface` logic): its links with
+//! their IPv4 addresses in order of preference, the default route's interface, and the route the
+//! kernel would take to an address. Read through rtnetlink like every other kernel state.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope,
+};
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::RouteMessageBuilder;
+
+use crate::netlink::{Netlink, NetlinkError};
+
+/// One host interface with its IPv4 addresses, most preferred first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostInterface {
+    /// Interface name.
+    pub name: String,
+    /// Kernel interface index.
+    pub index: u32,
+    /// MTU.
+    pub mtu: u32,
+    /// IPv4 addresses: global before link-local, permanent before dynamic.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// What the host looks like for interface selection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// All interfaces.
+    pub interfaces: Vec<HostInterface>,
+    /// The interface index of the first default route in the main table.
+    pub default_route_index: Option<u32>,
+    /// For `--iface-can-reach`: the interface index and source address the kernel would use.
+    pub can_reach: Option<(u32, Option<Ipv4Addr>)>,
+}
+
+impl Netlink {
+    /// Reads links, IPv4 addresses, the default route and (for `--iface-can-reach`) the route
+    /// the kernel would take to `can_reach`.
+    pub async fn host_view(&self, can_reach: Option<Ipv4Addr>) -> Result<HostView, NetlinkError> {
+        let mut interfaces = self.interfaces().await?;
+        self.add_addresses(&mut interfaces).await?;
+        let default_route_index = self.default_route_index().await?;
+        let can_reach = match can_reach {
+            None => None,
+            Some(dst) => self.route_to(dst).await?,
+        };
+        Ok(HostView {
+            interfaces,
+            default_route_index,
+            can_reach,
+        })
+    }
+
+    /// Every link, with its name and MTU and no addresses yet.
+    async fn interfaces(&self) -> Result<Vec<HostInterface>, NetlinkError> {
+        let mut interfaces = Vec::new();
+        let mut links = self.handle().link().get().execute();
+        while let Some(msg) = links.try_next().await? {
+            let mut iface = HostInterface {
+                name: String::new(),
+                index: msg.header.index,
+                mtu: 0,
+                addrs: Vec::new(),
+            };
+            for attr in msg.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => iface.name = n,
+                    LinkAttribute::Mtu(m) => iface.mtu = m,
+                    _ => {}
+                }
+            }
+            interfaces.push(iface);
+        }
+        Ok(interfaces)
+    }
+
+    /// Adds each link's IPv4 addresses, global before link-local, permanent before dynamic.
+    async fn add_addresses(&self, interfaces: &mut [HostInterface]) -> Result<(), NetlinkError> {
+        let mut ranked: Vec<(u32, (u8, u8), Ipv4Addr)> = Vec::new();
+        let mut addrs = self.handle().address().get().execute();
+        while let Some(msg) = addrs.try_next().await? {
+            let mut permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent);
+            let (mut local, mut address) = (None, None);
+            for attr in &msg.attributes {
+                match attr {
+                    AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
+                    AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+                    AddressAttribute::Flags(f) => permanent = f.contains(AddressFlags::Permanent),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = local.or(address) {
+                let scope_rank = match msg.header.scope {
+                    AddressScope::Universe => 0,
+                    AddressScope::Link => 1,
+                    _ => 2,
+                };
+                ranked.push((msg.header.index, (scope_rank, u8::from(!permanent)), ip));
+            }
+        }
+        ranked.sort_by_key(|(_, rank, _)| *rank);
+        for (index, _, ip) in ranked {
+            if let Some(i) = interfaces.iter_mut().find(|i| i.index == index) {
+                i.addrs.push(ip);
+            }
+        }
+        Ok(())
+    }
+
+    /// The output interface of the first default route in the main table.
+    async fn default_route_index(&self) -> Result<Option<u32>, NetlinkError> {
+        let mut routes = (self.handle().route())
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        // The whole dump is read (not dropped half way on the shared connection).
+        let mut first = None;
+        while let Some(msg) = routes.try_next().await? {
+            let main = msg.header.table == libc::RT_TABLE_MAIN
+                || msg.attributes.iter().any(
+                    |a| matches!(a, RouteAttribute::Table(t) if *t == u32::from(libc::RT_TABLE_MAIN)),
+                );
+            if first.is_none() && main && msg.header.destination_prefix_length == 0 {
+                first = oif(&msg);
+            }
+        }
+        Ok(first)
+    }
+
+    /// The interface and source address of the route the kernel would take to `dst`.
+    async fn route_to(
+        &self,
+        dst: Ipv4Addr,
+    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut stream = self.handle().route().get(msg).execute();
+        Ok(stream.try_next().await?.and_then(|r| {
+            let src = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::PrefSource(RouteAddress::Inet(s)) => Some(*s),
+                _ => None,
+            });
+            Some((oif(&r)?, src))
+        }))
+    }
+}
+
+/// A route message's output interface.
+fn oif(msg: &RouteMessage) -> Option<u32> {
+    msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
