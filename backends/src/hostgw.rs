@@ -87,7 +87,7 @@ mod tests {
     }
 
     fn peer(subnet: &str, ip: [u8; 4], kind: &str) -> LeaseEvent {
-        LeaseEvent::Added(Lease {
+        LeaseEvent::Put(Lease {
             key: SubnetKey::v4(subnet.parse().unwrap()),
             attrs: LeaseAttrs::new(Ipv4Addr::from(ip), kind),
             expiration: None,

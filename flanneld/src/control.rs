@@ -37,7 +37,7 @@ pub(crate) const PEER_GRACE: Duration = Duration::from_secs(60);
 /// A peer event as logged: `peer <subnet> at <PublicIP> (<type>)` or `peer <subnet> removed`.
 fn describe(e: &subnet::LeaseEvent) -> String {
     match e {
-        subnet::LeaseEvent::Added(l) => format!(
+        subnet::LeaseEvent::Put(l) => format!(
             "peer {} at {} ({})",
             l.subnet(),
             l.attrs.public_ip,
@@ -289,7 +289,7 @@ impl Agent {
             // them (replace_all's events) is ever held.
             let mut added = 0;
             for lease in leases {
-                let e = subnet::LeaseEvent::Added(lease);
+                let e = subnet::LeaseEvent::Put(lease);
                 if self.peers.apply(&e) {
                     tracing::debug!("{}", describe(&e));
                     added += 1;
@@ -354,7 +354,7 @@ impl Agent {
     fn on_events(&mut self, events: Vec<subnet::LeaseEvent>) {
         for e in events {
             let subnet = match &e {
-                subnet::LeaseEvent::Added(l) => l.subnet(),
+                subnet::LeaseEvent::Put(l) => l.subnet(),
                 subnet::LeaseEvent::Removed(k) => k.ipv4,
             };
             let old = self.programmed(&subnet).cloned();

@@ -409,7 +409,7 @@ impl<R: Registry> LeaseManager<R> {
                 // gone (not an overwrite of it): re-claim, which finds it held and moves us.
                 let vanished = events.iter().any(|e| matches!(e, LeaseEvent::Removed(_)));
                 match (events.into_iter().last()?, vanished) {
-                    (LeaseEvent::Added(lease), vanished) => match self.classify(lease.attrs) {
+                    (LeaseEvent::Put(lease), vanished) => match self.classify(lease.attrs) {
                         Seen::Other(_) if vanished => Seen::Missing,
                         seen => seen,
                     },
@@ -810,7 +810,7 @@ mod tests {
             state.revision += 1;
             let revision = state.revision;
             match &event {
-                LeaseEvent::Added(lease) => {
+                LeaseEvent::Put(lease) => {
                     state
                         .leases
                         .insert(lease.key, (lease.attrs.clone(), revision));
@@ -839,7 +839,7 @@ mod tests {
             attrs: attrs.clone(),
             expiration: None,
         };
-        tx.send(WatchUpdate::Events(vec![LeaseEvent::Added(lease)]))
+        tx.send(WatchUpdate::Events(vec![LeaseEvent::Put(lease)]))
             .await
             .unwrap();
         tokio::task::yield_now().await;
@@ -882,7 +882,7 @@ mod tests {
         // Once the new attributes were seen, the old ones come from another agent.
         external(
             &fake,
-            LeaseEvent::Added(Lease {
+            LeaseEvent::Put(Lease {
                 key,
                 attrs: old.clone(),
                 expiration: None,

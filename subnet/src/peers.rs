@@ -8,13 +8,13 @@ use crate::lease::{Lease, SubnetKey};
 use crate::validate::{LeasePolicy, Rejection};
 
 /// A change to the lease set, as seen by a watcher.
-// Most events are `Added`, so boxing the lease would cost an allocation per event to save a few
+// Most events are `Put`, so boxing the lease would cost an allocation per event to save a few
 // bytes on the rare `Removed`.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum LeaseEvent {
-    /// A lease was created or its value changed.
-    Added(Lease),
+    /// A lease was written: created, or changed (an etcd put).
+    Put(Lease),
     /// A lease was deleted or expired.
     Removed(SubnetKey),
 }
@@ -61,7 +61,7 @@ impl PeerSet {
     /// Applies one event; returns whether the set of programmable peers changed.
     pub fn apply(&mut self, event: &LeaseEvent) -> bool {
         match event {
-            LeaseEvent::Added(lease) => self.add(lease),
+            LeaseEvent::Put(lease) => self.add(lease),
             LeaseEvent::Removed(key) => {
                 self.rejected.remove(key);
                 if Some(key.ipv4) == self.own {
@@ -123,7 +123,7 @@ impl PeerSet {
                 .filter(|new| {
                     self.peers.get(&new.subnet()).map(|old| &old.attrs) != Some(&new.attrs)
                 })
-                .map(|new| LeaseEvent::Added(new.clone())),
+                .map(|new| LeaseEvent::Put(new.clone())),
         );
         *self = fresh;
         events
@@ -192,10 +192,10 @@ mod tests {
     #[test]
     fn own_subnet_is_ignored_and_changes_are_reported() {
         let mut set = PeerSet::new("10.0.1.0/24".parse().unwrap());
-        assert!(!set.apply(&LeaseEvent::Added(lease("10.0.1.0/24", [1, 1, 1, 1]))));
-        assert!(set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2]))));
-        assert!(!set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2]))));
-        assert!(set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 3]))));
+        assert!(!set.apply(&LeaseEvent::Put(lease("10.0.1.0/24", [1, 1, 1, 1]))));
+        assert!(set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [1, 1, 1, 2]))));
+        assert!(!set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [1, 1, 1, 2]))));
+        assert!(set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [1, 1, 1, 3]))));
         assert_eq!(set.len(), 1);
         assert!(set.apply(&LeaseEvent::Removed(lease("10.0.2.0/24", [0; 4]).key)));
         assert!(!set.apply(&LeaseEvent::Removed(lease("10.0.2.0/24", [0; 4]).key)));
@@ -215,8 +215,8 @@ mod tests {
     fn a_rejected_lease_is_never_a_peer_and_is_reported_once() {
         let mut set = policed("10.0.1.0/24");
         let bogus = lease("10.0.0.0/16", [1, 1, 1, 2]);
-        assert!(!set.apply(&LeaseEvent::Added(bogus.clone())));
-        assert!(!set.apply(&LeaseEvent::Added(bogus.clone())));
+        assert!(!set.apply(&LeaseEvent::Put(bogus.clone())));
+        assert!(!set.apply(&LeaseEvent::Put(bogus.clone())));
         let reported = set.take_new_rejections();
         assert_eq!(reported.len(), 1, "{reported:?}");
         assert!(reported[0].1.to_string().contains("SubnetLen is 24"));
@@ -232,8 +232,8 @@ mod tests {
     #[test]
     fn a_peer_whose_lease_turns_hostile_is_removed() {
         let mut set = policed("10.0.1.0/24");
-        assert!(set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2]))));
-        assert!(set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [127, 0, 0, 1]))));
+        assert!(set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [1, 1, 1, 2]))));
+        assert!(set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [127, 0, 0, 1]))));
         assert!(set.is_empty());
         let reported = set.take_new_rejections();
         assert!(
@@ -241,7 +241,7 @@ mod tests {
             "{reported:?}"
         );
         // Fixed again: a peer once more, and no longer rejected.
-        assert!(set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2]))));
+        assert!(set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [1, 1, 1, 2]))));
         assert_eq!(set.rejected().count(), 0);
     }
 
@@ -249,8 +249,8 @@ mod tests {
     fn when_our_lease_moves_the_host_that_took_our_old_subnet_becomes_a_peer() {
         let mut set = policed("10.0.1.0/24");
         // Another host took our old subnet while it was still ours.
-        assert!(!set.apply(&LeaseEvent::Added(lease("10.0.1.0/24", [1, 1, 1, 9]))));
-        set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2])));
+        assert!(!set.apply(&LeaseEvent::Put(lease("10.0.1.0/24", [1, 1, 1, 9]))));
+        set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [1, 1, 1, 2])));
         let policy = LeasePolicy {
             own_subnet: "10.0.7.0/24".parse().unwrap(),
             ..set.policy().unwrap().clone()
@@ -258,7 +258,7 @@ mod tests {
         let events = set.set_policy(policy);
         assert_eq!(
             events,
-            vec![LeaseEvent::Added(lease("10.0.1.0/24", [1, 1, 1, 9]))]
+            vec![LeaseEvent::Put(lease("10.0.1.0/24", [1, 1, 1, 9]))]
         );
         assert_eq!(set.len(), 2);
     }
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn a_new_local_network_rejects_the_leases_it_covers_and_frees_them_when_gone() {
         let mut set = policed("10.0.1.0/24");
-        set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2])));
+        set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [1, 1, 1, 2])));
         let base = set.policy().unwrap().clone();
         let lan = base
             .clone()
@@ -281,8 +281,8 @@ mod tests {
     #[test]
     fn replace_all_diffs_against_the_known_set() {
         let mut set = PeerSet::new("10.0.1.0/24".parse().unwrap());
-        set.apply(&LeaseEvent::Added(lease("10.0.2.0/24", [1, 1, 1, 2])));
-        set.apply(&LeaseEvent::Added(lease("10.0.3.0/24", [1, 1, 1, 3])));
+        set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [1, 1, 1, 2])));
+        set.apply(&LeaseEvent::Put(lease("10.0.3.0/24", [1, 1, 1, 3])));
         let events = set.replace_all(vec![
             lease("10.0.1.0/24", [1, 1, 1, 1]),
             lease("10.0.3.0/24", [1, 1, 1, 9]),
@@ -292,8 +292,8 @@ mod tests {
             events,
             vec![
                 LeaseEvent::Removed(lease("10.0.2.0/24", [0; 4]).key),
-                LeaseEvent::Added(lease("10.0.3.0/24", [1, 1, 1, 9])),
-                LeaseEvent::Added(lease("10.0.4.0/24", [1, 1, 1, 4])),
+                LeaseEvent::Put(lease("10.0.3.0/24", [1, 1, 1, 9])),
+                LeaseEvent::Put(lease("10.0.4.0/24", [1, 1, 1, 4])),
             ]
         );
         assert_eq!(set.len(), 2);

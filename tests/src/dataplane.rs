@@ -63,7 +63,7 @@ pub fn backend_config(raw: Value) -> BackendConfig {
 pub fn peer(subnet: &str, public_ip: &str, kind: &str, data: Option<Value>) -> LeaseEvent {
     let mut attrs = LeaseAttrs::new(public_ip.parse().expect("ip"), kind);
     attrs.backend_data = data;
-    LeaseEvent::Added(Lease {
+    LeaseEvent::Put(Lease {
         key: SubnetKey::v4(subnet.parse().expect("subnet")),
         attrs,
         expiration: None,

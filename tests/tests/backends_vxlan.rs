@@ -528,8 +528,8 @@ fn vxlan_two_hosts_across_a_router_ping() {
     let (backend_a, lease_a) = setup(&a, "192.168.80.2", "10.5.1.0/24");
     let (backend_b, lease_b) = setup(&b, "192.168.81.2", "10.5.2.0/24");
     let all = [
-        subnet::LeaseEvent::Added(lease_a.clone()),
-        subnet::LeaseEvent::Added(lease_b.clone()),
+        subnet::LeaseEvent::Put(lease_a.clone()),
+        subnet::LeaseEvent::Put(lease_b.clone()),
     ];
     for (ns, backend, own) in [
         (&a, &backend_a, "10.5.1.0/24"),

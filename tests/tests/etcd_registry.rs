@@ -426,7 +426,7 @@ async fn peer_watch_reports_changes_and_skips_malformed_entries() {
         panic!("expected events, got {update:?}")
     };
     assert_eq!(events.len(), 1);
-    let LeaseEvent::Added(added) = &events[0] else {
+    let LeaseEvent::Put(added) = &events[0] else {
         panic!("expected Added, got {events:?}")
     };
     assert_eq!(added.subnet(), net("10.3.5.0/24"));
@@ -494,7 +494,7 @@ async fn peer_watch_recovers_from_disconnects_and_compaction() {
         panic!("expected events, got {update:?}")
     };
     assert_eq!(events.len(), 1, "{events:?}");
-    assert!(matches!(&events[0], LeaseEvent::Added(l) if l.subnet() == net("10.3.3.0/24")));
+    assert!(matches!(&events[0], LeaseEvent::Put(l) if l.subnet() == net("10.3.3.0/24")));
     events.iter().for_each(|e| {
         peers.apply(e);
     });
@@ -516,7 +516,7 @@ async fn peer_watch_recovers_from_disconnects_and_compaction() {
     let mut described: Vec<String> = events
         .iter()
         .map(|e| match e {
-            LeaseEvent::Added(l) => format!("+{} {}", l.key, l.attrs.public_ip),
+            LeaseEvent::Put(l) => format!("+{} {}", l.key, l.attrs.public_ip),
             LeaseEvent::Removed(k) => format!("-{k}"),
         })
         .collect();
@@ -536,7 +536,7 @@ async fn peer_watch_recovers_from_disconnects_and_compaction() {
     let WatchUpdate::Events(events) = &update else {
         panic!("expected events, got {update:?}")
     };
-    assert!(matches!(&events[..], [LeaseEvent::Added(l)] if l.subnet() == net("10.3.5.0/24")));
+    assert!(matches!(&events[..], [LeaseEvent::Put(l)] if l.subnet() == net("10.3.5.0/24")));
 }
 
 #[tokio::test]

@@ -254,7 +254,7 @@ async fn the_manager_renews_in_v2_and_expired_leases_are_removals() {
         if let WatchUpdate::Events(events) = next(&mut peers).await {
             for event in events {
                 match event {
-                    LeaseEvent::Added(l) if l.key == gone => added = true,
+                    LeaseEvent::Put(l) if l.key == gone => added = true,
                     LeaseEvent::Removed(k) if k == gone => removed = true,
                     _ => {}
                 }
@@ -348,7 +348,7 @@ async fn the_watch_re_lists_after_the_1000_event_window_and_the_diff_is_right() 
         .unwrap()
         .iter()
         .map(|e| match e {
-            LeaseEvent::Added(l) => format!("+{}", l.key),
+            LeaseEvent::Put(l) => format!("+{}", l.key),
             LeaseEvent::Removed(k) => format!("-{k}"),
         })
         .collect();

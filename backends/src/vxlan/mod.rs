@@ -227,7 +227,7 @@ mod tests {
     fn peer(subnet: &str, ip: &str, kind: &str, data: Option<Value>) -> LeaseEvent {
         let mut attrs = LeaseAttrs::new(ip.parse().unwrap(), kind);
         attrs.backend_data = data;
-        LeaseEvent::Added(Lease {
+        LeaseEvent::Put(Lease {
             key: SubnetKey::v4(subnet.parse().unwrap()),
             attrs,
             expiration: None,

@@ -84,7 +84,7 @@ fn translate(registry: &EtcdRegistry, events: &[Event], next: &mut i64) -> Vec<L
         *next = (*next).max(kv.mod_revision() + 1);
         match event.event_type() {
             EventType::Put => match registry.decode(kv) {
-                Ok(stored) => out.push(LeaseEvent::Added(stored.lease)),
+                Ok(stored) => out.push(LeaseEvent::Put(stored.lease)),
                 Err(e) => tracing::warn!("ignoring malformed lease update: {e}"),
             },
             EventType::Delete => match registry.decode_key(kv.key()) {

@@ -61,7 +61,7 @@ impl EtcdV2Registry {
             }
             "set" | "create" | "update" | "compareAndSwap" if !node.dir => {
                 match self.decode(&node) {
-                    Ok(StoredLease { lease, .. }) => Change::Event(LeaseEvent::Added(lease)),
+                    Ok(StoredLease { lease, .. }) => Change::Event(LeaseEvent::Put(lease)),
                     Err(e) => {
                         tracing::warn!("ignoring malformed lease update: {e}");
                         Change::Ignore
@@ -191,7 +191,7 @@ mod tests {
         for action in ["set", "create", "update", "compareAndSwap"] {
             let change = r.change(all, event(action, "/n/subnets/10.1.2.0-24", Some(value)));
             assert!(
-                matches!(&change, Change::Event(LeaseEvent::Added(l)) if l.key == key),
+                matches!(&change, Change::Event(LeaseEvent::Put(l)) if l.key == key),
                 "{action}: {change:?}"
             );
         }
