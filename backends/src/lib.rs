@@ -28,8 +28,7 @@ mod vxlan;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use subnet::config::BackendConfig;
-use subnet::{Lease, LeaseAttrs, PeerSet};
+use subnet::{BackendConfig, Lease, LeaseAttrs, PeerSet};
 
 pub use desired::{DesiredState, Route};
 pub use host::{HostInterface, HostView};

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use subnet::config::Ipv4Range;
-use subnet::registry::{Registry, RegistryError};
-use subnet::NetworkConfig;
+use subnet::{Ipv4Range, NetworkConfig, Registry, RegistryError};
 use tokio::sync::watch;
 
 /// How often the config is read again.

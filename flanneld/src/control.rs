@@ -10,10 +10,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use backends::{Backend, Netlink, Notification, Notifications, Reaction, Reconciler};
 use ipnet::Ipv4Net;
-use subnet::manager::{self, LeaseHandle};
-use subnet::registry::Registry;
-use subnet::{Lease, LeasePolicy, PeerSet, SubnetEnv};
-use subnet::{WatchScope, WatchUpdate};
+use subnet::{
+    Lease, LeaseHandle, LeasePolicy, PeerSet, Registry, SubnetEnv, WatchScope, WatchUpdate,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +24,7 @@ use crate::healthz::Readiness;
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 
 /// How long the agent may go without an answer from etcd before `/readyz` says so: three of the
-/// lease manager's own-key checks ([`manager::OWN_KEY_CHECK_PERIOD`]). The data plane is kept.
+/// lease manager's own-key checks ([`subnet::OWN_KEY_CHECK_PERIOD`]). The data plane is kept.
 pub(crate) const ETCD_CONTACT_GRACE: Duration = Duration::from_secs(30);
 
 /// The pause before a watch task that stopped is started again.
@@ -586,7 +585,7 @@ impl Agent {
     /// subnet.env is written and etcd answered recently; else the reasons.
     fn readiness(&self) -> Readiness {
         let mut problems = BTreeSet::new();
-        if !manager::is_valid(&self.lease, SystemTime::now()) {
+        if !subnet::is_valid(&self.lease, SystemTime::now()) {
             problems.insert("the subnet lease is not valid".to_string());
         }
         if !self.converged {

@@ -17,12 +17,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use backends::{Backend, Netlink, Notifications};
-use subnet::etcd::{EtcdOptions, EtcdRegistry};
-use subnet::keyspace::{Detector, EtcdApi, Keyspace};
-use subnet::manager::{self, LeaseManager, LeaseTiming};
-use subnet::registry::Registry;
-use subnet::WatchScope;
-use subnet::{LeasePolicy, PreviousEnv};
+use subnet::{
+    Detector, EtcdApi, EtcdOptions, EtcdRegistry, Keyspace, LeaseManager, LeasePolicy, LeaseTiming,
+    PreviousEnv, Registry, WatchScope,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +70,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     };
     match keyspace {
         Keyspace::V3(registry) => {
-            subnet::members::spawn_member_check(&etcd);
+            subnet::spawn_member_check(&etcd);
             serve(*registry, opts, previous, firewall, ready_tx, shutdown).await
         }
         Keyspace::V2(registry) => {
@@ -111,7 +109,7 @@ async fn open_keyspace(
         EtcdApi::V2 => Keyspace::V2(subnet::EtcdV2Registry::connect(etcd).context("etcd")?),
         EtcdApi::Auto => {
             let detector = Detector::connect(etcd).await.context("etcd")?;
-            let fatal = |e: &subnet::registry::RegistryError| !e.is_retryable();
+            let fatal = |e: &subnet::RegistryError| !e.is_retryable();
             let found = retry(shutdown, "Couldn't fetch network config", fatal, || {
                 detector.detect()
             });
@@ -196,7 +194,7 @@ async fn serve<R: Registry>(
 async fn wait_for_config<R: Registry>(
     registry: &R,
     shutdown: &CancellationToken,
-) -> Result<Option<(subnet::NetworkConfig, subnet::config::Ipv4Range)>> {
+) -> Result<Option<(subnet::NetworkConfig, subnet::Ipv4Range)>> {
     let found = retry(
         shutdown,
         "Couldn't fetch network config",
@@ -284,7 +282,7 @@ async fn acquire_lease<R: Registry>(
     let acquired = retry(
         shutdown,
         "Couldn't acquire a subnet lease",
-        |e: &manager::AcquireError| !e.is_retryable(),
+        |e: &subnet::AcquireError| !e.is_retryable(),
         || LeaseManager::start(registry.clone(), config, attrs.clone(), previous, timing),
     )
     .await?;
@@ -359,7 +357,7 @@ async fn first_sync<R: Registry>(
 #[derive(Debug, thiserror::Error)]
 enum ConfigProblem {
     #[error(transparent)]
-    Registry(#[from] subnet::registry::RegistryError),
+    Registry(#[from] subnet::RegistryError),
     #[error("invalid Backend section: {0}")]
     Backend(#[from] backends::Error),
     #[error("the network config has EnableIPv4=false; flanneld-rs supports IPv4 networks only (set EnableIPv4 to true and Network)")]
@@ -375,7 +373,7 @@ impl ConfigProblem {
 /// The network config, once it is valid including its `Backend` section, with its IPv4 range.
 async fn usable_config<R: Registry>(
     registry: &R,
-) -> Result<(subnet::NetworkConfig, subnet::config::Ipv4Range), ConfigProblem> {
+) -> Result<(subnet::NetworkConfig, subnet::Ipv4Range), ConfigProblem> {
     let config = registry.network_config().await?;
     backends::check_config(&config.backend)?;
     let range = *config.v4().ok_or(ConfigProblem::NoIpv4)?;

@@ -10,8 +10,9 @@
 
 use std::time::Duration;
 
-use subnet::etcdv2::{Export, ExportedLease};
-use subnet::{EtcdRegistry, EtcdV2Registry, LeaseAttrs, NetworkConfig, RegistryError};
+use subnet::{
+    EtcdRegistry, EtcdV2Registry, Export, ExportedLease, LeaseAttrs, NetworkConfig, RegistryError,
+};
 
 use crate::cli;
 use crate::daemon::etcd_options;

@@ -1,32 +1,41 @@
 //! The flanneld control plane: network config, lease codec, subnet allocation, subnet.env, the
 //! etcd registries (v3, and the v2 keyspace of flanneld v0.11) and the lease manager.
+//!
+//! The modules are private: every public item has one path, `subnet::<Item>`.
 
-pub mod config;
-pub mod json;
-pub mod lease;
-
-pub use config::{ConfigError, NetworkConfig};
-pub use lease::{Lease, LeaseAttrs, LeaseError, SubnetKey};
-pub mod peers;
-pub mod subnet_env;
-
-pub use peers::{LeaseEvent, PeerSet};
-pub mod validate;
-pub use subnet_env::{PreviousEnv, SubnetEnv};
-pub use validate::{LeasePolicy, Rejection};
-pub mod alloc;
-pub mod etcd;
-pub mod etcdv2;
-pub mod keyspace;
-pub mod manager;
-pub mod members;
-pub mod registry;
+mod alloc;
+mod config;
+mod etcd;
+mod etcdv2;
+mod json;
+mod keyspace;
+mod lease;
+mod manager;
+mod members;
+mod peers;
+mod registry;
 mod retry;
-pub mod watch;
+mod subnet_env;
+mod validate;
+mod watch;
 
-pub use alloc::OutOfSubnets;
+// The network config and its parts.
+pub use config::{BackendConfig, ConfigError, Ipv4Range, Ipv6Range, NetworkConfig, SubnetRange};
+pub use json::Fields;
+// Leases, their keys and values, and what is checked before a peer's lease is programmed.
+pub use lease::{never, Lease, LeaseAttrs, LeaseError, SubnetKey};
+pub use validate::{overlaps, LeasePolicy, Rejection};
+// The peers the data plane connects to, and the events that change them.
+pub use peers::{LeaseEvent, PeerSet};
+// Choosing and holding this host's subnet.
+pub use alloc::{choose_subnet, Choice, OutOfSubnets, Plan, Reason};
+pub use manager::{
+    acquire, is_valid, AcquireError, LeaseHandle, LeaseManager, LeaseTiming, OWN_KEY_CHECK_PERIOD,
+};
+pub use subnet_env::{PreviousEnv, SubnetEnv};
+// The stores: the Registry trait, etcd v3, the v2 keyspace, the choice between them.
 pub use etcd::{EtcdOptions, EtcdRegistry};
-pub use etcdv2::EtcdV2Registry;
-pub use keyspace::{EtcdApi, Keyspace};
-pub use manager::{AcquireError, LeaseManager, LeaseTiming};
-pub use registry::{Registry, RegistryError, WatchScope, WatchUpdate};
+pub use etcdv2::{EtcdV2Registry, Export, ExportedLease};
+pub use keyspace::{Detector, EtcdApi, Keyspace};
+pub use members::{spawn_member_check, MEMBER_CHECK_PERIOD};
+pub use registry::{PutGuard, Registry, RegistryError, StoredLease, WatchScope, WatchUpdate};

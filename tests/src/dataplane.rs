@@ -7,8 +7,7 @@ use std::net::Ipv4Addr;
 use crate::netns::Netns;
 use backends::{ExternalInterface, Netlink};
 use serde_json::Value;
-use subnet::config::BackendConfig;
-use subnet::{Lease, LeaseAttrs, LeaseEvent, PeerSet, SubnetKey};
+use subnet::{BackendConfig, Lease, LeaseAttrs, LeaseEvent, PeerSet, SubnetKey};
 
 /// Runs `f` with a netlink connection inside `ns`, on a current-thread tokio runtime.
 pub fn in_ns<F, Fut, R>(ns: &Netns, f: F) -> R

@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use flanneld_tests::etcd::{CutProxy, EtcdServer};
 use ipnet::Ipv4Net;
-use subnet::manager::{acquire, is_valid};
 use subnet::{
-    AcquireError, EtcdOptions, EtcdRegistry, Lease, LeaseAttrs, LeaseEvent, LeaseManager,
-    LeaseTiming, PeerSet, Registry, RegistryError, SubnetKey, WatchScope, WatchUpdate,
+    acquire, is_valid, AcquireError, EtcdOptions, EtcdRegistry, Lease, LeaseAttrs, LeaseEvent,
+    LeaseManager, LeaseTiming, PeerSet, Registry, RegistryError, SubnetKey, WatchScope,
+    WatchUpdate,
 };
 use tokio::sync::mpsc;
 

@@ -9,12 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use flanneld_tests::cluster::flanneld_bin;
 use flanneld_tests::etcd::{EtcdServer, EtcdSpec};
-use subnet::keyspace::Detector;
-use subnet::manager::{acquire, is_valid};
-use subnet::registry::PutGuard;
 use subnet::{
-    EtcdV2Registry, Keyspace, LeaseAttrs, LeaseEvent, LeaseManager, LeaseTiming, PeerSet, Registry,
-    RegistryError, SubnetKey, WatchScope, WatchUpdate,
+    acquire, is_valid, Detector, EtcdV2Registry, Keyspace, LeaseAttrs, LeaseEvent, LeaseManager,
+    LeaseTiming, PeerSet, PutGuard, Registry, RegistryError, SubnetKey, WatchScope, WatchUpdate,
 };
 use tokio::sync::mpsc;
 

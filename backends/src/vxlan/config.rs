@@ -1,7 +1,7 @@
 //! The vxlan keys of the `Backend` object, decoded case-insensitively like Go flanneld.
 
 use serde_json::Value;
-use subnet::json::Fields;
+use subnet::Fields;
 
 use crate::Error;
 

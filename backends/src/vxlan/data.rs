@@ -2,7 +2,7 @@
 //! `{"VtepMAC":"..."}` (v0.11).
 
 use serde_json::{Map, Value};
-use subnet::json::Fields;
+use subnet::Fields;
 
 use crate::mac::Mac;
 
