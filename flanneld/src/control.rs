@@ -469,7 +469,7 @@ impl Agent {
     /// Reads the networks this host is connected to and checks every lease against them again
     /// (a lease covering a LAN of this host must never be routed). A failed read keeps the
     /// networks known before.
-    pub(crate) async fn refresh_local_networks(&mut self) {
+    async fn refresh_local_networks(&mut self) {
         let Some(policy) = self.peers.policy() else {
             return;
         };
@@ -501,7 +501,9 @@ impl Agent {
         }
     }
 
-    /// Makes the kernel match the desired state for the current peers.
+    /// Makes the kernel match the desired state for the current peers. It reads the host's
+    /// networks first, so every lease (the first listing too) is checked against them before
+    /// anything is programmed for it.
     pub(crate) async fn reconcile(&mut self) {
         self.refresh_local_networks().await;
         self.changed.clear();

@@ -330,8 +330,6 @@ async fn first_sync<R: Registry>(
     // Subscribed first: a change during the first reconcile is then not missed.
     let notifications = Notifications::subscribe()
         .context("cannot subscribe to kernel link/route notifications")?;
-    // The host's networks are known before the first lease is checked against them.
-    agent.refresh_local_networks().await;
     let mut peer_watch = registry.watch_leases(WatchScope::AllLeases);
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(None),

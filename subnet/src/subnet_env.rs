@@ -111,16 +111,18 @@ impl PreviousEnv {
     /// value is ambiguous and treated as absent.
     pub fn parse(text: &str) -> PreviousEnv {
         let mut prev = PreviousEnv::default();
-        for line in text.lines() {
-            let line = line.trim();
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
-            match key.trim() {
-                "FLANNEL_NETWORK" => prev.network = single_cidr(value),
-                "FLANNEL_SUBNET" => prev.subnet = single_cidr(value),
+        for line in lines(text) {
+            match line {
+                Line::Entry {
+                    key: "FLANNEL_NETWORK",
+                    value,
+                    ..
+                } => prev.network = single_cidr(value),
+                Line::Entry {
+                    key: "FLANNEL_SUBNET",
+                    value,
+                    ..
+                } => prev.subnet = single_cidr(value),
                 _ => {}
             }
         }
@@ -128,32 +130,58 @@ impl PreviousEnv {
     }
 }
 
-/// What [`PreviousEnv::parse`] ignores in `text`, one note per line, naming it.
-fn problems(text: &str) -> Vec<String> {
-    let mut notes = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+/// One line of a dotenv file that is neither blank nor a comment.
+enum Line<'a> {
+    /// `KEY=value`, with `export`, spaces and quotes stripped.
+    Entry {
+        number: usize,
+        key: &'a str,
+        value: &'a str,
+    },
+    /// Not of that form.
+    Malformed { number: usize, text: &'a str },
+}
+
+/// The lines of `text` as [`PreviousEnv::parse`] reads them, numbered from 1.
+fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
+    text.lines().enumerate().filter_map(|(n, line)| {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
-            continue;
+            return None;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else {
-            notes.push(format!(
-                "ignoring line {}: {line:?} is not KEY=value",
-                n + 1
-            ));
-            continue;
-        };
-        let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
-        let key = key.trim();
-        if ["FLANNEL_NETWORK", "FLANNEL_SUBNET"].contains(&key) && single_cidr(value).is_none() {
-            notes.push(format!(
-                "ignoring {key}={value:?} (line {}): not one IPv4 subnet such as 10.5.34.1/24",
-                n + 1
-            ));
-        }
-    }
-    notes
+        Some(match line.split_once('=') {
+            Some((key, value)) => Line::Entry {
+                number: n + 1,
+                key: key.trim(),
+                value: value.trim().trim_matches(|c| c == '"' || c == '\''),
+            },
+            None => Line::Malformed {
+                number: n + 1,
+                text: line,
+            },
+        })
+    })
+}
+
+/// What [`PreviousEnv::parse`] ignores in `text`, one note per line, naming it.
+fn problems(text: &str) -> Vec<String> {
+    lines(text)
+        .filter_map(|line| match line {
+            Line::Malformed { number, text } => {
+                Some(format!("ignoring line {number}: {text:?} is not KEY=value"))
+            }
+            Line::Entry { number, key, value }
+                if ["FLANNEL_NETWORK", "FLANNEL_SUBNET"].contains(&key)
+                    && single_cidr(value).is_none() =>
+            {
+                Some(format!(
+                    "ignoring {key}={value:?} (line {number}): not one IPv4 subnet such as 10.5.34.1/24"
+                ))
+            }
+            Line::Entry { .. } => None,
+        })
+        .collect()
 }
 
 fn single_cidr(value: &str) -> Option<Ipv4Net> {
