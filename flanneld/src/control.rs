@@ -151,13 +151,13 @@ impl Agent {
         mut peer_watch: mpsc::Receiver<WatchUpdate>,
         mut lease_rx: watch::Receiver<Lease>,
         mut notifications: Notifications,
-        iptables_resync: i64,
+        iptables_resync: Duration,
         shutdown: &CancellationToken,
     ) -> Result<()> {
         // Start-up has just reconciled and checked the rules: the first ticks come a period on.
         let now = tokio::time::Instant::now();
         let mut resync = tokio::time::interval_at(now + RESYNC_PERIOD, RESYNC_PERIOD);
-        let fw_period = Duration::from_secs(iptables_resync.max(1).unsigned_abs());
+        let fw_period = iptables_resync;
         let mut fw_tick = tokio::time::interval_at(now + fw_period, fw_period);
         let mut readiness_tick = tokio::time::interval(Duration::from_secs(1));
         let mut pending_setup = false;

@@ -11,11 +11,10 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use backends::{Backend, Netlink, Notifications};
 use subnet::{
     Detector, EtcdApi, EtcdOptions, EtcdRegistry, Keyspace, LeaseManager, LeasePolicy, LeaseTiming,
@@ -36,12 +35,11 @@ const RETRY_PERIOD: Duration = Duration::from_secs(1);
 
 /// Runs the agent until `shutdown` is cancelled. `Ok` means a clean exit (status 0).
 pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
-    let subnet_file = PathBuf::from(&opts.subnet_file);
-    let previous = PreviousEnv::read(&subnet_file);
+    let previous = PreviousEnv::read(&opts.subnet_file);
     if let Some(s) = previous.subnet {
         tracing::info!(
             "{} records subnet {s} from a previous run",
-            subnet_file.display()
+            opts.subnet_file.display()
         );
     }
 
@@ -50,15 +48,15 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
 
     // iptables detection needs no lease: it runs while etcd is asked for config and lease.
     let fw_options = FirewallOptions {
-        backend: opts.iptables_backend.clone(),
+        backend: opts.iptables_backend,
         ip_masq: opts.ip_masq,
         random_fully_disabled: opts.ip_masq_fully_random_disable,
         forward_rules: opts.iptables_forward_rules,
     };
-    let firewall = (Detection::start(&fw_options)?, fw_options);
+    let firewall = (Detection::start(&fw_options), fw_options);
 
-    let etcd = etcd_options(&opts);
-    let api: EtcdApi = opts.etcd_api.parse().map_err(|e: String| anyhow!(e))?;
+    let etcd = opts.etcd.registry_options();
+    let api = opts.etcd_api;
     tracing::info!(
         "etcd endpoints {}, prefix {}, API {api}",
         etcd.endpoints.join(","),
@@ -84,11 +82,7 @@ async fn start_health_server(opts: &Options, ready_rx: watch::Receiver<Readiness
     if opts.healthz_port == 0 {
         return Ok(());
     }
-    let ip: IpAddr = (opts.healthz_ip.parse())
-        .with_context(|| format!("--healthz-ip {:?} is not an IP address", opts.healthz_ip))?;
-    let port = u16::try_from(opts.healthz_port)
-        .with_context(|| format!("--healthz-port {} is not a port number", opts.healthz_port))?;
-    let addr = SocketAddr::new(ip, port);
+    let addr = SocketAddr::new(opts.healthz_ip, opts.healthz_port);
     let listener = healthz::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (--healthz-ip/--healthz-port)"))?;
@@ -162,7 +156,7 @@ async fn serve<R: Registry>(
         backend,
         nl,
         firewall,
-        subnet_file: PathBuf::from(&opts.subnet_file),
+        subnet_file: opts.subnet_file.clone(),
         ip_masq: opts.ip_masq,
         ready_tx,
         config_note: crate::config_watch::spawn(registry.clone(), config.clone()),
@@ -227,22 +221,15 @@ async fn wait_for_config<R: Registry>(
 /// Step 2: chooses the external interface and public IP (`--iface`, `--iface-regex`,
 /// `--iface-can-reach`, `--public-ip`) and logs why.
 async fn choose_interface(opts: &Options, nl: &Netlink) -> Result<iface::SelectedInterface> {
-    let can_reach = match opts.iface_can_reach.as_str() {
-        "" => None,
-        s => Some(
-            s.parse::<Ipv4Addr>()
-                .with_context(|| format!("--iface-can-reach {s:?} is not an IPv4 address"))?,
-        ),
-    };
     let host = nl
-        .host_view(can_reach)
+        .host_view(opts.iface_can_reach)
         .await
         .context("cannot read this host's interfaces, addresses and routes")?;
     let selection = Selection {
         iface: &opts.iface,
         iface_regex: &opts.iface_regex,
-        can_reach: &opts.iface_can_reach,
-        public_ip: &opts.public_ip,
+        can_reach: opts.iface_can_reach,
+        public_ip: opts.public_ip,
     };
     let selected = iface::select(&host, &selection)?;
     tracing::info!(
@@ -277,8 +264,7 @@ async fn acquire_lease<R: Registry>(
     opts: &Options,
     shutdown: &CancellationToken,
 ) -> Result<Option<LeaseManager<R>>> {
-    let timing =
-        LeaseTiming::with_renew_margin_minutes(opts.subnet_lease_renew_margin.unsigned_abs());
+    let timing = LeaseTiming::with_renew_margin(opts.subnet_lease_renew_margin);
     let acquired = retry(
         shutdown,
         "Couldn't acquire a subnet lease",
@@ -385,22 +371,6 @@ fn release_freed_heap() {
     // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Maps the `--etcd-*` flags to the registry options.
-pub(crate) fn etcd_options(opts: &Options) -> EtcdOptions {
-    let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
-    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    EtcdOptions {
-        endpoints: opts.etcd_endpoints.clone(),
-        prefix: opts.etcd_prefix.clone(),
-        keyfile: path(&opts.etcd_keyfile),
-        certfile: path(&opts.etcd_certfile),
-        cafile: path(&opts.etcd_cafile),
-        username: text(&opts.etcd_username),
-        password: text(&opts.etcd_password),
-        ..EtcdOptions::default()
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 #[derive(Clone, Debug)]
 pub struct FirewallOptions {
     /// `--iptables-backend`: auto, legacy or nft.
-    pub backend: String,
+    pub backend: BackendChoice,
     /// `--ip-masq`.
     pub ip_masq: bool,
     /// `--ip-masq-fully-random-disable`.
@@ -32,15 +32,15 @@ pub struct Detection(Option<JoinHandle<Result<(Iptables, String), netfilter::Err
 
 impl Detection {
     /// Starts detecting the iptables flavour on a blocking thread, unless neither `--ip-masq`
-    /// nor `--iptables-forward-rules` asks for any rule. Fails on a bad `--iptables-backend`.
-    pub fn start(options: &FirewallOptions) -> Result<Detection> {
+    /// nor `--iptables-forward-rules` asks for any rule.
+    pub fn start(options: &FirewallOptions) -> Detection {
         if !options.ip_masq && !options.forward_rules {
-            return Ok(Detection(None));
+            return Detection(None);
         }
-        let choice: BackendChoice = options.backend.parse().context("--iptables-backend")?;
-        Ok(Detection(Some(tokio::task::spawn_blocking(move || {
+        let choice = options.backend;
+        Detection(Some(tokio::task::spawn_blocking(move || {
             Iptables::detect(choice)
-        }))))
+        })))
     }
 }
 

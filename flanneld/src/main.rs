@@ -29,7 +29,11 @@ fn main() -> ExitCode {
         _ => {}
     }
     let opts = match cli::parse(&args, std::env::vars()) {
-        Ok(o) => o,
+        Ok(cli::Invocation::Agent(opts)) => *opts,
+        Ok(other) => {
+            eprintln!("flanneld: unexpected command line {other:?}");
+            return ExitCode::from(2);
+        }
         Err(cli::CliError::Help) => {
             eprint!("{}", cli::usage());
             return ExitCode::SUCCESS;
@@ -48,17 +52,15 @@ fn main() -> ExitCode {
     for w in &opts.warnings {
         tracing::warn!("{w}");
     }
-    if opts.kube_subnet_mgr {
+    if opts.kube.kube_subnet_mgr {
         tracing::error!("--kube-subnet-mgr is not supported: flanneld-rs runs in etcd mode only");
         return ExitCode::FAILURE;
     }
-    if !(1..=1439).contains(&opts.subnet_lease_renew_margin) {
-        tracing::error!(
-            "invalid --subnet-lease-renew-margin {}: it must be between 1 and 1439 minutes",
-            opts.subnet_lease_renew_margin
-        );
-        return ExitCode::FAILURE;
-    }
+    run_agent(opts)
+}
+
+/// Runs the agent on a single-threaded runtime until SIGTERM/SIGINT.
+fn run_agent(opts: cli::Options) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -87,9 +89,9 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 /// `-v N` maps to levels: 0-1 info, 2-4 debug, 5+ trace; `RUST_LOG` overrides. Logs go to stderr.
-fn init_logging(v: i64) {
+fn init_logging(v: i32) {
     let level = match v {
-        i64::MIN..=1 => "info",
+        i32::MIN..=1 => "info",
         2..=4 => "debug",
         _ => "trace",
     };

@@ -14,96 +14,57 @@ use subnet::{
     EtcdRegistry, EtcdV2Registry, Export, ExportedLease, LeaseAttrs, NetworkConfig, RegistryError,
 };
 
-use crate::cli;
-use crate::daemon::etcd_options;
+use crate::cli::{self, CliError, EtcdFlags};
 
-const USAGE: &str = "Usage: flanneld migrate-etcd --from v2 --to v3 [--dry-run] [-etcd-* flags]
-
-Copies the network config and every live lease (with its remaining TTL) from the etcd v2
-keyspace (flanneld v0.11) to the v3 keyspace. Keys already in v3 are left as they are; re-running
-changes nothing. Exit status 1 if a v3 key differs from its v2 original or on errors.
-  --from v2       the keyspace to copy from (only v2)
-  --to v3         the keyspace to copy to (only v3)
-  --dry-run       print what would be done, write nothing
-  -etcd-endpoints, -etcd-prefix, -etcd-cafile, -etcd-certfile, -etcd-keyfile,
-  -etcd-username, -etcd-password: as for the agent
-";
-
-/// The subcommand's own flags; the rest are the agent's `--etcd-*` flags.
-#[derive(Debug, PartialEq, Eq)]
-struct Args {
+/// The subcommand's flags: the direction, `--dry-run`, and the agent's `--etcd-*` flags.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct Args {
+    /// the keyspace to copy from (only v2)
+    #[arg(long, value_parser = ["v2"])]
     from: String,
+    /// the keyspace to copy to (only v3)
+    #[arg(long, value_parser = ["v3"])]
     to: String,
+    /// print what would be done, write nothing
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::cli::go_bool)]
     dry_run: bool,
-    rest: Vec<String>,
+    #[command(flatten)]
+    etcd: EtcdFlags,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut parsed = Args {
-        from: String::new(),
-        to: String::new(),
-        dry_run: false,
-        rest: Vec::new(),
-    };
-    let mut i = 0;
-    while i < args.len() {
-        let arg = &args[i];
-        i += 1;
-        let body = arg.trim_start_matches('-');
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (body, None),
-        };
-        match name {
-            "from" | "to" => {
-                let value = match inline {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        args.get(i - 1)
-                            .cloned()
-                            .ok_or_else(|| format!("--{name} needs a value"))?
-                    }
-                };
-                if name == "from" {
-                    parsed.from = value;
-                } else {
-                    parsed.to = value;
-                }
-            }
-            "dry-run" => parsed.dry_run = inline.as_deref().is_none_or(|v| v == "true"),
-            _ => parsed.rest.push(arg.clone()),
-        }
+/// Parses the arguments after `migrate-etcd` (and the `FLANNELD_ETCD_*` variables).
+fn parse_args(
+    args: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Args, Vec<String>), CliError> {
+    let argv: Vec<&str> = std::iter::once("migrate-etcd")
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    match cli::parse(&argv, env)? {
+        cli::Invocation::MigrateEtcd(args, warnings) => Ok((args, warnings)),
+        other => Err(CliError::Other(format!(
+            "unexpected command line {other:?}"
+        ))),
     }
-    if parsed.from != "v2" || parsed.to != "v3" {
-        return Err(format!(
-            "only --from v2 --to v3 is supported (got --from {:?} --to {:?})",
-            parsed.from, parsed.to
-        ));
-    }
-    Ok(parsed)
 }
 
 /// Runs the subcommand with the arguments after `migrate-etcd`; returns the exit code.
 pub fn run(args: &[String]) -> i32 {
-    let args = match parse_args(args) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("flanneld migrate-etcd: {message}\n\n{USAGE}");
-            return 2;
-        }
-    };
-    let opts = match cli::parse(&args.rest, std::env::vars()) {
-        Ok(opts) => opts,
-        Err(cli::CliError::Help) => {
-            eprint!("{USAGE}");
+    let usage = || cli::subcommand_usage("migrate-etcd");
+    let (args, warnings) = match parse_args(args, std::env::vars()) {
+        Ok(parsed) => parsed,
+        Err(CliError::Help) => {
+            eprint!("{}", usage());
             return 0;
         }
         Err(e) => {
-            eprintln!("flanneld migrate-etcd: {e}\n\n{USAGE}");
+            eprintln!("flanneld migrate-etcd: {e}\n\n{}", usage());
             return 2;
         }
     };
+    for warning in warnings {
+        eprintln!("flanneld migrate-etcd: {warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,7 +75,7 @@ pub fn run(args: &[String]) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(migrate(&etcd_options(&opts), args.dry_run)) {
+    match runtime.block_on(migrate(&args.etcd.registry_options(), args.dry_run)) {
         Ok(report) => {
             println!("{}", report.summary(args.dry_run));
             i32::from(report.differ > 0)
@@ -284,24 +245,25 @@ async fn copy(
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Result<Args, String> {
-        parse_args(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    fn args(list: &[&str]) -> Result<Args, CliError> {
+        let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        parse_args(&list, std::iter::empty()).map(|(args, _)| args)
     }
 
     #[test]
     fn flags_are_split_from_the_etcd_flags() {
         let a = args(&["--from", "v2", "-to=v3", "--dry-run", "-etcd-prefix=/x"]).unwrap();
         assert_eq!(
-            a,
-            Args {
-                from: "v2".into(),
-                to: "v3".into(),
-                dry_run: true,
-                rest: vec!["-etcd-prefix=/x".into()],
-            }
+            (a.from.as_str(), a.to.as_str(), a.dry_run),
+            ("v2", "v3", true)
         );
+        assert_eq!(a.etcd.etcd_prefix, "/x");
         assert!(args(&["--from", "v3", "--to", "v2"]).is_err());
         assert!(args(&["--from", "v2"]).is_err());
+        assert!(
+            args(&["from", "v2", "--to", "v3"]).is_err(),
+            "flags need dashes"
+        );
     }
 
     #[test]

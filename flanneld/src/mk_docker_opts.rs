@@ -18,18 +18,46 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::process::Command;
 
-const USAGE: &str = "flanneld mk-docker-opts [-f FLANNEL-ENV-FILE] [-d DOCKER-ENV-FILE] [-i] [-c] [-m] [-k COMBINED-KEY]
+use crate::cli::{self, CliError};
 
-Generate Docker daemon options based on flannel env file
-OPTIONS:
-\t-f\tPath to flannel env file. Defaults to /run/flannel/subnet.env
-\t-d\tPath to Docker env file to write to. Defaults to /run/docker_opts.env
-\t-i\tOutput each Docker option as individual var. e.g. DOCKER_OPT_MTU=1500
-\t-c\tOutput combined Docker options into DOCKER_OPTS var
-\t-k\tSet the combined options key to this value (default DOCKER_OPTS=)
-\t-m\tDo not output --ip-masq (useful for older Docker version)
-
-";
+/// The subcommand's options as clap parses them (getopts `f:d:icmk:`, `-h`/`-?` for help;
+/// parsing stops at `--` or the first operand, like getopts).
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct Args {
+    /// Path to flannel env file
+    #[arg(
+        short = 'f',
+        value_name = "FLANNEL-ENV-FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    env_file: String,
+    /// Path to Docker env file to write to
+    #[arg(
+        short = 'd',
+        value_name = "DOCKER-ENV-FILE",
+        default_value = "/run/docker_opts.env"
+    )]
+    docker_env: String,
+    /// Output each Docker option as individual var. e.g. DOCKER_OPT_MTU=1500
+    #[arg(short = 'i')]
+    individual: bool,
+    /// Output combined Docker options into DOCKER_OPTS var
+    #[arg(short = 'c')]
+    combined: bool,
+    /// Set the combined options key to this value
+    #[arg(
+        short = 'k',
+        value_name = "COMBINED-KEY",
+        default_value = "DOCKER_OPTS"
+    )]
+    key: String,
+    /// Do not output --ip-masq (useful for older Docker version)
+    #[arg(short = 'm')]
+    no_ip_masq: bool,
+    /// Operands, ignored as the script ignores them (getopts stops at the first).
+    #[arg(hide = true, trailing_var_arg = true)]
+    operands: Vec<String>,
+}
 
 /// The command line, after defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +70,21 @@ struct Options {
     ip_masq: bool,
 }
 
+impl From<Args> for Options {
+    /// Neither `-i` nor `-c` means both, as in the script.
+    fn from(args: Args) -> Options {
+        let both = !args.individual && !args.combined;
+        Options {
+            env_file: args.env_file,
+            docker_env: args.docker_env,
+            individual: args.individual || both,
+            combined: args.combined || both,
+            key: args.key,
+            ip_masq: !args.no_ip_masq,
+        }
+    }
+}
+
 /// Runs the subcommand with the arguments after `mk-docker-opts`; returns the exit code.
 pub fn run(args: &[String]) -> i32 {
     let options = match parse_args(args) {
@@ -50,7 +93,7 @@ pub fn run(args: &[String]) -> i32 {
             if let Some(message) = message {
                 eprintln!("flanneld mk-docker-opts: {message}");
             }
-            eprint!("{USAGE}");
+            eprint!("{}", cli::subcommand_usage("mk-docker-opts"));
             return 1;
         }
     };
@@ -93,61 +136,20 @@ pub fn run(args: &[String]) -> i32 {
     }
 }
 
-/// getopts `f:d:icmk:?h`. `Err(Some(message))` for a bad option, `Err(None)` for `-h`/`-?`;
-/// both mean: print the usage and exit 1. Parsing stops at `--` or the first non-option.
+/// Parses the arguments after `mk-docker-opts` with the script's messages: `Err(Some(message))`
+/// for a bad option, `Err(None)` for `-h`/`-?`; both mean: print the usage and exit 1.
 fn parse_args(args: &[String]) -> Result<Options, Option<String>> {
-    let mut options = Options {
-        env_file: "/run/flannel/subnet.env".to_string(),
-        docker_env: "/run/docker_opts.env".to_string(),
-        individual: false,
-        combined: false,
-        key: "DOCKER_OPTS".to_string(),
-        ip_masq: true,
-    };
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        if arg == "--" {
-            break;
-        }
-        let Some(letters) = arg.strip_prefix('-').filter(|l| !l.is_empty()) else {
-            break;
-        };
-        for (at, letter) in letters.char_indices() {
-            let target = match letter {
-                'i' => {
-                    options.individual = true;
-                    continue;
-                }
-                'c' => {
-                    options.combined = true;
-                    continue;
-                }
-                'm' => {
-                    options.ip_masq = false;
-                    continue;
-                }
-                '?' | 'h' => return Err(None),
-                'f' => &mut options.env_file,
-                'd' => &mut options.docker_env,
-                'k' => &mut options.key,
-                other => return Err(Some(format!("Illegal option -{other}"))),
-            };
-            let attached = &letters[at + letter.len_utf8()..];
-            *target = if attached.is_empty() {
-                rest.next()
-                    .ok_or_else(|| Some(format!("No arg for -{letter} option")))?
-                    .clone()
-            } else {
-                attached.to_string()
-            };
-            break;
-        }
+    let argv: Vec<&str> = std::iter::once("mk-docker-opts")
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    match cli::parse(&argv, std::iter::empty()) {
+        Ok(cli::Invocation::MkDockerOpts(args)) => Ok(args.into()),
+        Ok(other) => Err(Some(format!("unexpected command line {other:?}"))),
+        Err(CliError::Help) => Err(None),
+        Err(CliError::Unknown(option)) => Err(Some(format!("Illegal option -{option}"))),
+        Err(CliError::MissingValue(option)) => Err(Some(format!("No arg for -{option} option"))),
+        Err(e) => Err(Some(e.to_string())),
     }
-    if !options.individual && !options.combined {
-        options.individual = true;
-        options.combined = true;
-    }
-    Ok(options)
 }
 
 /// The `NAME=value` assignments of a file the script sources (subnet.env): blank lines and

@@ -53,10 +53,10 @@ impl Default for LeaseTiming {
 }
 
 impl LeaseTiming {
-    /// The defaults with `--subnet-lease-renew-margin` in minutes.
-    pub fn with_renew_margin_minutes(minutes: u64) -> Self {
+    /// The defaults with the renewal margin `--subnet-lease-renew-margin` asks for.
+    pub fn with_renew_margin(renew_margin: Duration) -> Self {
         LeaseTiming {
-            renew_margin: Duration::from_secs(minutes * 60),
+            renew_margin,
             ..LeaseTiming::default()
         }
     }

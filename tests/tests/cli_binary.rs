@@ -20,3 +20,64 @@ fn version_prints_the_version_and_a_newline_on_stderr_like_go_flanneld() {
         assert!(out.stdout.is_empty(), "{spelling}: nothing on stdout");
     }
 }
+
+/// Runs `flanneld args...` without environment overlays; returns the exit code and stderr.
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(flanneld_bin())
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run flanneld");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_is_generated_from_the_flag_definitions_in_go_spellings() {
+    for spelling in ["-h", "--help", "-help"] {
+        let (code, help) = run(&[spelling]);
+        assert_eq!(code, Some(0), "{spelling}");
+        for flag in [
+            "--etcd-endpoints",
+            "--iface-regex",
+            "--healthz-port",
+            "mk-docker-opts",
+        ] {
+            assert!(
+                help.contains(flag),
+                "{spelling}: {flag} missing from\n{help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bad_flag_value_names_the_flag_and_a_valid_value_and_exits_2() {
+    let cases = [
+        (
+            "-etcd-endpoints=10.4.7.21:2379",
+            "-etcd-endpoints",
+            "https://10.4.7.21:2379",
+        ),
+        ("--healthz-port=99999", "-healthz-port", "2401"),
+        ("-public-ip=host1", "-public-ip", "10.4.7.21"),
+        (
+            "-subnet-lease-renew-margin=0",
+            "-subnet-lease-renew-margin",
+            "1439",
+        ),
+    ];
+    for (arg, flag, hint) in cases {
+        let (code, err) = run(&[arg]);
+        assert_eq!(code, Some(2), "{arg}: {err}");
+        assert!(err.contains(flag) && err.contains(hint), "{arg}: {err}");
+    }
+    let (code, err) = run(&["-no-such-flag"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("flag provided but not defined: -no-such-flag"),
+        "{err}"
+    );
+}

@@ -1,0 +1,538 @@
+//! The command line: one typed [`Options`] for the agent and one clap subcommand per tool, all
+//! defined once with clap (so `--help` comes from the same definitions) and parsed with Go `flag`
+//! semantics so flanneld unit files work unchanged.
+//!
+//! `-name` and `--name` are equivalent; values come as `-name=v` or `-name v` (booleans only as
+//! `-name` or `-name=false`, in Go's spellings); `iface` and `iface-regex` may repeat, other flags
+//! keep their last value. Flags not given on the command line are filled from `FLANNELD_<NAME>`
+//! environment variables (upper case, `-` ⇒ `_`); empty values are ignored and invalid ones are
+//! reported as warnings, as Go flanneld does. [`goflag`] holds the Go-compatibility layer.
+
+mod goflag;
+mod values;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use netfilter::BackendChoice;
+use subnet::{EtcdApi, EtcdOptions};
+
+pub use values::{go_bool, EtcdEndpoints, IfaceRegex, IfaceSpec, Unset};
+
+/// Why the command line was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    /// `-h`/`--help` was given.
+    #[error("help requested")]
+    Help,
+    /// An unknown flag.
+    #[error("flag provided but not defined: -{0}")]
+    Unknown(String),
+    /// A non-boolean flag without a value.
+    #[error("flag needs an argument: -{0}")]
+    MissingValue(String),
+    /// A value that does not parse for its flag.
+    #[error("invalid value {value:?} for flag -{flag}: {expected}")]
+    BadValue {
+        /// The flag.
+        flag: String,
+        /// The value given.
+        value: String,
+        /// What would be valid.
+        expected: String,
+    },
+    /// A stray positional argument.
+    #[error("unexpected argument {0:?} (flags take values as -flag=value)")]
+    Positional(String),
+    /// Anything else clap rejects (its own message).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invocation {
+    /// Run the agent.
+    Agent(Box<Options>),
+    /// `flanneld mk-docker-opts ...`.
+    MkDockerOpts(crate::mk_docker_opts::Args),
+    /// `flanneld migrate-etcd ...`, with warnings about ignored environment variables.
+    MigrateEtcd(crate::migrate::Args, Vec<String>),
+}
+
+/// The command line as clap sees it: the agent's flags, or a subcommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flanneld",
+    about = "flanneld-rs: a drop-in Rust reimplementation of the flanneld agent (etcd mode)",
+    disable_help_flag = true,
+    disable_version_flag = true,
+    disable_help_subcommand = true,
+    args_override_self = true,
+    after_help = "Flags take one dash or two. Every agent flag can also be set as \
+                  FLANNELD_<FLAG> (upper case, - as _); the command line wins."
+)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Writes docker options from subnet.env, like flannel's mk-docker-opts.sh.
+    #[command(disable_help_flag = true)]
+    MkDockerOpts(crate::mk_docker_opts::Args),
+    /// Copies a flanneld v0.11 network from the etcd v2 keyspace to v3.
+    #[command(disable_help_flag = true, args_override_self = true)]
+    MigrateEtcd(crate::migrate::Args),
+}
+
+/// How to reach etcd (shared by the agent and `migrate-etcd`).
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct EtcdFlags {
+    /// a comma-delimited list of etcd endpoints
+    #[arg(long, default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379", value_parser = str::parse::<EtcdEndpoints>)]
+    pub etcd_endpoints: EtcdEndpoints,
+    /// etcd prefix
+    #[arg(long, default_value = "/coreos.com/network")]
+    pub etcd_prefix: String,
+    /// SSL key file used to secure etcd communication
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::path)]
+    pub etcd_keyfile: Unset<PathBuf>,
+    /// SSL certification file used to secure etcd communication
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::path)]
+    pub etcd_certfile: Unset<PathBuf>,
+    /// SSL Certificate Authority file used to secure etcd communication
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::path)]
+    pub etcd_cafile: Unset<PathBuf>,
+    /// username for BasicAuth to etcd
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::text)]
+    pub etcd_username: Unset<String>,
+    /// password for BasicAuth to etcd
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::text)]
+    pub etcd_password: Unset<String>,
+}
+
+impl EtcdFlags {
+    /// The registry options for these flags.
+    pub fn registry_options(&self) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: self.etcd_endpoints.to_strings(),
+            prefix: self.etcd_prefix.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            cafile: self.etcd_cafile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+            ..EtcdOptions::default()
+        }
+    }
+}
+
+/// The agent's options, typed and validated once. Field docs are the `--help` text (Go
+/// flanneld's wording); flags Go has but this agent does not implement are accepted and warned
+/// about ([`UNSUPPORTED`]).
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
+    /// etcd keyspace holding the network: auto (the one holding <prefix>/config, v3 first), v3, or v2 (flanneld v0.11 clusters; etcd needs --enable-v2) (flanneld-rs only)
+    #[arg(long, default_value = "auto", value_parser = str::parse::<EtcdApi>)]
+    pub etcd_api: EtcdApi,
+    /// interface to use (IP or name) for inter-host communication; may be repeated
+    #[arg(long, action = ArgAction::Append, value_parser = str::parse::<IfaceSpec>)]
+    pub iface: Vec<IfaceSpec>,
+    /// regex expression to match the first interface to use (IP or name); may be repeated
+    #[arg(long, action = ArgAction::Append, value_parser = str::parse::<IfaceRegex>)]
+    pub iface_regex: Vec<IfaceRegex>,
+    /// detect the interface and address used to reach this IP
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::ipv4)]
+    pub iface_can_reach: Unset<Ipv4Addr>,
+    /// filename where env variables (subnet, MTU, ...) will be written to
+    #[arg(long, default_value = "/run/flannel/subnet.env")]
+    pub subnet_file: PathBuf,
+    /// IP accessible by other nodes for inter-host communication
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::ipv4)]
+    pub public_ip: Unset<Ipv4Addr>,
+    /// IPv6 accessible by other nodes for inter-host communication [not supported by flanneld-rs]
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub public_ipv6: String,
+    /// subnet lease renewal margin, in minutes, ranging from 1 to 1439
+    #[arg(long, default_value = "60", value_parser = values::renew_margin)]
+    pub subnet_lease_renew_margin: Duration,
+    /// setup IP masquerade rule for traffic destined outside of overlay network
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    pub ip_masq: bool,
+    /// don't use --random-fully in the MASQUERADE rule
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    pub ip_masq_fully_random_disable: bool,
+    /// resync period for iptables rules, in seconds
+    #[arg(long, default_value = "5", value_parser = values::resync_period)]
+    pub iptables_resync: Duration,
+    /// add default accept rules to FORWARD chain in iptables
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = values::go_bool)]
+    pub iptables_forward_rules: bool,
+    /// iptables flavour to program: auto (the one holding the host's rules), legacy or nft (flanneld-rs only)
+    #[arg(long, default_value = "auto", value_parser = str::parse::<BackendChoice>)]
+    pub iptables_backend: BackendChoice,
+    /// add a blackhole route for the node's own subnet [not supported by flanneld-rs]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    pub ip_blackhole_route: bool,
+    /// the IP address for healthz server to listen
+    #[arg(long, default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+    /// the port for healthz server to listen (0 to disable)
+    #[arg(long, default_value = "0", value_parser = values::port)]
+    pub healthz_port: u16,
+    /// print version and exit
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    pub version: bool,
+    /// log level for V logs
+    #[arg(long = "v", default_value = "0", value_parser = values::verbosity)]
+    pub v: i32,
+    /// comma-separated list of pattern=N settings for file-filtered logging (accepted, ignored)
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub vmodule: String,
+    /// when logging hits line file:N, emit a stack trace (accepted, ignored)
+    #[arg(
+        long = "log_backtrace_at",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub log_backtrace_at: String,
+    #[command(flatten)]
+    pub kube: KubeFlags,
+    /// Warnings about accepted-but-unsupported flags and bad environment values, to log once
+    /// logging is set up.
+    #[arg(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// Go flanneld's Kubernetes-mode flags: accepted so unit files parse, never used
+/// (`--kube-subnet-mgr` itself is a fatal error for this etcd-mode agent).
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+#[command(next_help_heading = "Kubernetes mode (not supported by flanneld-rs)")]
+pub struct KubeFlags {
+    /// contact the Kubernetes API for subnet assignment instead of etcd
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    pub kube_subnet_mgr: bool,
+    /// Kubernetes API server URL
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub kube_api_url: String,
+    /// kubeconfig file location
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub kubeconfig_file: String,
+    /// Kubernetes annotation prefix
+    #[arg(long, default_value = "flannel.alpha.coreos.com")]
+    pub kube_annotation_prefix: String,
+    /// path to the network configuration file
+    #[arg(long, default_value = "/etc/kube-flannel/net-conf.json")]
+    pub net_config_path: String,
+    /// set NodeNetworkUnavailable after ready
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = values::go_bool)]
+    pub set_node_network_unavailable: bool,
+}
+
+const KUBE: &str = "it is only used with --kube-subnet-mgr; this agent runs in etcd mode";
+
+/// Go flanneld flags this agent accepts but does not implement, with the reason given in the
+/// start-up warning (`kube-subnet-mgr` is handled as a fatal error instead).
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("public-ipv6", "IPv6 is not implemented yet"),
+    (
+        "ip-blackhole-route",
+        "the blackhole route is not implemented yet",
+    ),
+    ("kube-api-url", KUBE),
+    ("kubeconfig-file", KUBE),
+    ("kube-annotation-prefix", KUBE),
+    ("net-config-path", KUBE),
+    ("set-node-network-unavailable", KUBE),
+];
+
+/// Parses `args` (without the program name) and overlays `env` (`FLANNELD_*` pairs) on the
+/// agent's and `migrate-etcd`'s flags.
+pub fn parse<I, S>(args: &[S], env: I) -> Result<Invocation, CliError>
+where
+    S: AsRef<str>,
+    I: IntoIterator<Item = (String, String)>,
+{
+    let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+    let parsed = goflag::parse(command(), &args, env)?;
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&parsed.matches)
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    Ok(match cli.command {
+        None => {
+            let mut options = cli.options;
+            options.warnings = parsed.warnings;
+            options
+                .warnings
+                .extend(parsed.given.iter().filter_map(|name| unsupported(name)));
+            Invocation::Agent(Box::new(options))
+        }
+        Some(Command::MkDockerOpts(args)) => Invocation::MkDockerOpts(args),
+        Some(Command::MigrateEtcd(args)) => Invocation::MigrateEtcd(args, parsed.warnings),
+    })
+}
+
+/// The warning for a given flag that this agent does not implement.
+fn unsupported(name: &str) -> Option<String> {
+    let (_, why) = UNSUPPORTED.iter().find(|(flag, _)| *flag == name)?;
+    Some(format!(
+        "flag -{name} is accepted but not supported by flanneld-rs: {why}; ignoring it"
+    ))
+}
+
+/// The whole command line's definition, help flags included.
+fn command() -> clap::Command {
+    goflag::with_help(<Cli as clap::CommandFactory>::command())
+}
+
+/// The usage text printed for `-h`, generated from the flag definitions.
+pub fn usage() -> String {
+    command().render_help().to_string()
+}
+
+/// The usage text of the subcommand `name` (`mk-docker-opts`, `migrate-etcd`).
+pub fn subcommand_usage(name: &str) -> String {
+    let mut command = command();
+    command.build();
+    command
+        .find_subcommand_mut(name)
+        .map(|sub| sub.render_help().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(parsed: Result<Invocation, CliError>) -> Result<Options, CliError> {
+        match parsed? {
+            Invocation::Agent(options) => Ok(*options),
+            other => panic!("not the agent: {other:?}"),
+        }
+    }
+
+    fn p(args: &[&str]) -> Result<Options, CliError> {
+        agent(parse(args, Vec::<(String, String)>::new()))
+    }
+
+    fn pe(args: &[&str], env: &[(&str, &str)]) -> Options {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        agent(parse(args, env)).unwrap()
+    }
+
+    fn endpoints(o: &Options) -> Vec<String> {
+        o.etcd.etcd_endpoints.to_strings()
+    }
+
+    fn names(values: &[&str]) -> Vec<IfaceSpec> {
+        values.iter().map(|v| v.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn defaults_match_flanneld() {
+        let o = p(&[]).unwrap();
+        assert_eq!(
+            endpoints(&o),
+            vec!["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
+        assert_eq!(o.etcd.etcd_prefix, "/coreos.com/network");
+        assert_eq!(o.etcd_api, EtcdApi::Auto);
+        assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(o.subnet_lease_renew_margin, Duration::from_secs(60 * 60));
+        assert!(!o.ip_masq);
+        assert_eq!(o.iptables_resync, Duration::from_secs(5));
+        assert!(o.iptables_forward_rules);
+        assert_eq!(o.healthz_ip, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(o.healthz_port, 0);
+        assert_eq!(o.iptables_backend, BackendChoice::Auto);
+        assert_eq!((o.public_ip, o.iface_can_reach), (None, None));
+        assert_eq!(o.etcd.registry_options(), EtcdOptions::default());
+        assert!(o.warnings.is_empty());
+    }
+
+    #[test]
+    fn go_spellings_work() {
+        let o = p(&[
+            "-etcd-endpoints=https://10.4.7.21:2379,https://10.4.7.22:2379",
+            "--iface=eth0",
+            "-iface",
+            "10.4.7.21",
+            "-ip-masq=false",
+            "-v",
+            "2",
+            "--subnet-file",
+            "/x.env",
+            "-iptables-forward-rules=F",
+            "--healthz-port=2401",
+        ])
+        .unwrap();
+        assert_eq!(
+            endpoints(&o),
+            vec!["https://10.4.7.21:2379", "https://10.4.7.22:2379"]
+        );
+        assert_eq!(o.iface, names(&["eth0", "10.4.7.21"]));
+        assert!(!o.ip_masq);
+        assert_eq!(o.v, 2);
+        assert_eq!(o.subnet_file, PathBuf::from("/x.env"));
+        assert!(!o.iptables_forward_rules);
+        assert_eq!(o.healthz_port, 2401);
+        assert!(p(&["-ip-masq"]).unwrap().ip_masq);
+        assert!(p(&["--ip-masq=1"]).unwrap().ip_masq);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert_eq!(
+            p(&["--bogus"]).unwrap_err(),
+            CliError::Unknown("bogus".into())
+        );
+        assert_eq!(p(&["-h"]).unwrap_err(), CliError::Help);
+        assert_eq!(
+            p(&["-etcd-prefix"]).unwrap_err(),
+            CliError::MissingValue("etcd-prefix".into())
+        );
+        assert!(matches!(
+            p(&["-ip-masq=maybe"]).unwrap_err(),
+            CliError::BadValue { .. }
+        ));
+        assert!(matches!(
+            p(&["-v=x"]).unwrap_err(),
+            CliError::BadValue { .. }
+        ));
+        assert_eq!(
+            p(&["-ip-masq", "false"]).unwrap_err(),
+            CliError::Positional("false".into())
+        );
+    }
+
+    #[test]
+    fn env_fills_only_flags_not_given_and_ignores_empty_values() {
+        let o = pe(
+            &["--etcd-prefix=/cli"],
+            &[
+                ("FLANNELD_ETCD_PREFIX", "/env"),
+                ("FLANNELD_IP_MASQ", "true"),
+                ("FLANNELD_SUBNET_FILE", ""),
+                ("FLANNELD_IFACE", "eth0,eth1"),
+                ("FLANNELD_V", "3"),
+                ("OTHER", "x"),
+            ],
+        );
+        assert_eq!(o.etcd.etcd_prefix, "/cli");
+        assert!(o.ip_masq);
+        assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(
+            o.iface,
+            names(&["eth0,eth1"]),
+            "env values are one value, not split"
+        );
+        assert_eq!(o.v, 3);
+    }
+
+    #[test]
+    fn bad_env_values_warn_and_keep_the_default() {
+        let o = pe(&[], &[("FLANNELD_IPTABLES_RESYNC", "soon")]);
+        assert_eq!(o.iptables_resync, Duration::from_secs(5));
+        assert_eq!(o.warnings.len(), 1);
+        assert!(
+            o.warnings[0].contains("FLANNELD_IPTABLES_RESYNC"),
+            "{:?}",
+            o.warnings
+        );
+    }
+
+    #[test]
+    fn kube_flags_are_accepted_and_reported() {
+        let o = p(&["--kube-api-url=https://k", "-vmodule=x=2"]).unwrap();
+        assert_eq!(o.warnings.len(), 1);
+        assert!(o.warnings[0].contains("-kube-api-url"), "{:?}", o.warnings);
+        assert!(p(&["--kube-subnet-mgr"]).unwrap().kube.kube_subnet_mgr);
+        assert!(usage().contains("-etcd-endpoints"));
+    }
+
+    #[test]
+    fn typed_values_are_checked_once_with_the_flag_and_a_valid_value() {
+        let bad = |args: &[&str]| match p(args).unwrap_err() {
+            CliError::BadValue { flag, expected, .. } => (flag, expected),
+            other => panic!("{args:?}: {other:?}"),
+        };
+        let cases: &[(&[&str], &str, &str)] = &[
+            (
+                &["-etcd-endpoints=10.4.7.21:2379"],
+                "etcd-endpoints",
+                "https://10.4.7.21:2379",
+            ),
+            (&["-public-ip=10.4.7"], "public-ip", "10.4.7.21"),
+            (&["--iface-can-reach", "x"], "iface-can-reach", "10.4.7.21"),
+            (&["-iface-regex=("], "iface-regex", "^eth[0-9]$"),
+            (
+                &["-subnet-lease-renew-margin=1440"],
+                "subnet-lease-renew-margin",
+                "1439",
+            ),
+            (&["-healthz-port=70000"], "healthz-port", "65535"),
+            (&["-healthz-ip=localhost"], "healthz-ip", "IP"),
+            (&["-etcd-api=v4"], "etcd-api", "auto, v3 or v2"),
+            (
+                &["-iptables-backend=iptables"],
+                "iptables-backend",
+                "auto, legacy or nft",
+            ),
+        ];
+        for (args, flag, hint) in cases {
+            let (got_flag, expected) = bad(args);
+            assert_eq!(&got_flag, flag, "{args:?}");
+            assert!(expected.contains(hint), "{args:?}: {expected}");
+        }
+    }
+
+    #[test]
+    fn empty_values_mean_unset_and_last_value_wins() {
+        let o = p(&[
+            "-public-ip=",
+            "--etcd-cafile=",
+            "-etcd-prefix=/a",
+            "-etcd-prefix=/b",
+        ])
+        .unwrap();
+        assert_eq!(o.public_ip, None);
+        assert_eq!(o.etcd.etcd_cafile, None);
+        assert_eq!(o.etcd.etcd_prefix, "/b");
+        let o = p(&[
+            "-public-ip",
+            "10.4.7.21",
+            "-iptables-backend=nft",
+            "-iptables-resync=0",
+        ])
+        .unwrap();
+        assert_eq!(o.public_ip, Some(Ipv4Addr::new(10, 4, 7, 21)));
+        assert_eq!(o.iptables_backend, BackendChoice::Nft);
+        assert_eq!(
+            o.iptables_resync,
+            Duration::from_secs(1),
+            "below 1 s means 1 s, as before"
+        );
+    }
+
+    #[test]
+    fn subcommands_are_parsed_by_clap() {
+        assert!(matches!(
+            parse(&["mk-docker-opts", "-c"], std::iter::empty()),
+            Ok(Invocation::MkDockerOpts(_))
+        ));
+        let env = [("FLANNELD_ETCD_PREFIX".to_string(), "/env".to_string())];
+        match parse(&["migrate-etcd", "-from=v2", "-to", "v3"], env) {
+            Ok(Invocation::MigrateEtcd(_, warnings)) => assert!(warnings.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(usage().contains("mk-docker-opts"));
+        assert!(subcommand_usage("migrate-etcd").contains("--dry-run"));
+    }
+}

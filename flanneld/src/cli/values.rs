@@ -1,0 +1,240 @@
+//! The typed values of the flags and the parsers clap calls for them. Each parser accepts exactly
+//! the spellings Go flanneld's `flag` package accepts and says what a valid value looks like.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use regex_lite::Regex;
+
+/// Go's `strconv.ParseBool`: the only spellings a Go boolean flag accepts.
+pub fn go_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err("use true or false".into()),
+    }
+}
+
+/// A whole number, as Go's integer flags take it.
+fn whole_number(value: &str) -> Result<i64, String> {
+    value.parse().map_err(|_| "use a whole number".to_string())
+}
+
+/// `-v`: the glog verbosity level.
+pub fn verbosity(value: &str) -> Result<i32, String> {
+    let level = whole_number(value)?;
+    i32::try_from(level).map_err(|_| "use a level such as 0, 2 or 5".into())
+}
+
+/// `--subnet-lease-renew-margin`: whole minutes from 1 to 1439, as Go flanneld requires.
+pub fn renew_margin(value: &str) -> Result<Duration, String> {
+    let minutes = whole_number(value)?;
+    match u64::try_from(minutes) {
+        Ok(m @ 1..=1439) => Ok(Duration::from_secs(m * 60)),
+        _ => Err("use whole minutes between 1 and 1439, such as 60".into()),
+    }
+}
+
+/// `--iptables-resync`: whole seconds; like today, anything below 1 means 1 second.
+pub fn resync_period(value: &str) -> Result<Duration, String> {
+    let seconds = whole_number(value)?;
+    Ok(Duration::from_secs(seconds.max(1).unsigned_abs()))
+}
+
+/// `--healthz-port`: a TCP port, 0 to disable the health server.
+pub fn port(value: &str) -> Result<u16, String> {
+    let number = whole_number(value)?;
+    u16::try_from(number).map_err(|_| "use a port from 0 (disabled) to 65535, such as 2401".into())
+}
+
+/// One etcd endpoint: an `http://` or `https://` URL naming a host (and usually a port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdEndpoint(String);
+
+impl fmt::Display for EtcdEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for EtcdEndpoint {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        let hint =
+            || format!("{value:?} is not an etcd URL; use one such as https://10.4.7.21:2379");
+        let uri: http::Uri = value.parse().map_err(|_| hint())?;
+        let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+        let host_ok = uri.host().is_some_and(|h| !h.is_empty());
+        if !scheme_ok || !host_ok {
+            return Err(hint());
+        }
+        Ok(EtcdEndpoint(value.to_string()))
+    }
+}
+
+/// `--etcd-endpoints`: one or more endpoints separated by `,` (one flag value, as in Go).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdEndpoints(pub Vec<EtcdEndpoint>);
+
+impl FromStr for EtcdEndpoints {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        value
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(EtcdEndpoints)
+    }
+}
+
+impl EtcdEndpoints {
+    /// The URLs as strings, for the etcd clients.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0.iter().map(|e| e.0.clone()).collect()
+    }
+}
+
+/// One `--iface` value: an IPv4 address the interface owns, or an interface name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IfaceSpec {
+    /// Chooses the interface that owns this address.
+    Addr(Ipv4Addr),
+    /// Chooses the interface with this name.
+    Name(String),
+}
+
+impl FromStr for IfaceSpec {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value.is_empty() {
+            return Err("use an interface name such as eth0 or one of its addresses".into());
+        }
+        Ok(match value.parse::<Ipv4Addr>() {
+            Ok(ip) => IfaceSpec::Addr(ip),
+            Err(_) => IfaceSpec::Name(value.to_string()),
+        })
+    }
+}
+
+impl fmt::Display for IfaceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IfaceSpec::Addr(ip) => write!(f, "{ip}"),
+            IfaceSpec::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// One `--iface-regex` value, compiled once.
+#[derive(Clone, Debug)]
+pub struct IfaceRegex(Regex);
+
+impl IfaceRegex {
+    /// Whether the pattern matches `text` (an address or an interface name).
+    pub fn is_match(&self, text: &str) -> bool {
+        self.0.is_match(text)
+    }
+}
+
+impl PartialEq for IfaceRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for IfaceRegex {}
+
+impl fmt::Display for IfaceRegex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+impl FromStr for IfaceRegex {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        Regex::new(value)
+            .map(IfaceRegex)
+            .map_err(|e| format!("not a regular expression ({e}); use one such as ^eth[0-9]$"))
+    }
+}
+
+/// A flag whose empty value means "not set", as in Go (`--public-ip=${PUBLIC_IP}` in a unit file
+/// with the variable unset). An alias rather than `Option<T>`, so clap takes `""` as a value.
+pub type Unset<T> = Option<T>;
+
+/// An IPv4 address flag (`--public-ip`, `--iface-can-reach`); empty means unset.
+pub fn ipv4(value: &str) -> Result<Unset<Ipv4Addr>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| "use an IPv4 address such as 10.4.7.21".into())
+}
+
+/// A file flag (`--etcd-cafile`, ...); empty means unset.
+pub fn path(value: &str) -> Result<Unset<PathBuf>, String> {
+    Ok((!value.is_empty()).then(|| PathBuf::from(value)))
+}
+
+/// A text flag (`--etcd-username`, ...); empty means unset.
+pub fn text(value: &str) -> Result<Unset<String>, String> {
+    Ok((!value.is_empty()).then(|| value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_need_a_scheme_and_a_host() {
+        let ok: EtcdEndpoints = "https://10.4.7.21:2379,http://[::1]:2379".parse().unwrap();
+        assert_eq!(ok.0.len(), 2);
+        for bad in [
+            "10.4.7.21:2379",
+            "ftp://x:1",
+            "https://",
+            "",
+            "https://a:1,",
+        ] {
+            let err = bad.parse::<EtcdEndpoints>().unwrap_err();
+            assert!(err.contains("https://10.4.7.21:2379"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn numbers_keep_go_ranges() {
+        assert_eq!(renew_margin("60"), Ok(Duration::from_secs(3600)));
+        assert!(renew_margin("0").is_err());
+        assert!(renew_margin("1440").is_err());
+        assert_eq!(resync_period("0"), Ok(Duration::from_secs(1)));
+        assert_eq!(port("2401"), Ok(2401));
+        assert!(port("65536").is_err());
+        assert!(port("-1").is_err());
+        assert!(verbosity("x").is_err());
+    }
+
+    #[test]
+    fn iface_values_are_addresses_or_names() {
+        assert_eq!(
+            "10.4.7.21".parse::<IfaceSpec>(),
+            Ok(IfaceSpec::Addr(Ipv4Addr::new(10, 4, 7, 21)))
+        );
+        assert_eq!(
+            "eth0".parse::<IfaceSpec>(),
+            Ok(IfaceSpec::Name("eth0".into()))
+        );
+        assert!("(".parse::<IfaceRegex>().is_err());
+        assert!(ipv4("x").is_err());
+        assert_eq!(ipv4(""), Ok(None));
+    }
+}
