@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use subnet::{Lease, LeaseAttrs};
 
 use crate::desired::DesiredState;
+use crate::drift::Drift;
 use crate::notify::{react, Notification, Reaction};
 use crate::{Error, ExternalInterface, Netlink};
 
@@ -48,7 +49,7 @@ impl HostGw {
         react(n, &self.ext, None)
     }
 
-    pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Vec<String>, Error> {
+    pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Vec<Drift>, Error> {
         Ok(self.ext.drift(nl).await?.into_iter().collect())
     }
 }

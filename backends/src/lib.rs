@@ -17,6 +17,7 @@
 //!    from the published ones).
 
 mod desired;
+mod drift;
 mod host;
 mod hostgw;
 mod mac;
@@ -31,6 +32,7 @@ use ipnet::Ipv4Net;
 use subnet::{BackendConfig, Lease, LeaseAttrs, PeerSet};
 
 pub use desired::{DesiredState, Route};
+pub use drift::{DeviceChange, Drift, Mismatch};
 pub use host::{HostInterface, HostView};
 pub use mac::{BadMac, Mac};
 pub use netlink::{Netlink, NetlinkError};
@@ -82,6 +84,14 @@ pub enum Error {
         #[source]
         source: NetlinkError,
     },
+    /// The vxlan device changed in a way only a new device repairs; run [`Backend::init`] again.
+    #[error("vxlan device {device} changed under us ({change}); it must be set up again")]
+    DeviceChanged {
+        /// The device name.
+        device: String,
+        /// What changed.
+        change: DeviceChange,
+    },
     /// The vxlan device does not keep the MAC we published (e.g. udev MACAddressPolicy).
     #[error("vxlan device {device} has MAC {found} although {expected} was set; check udev's MACAddressPolicy for it (e.g. a .link file with MACAddressPolicy=none)")]
     MacMismatch {
@@ -128,17 +138,16 @@ impl ExternalInterface {
     }
 
     /// How the interface differs from when it was last read (gone, recreated, other MTU).
-    pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Option<String>, Error> {
-        let name = &self.name;
+    pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Option<Drift>, Error> {
+        let name = self.name.clone();
         Ok(match self.lookup(nl).await? {
-            None => Some(format!("interface {name} is gone")),
-            Some(link) if link.index != self.index => {
-                Some(format!("interface {name} was recreated"))
-            }
-            Some(link) if link.mtu != self.mtu => Some(format!(
-                "interface {name} has MTU {}, was {}",
-                link.mtu, self.mtu
-            )),
+            None => Some(Drift::InterfaceGone { name }),
+            Some(link) if link.index != self.index => Some(Drift::InterfaceRecreated { name }),
+            Some(link) if link.mtu != self.mtu => Some(Drift::InterfaceMtu {
+                name,
+                found: link.mtu,
+                was: self.mtu,
+            }),
             Some(_) => None,
         })
     }
@@ -252,12 +261,12 @@ impl Backend {
     /// subnets for DirectRouting. Empty when nothing differs, e.g. after the notifications that
     /// setup's own writes cause: then [`Reaction::Setup`] needs no setup. A failed lookup counts
     /// as a difference.
-    pub async fn drift(&self, nl: &Netlink) -> Vec<String> {
+    pub async fn drift(&self, nl: &Netlink) -> Vec<Drift> {
         let drift = match &self.kind {
             Kind::HostGw(b) => b.drift(nl).await,
             Kind::Vxlan(b) => b.drift(nl).await,
         };
-        drift.unwrap_or_else(|e| vec![e.to_string()])
+        drift.unwrap_or_else(|e| vec![Drift::LookupFailed(e.to_string())])
     }
 
     /// What the daemon should do about a kernel notification.

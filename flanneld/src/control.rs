@@ -18,14 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decide::{self, decide, Pending, Reconcile, Turn, Wake};
 use crate::firewall::Firewall;
-use crate::healthz::Readiness;
+use crate::readiness::{Facts, ReadinessWriter, Stage};
 
 /// How often the whole data plane is reconciled even without events (Go flanneld's route check).
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
-
-/// How long the agent may go without an answer from etcd before `/readyz` says so: three of the
-/// lease manager's own-key checks ([`subnet::OWN_KEY_CHECK_PERIOD`]). The data plane is kept.
-pub(crate) const ETCD_CONTACT_GRACE: Duration = Duration::from_secs(30);
 
 /// The pause before a watch task that stopped is started again.
 const WATCH_RESTART_PAUSE: Duration = Duration::from_secs(1);
@@ -89,8 +85,11 @@ pub(crate) struct Agent {
     pub(crate) env_written: bool,
     pub(crate) subnet_file: PathBuf,
     pub(crate) ip_masq: bool,
-    pub(crate) ready_tx: watch::Sender<Readiness>,
-    pub(crate) last_status: Option<Readiness>,
+    /// `--iptables-resync`: how often the rules are checked.
+    pub(crate) iptables_resync: Duration,
+    /// Whether subnet.env was tried at least once (its first failure is always logged).
+    pub(crate) env_attempted: bool,
+    pub(crate) readiness: ReadinessWriter,
     /// When etcd last answered the lease manager.
     pub(crate) etcd_contact: watch::Receiver<tokio::time::Instant>,
     /// What the agent noticed about the network config in etcd (see [`crate::config_watch`]).
@@ -113,7 +112,8 @@ pub(crate) struct Parts {
     pub(crate) firewall: Option<Firewall>,
     pub(crate) subnet_file: PathBuf,
     pub(crate) ip_masq: bool,
-    pub(crate) ready_tx: watch::Sender<Readiness>,
+    pub(crate) iptables_resync: Duration,
+    pub(crate) readiness: ReadinessWriter,
     pub(crate) config_note: watch::Receiver<Option<String>>,
 }
 
@@ -135,8 +135,9 @@ impl Agent {
             env_written: false,
             subnet_file: parts.subnet_file,
             ip_masq: parts.ip_masq,
-            ready_tx: parts.ready_tx,
-            last_status: None,
+            iptables_resync: parts.iptables_resync,
+            env_attempted: false,
+            readiness: parts.readiness,
             etcd_contact: parts.etcd_contact,
             config_note: parts.config_note,
             setup_failure: None,
@@ -151,13 +152,12 @@ impl Agent {
         mut peer_watch: mpsc::Receiver<WatchUpdate>,
         mut lease_rx: watch::Receiver<Lease>,
         mut notifications: Notifications,
-        iptables_resync: Duration,
         shutdown: &CancellationToken,
     ) -> Result<()> {
         // Start-up has just reconciled and checked the rules: the first ticks come a period on.
         let now = tokio::time::Instant::now();
         let mut resync = tokio::time::interval_at(now + RESYNC_PERIOD, RESYNC_PERIOD);
-        let fw_period = iptables_resync;
+        let fw_period = self.iptables_resync;
         let mut fw_tick = tokio::time::interval_at(now + fw_period, fw_period);
         let mut readiness_tick = tokio::time::interval(Duration::from_secs(1));
         let mut pending_setup = false;
@@ -231,9 +231,10 @@ impl Agent {
             // Setup's own writes are reported too: only a difference needs setup again.
             let drift = self.backend.drift(&self.nl).await;
             if !drift.is_empty() {
+                let found: Vec<String> = drift.iter().map(ToString::to_string).collect();
                 tracing::info!(
                     "kernel reported {n:?} (in a burst of {len}): {}; re-running backend setup",
-                    drift.join("; ")
+                    found.join("; ")
                 );
                 setup = true;
             }
@@ -560,57 +561,24 @@ impl Agent {
                 self.env_written = true;
             }
             Err(e) => {
-                if self.env_written || self.last_status.is_none() {
+                if self.env_written || !self.env_attempted {
                     tracing::warn!("cannot write {}: {e}", self.subnet_file.display());
                 }
             }
         }
+        self.env_attempted = true;
     }
 
-    /// Computes readiness from the facts the loop owns and publishes it when it changes.
+    /// Publishes readiness from the facts the loop owns (when it changed).
     pub(crate) fn publish_readiness(&mut self) {
-        let status = self.readiness();
-        if self.last_status.as_ref() != Some(&status) {
-            match &status {
-                Readiness::Ready | Readiness::ReadyNote(_) => tracing::info!(
-                    "ready: lease {} valid, data plane converged",
-                    self.lease.subnet()
-                ),
-                Readiness::NotReady(why) => tracing::warn!("not ready: {why}"),
-            }
-            self.ready_tx.send_replace(status.clone());
-            self.last_status = Some(status);
-        }
-    }
-
-    /// Ready when the lease is valid, the data plane converged, the rules are in place,
-    /// subnet.env is written and etcd answered recently; else the reasons.
-    fn readiness(&self) -> Readiness {
-        let mut problems = BTreeSet::new();
-        if !subnet::is_valid(&self.lease, SystemTime::now()) {
-            problems.insert("the subnet lease is not valid".to_string());
-        }
-        if !self.converged {
-            problems.insert("the data plane has not converged (see the log)".to_string());
-        }
-        if !self.firewall_ok {
-            problems.insert("iptables rules could not be applied".to_string());
-        }
-        if !self.env_written {
-            problems.insert(format!("{} is not written", self.subnet_file.display()));
-        }
-        if self.etcd_contact.borrow().elapsed() > ETCD_CONTACT_GRACE {
-            problems.insert(format!(
-                "no answer from etcd for more than {}s (the data plane is kept as it is)",
-                ETCD_CONTACT_GRACE.as_secs()
-            ));
-        }
-        if !problems.is_empty() {
-            return Readiness::NotReady(problems.into_iter().collect::<Vec<_>>().join("; "));
-        }
-        match self.config_note.borrow().clone() {
-            Some(note) => Readiness::ReadyNote(note),
-            None => Readiness::Ready,
-        }
+        let facts = Facts {
+            lease_valid: subnet::is_valid(&self.lease, SystemTime::now()),
+            converged: self.converged,
+            rules_in_place: self.firewall_ok,
+            subnet_env_written: self.env_written,
+            etcd_silent_for: self.etcd_contact.borrow().elapsed(),
+            config_note: self.config_note.borrow().clone(),
+        };
+        self.readiness.publish(&Stage::Serving(facts));
     }
 }

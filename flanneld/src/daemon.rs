@@ -28,6 +28,7 @@ use crate::control::{Agent, Parts};
 use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions};
 use crate::healthz::{self, Readiness};
 use crate::iface::{self, Selection};
+use crate::readiness::{ReadinessWriter, Stage};
 use crate::sdnotify;
 
 /// How often start-up steps that failed for a retryable reason are tried again.
@@ -43,7 +44,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         );
     }
 
-    let (ready_tx, ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
+    let (mut readiness, ready_rx) = ReadinessWriter::new(opts.subnet_file.clone());
     start_health_server(&opts, ready_rx).await?;
 
     // iptables detection needs no lease: it runs while etcd is asked for config and lease.
@@ -62,17 +63,17 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         etcd.endpoints.join(","),
         etcd.prefix
     );
-    ready_tx.send_replace(Readiness::NotReady("waiting for the network config".into()));
+    readiness.publish(&Stage::WaitingForConfig);
     let Some(keyspace) = open_keyspace(api, &etcd, &shutdown).await? else {
         return Ok(());
     };
     match keyspace {
         Keyspace::V3(registry) => {
             subnet::spawn_member_check(&etcd);
-            serve(*registry, opts, previous, firewall, ready_tx, shutdown).await
+            serve(*registry, opts, previous, firewall, readiness, shutdown).await
         }
         Keyspace::V2(registry) => {
-            serve(registry, opts, previous, firewall, ready_tx, shutdown).await
+            serve(registry, opts, previous, firewall, readiness, shutdown).await
         }
     }
 }
@@ -123,7 +124,7 @@ async fn serve<R: Registry>(
     opts: Options,
     previous: PreviousEnv,
     firewall: (Detection, FirewallOptions),
-    ready_tx: watch::Sender<Readiness>,
+    mut readiness: ReadinessWriter,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let Some((config, range)) = wait_for_config(&registry, &shutdown).await? else {
@@ -133,7 +134,7 @@ async fn serve<R: Registry>(
     let selected = choose_interface(&opts, &nl).await?;
     let mut backend = Backend::new(&config.backend, external(&selected), selected.public_ip)?;
     let attrs = backend.init(&nl).await?;
-    ready_tx.send_replace(Readiness::NotReady("acquiring a subnet lease".into()));
+    readiness.publish(&Stage::AcquiringLease);
     let Some(manager) =
         acquire_lease(&registry, &config, attrs, previous.subnet, &opts, &shutdown).await?
     else {
@@ -143,13 +144,14 @@ async fn serve<R: Registry>(
     let (firewall, first_check) =
         configure_data_plane(&mut backend, &nl, &lease, range.network, firewall, previous).await?;
     let lease_rx = manager.subscribe();
+    let policy = LeasePolicy::new(
+        range.network,
+        range.subnet_len,
+        lease.subnet(),
+        selected.public_ip,
+    );
     let mut agent = Agent::new(Parts {
-        policy: LeasePolicy::new(
-            range.network,
-            range.subnet_len,
-            lease.subnet(),
-            selected.public_ip,
-        ),
+        policy,
         lease,
         lease_handle: manager.handle(),
         etcd_contact: manager.contact(),
@@ -158,7 +160,8 @@ async fn serve<R: Registry>(
         firewall,
         subnet_file: opts.subnet_file.clone(),
         ip_masq: opts.ip_masq,
-        ready_tx,
+        iptables_resync: opts.iptables_resync,
+        readiness,
         config_note: crate::config_watch::spawn(registry.clone(), config.clone()),
     });
     let manager_task = tokio::spawn(manager.run());
@@ -168,16 +171,8 @@ async fn serve<R: Registry>(
         manager_task.abort();
         return Ok(());
     };
-    let result = agent
-        .control_loop(
-            &registry,
-            peer_watch,
-            lease_rx,
-            notifications,
-            opts.iptables_resync,
-            &shutdown,
-        )
-        .await;
+    let result =
+        (agent.control_loop(&registry, peer_watch, lease_rx, notifications, &shutdown)).await;
     manager_task.abort();
     tracing::info!("Exiting cleanly... (routes, devices, rules, subnet.env and the etcd lease are left in place)");
     result

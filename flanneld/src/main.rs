@@ -14,6 +14,7 @@ mod healthz;
 mod iface;
 mod migrate;
 mod mk_docker_opts;
+mod readiness;
 mod sdnotify;
 
 use std::process::ExitCode;

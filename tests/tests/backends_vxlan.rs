@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use backends::{Backend, Netlink, Notification, Notifications, Reaction, Reconciler};
+use backends::{
+    Backend, DeviceChange, Drift, Netlink, Notification, Notifications, Reaction, Reconciler,
+};
 use flanneld_tests::dataplane::{
     backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of,
 };
@@ -345,6 +347,14 @@ async fn drain(notes: &mut Notifications) -> Vec<Notification> {
     seen
 }
 
+/// A difference of the device `flannel.1`.
+fn device(change: DeviceChange) -> Drift {
+    Drift::Device {
+        name: "flannel.1".into(),
+        change,
+    }
+}
+
 #[test]
 fn vxlan_drift_tells_changes_under_us_from_the_echo_of_our_own_setup() {
     let host = &host_with_eth0("vxc", "192.168.65.1/24");
@@ -355,13 +365,15 @@ fn vxlan_drift_tells_changes_under_us_from_the_echo_of_our_own_setup() {
         let (mut backend, attrs) =
             vxlan_backend(&nl, json!({"Type": "vxlan"}), "192.168.65.1").await;
         let mac = vtep_mac(&attrs);
-        assert_eq!(backend.drift(&nl).await, Vec::<String>::new());
+        assert_eq!(backend.drift(&nl).await, Vec::<Drift>::new());
 
         let mut notes = Notifications::subscribe().unwrap();
         host.sh("ip link del flannel.1");
         let removed = link_event(&mut notes, "flannel.1", true).await;
         assert_eq!(backend.reaction(&removed), Reaction::Setup);
-        assert_eq!(backend.drift(&nl).await, ["flannel.1 is gone"]);
+        let gone = backend.drift(&nl).await;
+        assert_eq!(gone, [device(DeviceChange::Gone)]);
+        assert_eq!(gone[0].to_string(), "flannel.1 is gone");
         drain(&mut notes).await;
 
         // Setup recreates the device; the kernel reports its writes, but nothing differs.
@@ -372,7 +384,7 @@ fn vxlan_drift_tells_changes_under_us_from_the_echo_of_our_own_setup() {
             echo.iter().any(|n| backend.reaction(n) == Reaction::Setup),
             "{echo:?}"
         );
-        assert_eq!(backend.drift(&nl).await, Vec::<String>::new());
+        assert_eq!(backend.drift(&nl).await, Vec::<Drift>::new());
 
         // Setup that changes nothing writes nothing, so the kernel reports nothing.
         backend.init(&nl).await.unwrap();
@@ -389,8 +401,26 @@ fn vxlan_drift_tells_changes_under_us_from_the_echo_of_our_own_setup() {
              ip addr del 10.5.1.0/32 dev flannel.1 && ip addr add 10.5.9.1/24 dev flannel.1 && \
              ip link set eth0 mtu 1400",
         );
+        let changed = backend.drift(&nl).await;
         assert_eq!(
-            backend.drift(&nl).await,
+            changed,
+            [
+                Drift::InterfaceMtu {
+                    name: "eth0".into(),
+                    found: 1400,
+                    was: 1500
+                },
+                device(DeviceChange::Down),
+                device(DeviceChange::Mac {
+                    found: Some("02:bb:00:00:00:01".parse().unwrap()),
+                    want: mac.parse().unwrap()
+                }),
+                device(DeviceChange::AddressMissing("10.5.1.0/32".parse().unwrap())),
+                device(DeviceChange::ForeignAddress("10.5.9.1/24".parse().unwrap())),
+            ]
+        );
+        assert_eq!(
+            changed.iter().map(ToString::to_string).collect::<Vec<_>>(),
             [
                 "interface eth0 has MTU 1400, was 1500".to_string(),
                 "flannel.1: it is down".into(),
@@ -401,7 +431,7 @@ fn vxlan_drift_tells_changes_under_us_from_the_echo_of_our_own_setup() {
         );
         assert_eq!(backend.init(&nl).await.unwrap(), attrs);
         backend.configure(&nl, &own, network).await.unwrap();
-        assert_eq!(backend.drift(&nl).await, Vec::<String>::new());
+        assert_eq!(backend.drift(&nl).await, Vec::<Drift>::new());
         assert!(host.sh("ip link show flannel.1").contains("mtu 1350"));
     });
 }

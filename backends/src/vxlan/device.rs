@@ -3,6 +3,7 @@
 
 use ipnet::Ipv4Net;
 
+use crate::drift::{DeviceChange, Mismatch};
 use crate::mac::Mac;
 use crate::netlink::{Link, VxlanSpec};
 use crate::{Error, Netlink};
@@ -11,50 +12,56 @@ use crate::{Error, Netlink};
 const KERNEL_DEFAULT_PORT: u16 = 8472;
 
 /// Why an existing device cannot be reused for `spec`; empty when it can.
-pub(crate) fn incompatibilities(spec: &VxlanSpec, link: &Link) -> Vec<String> {
+pub(crate) fn incompatibilities(spec: &VxlanSpec, link: &Link) -> Vec<Mismatch> {
     let Some(vx) = &link.vxlan else {
-        return vec!["it is not a vxlan device".into()];
+        return vec![mismatch("kind", "other".into(), "vxlan".into())];
     };
     let want_port = if spec.port > 0 {
         spec.port
     } else {
         KERNEL_DEFAULT_PORT
     };
-    let mut problems = Vec::new();
-    let mut differs = |what: &str, have: String, want: String| {
-        if have != want {
-            problems.push(format!("{what} is {have}, want {want}"));
-        }
-    };
     let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
-    differs(
-        "VNI",
-        show(vx.vni.map(|v| v.to_string())),
-        spec.vni.to_string(),
-    );
-    differs(
-        "dev",
-        show(vx.link.map(|v| format!("#{v}"))),
-        format!("#{}", spec.dev),
-    );
-    differs(
-        "local",
-        show(vx.local.map(|v| v.to_string())),
-        spec.local.to_string(),
-    );
-    differs(
-        "dstport",
-        show(vx.port.map(|v| v.to_string())),
-        want_port.to_string(),
-    );
-    differs("gbp", vx.gbp.to_string(), spec.gbp.to_string());
-    differs(
-        "group",
-        show(vx.group.map(|v| v.to_string())),
-        "unset".into(),
-    );
-    differs("l2miss", vx.l2miss.to_string(), "false".into());
-    problems
+    [
+        mismatch(
+            "VNI",
+            show(vx.vni.map(|v| v.to_string())),
+            spec.vni.to_string(),
+        ),
+        mismatch(
+            "dev",
+            show(vx.link.map(|v| format!("#{v}"))),
+            format!("#{}", spec.dev),
+        ),
+        mismatch(
+            "local",
+            show(vx.local.map(|v| v.to_string())),
+            spec.local.to_string(),
+        ),
+        mismatch(
+            "dstport",
+            show(vx.port.map(|v| v.to_string())),
+            want_port.to_string(),
+        ),
+        mismatch("gbp", vx.gbp.to_string(), spec.gbp.to_string()),
+        mismatch(
+            "group",
+            show(vx.group.map(|v| v.to_string())),
+            "unset".into(),
+        ),
+        mismatch("l2miss", vx.l2miss.to_string(), "false".into()),
+    ]
+    .into_iter()
+    .filter(|m| m.found != m.want)
+    .collect()
+}
+
+fn mismatch(attribute: &'static str, found: String, want: String) -> Mismatch {
+    Mismatch {
+        attribute,
+        found,
+        want,
+    }
 }
 
 async fn lookup(nl: &Netlink, name: &str) -> Result<Option<Link>, Error> {
@@ -96,6 +103,7 @@ pub(crate) async fn ensure(
                 return Ok((link.index, mac));
             }
             _ => {
+                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 tracing::warn!(
                     "existing {name} is incompatible ({}); recreating it",
                     problems.join(", ")
@@ -137,76 +145,106 @@ async fn addresses(nl: &Netlink, name: &str, index: u32) -> Result<Vec<Ipv4Net>,
         .map_err(Error::netlink(format!("list addresses of {name}")))
 }
 
-/// How device `index` differs from what [`ensure`] and [`configure`] set up for `spec`, `mac`,
-/// the own subnet `own` and the cluster `network`; empty when it does not.
-pub(crate) async fn drift(
-    nl: &Netlink,
-    spec: &VxlanSpec,
-    index: u32,
-    mac: Mac,
-    own: Ipv4Net,
-    network: Ipv4Net,
-) -> Result<Vec<String>, Error> {
-    let name = &spec.name;
-    let link = match lookup(nl, name).await? {
-        None => return Ok(vec![format!("{name} is gone")]),
-        Some(link) if link.index != index => return Ok(vec![format!("{name} was recreated")]),
-        Some(link) => link,
-    };
-    let mut problems = incompatibilities(spec, &link);
-    if !link.up {
-        problems.push("it is down".into());
-    }
-    if link.mac != Some(mac) {
-        let found = link.mac.map_or("unset".into(), |m| m.to_string());
-        problems.push(format!("MAC is {found}, want {mac}"));
-    }
-    if link.mtu != spec.mtu {
-        problems.push(format!("MTU is {}, want {}", link.mtu, spec.mtu));
-    }
-    let addrs = addresses(nl, name, index).await?;
-    let want = own_address(own);
-    if !addrs.contains(&want) {
-        problems.push(format!("address {want} is missing"));
-    }
-    problems.extend(foreign(&addrs, want, network).map(|a| format!("it has address {a}")));
-    Ok(problems
-        .into_iter()
-        .map(|p| format!("{name}: {p}"))
-        .collect())
+/// The vxlan device as setup wants it: created by [`ensure`] with `spec` as device `index`,
+/// with the published `mac` and the address for the own subnet `own` inside `network`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WantedDevice<'a> {
+    pub spec: &'a VxlanSpec,
+    pub index: u32,
+    pub mac: Mac,
+    pub own: Ipv4Net,
+    pub network: Ipv4Net,
 }
 
-/// Gives device `index` the address `<own network>.0/32` (removing other addresses inside the
-/// cluster `network`), sets it up and makes sure it has `mac`.
-pub(crate) async fn configure(
-    nl: &Netlink,
-    name: &str,
-    index: u32,
-    mac: Mac,
-    own: Ipv4Net,
-    network: Ipv4Net,
-) -> Result<(), Error> {
-    let want = own_address(own);
-    let addrs = addresses(nl, name, index).await?;
-    for addr in foreign(&addrs, want, network) {
-        nl.del_address(index, *addr)
-            .await
-            .map_err(Error::netlink(format!("remove address {addr} from {name}")))?;
+/// The device as the kernel has it.
+#[derive(Clone, Debug)]
+pub(crate) struct FoundDevice {
+    pub link: Link,
+    pub addrs: Vec<Ipv4Net>,
+}
+
+/// How the kernel's device differs from `want` (pure): [`DeviceChange::Gone`] or
+/// [`DeviceChange::Recreated`] alone, else every difference in a fixed order.
+pub(crate) fn diff(want: &WantedDevice, found: Option<&FoundDevice>) -> Vec<DeviceChange> {
+    let Some(FoundDevice { link, addrs }) = found else {
+        return vec![DeviceChange::Gone];
+    };
+    if link.index != want.index {
+        return vec![DeviceChange::Recreated];
     }
-    if !addrs.contains(&want) {
-        nl.add_address(index, want)
-            .await
-            .map_err(Error::netlink(format!("add address {want} to {name}")))?;
-    }
-    let link = lookup(nl, name)
-        .await?
-        .ok_or_else(|| Error::NoInterface(name.into()))?;
+    let mut changes: Vec<DeviceChange> = incompatibilities(want.spec, link)
+        .into_iter()
+        .map(DeviceChange::Incompatible)
+        .collect();
     if !link.up {
-        nl.set_up(index)
-            .await
-            .map_err(Error::netlink(format!("set {name} up")))?;
+        changes.push(DeviceChange::Down);
     }
-    verify_mac(nl, name, index, mac).await
+    if link.mac != Some(want.mac) {
+        changes.push(DeviceChange::Mac {
+            found: link.mac,
+            want: want.mac,
+        });
+    }
+    if link.mtu != want.spec.mtu {
+        changes.push(DeviceChange::Mtu {
+            found: link.mtu,
+            want: want.spec.mtu,
+        });
+    }
+    let address = own_address(want.own);
+    if !addrs.contains(&address) {
+        changes.push(DeviceChange::AddressMissing(address));
+    }
+    let foreign = foreign(addrs, address, want.network).copied();
+    changes.extend(foreign.map(DeviceChange::ForeignAddress));
+    changes
+}
+
+/// Reads the device `name` from the kernel.
+async fn read(nl: &Netlink, name: &str) -> Result<Option<FoundDevice>, Error> {
+    let Some(link) = lookup(nl, name).await? else {
+        return Ok(None);
+    };
+    let addrs = addresses(nl, name, link.index).await?;
+    Ok(Some(FoundDevice { link, addrs }))
+}
+
+/// How the kernel's device differs from `want` now.
+pub(crate) async fn drift(
+    nl: &Netlink,
+    want: &WantedDevice<'_>,
+) -> Result<Vec<DeviceChange>, Error> {
+    Ok(diff(want, read(nl, &want.spec.name).await?.as_ref()))
+}
+
+/// Makes the device match `want` by applying [`diff`]'s changes (nothing when none), then
+/// checks the MAC once the link is up. A change only a new device repairs is an error: setup
+/// runs [`ensure`] again.
+pub(crate) async fn configure(nl: &Netlink, want: &WantedDevice<'_>) -> Result<(), Error> {
+    let name = &want.spec.name;
+    for change in drift(nl, want).await? {
+        if change.needs_new_device() {
+            return Err(Error::DeviceChanged {
+                device: name.clone(),
+                change,
+            });
+        }
+        apply(nl, want, &change).await?;
+    }
+    verify_mac(nl, name, want.index, want.mac).await
+}
+
+/// Applies one repairable change (the MAC is left to [`verify_mac`], after the link is up).
+async fn apply(nl: &Netlink, want: &WantedDevice<'_>, change: &DeviceChange) -> Result<(), Error> {
+    let (name, index) = (&want.spec.name, want.index);
+    let result = match change {
+        DeviceChange::ForeignAddress(addr) => nl.del_address(index, *addr).await,
+        DeviceChange::AddressMissing(addr) => nl.add_address(index, *addr).await,
+        DeviceChange::Down => nl.set_up(index).await,
+        DeviceChange::Mtu { want, .. } => nl.set_mtu(index, *want).await,
+        _ => return Ok(()),
+    };
+    result.map_err(Error::netlink(format!("{name}: repair: {change}")))
 }
 
 /// Checks the MAC after the link is up; sets it back once if something (udev) changed it.
@@ -276,8 +314,11 @@ mod tests {
 
     #[test]
     fn real_mismatches_are_named() {
+        let shown = |problems: Vec<Mismatch>| -> Vec<String> {
+            problems.iter().map(ToString::to_string).collect()
+        };
         assert_eq!(
-            incompatibilities(&spec(), &link(None)),
+            shown(incompatibilities(&spec(), &link(None))),
             vec!["it is not a vxlan device"]
         );
         let mut other = matching();
@@ -288,6 +329,14 @@ mod tests {
         assert_eq!(
             problems,
             vec![
+                mismatch("VNI", "2".into(), "1".into()),
+                mismatch("dstport", "4789".into(), "8472".into()),
+                mismatch("gbp", "true".into(), "false".into()),
+            ]
+        );
+        assert_eq!(
+            shown(problems),
+            vec![
                 "VNI is 2, want 1",
                 "dstport is 4789, want 8472",
                 "gbp is true, want false"
@@ -297,5 +346,75 @@ mod tests {
         moved.local = Some(Ipv4Addr::new(10, 0, 0, 1));
         moved.link = Some(3);
         assert_eq!(incompatibilities(&spec(), &link(Some(moved))).len(), 2);
+    }
+
+    fn wanted(spec: &VxlanSpec) -> WantedDevice<'_> {
+        WantedDevice {
+            spec,
+            index: 7,
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            own: "10.5.1.0/24".parse().unwrap(),
+            network: "10.5.0.0/16".parse().unwrap(),
+        }
+    }
+
+    fn as_set_up(spec: &VxlanSpec) -> FoundDevice {
+        let mut link = link(Some(matching()));
+        link.mtu = spec.mtu;
+        link.mac = Some(Mac([2, 0, 0, 0, 0, 1]));
+        FoundDevice {
+            link,
+            addrs: vec!["10.5.1.0/32".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_device_as_set_up_has_no_changes_so_configure_writes_nothing() {
+        let spec = spec();
+        assert_eq!(diff(&wanted(&spec), Some(&as_set_up(&spec))), vec![]);
+        let mut outside = as_set_up(&spec);
+        outside.addrs.push("192.168.7.1/24".parse().unwrap());
+        assert_eq!(
+            diff(&wanted(&spec), Some(&outside)),
+            vec![],
+            "addresses outside the cluster network are not ours"
+        );
+    }
+
+    #[test]
+    fn every_difference_is_a_typed_change_in_a_fixed_order() {
+        let spec = spec();
+        let want = wanted(&spec);
+        assert_eq!(diff(&want, None), vec![DeviceChange::Gone]);
+        let mut moved = as_set_up(&spec);
+        moved.link.index = 8;
+        assert_eq!(diff(&want, Some(&moved)), vec![DeviceChange::Recreated]);
+
+        let mut changed = as_set_up(&spec);
+        changed.link.up = false;
+        changed.link.mac = None;
+        changed.link.mtu = 1400;
+        changed.link.vxlan.as_mut().unwrap().l2miss = true;
+        changed.addrs = vec!["10.5.9.1/24".parse().unwrap()];
+        let changes = diff(&want, Some(&changed));
+        assert_eq!(
+            changes,
+            vec![
+                DeviceChange::Incompatible(mismatch("l2miss", "true".into(), "false".into())),
+                DeviceChange::Down,
+                DeviceChange::Mac {
+                    found: None,
+                    want: want.mac
+                },
+                DeviceChange::Mtu {
+                    found: 1400,
+                    want: 1450
+                },
+                DeviceChange::AddressMissing("10.5.1.0/32".parse().unwrap()),
+                DeviceChange::ForeignAddress("10.5.9.1/24".parse().unwrap()),
+            ]
+        );
+        let needs_new: Vec<bool> = changes.iter().map(DeviceChange::needs_new_device).collect();
+        assert_eq!(needs_new, [true, false, false, false, false, false]);
     }
 }

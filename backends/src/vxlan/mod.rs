@@ -13,12 +13,14 @@ use serde_json::Value;
 use subnet::{Lease, LeaseAttrs};
 
 use crate::desired::{DesiredState, Route};
+use crate::drift::Drift;
 use crate::mac::Mac;
 use crate::netlink::VxlanSpec;
 use crate::notify::{react, Notification, Reaction};
 use crate::{Error, ExternalInterface, Netlink};
 use config::{VxlanConfig, OVERHEAD};
 use data::VtepData;
+use device::WantedDevice;
 
 /// The backend type name, in config and leases.
 pub(crate) const TYPE: &str = "vxlan";
@@ -120,28 +122,47 @@ impl Vxlan {
         own: Ipv4Net,
         network: Ipv4Net,
     ) -> Result<(), Error> {
-        let name = self.name();
+        let spec = self.spec();
         let (index, mac) = self
             .device
-            .ok_or_else(|| Error::NoInterface(name.clone()))?;
+            .ok_or_else(|| Error::NoInterface(spec.name.clone()))?;
         self.configured = None;
-        device::configure(nl, &name, index, mac, own, network).await?;
+        let want = WantedDevice {
+            spec: &spec,
+            index,
+            mac,
+            own,
+            network,
+        };
+        device::configure(nl, &want).await?;
         self.configured = Some((own, network));
         Ok(())
     }
 
-    pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Vec<String>, Error> {
-        let mut drift: Vec<String> = self.ext.drift(nl).await?.into_iter().collect();
+    pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Vec<Drift>, Error> {
+        let mut drift: Vec<Drift> = self.ext.drift(nl).await?.into_iter().collect();
         let (Some((index, mac)), Some((own, network))) = (self.device, self.configured) else {
-            drift.push(format!("{} is not set up", self.name()));
+            drift.push(Drift::DeviceNotSetUp { name: self.name() });
             return Ok(drift);
         };
-        drift.extend(device::drift(nl, &self.spec(), index, mac, own, network).await?);
+        let spec = self.spec();
+        let want = WantedDevice {
+            spec: &spec,
+            index,
+            mac,
+            own,
+            network,
+        };
+        let name = &spec.name;
+        let device = device::drift(nl, &want).await?.into_iter();
+        drift.extend(device.map(|change| Drift::Device {
+            name: name.clone(),
+            change,
+        }));
         if self.cfg.direct_routing && self.onlink_subnets(nl).await? != self.onlink {
-            drift.push(format!(
-                "the on-link subnets of {} changed (DirectRouting)",
-                self.ext.name
-            ));
+            drift.push(Drift::OnLinkSubnetsChanged {
+                iface: self.ext.name.clone(),
+            });
         }
         Ok(drift)
     }
