@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::decide::{self, decide, Pending, Reconcile, Turn, Wake};
+use crate::egress_watch;
 use crate::firewall::Firewall;
 use crate::readiness::{Facts, ReadinessWriter, Stage};
 
@@ -80,6 +81,8 @@ pub(crate) struct Agent {
     /// reconcile is due anyway.
     pub(crate) changed: BTreeMap<Ipv4Net, Option<Lease>>,
     pub(crate) firewall: Option<Firewall>,
+    /// The egress policy file's updates, until the control loop takes them.
+    pub(crate) egress: Option<watch::Receiver<egress_watch::Rules>>,
     pub(crate) firewall_ok: bool,
     pub(crate) converged: bool,
     pub(crate) env_written: bool,
@@ -100,6 +103,104 @@ pub(crate) struct Agent {
     pub(crate) lingering: BTreeMap<Ipv4Net, (Lease, tokio::time::Instant)>,
 }
 
+/// What the control loop waits on, and the timers it runs.
+struct Inputs {
+    peer_watch: mpsc::Receiver<WatchUpdate>,
+    lease_rx: watch::Receiver<Lease>,
+    notifications: Notifications,
+    /// The egress policy file's updates (`--ip-masq-config`), while its task runs.
+    egress: Option<watch::Receiver<egress_watch::Rules>>,
+    resync: tokio::time::Interval,
+    rule_check: tokio::time::Interval,
+    readiness: tokio::time::Interval,
+}
+
+impl Inputs {
+    /// Start-up has just reconciled and checked the rules: the first ticks come a period on.
+    fn new(
+        peer_watch: mpsc::Receiver<WatchUpdate>,
+        lease_rx: watch::Receiver<Lease>,
+        notifications: Notifications,
+        agent: &mut Agent,
+    ) -> Inputs {
+        let now = tokio::time::Instant::now();
+        let every = |period| tokio::time::interval_at(now + period, period);
+        Inputs {
+            peer_watch,
+            lease_rx,
+            notifications,
+            egress: agent.egress.take(),
+            resync: every(RESYNC_PERIOD),
+            rule_check: every(agent.iptables_resync),
+            readiness: tokio::time::interval(Duration::from_secs(1)),
+        }
+    }
+
+    /// Waits for the next event, lets `agent` take what came with it, and says what woke it.
+    async fn next<R: Registry>(
+        &mut self,
+        agent: &mut Agent,
+        registry: &R,
+        kernel_cause: &mut Option<(Notification, usize)>,
+    ) -> Result<Wake> {
+        let egress_live = self.egress.is_some();
+        Ok(tokio::select! {
+            update = self.peer_watch.recv() => match update {
+                Some(update) => Wake::Peers {
+                    listing_changed: agent.on_peer_updates(update, &mut self.peer_watch),
+                },
+                None => {
+                    self.peer_watch = restart_peer_watch(registry).await;
+                    Wake::Tick
+                }
+            },
+            changed = self.lease_rx.changed() => {
+                if changed.is_err() {
+                    bail!("the lease manager stopped unexpectedly");
+                }
+                let lease = self.lease_rx.borrow_and_update().clone();
+                Wake::Lease { moved: agent.on_lease_change(lease) }
+            }
+            burst = self.notifications.next_burst() => match burst {
+                Some(burst) => {
+                    let (reaction, cause) = agent.on_kernel_burst(&burst);
+                    *kernel_cause = cause;
+                    Wake::Kernel(reaction)
+                }
+                None => {
+                    tracing::warn!("kernel notification socket closed; relying on the {}s resync", RESYNC_PERIOD.as_secs());
+                    self.notifications = Notifications::subscribe().context("cannot re-subscribe to kernel notifications")?;
+                    Wake::Tick
+                }
+            },
+            rules = next_policy(&mut self.egress), if egress_live => match rules {
+                Some(rules) => {
+                    agent.on_egress_policy(rules);
+                    Wake::EgressPolicy
+                }
+                None => Wake::Tick,
+            },
+            _ = self.resync.tick() => Wake::Resync,
+            _ = self.rule_check.tick() => Wake::RuleCheck,
+            _ = self.readiness.tick() => Wake::Tick,
+        })
+    }
+}
+
+/// The egress policy's next rules; `None` (and no more waiting) when its task stopped.
+async fn next_policy(
+    egress: &mut Option<watch::Receiver<egress_watch::Rules>>,
+) -> Option<egress_watch::Rules> {
+    let rx = egress.as_mut()?;
+    if rx.changed().await.is_err() {
+        tracing::error!("the egress policy file watch stopped; the policy in force is kept");
+        *egress = None;
+        return None;
+    }
+    let rules = rx.borrow_and_update().clone();
+    Some(rules)
+}
+
 /// What the control loop starts with; the rest of its state starts empty.
 pub(crate) struct Parts {
     /// The policy peer leases are checked against.
@@ -110,6 +211,7 @@ pub(crate) struct Parts {
     pub(crate) backend: Backend,
     pub(crate) nl: Netlink,
     pub(crate) firewall: Option<Firewall>,
+    pub(crate) egress: Option<watch::Receiver<egress_watch::Rules>>,
     pub(crate) subnet_file: PathBuf,
     pub(crate) ip_masq: bool,
     pub(crate) iptables_resync: Duration,
@@ -130,6 +232,7 @@ impl Agent {
             nl: parts.nl,
             changed: BTreeMap::new(),
             firewall: parts.firewall,
+            egress: parts.egress,
             firewall_ok: true,
             converged: false,
             env_written: false,
@@ -149,60 +252,32 @@ impl Agent {
     pub(crate) async fn control_loop<R: Registry>(
         &mut self,
         registry: &R,
-        mut peer_watch: mpsc::Receiver<WatchUpdate>,
-        mut lease_rx: watch::Receiver<Lease>,
-        mut notifications: Notifications,
+        peer_watch: mpsc::Receiver<WatchUpdate>,
+        lease_rx: watch::Receiver<Lease>,
+        notifications: Notifications,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        // Start-up has just reconciled and checked the rules: the first ticks come a period on.
-        let now = tokio::time::Instant::now();
-        let mut resync = tokio::time::interval_at(now + RESYNC_PERIOD, RESYNC_PERIOD);
-        let fw_period = self.iptables_resync;
-        let mut fw_tick = tokio::time::interval_at(now + fw_period, fw_period);
-        let mut readiness_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut inputs = Inputs::new(peer_watch, lease_rx, notifications, self);
         let mut pending_setup = false;
         loop {
             // The burst that asked for setup, for the log: its first such notification and size.
             let mut kernel_cause = None;
             let wake = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                update = peer_watch.recv() => match update {
-                    Some(update) => Wake::Peers {
-                        listing_changed: self.on_peer_updates(update, &mut peer_watch),
-                    },
-                    None => {
-                        peer_watch = restart_peer_watch(registry).await;
-                        Wake::Tick
-                    }
-                },
-                changed = lease_rx.changed() => {
-                    if changed.is_err() {
-                        bail!("the lease manager stopped unexpectedly");
-                    }
-                    let lease = lease_rx.borrow_and_update().clone();
-                    Wake::Lease { moved: self.on_lease_change(lease) }
-                }
-                burst = notifications.next_burst() => match burst {
-                    Some(burst) => {
-                        let (reaction, cause) = self.on_kernel_burst(&burst);
-                        kernel_cause = cause;
-                        Wake::Kernel(reaction)
-                    }
-                    None => {
-                        tracing::warn!("kernel notification socket closed; relying on the {}s resync", RESYNC_PERIOD.as_secs());
-                        notifications = Notifications::subscribe().context("cannot re-subscribe to kernel notifications")?;
-                        Wake::Tick
-                    }
-                },
-                _ = resync.tick() => Wake::Resync,
-                _ = fw_tick.tick() => Wake::RuleCheck,
-                _ = readiness_tick.tick() => Wake::Tick,
+                wake = inputs.next(self, registry, &mut kernel_cause) => wake?,
             };
             let pending = Pending {
                 setup: pending_setup,
                 changed_peers: !self.changed.is_empty(),
             };
             pending_setup = self.run_turn(decide(wake, pending), kernel_cause).await;
+        }
+    }
+
+    /// Takes the egress policy's new rules for the firewall (checked this turn).
+    fn on_egress_policy(&mut self, rules: egress_watch::Rules) {
+        if let Some(fw) = self.firewall.as_mut() {
+            fw.set_egress(rules);
         }
     }
 

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::Options;
 use crate::control::{Agent, Parts};
+use crate::egress_watch;
 use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions};
 use crate::healthz::{self, Readiness};
 use crate::iface::{self, Selection};
@@ -48,13 +49,19 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     start_health_server(&opts, ready_rx).await?;
 
     // iptables detection needs no lease: it runs while etcd is asked for config and lease.
+    let (egress, egress_rx) = start_egress_policy(&opts);
     let fw_options = FirewallOptions {
         backend: opts.iptables_backend,
         ip_masq: opts.ip_masq,
         random_fully_disabled: opts.ip_masq_fully_random_disable,
         forward_rules: opts.iptables_forward_rules,
+        egress,
     };
-    let firewall = (Detection::start(&fw_options), fw_options);
+    let firewall = FirewallStart {
+        detection: Detection::start(&fw_options),
+        options: fw_options,
+        egress: egress_rx,
+    };
 
     let etcd = opts.etcd.registry_options();
     let api = opts.etcd_api;
@@ -76,6 +83,37 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             serve(registry, opts, previous, firewall, readiness, shutdown).await
         }
     }
+}
+
+/// The firewall's start: the iptables detection under way, the options, and the egress policy
+/// file's updates (with `--ip-masq-config`).
+struct FirewallStart {
+    detection: Detection,
+    options: FirewallOptions,
+    egress: Option<watch::Receiver<egress_watch::Rules>>,
+}
+
+/// `--ip-masq-config`: reads the egress policy and follows the file; nothing without the flag,
+/// or without `--ip-masq` (the nat table is not touched then).
+fn start_egress_policy(
+    opts: &Options,
+) -> (
+    egress_watch::Rules,
+    Option<watch::Receiver<egress_watch::Rules>>,
+) {
+    let Some(path) = &opts.ip_masq_config else {
+        return (None, None);
+    };
+    if !opts.ip_masq {
+        tracing::warn!(
+            "--ip-masq-config {} has no effect without --ip-masq: the nat table is left alone",
+            path.display()
+        );
+        return (None, None);
+    }
+    let source = egress_watch::PolicySource::load(path);
+    let rules = source.rules();
+    (rules, Some(egress_watch::spawn(source)))
 }
 
 /// Serves `/healthz` and `/readyz` on `--healthz-ip:--healthz-port` (not at all with port 0).
@@ -123,7 +161,7 @@ async fn serve<R: Registry>(
     registry: R,
     opts: Options,
     previous: PreviousEnv,
-    firewall: (Detection, FirewallOptions),
+    firewall: FirewallStart,
     mut readiness: ReadinessWriter,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -141,6 +179,7 @@ async fn serve<R: Registry>(
         return Ok(());
     };
     let lease = manager.lease();
+    let (firewall, egress) = ((firewall.detection, firewall.options), firewall.egress);
     let (firewall, first_check) =
         configure_data_plane(&mut backend, &nl, &lease, range.network, firewall, previous).await?;
     let lease_rx = manager.subscribe();
@@ -158,6 +197,7 @@ async fn serve<R: Registry>(
         backend,
         nl,
         firewall,
+        egress,
         subnet_file: opts.subnet_file.clone(),
         ip_masq: opts.ip_masq,
         iptables_resync: opts.iptables_resync,

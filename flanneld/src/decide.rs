@@ -19,6 +19,8 @@ pub(crate) enum Wake {
     Resync,
     /// The periodic rule check (`--iptables-resync`).
     RuleCheck,
+    /// The egress policy file changed (`--ip-masq-config`): the rules are checked at once.
+    EgressPolicy,
     /// The readiness tick: nothing changed, readiness is computed again.
     Tick,
 }
@@ -67,7 +69,7 @@ pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
         Wake::Lease { moved } => moved,
         Wake::Kernel(reaction) => reaction != Reaction::Ignore,
         Wake::Resync => true,
-        Wake::RuleCheck | Wake::Tick => false,
+        Wake::RuleCheck | Wake::EgressPolicy | Wake::Tick => false,
     };
     let setup = pending.setup || wake == (Wake::Lease { moved: true });
     let reconcile = if full {
@@ -79,7 +81,7 @@ pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
     };
     Turn {
         expire_lingering: wake == Wake::Resync,
-        check_rules: wake == Wake::RuleCheck,
+        check_rules: matches!(wake, Wake::RuleCheck | Wake::EgressPolicy),
         check_drift: wake == Wake::Kernel(Reaction::Setup) && !setup,
         setup,
         reconcile,
@@ -160,6 +162,13 @@ mod tests {
             ),
             (
                 Wake::RuleCheck,
+                Turn {
+                    check_rules: true,
+                    ..turn(Nothing)
+                },
+            ),
+            (
+                Wake::EgressPolicy,
                 Turn {
                     check_rules: true,
                     ..turn(Nothing)

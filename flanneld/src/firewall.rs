@@ -10,6 +10,8 @@ use ipnet::Ipv4Net;
 use netfilter::{
     BackendChoice, Config, EnsureOutcome, Iptables, Netfilter, NftChanges, Previous, RuleSet,
 };
+
+use crate::egress_watch::Rules as EgressRules;
 use subnet::PreviousEnv;
 use tokio::task::JoinHandle;
 
@@ -24,6 +26,8 @@ pub struct FirewallOptions {
     pub random_fully_disabled: bool,
     /// `--iptables-forward-rules`.
     pub forward_rules: bool,
+    /// `--ip-masq-config`: the egress policy's rules at start-up (see [`crate::egress_watch`]).
+    pub egress: EgressRules,
 }
 
 /// The iptables flavour detection, started before the lease is known (it needs none) and
@@ -52,6 +56,8 @@ pub struct Firewall {
     iptables: Arc<Iptables>,
     options: FirewallOptions,
     random_fully: bool,
+    /// The cluster Network and our subnet the rules are for.
+    target: (Ipv4Net, Ipv4Net),
     rules: RuleSet,
     reported: BTreeSet<String>,
     /// nf_tables change notifications (nft binaries only): while none arrives after a check
@@ -90,18 +96,7 @@ impl Firewall {
             );
         }
         let random_fully = iptables.supports_random_fully() && !options.random_fully_disabled;
-        let previous = match (previous.network, previous.subnet) {
-            (Some(old_net), Some(old_sub)) if (old_net, old_sub) != (network, subnet) => {
-                tracing::info!(
-                    "Network/subnet changed since the last run ({old_net}, {old_sub} -> {network}, {subnet}): retiring rules for the old values"
-                );
-                Some(Previous {
-                    network: old_net,
-                    subnet: old_sub,
-                })
-            }
-            _ => None,
-        };
+        let previous = to_retire(&previous, network, subnet);
         let rules = RuleSet::build(
             &rule_config(&options, random_fully, network, subnet),
             previous.as_ref(),
@@ -120,6 +115,7 @@ impl Firewall {
             iptables: Arc::new(iptables),
             options,
             random_fully,
+            target: (network, subnet),
             rules,
             reported: BTreeSet::new(),
             changes,
@@ -130,10 +126,21 @@ impl Firewall {
     /// Re-targets the rules after the lease moved to another subnet; the old subnet's rules go
     /// with the next [`Firewall::ensure`] (the owned chains are replaced whole).
     pub fn retarget(&mut self, network: Ipv4Net, subnet: Ipv4Net) {
-        self.rules = RuleSet::build(
-            &rule_config(&self.options, self.random_fully, network, subnet),
-            None,
-        );
+        self.target = (network, subnet);
+        self.rebuild();
+    }
+
+    /// Replaces the egress policy's rules; the next [`Firewall::ensure`] applies them in the
+    /// same transaction as the rest of the masquerade chain.
+    pub fn set_egress(&mut self, egress: EgressRules) {
+        self.options.egress = egress;
+        self.rebuild();
+    }
+
+    fn rebuild(&mut self) {
+        let (network, subnet) = self.target;
+        let config = rule_config(&self.options, self.random_fully, network, subnet);
+        self.rules = RuleSet::build(&config, None);
         self.verified = false;
     }
 
@@ -183,6 +190,23 @@ impl Firewall {
     }
 }
 
+/// The Network and subnet of the last run when they differ from now: Go flanneld v0.11's rules
+/// for them are retired.
+fn to_retire(previous: &PreviousEnv, network: Ipv4Net, subnet: Ipv4Net) -> Option<Previous> {
+    match (previous.network, previous.subnet) {
+        (Some(old_net), Some(old_sub)) if (old_net, old_sub) != (network, subnet) => {
+            tracing::info!(
+                "Network/subnet changed since the last run ({old_net}, {old_sub} -> {network}, {subnet}): retiring rules for the old values"
+            );
+            Some(Previous {
+                network: old_net,
+                subnet: old_sub,
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The rule-builder input for the options and the current Network/subnet.
 fn rule_config(
     options: &FirewallOptions,
@@ -196,5 +220,6 @@ fn rule_config(
         ip_masq: options.ip_masq,
         random_fully,
         forward_rules: options.forward_rules,
+        egress: options.egress.clone(),
     }
 }

@@ -9,6 +9,7 @@ mod config_watch;
 mod control;
 mod daemon;
 mod decide;
+mod egress_watch;
 mod firewall;
 mod healthz;
 mod iface;

@@ -13,6 +13,8 @@
 //! Foreign rules are never deleted, only reported.
 
 mod detect;
+mod egress;
+mod egress_file;
 mod error;
 mod exec;
 mod iptables;
@@ -24,6 +26,8 @@ mod save;
 mod words;
 
 pub use detect::{BackendChoice, UnknownBackend};
+pub use egress::{first_match, Action, EgressPolicy, EgressRule, Origin, LINK_LOCAL};
+pub use egress_file::{parse_go_duration, parse_policy, PolicyError, MAX_CIDR_LIMIT};
 pub use error::Error;
 pub use iptables::{Flavour, Iptables};
 pub use monitor::NftChanges;

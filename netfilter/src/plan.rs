@@ -153,6 +153,7 @@ mod tests {
             ip_masq: true,
             random_fully: false,
             forward_rules: true,
+            egress: None,
         };
         RuleSet::build(&config, previous)
     }

@@ -3,6 +3,7 @@
 
 use ipnet::Ipv4Net;
 
+use crate::egress::{Action, EgressRule};
 use crate::rule::{Rule, Table};
 use crate::words;
 
@@ -20,7 +21,7 @@ pub const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
 const MULTICAST: &str = "224.0.0.0/4";
 
 /// What the rules are built from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// The cluster Network from the network config.
     pub network: Ipv4Net,
@@ -32,6 +33,9 @@ pub struct Config {
     pub random_fully: bool,
     /// `--iptables-forward-rules`: install the filter chain.
     pub forward_rules: bool,
+    /// `--ip-masq-config`: the compiled egress policy for pod traffic leaving the Network;
+    /// `None` masquerades all of it (Go flanneld's behaviour).
+    pub egress: Option<Vec<EgressRule>>,
 }
 
 /// The Network and subnet of the previous run (from the old subnet.env).
@@ -157,19 +161,61 @@ fn masq_chain(config: &Config, previous: Option<&Previous>) -> OwnedChain {
     OwnedChain {
         table: Table::Nat,
         name: MASQ_CHAIN,
-        rules: vec![
+        rules: [
             // kube-proxy's service and hairpin SNAT stays with KUBE-POSTROUTING.
             rule(&["-m", "mark", "--mark", KUBE_PROXY_MARK], &["RETURN"]),
             // Delivery to our own pods (out the pod bridge): left to the host, keeps client IPs.
             rule(&["-d", &subnet], &["RETURN"]),
             // Pod to pod: ACCEPT ends nat processing, so no later MASQUERADE (docker's) applies.
             rule(&["-s", &network, "-d", &network], &["ACCEPT"]),
+        ]
+        .into_iter()
+        .chain(egress_rules(config))
+        .chain([
             rule(&["-s", &network, "!", "-d", MULTICAST], masq),
             rule(&["!", "-s", &network, "-d", &network], masq),
-        ],
+        ])
+        .collect(),
         jump: commented("POSTROUTING", &[], MASQ_COMMENT, &[MASQ_CHAIN]),
         retire: previous.map(v011_masq_rules).unwrap_or_default(),
     }
+}
+
+/// The egress policy's rules for pod-sourced traffic, most specific first: ACCEPT keeps the pod
+/// address (and, like pod to pod, stops a later MASQUERADE); an exception masquerades. When an
+/// exception covers multicast, multicast is returned first: it is never masqueraded.
+fn egress_rules(config: &Config) -> Vec<Rule> {
+    let Some(policy) = &config.egress else {
+        return Vec::new();
+    };
+    let network = config.network.to_string();
+    let multicast: Ipv4Net = MULTICAST.parse().unwrap_or_default();
+    let covers_multicast = policy.iter().any(|r| {
+        r.action == Action::Masquerade && (r.dst.contains(&multicast) || multicast.contains(&r.dst))
+    });
+    let guard = covers_multicast.then(|| {
+        let matches = ["-s", &network, "-d", MULTICAST];
+        commented(
+            MASQ_CHAIN,
+            &matches,
+            "flanneld egress: multicast is never masqueraded",
+            &["RETURN"],
+        )
+    });
+    let policy_rules = policy.iter().map(|r| {
+        let dst = r.dst.to_string();
+        let target: &[&str] = match r.action {
+            Action::Exempt => &["ACCEPT"],
+            Action::Masquerade => masquerade(config.random_fully),
+        };
+        commented(
+            MASQ_CHAIN,
+            &["-s", &network, "-d", &dst],
+            r.origin.comment(),
+            target,
+        )
+    });
+    guard.into_iter().chain(policy_rules).collect()
 }
 
 fn forward_chain(network: Ipv4Net, previous: Option<&Previous>) -> OwnedChain {
@@ -229,6 +275,7 @@ mod tests {
             ip_masq: true,
             random_fully: true,
             forward_rules: true,
+            egress: None,
         }
     }
 
@@ -274,6 +321,48 @@ COMMIT
 -I POSTROUTING 1 -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
 COMMIT
 "#
+        );
+    }
+
+    #[test]
+    fn golden_with_an_egress_policy() {
+        let policy = crate::EgressPolicy {
+            non_masquerade: ["10.0.0.0/8", "10.100.10.128/25", "192.0.0.0/2"]
+                .iter()
+                .map(|c| c.parse().unwrap())
+                .collect(),
+            masquerade: vec![
+                "10.100.10.0/24".parse().unwrap(),
+                "224.0.0.0/3".parse().unwrap(),
+            ],
+            ..crate::EgressPolicy::default()
+        };
+        let config = Config {
+            random_fully: false,
+            forward_rules: false,
+            egress: Some(policy.compile()),
+            ..config()
+        };
+        assert_eq!(
+            RuleSet::build(&config, None).render(),
+            r#"*nat
+:FLANNEL-POSTRTG - [0:0]
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -d 10.1.74.0/24 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j ACCEPT
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 224.0.0.0/4 -m comment --comment "flanneld egress: multicast is never masqueraded" -j RETURN
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.100.10.128/25 -m comment --comment "flanneld egress: nonMasqueradeCIDRs" -j ACCEPT
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.100.10.0/24 -m comment --comment "flanneld egress: masqueradeCIDRs" -j MASQUERADE
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 169.254.0.0/16 -m comment --comment "flanneld egress: link-local, masqLinkLocal is false" -j ACCEPT
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.0.0.0/8 -m comment --comment "flanneld egress: nonMasqueradeCIDRs" -j ACCEPT
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 224.0.0.0/3 -m comment --comment "flanneld egress: masqueradeCIDRs" -j MASQUERADE
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 192.0.0.0/2 -m comment --comment "flanneld egress: nonMasqueradeCIDRs" -j ACCEPT
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE
+-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE
+-I POSTROUTING 1 -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+COMMIT
+"#,
+            "the exception 224.0.0.0/3 covers multicast: multicast is returned first"
         );
     }
 

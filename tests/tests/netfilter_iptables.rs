@@ -45,6 +45,7 @@ fn config(iptables: &Iptables) -> Config {
         ip_masq: true,
         random_fully: iptables.supports_random_fully(),
         forward_rules: true,
+        egress: None,
     }
 }
 

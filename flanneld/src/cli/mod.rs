@@ -167,6 +167,9 @@ pub struct Options {
     /// setup IP masquerade rule for traffic destined outside of overlay network
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     pub ip_masq: bool,
+    /// ip-masq-agent config file (YAML or JSON): destinations pod traffic keeps its address to (nonMasqueradeCIDRs, masqueradeCIDRs exceptions, masqLinkLocal); re-read on change (flanneld-rs only)
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::path)]
+    pub ip_masq_config: Unset<PathBuf>,
     /// don't use --random-fully in the MASQUERADE rule
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     pub ip_masq_fully_random_disable: bool,
