@@ -2,7 +2,8 @@
 //!
 //! `flanneld [flags]` runs the agent; `flanneld mk-docker-opts [options]` writes docker options
 //! from subnet.env like flannel's mk-docker-opts.sh; `flanneld migrate-etcd --from v2 --to v3`
-//! copies a flanneld v0.11 network from the etcd v2 keyspace to v3.
+//! copies a flanneld v0.11 network from the etcd v2 keyspace to v3; `flanneld explain SRC DST`
+//! says which nat rule decides a flow's source address.
 
 mod cli;
 mod config_watch;
@@ -10,6 +11,7 @@ mod control;
 mod daemon;
 mod decide;
 mod egress_watch;
+mod explain;
 mod firewall;
 mod healthz;
 mod iface;
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("mk-docker-opts") => return exit_code(mk_docker_opts::run(&args[1..])),
         Some("migrate-etcd") => return exit_code(migrate::run(&args[1..])),
+        Some("explain") => return exit_code(explain::run(&args[1..])),
         _ => {}
     }
     let opts = match cli::parse(&args, std::env::vars()) {

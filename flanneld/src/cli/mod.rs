@@ -9,7 +9,7 @@
 //! reported as warnings, as Go flanneld does. [`goflag`] holds the Go-compatibility layer.
 
 mod goflag;
-mod values;
+pub(crate) mod values;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -60,6 +60,8 @@ pub enum Invocation {
     MkDockerOpts(crate::mk_docker_opts::Args),
     /// `flanneld migrate-etcd ...`, with warnings about ignored environment variables.
     MigrateEtcd(crate::migrate::Args, Vec<String>),
+    /// `flanneld explain SRC DST ...`.
+    Explain(Box<crate::explain::Args>),
 }
 
 /// The command line as clap sees it: the agent's flags, or a subcommand.
@@ -89,6 +91,10 @@ enum Command {
     /// Copies a flanneld v0.11 network from the etcd v2 keyspace to v3.
     #[command(disable_help_flag = true, args_override_self = true)]
     MigrateEtcd(crate::migrate::Args),
+    /// Says which nat rule decides whether a flow's source address is rewritten, and whether
+    /// that agrees with the egress policy.
+    #[command(disable_help_flag = true, args_override_self = true)]
+    Explain(crate::explain::Args),
 }
 
 /// How to reach etcd (shared by the agent and `migrate-etcd`).
@@ -279,6 +285,7 @@ where
         }
         Some(Command::MkDockerOpts(args)) => Invocation::MkDockerOpts(args),
         Some(Command::MigrateEtcd(args)) => Invocation::MigrateEtcd(args, parsed.warnings),
+        Some(Command::Explain(args)) => Invocation::Explain(Box::new(args)),
     })
 }
 
