@@ -285,6 +285,17 @@ mod tests {
             assert_eq!(p.resync_interval, Duration::from_secs(60));
             assert!(p.masquerade.is_empty());
         }
+        // The shapes of ip-masq-agent's own examples: its DaemonSet's ConfigMap (flow list),
+        // the Kubernetes task page (block list), and an all-keys file with an empty list.
+        let configmap =
+            parse_policy("nonMasqueradeCIDRs: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16]\n")
+                .unwrap();
+        assert_eq!(configmap, EgressPolicy::default());
+        let task_page =
+            parse_policy("nonMasqueradeCIDRs:\n  - 10.0.0.0/8\nresyncInterval: 60s\n").unwrap();
+        assert_eq!(task_page.non_masquerade.len(), 1);
+        let all_keys = "nonMasqueradeCIDRs: []\nmasqLinkLocal: false\nmasqLinkLocalIPv6: false\nresyncInterval: 60s\ncidrLimit: 64\n";
+        assert!(parse_policy(all_keys).unwrap().non_masquerade.is_empty());
         assert_eq!(parse_policy("").unwrap(), EgressPolicy::default());
         assert_eq!(parse_policy("{}").unwrap(), EgressPolicy::default());
         let none = parse_policy("nonMasqueradeCIDRs: null\ncidrLimit: 10\n").unwrap();

@@ -171,9 +171,20 @@ fn the_egress_policy_decides_pod_source_addresses_and_follows_its_file() {
         "reported once; log:\n{log}"
     );
 
+    // Fixing the file applies it: the exception is back.
+    write_policy(&policy, POLICY);
+    wait_for(
+        "the exception machine to see the host address again",
+        Duration::from_secs(10),
+        || {
+            (flanneld_tests::cluster::seen_by(&pod.ns, EXCEPTION).as_deref()
+                == Some(host0.as_str()))
+            .then_some(())
+        },
+    );
+
     // explain: with docker's rule inserted ahead of our jump (agent stopped, so it stays there),
     // docker's rule decides and the live rules disagree with the policy.
-    write_policy(&policy, WITHOUT_EXCEPTION);
     c.stop_agent(0);
     let docker = [
         "-t",
