@@ -181,11 +181,12 @@ fn a_config_changed_while_running_is_reported_once_and_kept() {
             .contains("Network 10.44.0.0/16 -> 10.45.0.0/16")
             .then_some(())
     });
-    let body = c.hosts[0].exec("curl", &["-s", "-m", "2", "http://127.0.0.1:2401/readyz"]);
-    assert!(
-        body.contains("ready; note: the network config in etcd changed"),
-        "{body}"
-    );
+    // Readiness is published on the control loop's next tick after the note.
+    wait_for("the note in /readyz", Duration::from_secs(5), || {
+        let body = c.hosts[0].exec("curl", &["-s", "-m", "2", "http://127.0.0.1:2401/readyz"]);
+        body.contains("ready; note: the network config in etcd changed")
+            .then_some(())
+    });
     assert_eq!(c.healthz(0, "/readyz"), 200, "the agent keeps working");
 
     c.etcd.put(&c.config_key(), "{not json");
