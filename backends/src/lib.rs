@@ -37,7 +37,7 @@ pub use host::{HostInterface, HostView};
 pub use mac::{BadMac, Mac};
 pub use netlink::{Netlink, NetlinkError};
 pub use notify::{Notification, Notifications, Reaction};
-pub use reconcile::{ObjectError, Reconciler, Report};
+pub use reconcile::{Change, ObjectError, ObjectKind, Reconciler, Report};
 
 use hostgw::HostGw;
 use vxlan::Vxlan;

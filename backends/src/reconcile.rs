@@ -59,11 +59,48 @@ pub(crate) enum Op {
 /// Kernel requests in flight at once while applying one phase of a plan.
 const PIPELINE_DEPTH: usize = 64;
 
-/// How an [`Op`] counts in the [`Report`].
-enum Change {
+/// How a written object counts in the [`Report`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Change {
+    /// Created.
     Added,
+    /// Replaced (a wrong one of ours, or an adopted identical untagged route).
     Replaced,
+    /// Deleted (no lease wants it).
     Deleted,
+}
+
+/// The kind of a kernel object the reconciler writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    /// A route in the main table.
+    Route,
+    /// A permanent neighbour (ARP) entry on the vxlan device.
+    Neighbour,
+    /// A permanent FDB entry on the vxlan device.
+    Fdb,
+}
+
+impl Change {
+    /// The label value for metrics: `add`, `replace`, `delete`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Change::Added => "add",
+            Change::Replaced => "replace",
+            Change::Deleted => "delete",
+        }
+    }
+}
+
+impl ObjectKind {
+    /// The label value for metrics: `route`, `neighbour`, `fdb`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ObjectKind::Route => "route",
+            ObjectKind::Neighbour => "neighbour",
+            ObjectKind::Fdb => "fdb",
+        }
+    }
 }
 
 impl Op {
@@ -76,6 +113,14 @@ impl Op {
             Op::AddRoute(_) | Op::ReplaceRoute(_) | Op::DelRoute(_) => 2,
             Op::DelFdb { .. } => 3,
             Op::DelNeighbour { .. } => 4,
+        }
+    }
+
+    fn kind(&self) -> ObjectKind {
+        match self {
+            Op::SetNeighbour { .. } | Op::DelNeighbour { .. } => ObjectKind::Neighbour,
+            Op::SetFdb { .. } | Op::DelFdb { .. } => ObjectKind::Fdb,
+            Op::AddRoute(_) | Op::ReplaceRoute(_) | Op::DelRoute(_) => ObjectKind::Route,
         }
     }
 
@@ -145,6 +190,8 @@ pub struct Report {
     pub pending: usize,
     /// Whether the kernel now matches the desired state.
     pub converged: bool,
+    /// Objects written, by kind and change.
+    pub changed: BTreeMap<(ObjectKind, Change), usize>,
 }
 
 impl Report {
@@ -482,11 +529,14 @@ async fn execute<K: Kernel>(
     let mut exact = true;
     for (op, outcome) in plan.ops.iter().zip(apply_all(kernel, &plan.ops).await) {
         match outcome {
-            Ok(()) => match op.change() {
-                Change::Added => report.added += 1,
-                Change::Replaced => report.replaced += 1,
-                Change::Deleted => report.deleted += 1,
-            },
+            Ok(()) => {
+                match op.change() {
+                    Change::Added => report.added += 1,
+                    Change::Replaced => report.replaced += 1,
+                    Change::Deleted => report.deleted += 1,
+                }
+                *report.changed.entry((op.kind(), op.change())).or_default() += 1;
+            }
             Err(e) if already_gone(op, &e) => {}
             Err(e) => {
                 exact = false;

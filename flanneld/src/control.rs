@@ -5,13 +5,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use backends::{Backend, Netlink, Notification, Notifications, Reaction, Reconciler};
 use ipnet::Ipv4Net;
 use subnet::{
-    Lease, LeaseHandle, LeasePolicy, PeerSet, Registry, SubnetEnv, WatchScope, WatchUpdate,
+    Lease, LeaseCounters, LeaseHandle, LeasePolicy, PeerSet, Registry, SubnetEnv, WatchScope,
+    WatchUpdate,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::decide::{self, decide, Pending, Reconcile, Turn, Wake};
 use crate::egress_watch;
 use crate::firewall::Firewall;
+use crate::metrics::{Metrics, PeerCounts};
 use crate::readiness::{Facts, ReadinessWriter, Stage};
 
 /// How often the whole data plane is reconciled even without events (Go flanneld's route check).
@@ -29,6 +32,15 @@ const WATCH_RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// How long peers missing from a re-listing stay programmed (see [`Agent::linger`]).
 pub(crate) const PEER_GRACE: Duration = Duration::from_secs(60);
+
+/// The metrics label for why the backend skipped a peer.
+fn skip_reason(why: &str) -> &'static str {
+    if why.contains("BackendType") {
+        "backend_type"
+    } else {
+        "backend_data"
+    }
+}
 
 /// A peer event as logged: `peer <subnet> at <PublicIP> (<type>)` or `peer <subnet> removed`.
 fn describe(e: &subnet::LeaseEvent) -> String {
@@ -93,6 +105,11 @@ pub(crate) struct Agent {
     /// Whether subnet.env was tried at least once (its first failure is always logged).
     pub(crate) env_attempted: bool,
     pub(crate) readiness: ReadinessWriter,
+    pub(crate) metrics: Arc<Metrics>,
+    /// The lease manager's counters, copied into the metrics on each tick.
+    pub(crate) lease_counters: Arc<LeaseCounters>,
+    /// Complete listings of the peer leases seen (the first, then re-listings).
+    pub(crate) listings: u64,
     /// When etcd last answered the lease manager.
     pub(crate) etcd_contact: watch::Receiver<tokio::time::Instant>,
     /// What the agent noticed about the network config in etcd (see [`crate::config_watch`]).
@@ -150,6 +167,7 @@ impl Inputs {
                     listing_changed: agent.on_peer_updates(update, &mut self.peer_watch),
                 },
                 None => {
+                    agent.metrics.record_watch_restart();
                     self.peer_watch = restart_peer_watch(registry).await;
                     Wake::Tick
                 }
@@ -216,6 +234,8 @@ pub(crate) struct Parts {
     pub(crate) ip_masq: bool,
     pub(crate) iptables_resync: Duration,
     pub(crate) readiness: ReadinessWriter,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) lease_counters: Arc<LeaseCounters>,
     pub(crate) config_note: watch::Receiver<Option<String>>,
 }
 
@@ -241,6 +261,9 @@ impl Agent {
             iptables_resync: parts.iptables_resync,
             env_attempted: false,
             readiness: parts.readiness,
+            metrics: parts.metrics,
+            lease_counters: parts.lease_counters,
+            listings: 0,
             etcd_contact: parts.etcd_contact,
             config_note: parts.config_note,
             setup_failure: None,
@@ -270,7 +293,10 @@ impl Agent {
                 setup: pending_setup,
                 changed_peers: !self.changed.is_empty(),
             };
-            pending_setup = self.run_turn(decide(wake, pending), kernel_cause).await;
+            let cause = wake.label();
+            pending_setup = self
+                .run_turn(decide(wake, pending), cause, kernel_cause)
+                .await;
         }
     }
 
@@ -294,7 +320,12 @@ impl Agent {
     }
 
     /// Runs the steps of one turn ([`decide`]); returns whether setup failed (and stays pending).
-    async fn run_turn(&mut self, turn: Turn, kernel_cause: Option<(Notification, usize)>) -> bool {
+    async fn run_turn(
+        &mut self,
+        turn: Turn,
+        cause: &'static str,
+        kernel_cause: Option<(Notification, usize)>,
+    ) -> bool {
         if turn.expire_lingering {
             self.expire_lingering();
         }
@@ -316,7 +347,7 @@ impl Agent {
         }
         let setup_failed = setup && !self.setup().await;
         match turn.reconcile {
-            Reconcile::Full => self.reconcile().await,
+            Reconcile::Full => self.reconcile(cause).await,
             Reconcile::ChangedPeers => self.reconcile_changes().await,
             Reconcile::Nothing => {}
         }
@@ -358,6 +389,10 @@ impl Agent {
     /// Takes a complete listing; returns whether it changed the peers.
     fn on_listing(&mut self, leases: Vec<Lease>) -> bool {
         let n = leases.len();
+        self.listings += 1;
+        if self.listings > 1 {
+            self.metrics.record_relist();
+        }
         // One line per peer of a listing only on request: thousands at start-up.
         let changes = if self.peers.is_empty() {
             // Nothing to remove: the leases are taken one by one, so no second copy of all of
@@ -526,7 +561,13 @@ impl Agent {
         let after = self
             .backend
             .desired_for(changed.keys().filter_map(|s| self.programmed(s)));
-        match self.reconciler.reconcile_changes(&before, &after).await {
+        let started = tokio::time::Instant::now();
+        let outcome = self.reconciler.reconcile_changes(&before, &after).await;
+        if let Some(report) = &outcome {
+            self.metrics
+                .record_reconcile("peer_events", report, started.elapsed());
+        }
+        match outcome {
             Some(report) if report.converged => {
                 if report.writes() > 0 {
                     tracing::info!(
@@ -538,7 +579,7 @@ impl Agent {
                     );
                 }
             }
-            _ => self.reconcile().await,
+            _ => self.reconcile("incremental_fallback").await,
         }
     }
 
@@ -580,11 +621,15 @@ impl Agent {
     /// Makes the kernel match the desired state for the current peers. It reads the host's
     /// networks first, so every lease (the first listing too) is checked against them before
     /// anything is programmed for it.
-    pub(crate) async fn reconcile(&mut self) {
+    pub(crate) async fn reconcile(&mut self, cause: &'static str) {
         self.refresh_local_networks().await;
         self.changed.clear();
+        let started = tokio::time::Instant::now();
         let desired = self.backend.desired_for(self.all_programmed());
         let report = self.reconciler.reconcile(&desired).await;
+        self.metrics
+            .record_reconcile(cause, &report, started.elapsed());
+        self.metrics.set_peers(&self.peer_counts(&desired));
         if report.writes() > 0 {
             tracing::info!(
                 "data plane: {} added, {} replaced, {} deleted for {} peers",
@@ -646,6 +691,7 @@ impl Agent {
 
     /// Publishes readiness from the facts the loop owns (when it changed).
     pub(crate) fn publish_readiness(&mut self) {
+        self.update_lease_metrics();
         let facts = Facts {
             lease_valid: subnet::is_valid(&self.lease, SystemTime::now()),
             converged: self.converged,
@@ -655,5 +701,39 @@ impl Agent {
             config_note: self.config_note.borrow().clone(),
         };
         self.readiness.publish(&Stage::Serving(facts));
+    }
+
+    /// The lease's metrics: its subnet, the time to expiry, the manager's counters and the
+    /// time since etcd last answered.
+    fn update_lease_metrics(&self) {
+        let expires_in =
+            (self.lease.expiration).and_then(|at| at.duration_since(SystemTime::now()).ok());
+        let (subnet, public_ip) = (self.lease.subnet(), self.lease.attrs.public_ip);
+        self.metrics
+            .set_lease(&subnet.to_string(), &public_ip.to_string(), expires_in);
+        let silence = self.etcd_contact.borrow().elapsed();
+        self.metrics.sync_lease(&self.lease_counters, silence);
+    }
+
+    /// The peer counts for the metrics, after a reconcile of `desired`.
+    fn peer_counts(&self, desired: &backends::DesiredState) -> PeerCounts {
+        let mut skipped: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for why in desired.skipped.values() {
+            *skipped.entry(skip_reason(why)).or_default() += 1;
+        }
+        let mut by_backend: BTreeMap<String, usize> = BTreeMap::new();
+        for lease in self.peers.iter() {
+            *by_backend
+                .entry(lease.attrs.backend_type.clone())
+                .or_default() += 1;
+        }
+        let known = self.peers.len();
+        PeerCounts {
+            known,
+            programmed: known.saturating_sub(desired.skipped.len()),
+            rejected: self.peers.rejected().count(),
+            skipped: skipped.into_iter().collect(),
+            by_backend: by_backend.into_iter().collect(),
+        }
     }
 }

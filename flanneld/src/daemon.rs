@@ -12,6 +12,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -29,6 +30,7 @@ use crate::egress_watch;
 use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions};
 use crate::healthz::{self, Readiness};
 use crate::iface::{self, Selection};
+use crate::metrics::{Instrumented, Metrics};
 use crate::readiness::{ReadinessWriter, Stage};
 use crate::sdnotify;
 
@@ -39,49 +41,66 @@ const RETRY_PERIOD: Duration = Duration::from_secs(1);
 pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     let previous = PreviousEnv::read(&opts.subnet_file);
     if let Some(s) = previous.subnet {
-        tracing::info!(
-            "{} records subnet {s} from a previous run",
-            opts.subnet_file.display()
-        );
+        let file = opts.subnet_file.display();
+        tracing::info!("{file} records subnet {s} from a previous run");
     }
-
+    let metrics = Metrics::new();
     let (mut readiness, ready_rx) = ReadinessWriter::new(opts.subnet_file.clone());
-    start_health_server(&opts, ready_rx).await?;
-
+    start_health_server(&opts, ready_rx, &metrics).await?;
     // iptables detection needs no lease: it runs while etcd is asked for config and lease.
-    let (egress, egress_rx) = start_egress_policy(&opts);
-    let fw_options = FirewallOptions {
-        backend: opts.iptables_backend,
-        ip_masq: opts.ip_masq,
-        random_fully_disabled: opts.ip_masq_fully_random_disable,
-        forward_rules: opts.iptables_forward_rules,
-        egress,
-    };
-    let firewall = FirewallStart {
-        detection: Detection::start(&fw_options),
-        options: fw_options,
-        egress: egress_rx,
-    };
-
+    let firewall = start_firewall(&opts);
     let etcd = opts.etcd.registry_options();
     let api = opts.etcd_api;
+    let endpoints = etcd.endpoints.join(",");
     tracing::info!(
-        "etcd endpoints {}, prefix {}, API {api}",
-        etcd.endpoints.join(","),
+        "etcd endpoints {endpoints}, prefix {}, API {api}",
         etcd.prefix
     );
     readiness.publish(&Stage::WaitingForConfig);
     let Some(keyspace) = open_keyspace(api, &etcd, &shutdown).await? else {
         return Ok(());
     };
+    let start = Start {
+        opts,
+        previous,
+        firewall,
+        readiness,
+        metrics: Arc::clone(&metrics),
+    };
     match keyspace {
         Keyspace::V3(registry) => {
             subnet::spawn_member_check(&etcd);
-            serve(*registry, opts, previous, firewall, readiness, shutdown).await
+            serve(Instrumented::new(*registry, metrics), start, shutdown).await
         }
         Keyspace::V2(registry) => {
-            serve(registry, opts, previous, firewall, readiness, shutdown).await
+            serve(Instrumented::new(registry, metrics), start, shutdown).await
         }
+    }
+}
+
+/// What start-up prepared before the keyspace was known.
+struct Start {
+    opts: Options,
+    previous: PreviousEnv,
+    firewall: FirewallStart,
+    readiness: ReadinessWriter,
+    metrics: Arc<Metrics>,
+}
+
+/// Starts the iptables detection and, with `--ip-masq-config`, the egress policy.
+fn start_firewall(opts: &Options) -> FirewallStart {
+    let (egress, egress_rx) = start_egress_policy(opts);
+    let options = FirewallOptions {
+        backend: opts.iptables_backend,
+        ip_masq: opts.ip_masq,
+        random_fully_disabled: opts.ip_masq_fully_random_disable,
+        forward_rules: opts.iptables_forward_rules,
+        egress,
+    };
+    FirewallStart {
+        detection: Detection::start(&options),
+        options,
+        egress: egress_rx,
     }
 }
 
@@ -117,7 +136,11 @@ fn start_egress_policy(
 }
 
 /// Serves `/healthz` and `/readyz` on `--healthz-ip:--healthz-port` (not at all with port 0).
-async fn start_health_server(opts: &Options, ready_rx: watch::Receiver<Readiness>) -> Result<()> {
+async fn start_health_server(
+    opts: &Options,
+    ready_rx: watch::Receiver<Readiness>,
+    metrics: &Arc<Metrics>,
+) -> Result<()> {
     if opts.healthz_port == 0 {
         return Ok(());
     }
@@ -125,8 +148,8 @@ async fn start_health_server(opts: &Options, ready_rx: watch::Receiver<Readiness
     let listener = healthz::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (--healthz-ip/--healthz-port)"))?;
-    tracing::info!("health server on http://{addr}/healthz and /readyz");
-    tokio::spawn(healthz::serve(listener, ready_rx));
+    tracing::info!("health server on http://{addr}/healthz, /readyz and /metrics");
+    tokio::spawn(healthz::serve(listener, ready_rx, Arc::clone(metrics)));
     Ok(())
 }
 
@@ -155,16 +178,15 @@ async fn open_keyspace(
 }
 
 /// The agent on the keyspace chosen, step by step: a usable config, the interface, the backend
-/// (vxlan device), the lease, the data plane and rules, the first listing programmed, subnet.env
-/// and readiness; then the control loop until `shutdown`.
-async fn serve<R: Registry>(
-    registry: R,
-    opts: Options,
-    previous: PreviousEnv,
-    firewall: FirewallStart,
-    mut readiness: ReadinessWriter,
-    shutdown: CancellationToken,
-) -> Result<()> {
+/// (vxlan device), the lease, the data plane and rules; then [`run_agent`].
+async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationToken) -> Result<()> {
+    let Start {
+        opts,
+        previous,
+        firewall,
+        mut readiness,
+        metrics,
+    } = start;
     let Some((config, range)) = wait_for_config(&registry, &shutdown).await? else {
         return Ok(());
     };
@@ -179,20 +201,23 @@ async fn serve<R: Registry>(
         return Ok(());
     };
     let lease = manager.lease();
-    let (firewall, egress) = ((firewall.detection, firewall.options), firewall.egress);
+    let (firewall, egress) = (
+        (firewall.detection, firewall.options, &metrics),
+        firewall.egress,
+    );
     let (firewall, first_check) =
         configure_data_plane(&mut backend, &nl, &lease, range.network, firewall, previous).await?;
-    let lease_rx = manager.subscribe();
     let policy = LeasePolicy::new(
         range.network,
         range.subnet_len,
         lease.subnet(),
         selected.public_ip,
     );
-    let mut agent = Agent::new(Parts {
+    let agent = Agent::new(Parts {
         policy,
         lease,
         lease_handle: manager.handle(),
+        lease_counters: manager.counters(),
         etcd_contact: manager.contact(),
         backend,
         nl,
@@ -202,17 +227,31 @@ async fn serve<R: Registry>(
         ip_masq: opts.ip_masq,
         iptables_resync: opts.iptables_resync,
         readiness,
+        metrics,
         config_note: crate::config_watch::spawn(registry.clone(), config.clone()),
     });
+    run_agent(agent, manager, &registry, first_check, &shutdown).await
+}
+
+/// Step 6: keeps the lease in a task, programs the first listing ([`first_sync`]) and runs the
+/// control loop until `shutdown`.
+async fn run_agent<R: Registry>(
+    mut agent: Agent,
+    manager: LeaseManager<R>,
+    registry: &R,
+    first_check: Option<EnsureTask>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let lease_rx = manager.subscribe();
     let manager_task = tokio::spawn(manager.run());
     let Some((peer_watch, notifications)) =
-        first_sync(&mut agent, &registry, first_check, &shutdown).await?
+        first_sync(&mut agent, registry, first_check, shutdown).await?
     else {
         manager_task.abort();
         return Ok(());
     };
     let result =
-        (agent.control_loop(&registry, peer_watch, lease_rx, notifications, &shutdown)).await;
+        (agent.control_loop(registry, peer_watch, lease_rx, notifications, shutdown)).await;
     manager_task.abort();
     tracing::info!("Exiting cleanly... (routes, devices, rules, subnet.env and the etcd lease are left in place)");
     result
@@ -325,11 +364,12 @@ async fn configure_data_plane(
     nl: &Netlink,
     lease: &subnet::Lease,
     network: ipnet::Ipv4Net,
-    (detection, fw_options): (Detection, FirewallOptions),
+    (detection, fw_options, metrics): (Detection, FirewallOptions, &Arc<Metrics>),
     previous: PreviousEnv,
 ) -> Result<(Option<Firewall>, Option<EnsureTask>)> {
     backend.configure(nl, lease, network).await?;
-    let firewall = Firewall::new(fw_options, detection, network, lease.subnet(), previous).await?;
+    let target = (network, lease.subnet());
+    let firewall = Firewall::new(fw_options, detection, target, previous, metrics).await?;
     let first_check = firewall.as_ref().map(Firewall::start_ensure);
     Ok((firewall, first_check))
 }
@@ -360,7 +400,7 @@ async fn first_sync<R: Registry>(
             }
         }
     }
-    agent.reconcile().await;
+    agent.reconcile("start").await;
     if let (Some(task), Some(fw)) = (first_check, agent.firewall.as_mut()) {
         fw.finish_ensure(task).await?;
     }

@@ -25,6 +25,21 @@ pub(crate) enum Wake {
     Tick,
 }
 
+impl Wake {
+    /// What caused a full reconcile on this wake, for the metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Wake::Peers { .. } => "listing",
+            Wake::Lease { .. } => "lease",
+            Wake::Kernel(_) => "kernel",
+            Wake::Resync => "resync",
+            Wake::RuleCheck => "rule_check",
+            Wake::EgressPolicy => "egress_policy",
+            Wake::Tick => "tick",
+        }
+    }
+}
+
 /// What earlier turns left to do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Pending {

@@ -12,6 +12,7 @@ use netfilter::{
 };
 
 use crate::egress_watch::Rules as EgressRules;
+use crate::metrics::Metrics;
 use subnet::PreviousEnv;
 use tokio::task::JoinHandle;
 
@@ -58,6 +59,7 @@ pub struct Firewall {
     random_fully: bool,
     /// The cluster Network and our subnet the rules are for.
     target: (Ipv4Net, Ipv4Net),
+    metrics: Arc<Metrics>,
     rules: RuleSet,
     reported: BTreeSet<String>,
     /// nf_tables change notifications (nft binaries only): while none arrives after a check
@@ -75,9 +77,9 @@ impl Firewall {
     pub async fn new(
         options: FirewallOptions,
         detection: Detection,
-        network: Ipv4Net,
-        subnet: Ipv4Net,
+        (network, subnet): (Ipv4Net, Ipv4Net),
         previous: PreviousEnv,
+        metrics: &Arc<Metrics>,
     ) -> Result<Option<Firewall>> {
         let Detection(Some(detection)) = detection else {
             tracing::info!(
@@ -116,6 +118,7 @@ impl Firewall {
             options,
             random_fully,
             target: (network, subnet),
+            metrics: Arc::clone(metrics),
             rules,
             reported: BTreeSet::new(),
             changes,
@@ -173,6 +176,8 @@ impl Firewall {
             .context("iptables task")?
             .context("applying iptables rules")?;
         self.verified = true;
+        self.metrics
+            .record_rule_check(outcome.applied, outcome.foreign.len());
         if outcome.applied {
             tracing::info!(
                 "iptables rules applied: {}",

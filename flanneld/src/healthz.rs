@@ -1,9 +1,11 @@
 //! The health server on `--healthz-ip:--healthz-port`: `GET /healthz` answers 200 while the process
 //! is alive; `GET /readyz` answers 200 only while the lease is valid and the data plane has
-//! converged, and 503 with the reason otherwise (including later, when it stops being true).
+//! converged, and 503 with the reason otherwise (including later, when it stops being true);
+//! `GET /metrics` answers the Prometheus metrics ([`crate::metrics`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -13,6 +15,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::metrics::Metrics;
 
 /// Whether the agent is ready, and if not, why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +29,9 @@ pub enum Readiness {
     /// Not ready, with the reason shown in the `/readyz` body.
     NotReady(String),
 }
+
+/// The content type of `/metrics` (prometheus-client writes the OpenMetrics text format).
+const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn respond(path: &str, ready: &Readiness) -> (StatusCode, String) {
     match path {
@@ -48,8 +55,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves health requests forever on `listener`, reading readiness from `ready`.
-pub async fn serve(listener: TcpListener, ready: watch::Receiver<Readiness>) {
+/// Serves health requests forever on `listener`, reading readiness from `ready`; `/metrics`
+/// renders `metrics`.
+pub async fn serve(
+    listener: TcpListener,
+    ready: watch::Receiver<Readiness>,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -60,12 +72,24 @@ pub async fn serve(listener: TcpListener, ready: watch::Receiver<Readiness>) {
             }
         };
         let ready = ready.clone();
+        let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let (status, body) = respond(req.uri().path(), &ready.borrow());
+                let path = req.uri().path();
+                let (status, body, content_type) = match path {
+                    "/metrics" => (StatusCode::OK, metrics.render(), METRICS_TYPE),
+                    _ => {
+                        let (status, body) = respond(path, &ready.borrow());
+                        (status, body, "text/plain; charset=utf-8")
+                    }
+                };
                 async move {
                     let mut resp = Response::new(Full::new(Bytes::from(body)));
                     *resp.status_mut() = status;
+                    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+                        resp.headers_mut()
+                            .insert(hyper::header::CONTENT_TYPE, value);
+                    }
                     Ok::<_, Infallible>(resp)
                 }
             });
@@ -117,8 +141,14 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(Readiness::NotReady("starting".into()));
-        tokio::spawn(serve(listener, rx));
+        tokio::spawn(serve(listener, rx, Metrics::new()));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.contains("flannel_build_info{version="), "{metrics}");
+        assert!(
+            metrics.contains("application/openmetrics-text"),
+            "{metrics}"
+        );
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         tx.send(Readiness::Ready).unwrap();
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));

@@ -15,6 +15,7 @@ mod explain;
 mod firewall;
 mod healthz;
 mod iface;
+mod metrics;
 mod migrate;
 mod mk_docker_opts;
 mod readiness;

@@ -30,7 +30,8 @@ pub use peers::{LeaseEvent, PeerSet};
 // Choosing and holding this host's subnet.
 pub use alloc::{choose_subnet, Choice, OutOfSubnets, Plan, Reason};
 pub use manager::{
-    acquire, is_valid, AcquireError, LeaseHandle, LeaseManager, LeaseTiming, OWN_KEY_CHECK_PERIOD,
+    acquire, is_valid, AcquireError, LeaseCounters, LeaseHandle, LeaseManager, LeaseTiming,
+    OWN_KEY_CHECK_PERIOD,
 };
 pub use subnet_env::{PreviousEnv, SubnetEnv};
 // The stores: the Registry trait, etcd v3, the v2 keyspace, the choice between them.

@@ -8,6 +8,8 @@
 //! instead); if another host took it meanwhile a new subnet is acquired and published; if another
 //! host overwrites it, that is logged as an error and the lease is published as invalid.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipnet::Ipv4Net;
@@ -97,6 +99,21 @@ pub fn is_valid(lease: &Lease, now: SystemTime) -> bool {
     lease.expiration.is_some_and(|expiration| expiration > now)
 }
 
+/// What happened to this host's lease, counted for the operator's metrics.
+#[derive(Debug, Default)]
+pub struct LeaseCounters {
+    /// Renewals written.
+    pub renewals: AtomicU64,
+    /// Re-claims of our subnet after the lease vanished (deleted, expired or overwritten).
+    pub reclaims: AtomicU64,
+    /// Creation races lost to another host (another subnet was chosen).
+    pub races_lost: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Acquires a lease for this host: see the module documentation for the order of preference.
 /// `previous` is the subnet recorded in subnet.env by the previous run, if any.
 pub async fn acquire<R: Registry>(
@@ -105,6 +122,19 @@ pub async fn acquire<R: Registry>(
     attrs: &LeaseAttrs,
     previous: Option<Ipv4Net>,
     ttl: Duration,
+) -> Result<Lease, AcquireError> {
+    let counters = LeaseCounters::default();
+    acquire_counted(registry, config, attrs, previous, ttl, &counters).await
+}
+
+/// [`acquire`], counting lost creation races into `counters`.
+async fn acquire_counted<R: Registry>(
+    registry: &R,
+    config: &NetworkConfig,
+    attrs: &LeaseAttrs,
+    previous: Option<Ipv4Net>,
+    ttl: Duration,
+    counters: &LeaseCounters,
 ) -> Result<Lease, AcquireError> {
     let range = config.v4().ok_or(AcquireError::NoIpv4)?;
     for _ in 0..MAX_ATTEMPTS {
@@ -160,10 +190,13 @@ pub async fn acquire<R: Registry>(
                     expiration: Some(expiration),
                 });
             }
-            None => tracing::info!(
-                "subnet {key} changed in etcd while we claimed it (another host was faster); \
-                 choosing again"
-            ),
+            None => {
+                count(&counters.races_lost);
+                tracing::info!(
+                    "subnet {key} changed in etcd while we claimed it (another host was faster); \
+                     choosing again"
+                )
+            }
         }
     }
     Err(AcquireError::Contention(MAX_ATTEMPTS))
@@ -245,6 +278,7 @@ pub struct LeaseManager<R: Registry> {
     /// New attributes asked for through [`LeaseManager::handle`].
     wanted: state::Receiver<LeaseAttrs>,
     handle: LeaseHandle,
+    counters: Arc<LeaseCounters>,
 }
 
 impl<R: Registry> LeaseManager<R> {
@@ -256,7 +290,9 @@ impl<R: Registry> LeaseManager<R> {
         previous: Option<Ipv4Net>,
         timing: LeaseTiming,
     ) -> Result<Self, AcquireError> {
-        let lease = acquire(&registry, config, &attrs, previous, timing.ttl).await?;
+        let counters = Arc::new(LeaseCounters::default());
+        let lease =
+            acquire_counted(&registry, config, &attrs, previous, timing.ttl, &counters).await?;
         let (wanted_tx, wanted) = state::channel(attrs.clone());
         Ok(LeaseManager {
             registry,
@@ -267,7 +303,13 @@ impl<R: Registry> LeaseManager<R> {
             contact: state::channel(Instant::now()).0,
             wanted,
             handle: LeaseHandle { wanted: wanted_tx },
+            counters,
         })
+    }
+
+    /// What happened to the lease so far (renewals, re-claims, lost races).
+    pub fn counters(&self) -> Arc<LeaseCounters> {
+        Arc::clone(&self.counters)
     }
 
     /// A handle to change the published attributes while [`LeaseManager::run`] runs.
@@ -471,9 +513,13 @@ impl<R: Registry> LeaseManager<R> {
             }
             Ok(Refresh::Refreshed(expiration)) => {
                 match next {
-                    Next::Renew => tracing::info!("renewed lease {key}"),
+                    Next::Renew => {
+                        count(&self.counters.renewals);
+                        tracing::info!("renewed lease {key}")
+                    }
                     Next::Update => tracing::info!("published lease {key} with the new attributes"),
                     Next::Reclaim | Next::Conflict => {
+                        count(&self.counters.reclaims);
                         tracing::warn!("re-claimed lease {key}: same subnet as before")
                     }
                 }
@@ -557,7 +603,16 @@ impl<R: Registry> LeaseManager<R> {
     /// Acquires a lease anew with the current config (our subnet was taken).
     async fn reacquire(&self) -> Result<Lease, AcquireError> {
         let config = self.registry.network_config().await?;
-        acquire(&self.registry, &config, &self.attrs, None, self.timing.ttl).await
+        let ttl = self.timing.ttl;
+        acquire_counted(
+            &self.registry,
+            &config,
+            &self.attrs,
+            None,
+            ttl,
+            &self.counters,
+        )
+        .await
     }
 
     fn report_conflict(&self, key: SubnetKey, attrs: &LeaseAttrs) {
