@@ -321,3 +321,100 @@ impl<R: Registry> Registry for Instrumented<R> {
         self.inner.watch_leases(scope)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_named_by_convention() {
+        let metrics = Metrics::new();
+        metrics.set_lease("10.5.1.0/24", "192.168.1.5", Some(Duration::from_secs(90)));
+        metrics.record_rule_check(true, 1);
+        let text = metrics.render();
+        let families: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        for (family, kind) in &families {
+            assert!(family.starts_with("flannel_"), "{family}");
+            if *kind == "counter" {
+                assert!(text.contains(&format!("{family}_total")), "{family}");
+            }
+        }
+        assert!(
+            text.contains("flannel_lease_info{subnet=\"10.5.1.0/24\",public_ip=\"192.168.1.5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flannel_lease_expires_in_seconds 90.0"),
+            "{text}"
+        );
+        assert!(text.contains("flannel_netfilter_repairs_total 1"), "{text}");
+    }
+
+    /// Metrics with every family holding a value.
+    fn populated() -> Arc<Metrics> {
+        let metrics = Metrics::new();
+        metrics.set_lease("10.5.1.0/24", "192.168.1.5", None);
+        metrics.sync_lease(&LeaseCounters::default(), Duration::from_secs(1));
+        metrics.set_peers(&PeerCounts {
+            known: 2,
+            programmed: 1,
+            rejected: 0,
+            skipped: vec![("backend_type", 1)],
+            by_backend: vec![("vxlan".into(), 2)],
+        });
+        let mut report = backends::Report::default();
+        report
+            .changed
+            .insert((backends::ObjectKind::Route, backends::Change::Added), 1);
+        metrics.record_reconcile("start", &report, Duration::from_millis(3));
+        metrics.record_etcd("list_leases", true);
+        metrics.record_watch_restart();
+        metrics.record_relist();
+        metrics
+    }
+
+    #[test]
+    fn docs_and_dashboard_name_exactly_the_exported_metrics() {
+        let text = populated().render();
+        let exported: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|family| {
+                match text.contains(&format!("{family}_total "))
+                    || text.contains(&format!("{family}_total{{"))
+                {
+                    true => format!("{family}_total"),
+                    false if family == "flannel_build" => "flannel_build_info".into(),
+                    false => family.to_string(),
+                }
+            })
+            .collect();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+        let documented: std::collections::BTreeSet<String> = docs
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `flannel_"))
+            .filter_map(|l| l.split('`').next())
+            .map(|name| format!("flannel_{name}"))
+            .collect();
+        assert_eq!(
+            documented, exported,
+            "docs/metrics.md lists exactly the exported metrics"
+        );
+        let dashboard =
+            std::fs::read_to_string(root.join("contrib/grafana/flanneld-rs.json")).unwrap();
+        let used = dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        for name in used.filter(|w| w.starts_with("flannel_")) {
+            let base = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                exported.contains(base),
+                "the dashboard queries {name}, which is not exported"
+            );
+        }
+    }
+}
