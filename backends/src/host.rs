@@ -38,7 +38,28 @@ pub struct HostView {
     pub can_reach: Option<(u32, Option<Ipv4Addr>)>,
 }
 
+/// A main-table route, as `flanneld doctor` looks at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostRoute {
+    /// The destination.
+    pub dst: ipnet::Ipv4Net,
+    /// Whether it carries our tag ([`crate::ROUTE_PROTOCOL`]).
+    pub ours: bool,
+}
+
 impl Netlink {
+    /// Every main-table IPv4 unicast route, with whether it is ours.
+    pub async fn host_routes(&self) -> Result<Vec<HostRoute>, NetlinkError> {
+        let routes = self.routes().await?;
+        Ok(routes
+            .iter()
+            .map(|r| HostRoute {
+                dst: r.dst,
+                ours: r.protocol == crate::ROUTE_PROTOCOL,
+            })
+            .collect())
+    }
+
     /// Reads links, IPv4 addresses, the default route and (for `--iface-can-reach`) the route
     /// the kernel would take to `can_reach`.
     pub async fn host_view(&self, can_reach: Option<Ipv4Addr>) -> Result<HostView, NetlinkError> {

@@ -33,7 +33,7 @@ use subnet::{BackendConfig, Lease, LeaseAttrs, PeerSet};
 
 pub use desired::{DesiredState, Route};
 pub use drift::{DeviceChange, Drift, Mismatch};
-pub use host::{HostInterface, HostView};
+pub use host::{HostInterface, HostRoute, HostView};
 pub use mac::{BadMac, Mac};
 pub use netlink::{Netlink, NetlinkError};
 pub use notify::{Notification, Notifications, Reaction};

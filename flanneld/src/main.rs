@@ -10,6 +10,7 @@ mod config_watch;
 mod control;
 mod daemon;
 mod decide;
+mod doctor;
 mod egress_watch;
 mod explain;
 mod firewall;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Some("mk-docker-opts") => return exit_code(mk_docker_opts::run(&args[1..])),
         Some("migrate-etcd") => return exit_code(migrate::run(&args[1..])),
         Some("explain") => return exit_code(explain::run(&args[1..])),
+        Some("doctor") => return exit_code(doctor::run(&args[1..])),
         _ => {}
     }
     let opts = match cli::parse(&args, std::env::vars()) {

@@ -161,6 +161,16 @@ impl EtcdV2Registry {
         format!("/v2/keys{}?{query}", utf8_percent_encode(key, PATH))
     }
 
+    /// etcd's clock, from the `Date` header of its answer to `GET /version` (served whichever
+    /// keyspace is used); `None` when it sent none.
+    pub async fn server_time(&self) -> Result<Option<SystemTime>, RegistryError> {
+        let reply = self
+            .client
+            .call("version", Method::GET, "/version", None)
+            .await?;
+        Ok(reply.date)
+    }
+
     /// Sends a request about `key` and decodes the answer or the v2 error.
     async fn request(
         &self,

@@ -62,6 +62,8 @@ pub enum Invocation {
     MigrateEtcd(crate::migrate::Args, Vec<String>),
     /// `flanneld explain SRC DST ...`.
     Explain(Box<crate::explain::Args>),
+    /// `flanneld doctor ...`.
+    Doctor(Box<crate::doctor::Args>),
 }
 
 /// The command line as clap sees it: the agent's flags, or a subcommand.
@@ -95,6 +97,9 @@ enum Command {
     /// that agrees with the egress policy.
     #[command(disable_help_flag = true, args_override_self = true)]
     Explain(crate::explain::Args),
+    /// Checks this host and etcd for what breaks pod traffic, and says how to fix it.
+    #[command(disable_help_flag = true, args_override_self = true)]
+    Doctor(crate::doctor::Args),
 }
 
 /// How to reach etcd (shared by the agent and `migrate-etcd`).
@@ -286,6 +291,7 @@ where
         Some(Command::MkDockerOpts(args)) => Invocation::MkDockerOpts(args),
         Some(Command::MigrateEtcd(args)) => Invocation::MigrateEtcd(args, parsed.warnings),
         Some(Command::Explain(args)) => Invocation::Explain(Box::new(args)),
+        Some(Command::Doctor(args)) => Invocation::Doctor(Box::new(args)),
     })
 }
 

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
@@ -91,6 +91,8 @@ pub(crate) struct Reply {
     pub(crate) status: StatusCode,
     /// The store index when the request was served (`X-Etcd-Index`).
     pub(crate) index: Option<u64>,
+    /// The server's clock when it answered (the `Date` header).
+    pub(crate) date: Option<SystemTime>,
     /// The body.
     pub(crate) body: Bytes,
 }
@@ -101,6 +103,8 @@ pub(crate) struct Pending {
     pub(crate) status: StatusCode,
     /// `X-Etcd-Index`: for a watch, the store index when the watch started.
     pub(crate) index: Option<u64>,
+    /// The `Date` header.
+    pub(crate) date: Option<SystemTime>,
     body: Incoming,
     connection: Connection,
 }
@@ -205,7 +209,7 @@ impl Client {
     ) -> Result<Reply, RegistryError> {
         let exchange = async {
             let pending = self.open(operation, method, path, form).await?;
-            let (status, index) = (pending.status, pending.index);
+            let (status, index, date) = (pending.status, pending.index, pending.date);
             let body = pending
                 .body()
                 .await
@@ -213,6 +217,7 @@ impl Client {
             Ok(Reply {
                 status,
                 index,
+                date,
                 body,
             })
         };
@@ -255,9 +260,15 @@ impl Client {
                 .get("X-Etcd-Index")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
+            let date = response
+                .headers()
+                .get(hyper::header::DATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok());
             Ok(Pending {
                 status: response.status(),
                 index,
+                date,
                 body: response.into_body(),
                 connection,
             })
