@@ -37,7 +37,7 @@ pub use host::{HostInterface, HostRoute, HostView};
 pub use mac::{BadMac, Mac};
 pub use netlink::{Netlink, NetlinkError};
 pub use notify::{Notification, Notifications, Reaction};
-pub use reconcile::{Change, ObjectError, ObjectKind, Reconciler, Report};
+pub use reconcile::{Change, ObjectError, ObjectKind, PlannedChange, Preview, Reconciler, Report};
 
 use hostgw::HostGw;
 use vxlan::Vxlan;
@@ -159,6 +159,12 @@ impl ExternalInterface {
     }
 }
 
+/// Deletes every vxlan device named `flannel.<VNI>`, with its neighbours and FDB entries
+/// (`flanneld cleanup`); returns their names. Other links are never touched.
+pub async fn remove_devices(nl: &Netlink) -> Result<Vec<String>, Error> {
+    vxlan::remove_devices(nl).await
+}
+
 /// A data-plane backend: host-gw or vxlan.
 #[derive(Debug)]
 pub struct Backend {
@@ -226,6 +232,23 @@ impl Backend {
         match &mut self.kind {
             Kind::HostGw(_) => Ok(()),
             Kind::Vxlan(b) => b.configure(nl, own.subnet(), network).await,
+        }
+    }
+
+    /// Takes the host's existing setup as this backend's without changing anything (for
+    /// `flanneld plan`): the external interface and, for vxlan, the device if it exists, with
+    /// the VtepMAC `own` publishes. [`Backend::desired_for`] and [`Backend::drift`] then
+    /// describe the host as it is; a missing device shows as [`Drift::DeviceNotSetUp`].
+    pub async fn attach(
+        &mut self,
+        nl: &Netlink,
+        own: &Lease,
+        network: Ipv4Net,
+    ) -> Result<(), Error> {
+        self.network = Some(network);
+        match &mut self.kind {
+            Kind::HostGw(b) => b.init(nl).await.map(|_| ()),
+            Kind::Vxlan(b) => b.attach(nl, own, network).await,
         }
     }
 

@@ -175,6 +175,26 @@ pub struct ObjectError {
     pub message: String,
 }
 
+/// One write a reconcile would make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedChange {
+    /// The kind of object.
+    pub kind: ObjectKind,
+    /// Added, replaced or deleted.
+    pub change: Change,
+    /// The object, e.g. `route 10.5.2.0/24 via 192.168.1.5 dev #2`.
+    pub object: String,
+}
+
+/// What a reconcile would do ([`Reconciler::preview`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Preview {
+    /// The writes, in the order they would run.
+    pub changes: Vec<PlannedChange>,
+    /// Objects that cannot be made to match (e.g. a conflicting untagged route).
+    pub conflicts: Vec<ObjectError>,
+}
+
 /// The outcome of one reconcile run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -658,6 +678,26 @@ impl Reconciler {
             tracing::info!("{line}");
         }
         report
+    }
+
+    /// What [`Reconciler::reconcile`] would write for `desired`, without writing anything:
+    /// the kernel is dumped and planned against, and each planned write is returned typed.
+    pub async fn preview(&self, desired: &DesiredState) -> Result<Preview, NetlinkError> {
+        let snap = dump_state(&self.kernel, desired).await?;
+        let plan = plan(desired, &snap);
+        let changes = plan
+            .ops
+            .iter()
+            .map(|op| PlannedChange {
+                kind: op.kind(),
+                change: op.change(),
+                object: op.object(),
+            })
+            .collect();
+        Ok(Preview {
+            changes,
+            conflicts: plan.conflicts,
+        })
     }
 
     /// Applies a change of some peers without dumping the kernel: `before` holds the desired

@@ -90,17 +90,22 @@ struct Start {
 /// Starts the iptables detection and, with `--ip-masq-config`, the egress policy.
 fn start_firewall(opts: &Options) -> FirewallStart {
     let (egress, egress_rx) = start_egress_policy(opts);
-    let options = FirewallOptions {
+    let options = firewall_options(opts, egress);
+    FirewallStart {
+        detection: Detection::start(&options),
+        options,
+        egress: egress_rx,
+    }
+}
+
+/// The firewall options of the flags, with the egress policy's rules.
+pub(crate) fn firewall_options(opts: &Options, egress: egress_watch::Rules) -> FirewallOptions {
+    FirewallOptions {
         backend: opts.iptables_backend,
         ip_masq: opts.ip_masq,
         random_fully_disabled: opts.ip_masq_fully_random_disable,
         forward_rules: opts.iptables_forward_rules,
         egress,
-    };
-    FirewallStart {
-        detection: Detection::start(&options),
-        options,
-        egress: egress_rx,
     }
 }
 
@@ -294,7 +299,10 @@ async fn wait_for_config<R: Registry>(
 
 /// Step 2: chooses the external interface and public IP (`--iface`, `--iface-regex`,
 /// `--iface-can-reach`, `--public-ip`) and logs why.
-async fn choose_interface(opts: &Options, nl: &Netlink) -> Result<iface::SelectedInterface> {
+pub(crate) async fn choose_interface(
+    opts: &Options,
+    nl: &Netlink,
+) -> Result<iface::SelectedInterface> {
     let host = nl
         .host_view(opts.iface_can_reach)
         .await
@@ -319,7 +327,7 @@ async fn choose_interface(opts: &Options, nl: &Netlink) -> Result<iface::Selecte
 }
 
 /// The backend's view of the chosen interface.
-fn external(selected: &iface::SelectedInterface) -> backends::ExternalInterface {
+pub(crate) fn external(selected: &iface::SelectedInterface) -> backends::ExternalInterface {
     backends::ExternalInterface {
         name: selected.iface.name.clone(),
         index: selected.iface.index,

@@ -213,7 +213,7 @@ fn to_retire(previous: &PreviousEnv, network: Ipv4Net, subnet: Ipv4Net) -> Optio
 }
 
 /// The rule-builder input for the options and the current Network/subnet.
-fn rule_config(
+pub(crate) fn rule_config(
     options: &FirewallOptions,
     random_fully: bool,
     network: Ipv4Net,

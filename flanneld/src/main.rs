@@ -5,6 +5,7 @@
 //! copies a flanneld v0.11 network from the etcd v2 keyspace to v3; `flanneld explain SRC DST`
 //! says which nat rule decides a flow's source address.
 
+mod cleanup;
 mod cli;
 mod config_watch;
 mod control;
@@ -19,6 +20,7 @@ mod iface;
 mod metrics;
 mod migrate;
 mod mk_docker_opts;
+mod plan;
 mod readiness;
 mod sdnotify;
 
@@ -34,6 +36,8 @@ fn main() -> ExitCode {
         Some("migrate-etcd") => return exit_code(migrate::run(&args[1..])),
         Some("explain") => return exit_code(explain::run(&args[1..])),
         Some("doctor") => return exit_code(doctor::run(&args[1..])),
+        Some("plan") => return exit_code(plan::run(&args[1..])),
+        Some("cleanup") => return exit_code(cleanup::run(&args[1..])),
         _ => {}
     }
     let opts = match cli::parse(&args, std::env::vars()) {

@@ -149,6 +149,16 @@ impl Iptables {
         Saved::parse(&finished.stdout()?).map_err(|source| Error::Parse { command, source })
     }
 
+    /// Removes the agent's chains and every jump into them, in one transaction; returns what
+    /// was removed (nothing when none of ours is there).
+    pub fn remove_ours(&self) -> Result<Vec<String>, Error> {
+        let Some(removal) = crate::removal::removal(&self.save()?) else {
+            return Ok(Vec::new());
+        };
+        self.restore(&removal.payload)?;
+        Ok(removal.removed)
+    }
+
     /// Applies `payload` with one `iptables-restore --noflush [-w 5]`; returns the command line.
     fn restore(&self, payload: &str) -> Result<String, Error> {
         let mut args = vec!["--noflush"];

@@ -21,6 +21,7 @@ mod explain;
 mod iptables;
 mod monitor;
 mod plan;
+mod removal;
 mod rule;
 mod ruleset;
 mod save;
@@ -34,6 +35,7 @@ pub use explain::{walk, Flow, Outcome, Step, Verdict};
 pub use iptables::{Flavour, Iptables};
 pub use monitor::NftChanges;
 pub use plan::{plan, Plan};
+pub use removal::{removal, Removal};
 pub use rule::{Rule, Table};
 pub use ruleset::{
     Config, OwnedChain, Previous, RuleSet, FORWARD_CHAIN, FORWARD_COMMENT, KUBE_PROXY_MARK,

@@ -64,7 +64,8 @@ fn mismatch(attribute: &'static str, found: String, want: String) -> Mismatch {
     }
 }
 
-async fn lookup(nl: &Netlink, name: &str) -> Result<Option<Link>, Error> {
+/// The device `name` if it exists (read only).
+pub(crate) async fn lookup(nl: &Netlink, name: &str) -> Result<Option<Link>, Error> {
     nl.link_by_name(name)
         .await
         .map_err(Error::netlink(format!("look up {name}")))

@@ -116,6 +116,25 @@ impl Vxlan {
         Ok(attrs)
     }
 
+    /// The existing device, if any, as if this backend had set it up (see `Backend::attach`).
+    pub(crate) async fn attach(
+        &mut self,
+        nl: &Netlink,
+        own: &Lease,
+        network: Ipv4Net,
+    ) -> Result<(), Error> {
+        self.ext.refresh(nl).await?;
+        let published = VtepData::from_json(own.attrs.backend_data.as_ref())
+            .ok()
+            .map(|d| d.mac);
+        self.device = device::lookup(nl, &self.name())
+            .await?
+            .and_then(|link| Some((link.index, published.or(link.mac)?)));
+        self.configured = self.device.map(|_| (own.subnet(), network));
+        self.onlink = self.onlink_subnets(nl).await?;
+        Ok(())
+    }
+
     pub(crate) async fn configure(
         &mut self,
         nl: &Netlink,
@@ -181,6 +200,33 @@ impl Vxlan {
         let name = self.name();
         react(n, &self.ext, Some((&name, self.device.map(|(i, _)| i))))
     }
+}
+
+/// Deletes every vxlan device named `flannel.<VNI>` (`flanneld cleanup`); returns their names.
+pub(crate) async fn remove_devices(nl: &Netlink) -> Result<Vec<String>, Error> {
+    let view = nl
+        .host_view(None)
+        .await
+        .map_err(Error::netlink("list links"))?;
+    let ours = view.interfaces.iter().filter(|i| {
+        i.name
+            .strip_prefix("flannel.")
+            .is_some_and(|vni| vni.parse::<u32>().is_ok())
+    });
+    let mut removed = Vec::new();
+    for iface in ours {
+        let Some(link) = device::lookup(nl, &iface.name).await? else {
+            continue;
+        };
+        if link.vxlan.is_none() {
+            continue;
+        }
+        nl.del_link(link.index)
+            .await
+            .map_err(Error::netlink(format!("delete {}", iface.name)))?;
+        removed.push(iface.name.clone());
+    }
+    Ok(removed)
 }
 
 /// The pure core: what `peers` need, given the device index and the on-link subnets.

@@ -64,6 +64,10 @@ pub enum Invocation {
     Explain(Box<crate::explain::Args>),
     /// `flanneld doctor ...`.
     Doctor(Box<crate::doctor::Args>),
+    /// `flanneld plan ...`.
+    Plan(Box<crate::plan::Args>),
+    /// `flanneld cleanup ...`.
+    Cleanup(Box<crate::cleanup::Args>),
 }
 
 /// The command line as clap sees it: the agent's flags, or a subcommand.
@@ -100,6 +104,13 @@ enum Command {
     /// Checks this host and etcd for what breaks pod traffic, and says how to fix it.
     #[command(disable_help_flag = true, args_override_self = true)]
     Doctor(crate::doctor::Args),
+    /// Prints what the agent (with these flags) would change on this host, changing nothing.
+    #[command(disable_help_flag = true, args_override_self = true)]
+    Plan(crate::plan::Args),
+    /// Removes everything the agent owns on this host (routes, device, rules, subnet.env, and
+    /// with --release-lease its lease), and nothing else.
+    #[command(disable_help_flag = true, args_override_self = true)]
+    Cleanup(crate::cleanup::Args),
 }
 
 /// How to reach etcd (shared by the agent and `migrate-etcd`).
@@ -292,6 +303,8 @@ where
         Some(Command::MigrateEtcd(args)) => Invocation::MigrateEtcd(args, parsed.warnings),
         Some(Command::Explain(args)) => Invocation::Explain(Box::new(args)),
         Some(Command::Doctor(args)) => Invocation::Doctor(Box::new(args)),
+        Some(Command::Plan(args)) => Invocation::Plan(Box::new(args)),
+        Some(Command::Cleanup(args)) => Invocation::Cleanup(Box::new(args)),
     })
 }
 

@@ -1,0 +1,181 @@
+//! `flanneld cleanup [--release-lease] [agent flags]`: removes everything the agent owns on this
+//! host, and nothing else, and says what it removed: the routes tagged `proto 70` (inside the
+//! Network of subnet.env, or all of them without one), the `flannel.<VNI>` vxlan devices (their
+//! neighbours and FDB entries go with them), the `FLANNEL-POSTRTG` and `FLANNEL-FWD` chains and
+//! their jumps in both iptables flavours, subnet.env, and with `--release-lease` this host's lease
+//! in etcd. Stop the agent first: a running agent puts everything back. Exit status 0 when
+//! everything went, 1 when something could not be removed.
+
+use anyhow::{anyhow, Context, Result};
+use backends::{DesiredState, Netlink, Reconciler};
+use netfilter::{Flavour, Iptables};
+use subnet::{Detector, Keyspace, PreviousEnv, Registry, SubnetKey};
+
+use crate::cli::{self, values, CliError, Options};
+
+/// The subcommand's arguments: the agent's own flags and `--release-lease`.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct Args {
+    /// also delete this host's lease from etcd (only if its PublicIP is this host's)
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    release_lease: bool,
+    #[command(flatten)]
+    agent: Options,
+}
+
+/// Runs the subcommand with the arguments after `cleanup`; returns the exit status.
+pub fn run(args: &[String]) -> i32 {
+    let argv: Vec<&str> = std::iter::once("cleanup")
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    let args = match cli::parse(&argv, std::env::vars()) {
+        Ok(cli::Invocation::Cleanup(args)) => args,
+        Ok(other) => return usage_error(&format!("unexpected command line {other:?}")),
+        Err(CliError::Help) => {
+            eprint!("{}", cli::subcommand_usage("cleanup"));
+            return 0;
+        }
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flanneld cleanup: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    let failures = runtime.block_on(cleanup(&args));
+    i32::from(failures > 0)
+}
+
+fn usage_error(message: &str) -> i32 {
+    eprintln!(
+        "flanneld cleanup: {message}\n\n{}",
+        cli::subcommand_usage("cleanup")
+    );
+    2
+}
+
+/// Runs every step, reporting each; returns how many failed.
+async fn cleanup(args: &Args) -> usize {
+    let opts = &args.agent;
+    let previous = PreviousEnv::read(&opts.subnet_file);
+    let mut failures = 0;
+    let mut report = |step: &str, outcome: Result<Vec<String>>| match outcome {
+        Ok(removed) if removed.is_empty() => println!("{step}: nothing of ours"),
+        Ok(removed) => removed.iter().for_each(|r| println!("{step}: removed {r}")),
+        Err(e) => {
+            failures += 1;
+            eprintln!("{step}: {e:#}");
+        }
+    };
+    if args.release_lease {
+        report("etcd lease", release_lease(opts, &previous).await);
+    }
+    let nl = Netlink::connect().context("cannot open a netlink socket");
+    match nl {
+        Ok(nl) => {
+            report("routes", remove_routes(&nl, &previous).await);
+            report(
+                "devices",
+                backends::remove_devices(&nl).await.map_err(Into::into),
+            );
+        }
+        Err(e) => report("kernel", Err(e)),
+    }
+    report("iptables", remove_rules());
+    report("subnet.env", remove_file(opts));
+    failures
+}
+
+/// Deletes our tagged routes: those inside the Network of subnet.env, or all of them.
+async fn remove_routes(nl: &Netlink, previous: &PreviousEnv) -> Result<Vec<String>> {
+    let nothing = DesiredState {
+        network: previous.network,
+        ..DesiredState::default()
+    };
+    let mut reconciler = Reconciler::new(nl.clone());
+    let preview = reconciler
+        .preview(&nothing)
+        .await
+        .context("cannot read the routes")?;
+    let report = reconciler.reconcile(&nothing).await;
+    if let Some(e) = report.errors.first() {
+        return Err(anyhow!("{}: {}", e.object, e.message));
+    }
+    Ok(preview.changes.into_iter().map(|c| c.object).collect())
+}
+
+/// Removes our chains and jumps from every iptables flavour that works here.
+fn remove_rules() -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for flavour in [Flavour::Legacy, Flavour::Nft] {
+        let Ok(iptables) = Iptables::probe(flavour) else {
+            continue;
+        };
+        let gone = iptables
+            .remove_ours()
+            .with_context(|| format!("{flavour}"))?;
+        removed.extend(gone.into_iter().map(|r| format!("{flavour}: {r}")));
+    }
+    Ok(removed)
+}
+
+fn remove_file(opts: &Options) -> Result<Vec<String>> {
+    let path = &opts.subnet_file;
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(vec![path.display().to_string()]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+/// Deletes the lease of subnet.env's subnet, if etcd says this host holds it.
+async fn release_lease(opts: &Options, previous: &PreviousEnv) -> Result<Vec<String>> {
+    let subnet = previous.subnet.ok_or_else(|| {
+        anyhow!(
+            "{} names no subnet: which lease is ours is unknown",
+            opts.subnet_file.display()
+        )
+    })?;
+    let detector = Detector::connect(&opts.etcd.registry_options()).await?;
+    match detector.detect().await? {
+        Keyspace::V3(registry) => delete_own(&*registry, SubnetKey::v4(subnet), opts).await,
+        Keyspace::V2(registry) => delete_own(&registry, SubnetKey::v4(subnet), opts).await,
+    }
+}
+
+async fn delete_own<R: Registry>(
+    registry: &R,
+    key: SubnetKey,
+    opts: &Options,
+) -> Result<Vec<String>> {
+    let Some(stored) = registry.get_lease(key).await? else {
+        return Ok(Vec::new());
+    };
+    let holder = stored.lease.attrs.public_ip;
+    if !is_ours(holder, opts).await? {
+        return Err(anyhow!(
+            "lease {key} is held by {holder}, which is not this host; left in etcd"
+        ));
+    }
+    match registry.delete_lease(key, stored.mod_revision).await? {
+        true => Ok(vec![format!("lease {key} (PublicIP {holder})")]),
+        false => Err(anyhow!(
+            "lease {key} changed while it was being deleted; left in etcd"
+        )),
+    }
+}
+
+/// Whether `ip` is `--public-ip` or an address of this host.
+async fn is_ours(ip: std::net::Ipv4Addr, opts: &Options) -> Result<bool> {
+    if opts.public_ip == Some(ip) {
+        return Ok(true);
+    }
+    let nl = Netlink::connect()?;
+    let view = nl.host_view(None).await?;
+    Ok(view.interfaces.iter().any(|i| i.addrs.contains(&ip)))
+}
