@@ -612,6 +612,9 @@ impl Agent {
     pub(crate) fn report_rejections(&mut self) {
         for (key, why) in self.peers.take_new_rejections() {
             tracing::warn!(
+                decision = "peer",
+                lease = %key,
+                reason = %why,
                 "ignoring the lease {key}: {why}; nothing is programmed for it (fix or delete \
                  <prefix>/subnets/{key})"
             );

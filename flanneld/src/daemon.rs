@@ -315,6 +315,10 @@ pub(crate) async fn choose_interface(
     };
     let selected = iface::select(&host, &selection)?;
     tracing::info!(
+        decision = "interface",
+        iface = %selected.iface.name,
+        public_ip = %selected.public_ip,
+        reason = %selected.reason,
         "using interface {} (index {}, MTU {}) address {}, public IP {}: {}",
         selected.iface.name,
         selected.iface.index,
@@ -357,6 +361,7 @@ async fn acquire_lease<R: Registry>(
     if let Some(manager) = &acquired {
         let lease = manager.lease();
         tracing::info!(
+            subnet = %lease.subnet(),
             "lease acquired: {} (PublicIP {})",
             lease.subnet(),
             lease.attrs.public_ip

@@ -179,9 +179,11 @@ impl Firewall {
         self.metrics
             .record_rule_check(outcome.applied, outcome.foreign.len());
         if outcome.applied {
+            let reason = outcome.reason.as_deref().unwrap_or("initial install");
             tracing::info!(
-                "iptables rules applied: {}",
-                outcome.reason.as_deref().unwrap_or("initial install")
+                decision = "rules",
+                reason,
+                "iptables rules applied: {reason}"
             );
         }
         for rule in outcome.foreign {

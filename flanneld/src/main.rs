@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         eprintln!("{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    init_logging(opts.v);
+    init_logging(opts.v, opts.log_format);
     tracing::info!("flanneld-rs {} starting", env!("CARGO_PKG_VERSION"));
     for w in &opts.warnings {
         tracing::warn!("{w}");
@@ -100,8 +100,10 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// `-v N` maps to levels: 0-1 info, 2-4 debug, 5+ trace; `RUST_LOG` overrides. Logs go to stderr.
-fn init_logging(v: i32) {
+/// `-v N` maps to levels like Go flanneld's glog verbosity: 0-1 info, 2-4 debug, 5+ trace;
+/// `RUST_LOG` overrides. Logs go to stderr, as text or (`--log-format=json`) one JSON object per
+/// line with each event's fields.
+fn init_logging(v: i32, format: cli::values::LogFormat) {
     let level = match v {
         i32::MIN..=1 => "info",
         2..=4 => "debug",
@@ -112,12 +114,16 @@ fn init_logging(v: i32) {
             "warn,flanneld={level},subnet={level},backends={level},netfilter={level}"
         ))
     });
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        cli::values::LogFormat::Json => builder.json().flatten_event(true).init(),
+        cli::values::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 /// First SIGTERM/SIGINT: clean shutdown. A second one: exit at once.

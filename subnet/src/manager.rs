@@ -183,7 +183,7 @@ async fn acquire_counted<R: Registry>(
         };
         match registry.put_lease(key, attrs, guard, lifetime).await? {
             Some(expiration) => {
-                tracing::info!("{why}; PublicIP {}", attrs.public_ip);
+                tracing::info!(decision = "subnet", subnet = %key, public_ip = %attrs.public_ip, reason = %why, "{why}; PublicIP {}", attrs.public_ip);
                 return Ok(Lease {
                     key,
                     attrs: attrs.clone(),

@@ -216,9 +216,12 @@ pub struct Options {
     /// print version and exit
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     pub version: bool,
-    /// log level for V logs
+    /// log level for V logs: 0-1 info, 2-4 debug, 5 and more trace (RUST_LOG overrides)
     #[arg(long = "v", default_value = "0", value_parser = values::verbosity)]
     pub v: i32,
+    /// log line format: text, or json (one object per line with the fields of each decision, for log shippers) (flanneld-rs only)
+    #[arg(long, default_value = "text", value_parser = str::parse::<values::LogFormat>)]
+    pub log_format: values::LogFormat,
     /// comma-separated list of pattern=N settings for file-filtered logging (accepted, ignored)
     #[arg(long, default_value = "", hide_default_value = true)]
     pub vmodule: String,
@@ -242,22 +245,22 @@ pub struct Options {
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 #[command(next_help_heading = "Kubernetes mode (not supported by flanneld-rs)")]
 pub struct KubeFlags {
-    /// contact the Kubernetes API for subnet assignment instead of etcd
+    /// contact the Kubernetes API for subnet assignment instead of etcd [not supported by flanneld-rs: etcd mode only]
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     pub kube_subnet_mgr: bool,
-    /// Kubernetes API server URL
+    /// Kubernetes API server URL [not supported by flanneld-rs: etcd mode only]
     #[arg(long, default_value = "", hide_default_value = true)]
     pub kube_api_url: String,
-    /// kubeconfig file location
+    /// kubeconfig file location [not supported by flanneld-rs: etcd mode only]
     #[arg(long, default_value = "", hide_default_value = true)]
     pub kubeconfig_file: String,
-    /// Kubernetes annotation prefix
+    /// Kubernetes annotation prefix [not supported by flanneld-rs: etcd mode only]
     #[arg(long, default_value = "flannel.alpha.coreos.com")]
     pub kube_annotation_prefix: String,
-    /// path to the network configuration file
+    /// path to the network configuration file [not supported by flanneld-rs: etcd mode only]
     #[arg(long, default_value = "/etc/kube-flannel/net-conf.json")]
     pub net_config_path: String,
-    /// set NodeNetworkUnavailable after ready
+    /// set NodeNetworkUnavailable after ready [not supported by flanneld-rs: etcd mode only]
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = values::go_bool)]
     pub set_node_network_unavailable: bool,
 }
@@ -319,6 +322,36 @@ fn unsupported(name: &str) -> Option<String> {
 /// The whole command line's definition, help flags included.
 fn command() -> clap::Command {
     goflag::with_help(<Cli as clap::CommandFactory>::command())
+}
+
+/// The agent's flags as the Markdown table of `docs/configuration.md` (generated from the
+/// definitions; a test keeps the page equal to it).
+#[cfg(test)]
+pub(crate) fn reference_table() -> String {
+    let mut table =
+        String::from("| flag | default | environment | meaning |\n| --- | --- | --- | --- |\n");
+    let command = command();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if !arg.get_action().takes_values() {
+            continue;
+        }
+        let defaults: Vec<String> = (arg.get_default_values().iter())
+            .map(|v| v.to_string_lossy().into_owned())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let default = match defaults.as_slice() {
+            [] => String::new(),
+            values => format!("`{}`", values.join(",")),
+        };
+        let env = format!("FLANNELD_{}", long.to_ascii_uppercase().replace('-', "_"));
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        table += &format!(
+            "| `--{long}` | {default} | `{env}` | {} |\n",
+            help.replace('|', "\\|")
+        );
+    }
+    table
 }
 
 /// The usage text printed for `-h`, generated from the flag definitions.
@@ -563,5 +596,52 @@ mod tests {
         }
         assert!(usage().contains("mk-docker-opts"));
         assert!(subcommand_usage("migrate-etcd").contains("--dry-run"));
+    }
+
+    #[test]
+    fn the_configuration_reference_is_generated_from_the_flag_definitions() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let page = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let table = reference_table();
+        assert!(
+            page.contains(&table),
+            "docs/configuration.md must contain the generated flag table; replace it with:\n{table}"
+        );
+        for sub in [
+            "mk-docker-opts",
+            "migrate-etcd",
+            "explain",
+            "doctor",
+            "plan",
+            "cleanup",
+        ] {
+            assert!(
+                page.contains(&format!("`flanneld {sub}")),
+                "{sub} is not documented"
+            );
+        }
+    }
+
+    #[test]
+    fn every_network_config_key_is_documented() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let page = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let sources = ["subnet/src/config.rs", "backends/src/vxlan/config.rs"];
+        for source in sources {
+            let text = std::fs::read_to_string(root.join(source)).unwrap();
+            // The keys the parsers read: `get_*(&f, "Key"` and `get("Key")`.
+            let keys = text
+                .split("(&f, \"")
+                .chain(text.split("get(\""))
+                .skip(1)
+                .filter_map(|rest| rest.split('"').next())
+                .filter(|k| k.chars().next().is_some_and(|c| c.is_ascii_uppercase()));
+            for key in keys {
+                assert!(
+                    page.contains(&format!("`{key}`")),
+                    "config key {key} ({source}) is not in docs/configuration.md"
+                );
+            }
+        }
     }
 }

@@ -50,6 +50,27 @@ pub fn port(value: &str) -> Result<u16, String> {
     u16::try_from(number).map_err(|_| "use a port from 0 (disabled) to 65535, such as 2401".into())
 }
 
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("use text or json".into()),
+        }
+    }
+}
+
 /// One etcd endpoint: an `http://` or `https://` URL naming a host (and usually a port).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdEndpoint(String);
