@@ -4,7 +4,8 @@
 #   build:  a C toolchain for build scripts (gcc, libc6-dev), protoc and the protobuf well-known
 #           includes for etcd-client's build (protobuf-compiler, libprotobuf-dev)
 #   run:    iproute2, iptables (legacy and nft flavours), nftables, procps (sysctl)
-#   tests:  etcd (server and etcdctl), ping, openssl, python3, curl
+#   tests:  etcd (server and etcdctl), ping, openssl, python3, curl, supervisord (the supervisor
+#           test), systemd-analyze (the unit file check)
 # Prints what it installs and why; fails naming the package apt could not install.
 set -euo pipefail
 
@@ -35,6 +36,8 @@ cmd ping iputils-ping
 cmd openssl openssl
 cmd python3 python3
 cmd curl curl
+cmd supervisord supervisor
+cmd systemd-analyze systemd
 
 install_all() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null

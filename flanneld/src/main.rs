@@ -126,26 +126,31 @@ fn init_logging(v: i32, format: cli::values::LogFormat) {
     }
 }
 
-/// First SIGTERM/SIGINT: clean shutdown. A second one: exit at once.
+/// First SIGTERM, SIGINT or SIGQUIT (which Go flanneld's supervisor programs use): clean
+/// shutdown. A second one: exit at once.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
     ) else {
         tracing::warn!(
             "cannot install signal handlers; SIGTERM will kill the agent without cleanup"
         );
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
-        _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
-    }
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = quit.recv() => "SIGQUIT",
+    };
+    tracing::info!("received {name}, shutting down");
     shutdown.cancel();
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = quit.recv() => {}
     }
     tracing::warn!("second signal: exiting immediately");
     std::process::exit(1);
