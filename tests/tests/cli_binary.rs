@@ -81,3 +81,41 @@ fn a_bad_flag_value_names_the_flag_and_a_valid_value_and_exits_2() {
         "{err}"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let ns = flanneld_tests::netns::Netns::new("json");
+    let mut child = ns
+        .command(flanneld_bin().to_str().unwrap())
+        .args([
+            "--log-format=json",
+            "--etcd-endpoints=http://127.0.0.1:9",
+            "--subnet-file=/nonexistent/subnet.env",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run flanneld");
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .take(3)
+        .map(|l| l.unwrap())
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    for line in &lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            event["level"].is_string() && event["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(lines[0].contains("starting"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Couldn't fetch network config")),
+        "{lines:?}"
+    );
+}
