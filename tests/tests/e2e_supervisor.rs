@@ -128,9 +128,16 @@ fn supervisord_runs_and_restarts_the_agent_from_the_contrib_files() {
     );
     c.wait_ready(0);
     // RUNNING once up for the ini's startsecs.
-    wait_for("supervisord to call it RUNNING", Duration::from_secs(15), || {
-        supervisor.ctl(&["status", "flanneld"]).contains("RUNNING").then_some(())
-    });
+    wait_for(
+        "supervisord to call it RUNNING",
+        Duration::from_secs(15),
+        || {
+            supervisor
+                .ctl(&["status", "flanneld"])
+                .contains("RUNNING")
+                .then_some(())
+        },
+    );
     let log = d.join("logs/flanneld.stdout.log");
     let starts = |text: &str| text.matches("flanneld-rs 0.1.0 starting").count();
     assert_eq!(
