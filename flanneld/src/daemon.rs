@@ -387,8 +387,8 @@ async fn configure_data_plane(
     Ok((firewall, first_check))
 }
 
-/// Step 5: subscribes to kernel notifications, programs the first complete listing of peers and
-/// finishes the first rule check, then writes subnet.env and announces readiness. Returns the peer
+/// Step 5: subscribes to kernel notifications, finishes the first rule check, writes subnet.env,
+/// then programs the first complete listing of peers and announces readiness. Returns the peer
 /// watch and the notifications, or `None` when `shutdown` fires first.
 async fn first_sync<R: Registry>(
     agent: &mut Agent,
@@ -401,10 +401,19 @@ async fn first_sync<R: Registry>(
         Notifications,
     )>,
 > {
-    // Subscribed first: a change during the first reconcile is then not missed.
+    // Subscribed first: a change during the first reconcile is then not missed. The listing is
+    // requested before the rule check is awaited, so both run at once.
     let notifications = Notifications::subscribe()
         .context("cannot subscribe to kernel link/route notifications")?;
     let mut peer_watch = registry.watch_leases(WatchScope::AllLeases);
+    // subnet.env is true once the lease is held, the device is set up and the rules are in
+    // place: CNI and docker start now, not after thousands of peer routes (like Go flanneld,
+    // systemd is told then too). Readiness waits for the data plane.
+    if let (Some(task), Some(fw)) = (first_check, agent.firewall.as_mut()) {
+        fw.finish_ensure(task).await?;
+    }
+    agent.write_subnet_env();
+    sdnotify::notify_ready();
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(None),
         first = peer_watch.recv() => {
@@ -414,12 +423,7 @@ async fn first_sync<R: Registry>(
         }
     }
     agent.reconcile("start").await;
-    if let (Some(task), Some(fw)) = (first_check, agent.firewall.as_mut()) {
-        fw.finish_ensure(task).await?;
-    }
-    agent.write_subnet_env();
     release_freed_heap();
-    sdnotify::notify_ready();
     agent.publish_readiness();
     Ok(Some((peer_watch, notifications)))
 }

@@ -45,6 +45,8 @@ pub fn mac_target(mac: [u8; 6]) -> Target {
 struct State {
     current: HashMap<Object, Target>,
     first_seen: HashMap<Object, Instant>,
+    /// When each object was last removed.
+    gone_at: HashMap<Object, Instant>,
     expected: HashMap<Object, Target>,
     /// Objects whose current target differs from the expected one (missing, extra or wrong).
     mismatches: usize,
@@ -66,7 +68,9 @@ impl State {
                 self.first_seen.entry(o).or_insert(at);
             }
             None => {
-                self.current.remove(&o);
+                if self.current.remove(&o).is_some() {
+                    self.gone_at.insert(o, at);
+                }
             }
         }
         let after = self.differs(&o);
@@ -152,6 +156,16 @@ impl KernelWatch {
     pub fn wait_present(&self, o: Object, timeout: Duration) -> Result<Instant> {
         self.wait(timeout, |s| s.first_seen.get(&o).copied())
             .with_context(|| format!("{o:?} did not appear"))
+    }
+
+    /// Waits until `o` is gone (after being present); returns when it disappeared.
+    pub fn wait_absent(&self, o: Object, timeout: Duration) -> Result<Instant> {
+        self.wait(timeout, |s| {
+            (!s.current.contains_key(&o))
+                .then(|| s.gone_at.get(&o).copied())
+                .flatten()
+        })
+        .with_context(|| format!("{o:?} did not go"))
     }
 
     fn wait<T>(&self, timeout: Duration, mut f: impl FnMut(&State) -> Option<T>) -> Result<T> {

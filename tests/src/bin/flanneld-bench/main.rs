@@ -349,6 +349,12 @@ impl Lab {
         Ok(())
     }
 
+    fn delete(&self, key: &str) -> Result<()> {
+        let mut kv = self.client.kv_client();
+        self.rt.block_on(kv.delete(key, None))?;
+        Ok(())
+    }
+
     fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let mut kv = self.client.kv_client();
         let opts = etcd_client::DeleteOptions::new().with_prefix();
@@ -580,48 +586,96 @@ fn cold_start(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
     Ok(())
 }
 
+/// One run's latencies (ms): lease PUT → route in the kernel, lease DELETE → route gone, and the
+/// etcd round trips of the PUTs and DELETEs alone.
+#[derive(Default)]
+struct Latencies {
+    add: Vec<f64>,
+    delete: Vec<f64>,
+    put: Vec<f64>,
+    del: Vec<f64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Writes `events` new leases one at a time, then deletes them one at a time, timing each.
+fn propagation_run(lab: &mut Lab, n: usize, events: usize) -> Result<Latencies> {
+    let (run, _) = lab.ready_agent(Kind::HostGw, n, &[])?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut l = Latencies::default();
+    let route = |e: usize| Object::Route(peer_subnet(n + e), 24);
+    for e in 0..events {
+        let peer = Peer::new(n + e);
+        let t0 = Instant::now();
+        lab.put(peer.key(&run.prefix), peer.value(Kind::HostGw))?;
+        l.put.push(ms(t0.elapsed()));
+        let seen = run.watch.wait_present(route(e), Duration::from_secs(10))?;
+        l.add.push(ms(seen.saturating_duration_since(t0)));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for e in 0..events {
+        let t0 = Instant::now();
+        lab.delete(&Peer::new(n + e).key(&run.prefix))?;
+        l.del.push(ms(t0.elapsed()));
+        let gone = run.watch.wait_absent(route(e), Duration::from_secs(10))?;
+        l.delete.push(ms(gone.saturating_duration_since(t0)));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lab.finish(run)?;
+    Ok(l)
+}
+
 fn propagation(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
     let n = 1000;
     let events = opts.size(200, 50);
     writeln!(out, "### 2. Propagation latency\n")?;
-    writeln!(out, "host-gw agent with {n} peers; {events} new leases written one at a time (10 ms apart); latency = lease put sent → route in the kernel. The etcd put round trip alone is shown for reference. Median (min–max) over {} runs of each run's percentile.\n", opts.runs)?;
-    let (mut p50, mut p99, mut max, mut put50) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..opts.runs {
-        let (run, _) = lab.ready_agent(Kind::HostGw, n, &[])?;
-        std::thread::sleep(Duration::from_secs(1));
-        let (mut lat, mut put) = (Vec::new(), Vec::new());
-        for e in 0..events {
-            let peer = Peer::new(n + e);
-            let t0 = Instant::now();
-            lab.put(peer.key(&run.prefix), peer.value(Kind::HostGw))?;
-            put.push(t0.elapsed().as_secs_f64() * 1000.0);
-            let seen = run.watch.wait_present(
-                Object::Route(peer_subnet(peer.index), 24),
-                Duration::from_secs(10),
-            )?;
-            lat.push(seen.saturating_duration_since(t0).as_secs_f64() * 1000.0);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        p50.push(percentile(lat.clone(), 50.0));
-        p99.push(percentile(lat.clone(), 99.0));
-        max.push(percentile(lat, 100.0));
-        put50.push(percentile(put, 50.0));
-        lab.finish(run)?;
+    writeln!(out, "host-gw agent with {n} peers; {events} new leases written one at a time (10 ms apart), then deleted one at a time; latency = lease PUT (DELETE) sent → route in (gone from) the kernel. The etcd round trip alone is shown beside it. Median (min–max) over {} runs of each run's percentile.\n", opts.runs)?;
+    let runs: Vec<Latencies> = (0..opts.runs)
+        .map(|_| propagation_run(lab, n, events))
+        .collect::<Result<_>>()?;
+    let stat = |pick: fn(&Latencies) -> &Vec<f64>, p: f64| -> String {
+        spread(
+            &runs
+                .iter()
+                .map(|l| percentile(pick(l).clone(), p))
+                .collect::<Vec<_>>(),
+            2,
+        )
+    };
+    writeln!(
+        out,
+        "| change | peers | events | p50 (ms) | p99 (ms) | max (ms) | etcd round trip p50 (ms) |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for (name, lat, rtt) in [
+        (
+            "PUT → route",
+            (|l: &Latencies| &l.add) as fn(&Latencies) -> &Vec<f64>,
+            (|l: &Latencies| &l.put) as fn(&Latencies) -> &Vec<f64>,
+        ),
+        (
+            "DELETE → route gone",
+            |l: &Latencies| &l.delete,
+            |l: &Latencies| &l.del,
+        ),
+    ] {
+        writeln!(
+            out,
+            "| {name} | {n} | {events} | {} | {} | {} | {} |",
+            stat(lat, 50.0),
+            stat(lat, 99.0),
+            stat(lat, 100.0),
+            stat(rtt, 50.0)
+        )?;
     }
-    writeln!(
-        out,
-        "| peers | events | p50 (ms) | p99 (ms) | max (ms) | etcd put p50 (ms) |"
-    )?;
-    writeln!(out, "|---:|---:|---:|---:|---:|---:|")?;
-    writeln!(
-        out,
-        "| {n} | {events} | {} | {} | {} | {} |\n",
-        spread(&p50, 2),
-        spread(&p99, 2),
-        spread(&max, 2),
-        spread(&put50, 2)
-    )?;
-    eprintln!("propagation p99 {}", spread(&p99, 2));
+    out.push('\n');
+    eprintln!(
+        "propagation add p99 {}, delete p99 {}",
+        stat(|l| &l.add, 99.0),
+        stat(|l| &l.delete, 99.0)
+    );
     Ok(())
 }
 
