@@ -11,7 +11,7 @@ use backends::{DesiredState, Netlink, Reconciler};
 use netfilter::{Flavour, Iptables};
 use subnet::{Detector, Keyspace, PreviousEnv, Registry, SubnetKey};
 
-use crate::cli::{self, values, CliError, Options};
+use crate::cli::{self, values, Options};
 
 /// The subcommand's arguments: the agent's own flags and `--release-lease`.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -25,17 +25,12 @@ pub struct Args {
 
 /// Runs the subcommand with the arguments after `cleanup`; returns the exit status.
 pub fn run(args: &[String]) -> i32 {
-    let argv: Vec<&str> = std::iter::once("cleanup")
-        .chain(args.iter().map(String::as_str))
-        .collect();
-    let args = match cli::parse(&argv, std::env::vars()) {
-        Ok(cli::Invocation::Cleanup(args)) => args,
-        Ok(other) => return usage_error(&format!("unexpected command line {other:?}")),
-        Err(CliError::Help) => {
-            eprint!("{}", cli::subcommand_usage("cleanup"));
-            return 0;
-        }
-        Err(e) => return usage_error(&e.to_string()),
+    let args = match cli::parse_subcommand("cleanup", args, |i| match i {
+        cli::Invocation::Cleanup(args) => Some(args),
+        _ => None,
+    }) {
+        Ok(args) => args,
+        Err(status) => return status,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -49,14 +44,6 @@ pub fn run(args: &[String]) -> i32 {
     };
     let failures = runtime.block_on(cleanup(&args));
     i32::from(failures > 0)
-}
-
-fn usage_error(message: &str) -> i32 {
-    eprintln!(
-        "flanneld cleanup: {message}\n\n{}",
-        cli::subcommand_usage("cleanup")
-    );
-    2
 }
 
 /// Runs every step, reporting each; returns how many failed.

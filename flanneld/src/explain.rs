@@ -14,7 +14,7 @@ use netfilter::{Action, BackendChoice, EgressPolicy, Flow, Iptables, Outcome, Ta
 use serde_json::json;
 use subnet::PreviousEnv;
 
-use crate::cli::{self, values, CliError, Unset};
+use crate::cli::{self, values, Unset};
 
 /// The subcommand's arguments.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -46,17 +46,12 @@ struct Expectation {
 
 /// Runs the subcommand with the arguments after `explain`; returns the exit status.
 pub fn run(args: &[String]) -> i32 {
-    let argv: Vec<&str> = std::iter::once("explain")
-        .chain(args.iter().map(String::as_str))
-        .collect();
-    let args = match cli::parse(&argv, std::env::vars()) {
-        Ok(cli::Invocation::Explain(args)) => args,
-        Ok(other) => return usage_error(&format!("unexpected command line {other:?}")),
-        Err(CliError::Help) => {
-            eprint!("{}", cli::subcommand_usage("explain"));
-            return 0;
-        }
-        Err(e) => return usage_error(&e.to_string()),
+    let args = match cli::parse_subcommand("explain", args, |i| match i {
+        cli::Invocation::Explain(args) => Some(args),
+        _ => None,
+    }) {
+        Ok(args) => args,
+        Err(status) => return status,
     };
     match answer(&args) {
         Ok((text, agrees)) => {
@@ -68,14 +63,6 @@ pub fn run(args: &[String]) -> i32 {
             2
         }
     }
-}
-
-fn usage_error(message: &str) -> i32 {
-    eprintln!(
-        "flanneld explain: {message}\n\n{}",
-        cli::subcommand_usage("explain")
-    );
-    2
 }
 
 /// The answer as text or JSON, and whether the live rules agree with the policy.

@@ -11,7 +11,7 @@ use backends::{Backend, Change, Netlink, Reconciler};
 use netfilter::{Iptables, RuleSet};
 use subnet::{Detector, Keyspace, Lease, LeasePolicy, Registry, SubnetEnv};
 
-use crate::cli::{self, CliError, Options};
+use crate::cli::{self, Options};
 use crate::daemon;
 use crate::egress_watch::PolicySource;
 use crate::firewall::rule_config;
@@ -25,17 +25,12 @@ pub struct Args {
 
 /// Runs the subcommand with the arguments after `plan`; returns the exit status.
 pub fn run(args: &[String]) -> i32 {
-    let argv: Vec<&str> = std::iter::once("plan")
-        .chain(args.iter().map(String::as_str))
-        .collect();
-    let args = match cli::parse(&argv, std::env::vars()) {
-        Ok(cli::Invocation::Plan(args)) => args,
-        Ok(other) => return usage_error(&format!("unexpected command line {other:?}")),
-        Err(CliError::Help) => {
-            eprint!("{}", cli::subcommand_usage("plan"));
-            return 0;
-        }
-        Err(e) => return usage_error(&e.to_string()),
+    let args = match cli::parse_subcommand("plan", args, |i| match i {
+        cli::Invocation::Plan(args) => Some(args),
+        _ => None,
+    }) {
+        Ok(args) => args,
+        Err(status) => return status,
     };
     let planned = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -52,14 +47,6 @@ pub fn run(args: &[String]) -> i32 {
             2
         }
     }
-}
-
-fn usage_error(message: &str) -> i32 {
-    eprintln!(
-        "flanneld plan: {message}\n\n{}",
-        cli::subcommand_usage("plan")
-    );
-    2
 }
 
 /// The plan as text, and how many changes it holds.

@@ -319,6 +319,32 @@ fn unsupported(name: &str) -> Option<String> {
     ))
 }
 
+/// Parses the arguments after the subcommand `name` (and the `FLANNELD_*` variables) and takes
+/// its arguments out with `pick`. `Err` is the exit status after printing what was asked for:
+/// 0 for `-h`, 2 with the error and the usage for a bad command line.
+pub fn parse_subcommand<T>(
+    name: &str,
+    args: &[String],
+    pick: impl FnOnce(Invocation) -> Option<T>,
+) -> Result<T, i32> {
+    let argv: Vec<&str> = std::iter::once(name)
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    let problem = match parse(&argv, std::env::vars()) {
+        Ok(invocation) => match pick(invocation) {
+            Some(args) => return Ok(args),
+            None => format!("{name}: unexpected command line"),
+        },
+        Err(CliError::Help) => {
+            eprint!("{}", subcommand_usage(name));
+            return Err(0);
+        }
+        Err(e) => e.to_string(),
+    };
+    eprintln!("flanneld {name}: {problem}\n\n{}", subcommand_usage(name));
+    Err(2)
+}
+
 /// The whole command line's definition, help flags included.
 fn command() -> clap::Command {
     goflag::with_help(<Cli as clap::CommandFactory>::command())

@@ -18,7 +18,7 @@ use subnet::{Detector, EtcdOptions, EtcdV2Registry, Keyspace, Registry};
 
 use checks::{diagnose, EnvFacts, EtcdFacts, Facts, Finding, LinkFacts, Severity};
 
-use crate::cli::{self, values, CliError, EtcdFlags};
+use crate::cli::{self, values, EtcdFlags};
 
 /// The subcommand's arguments.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -38,17 +38,12 @@ pub struct Args {
 
 /// Runs the subcommand with the arguments after `doctor`; returns the exit status.
 pub fn run(args: &[String]) -> i32 {
-    let argv: Vec<&str> = std::iter::once("doctor")
-        .chain(args.iter().map(String::as_str))
-        .collect();
-    let args = match cli::parse(&argv, std::env::vars()) {
-        Ok(cli::Invocation::Doctor(args)) => args,
-        Ok(other) => return usage_error(&format!("unexpected command line {other:?}")),
-        Err(CliError::Help) => {
-            eprint!("{}", cli::subcommand_usage("doctor"));
-            return 0;
-        }
-        Err(e) => return usage_error(&e.to_string()),
+    let args = match cli::parse_subcommand("doctor", args, |i| match i {
+        cli::Invocation::Doctor(args) => Some(args),
+        _ => None,
+    }) {
+        Ok(args) => args,
+        Err(status) => return status,
     };
     match gather(&args) {
         Ok(facts) => {
@@ -61,14 +56,6 @@ pub fn run(args: &[String]) -> i32 {
             2
         }
     }
-}
-
-fn usage_error(message: &str) -> i32 {
-    eprintln!(
-        "flanneld doctor: {message}\n\n{}",
-        cli::subcommand_usage("doctor")
-    );
-    2
 }
 
 /// Reads everything the checks look at.
