@@ -57,7 +57,7 @@ fn help_is_generated_from_the_flag_definitions_in_go_spellings() {
 fn a_bad_flag_value_names_the_flag_and_a_valid_value_and_exits_2() {
     let cases = [
         (
-            "-etcd-endpoints=10.4.7.21:2379",
+            "-etcd-endpoints=ftp://10.4.7.21:2379",
             "-etcd-endpoints",
             "https://10.4.7.21:2379",
         ),

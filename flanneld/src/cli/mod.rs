@@ -553,7 +553,7 @@ mod tests {
         };
         let cases: &[(&[&str], &str, &str)] = &[
             (
-                &["-etcd-endpoints=10.4.7.21:2379"],
+                &["-etcd-endpoints=ftp://10.4.7.21:2379"],
                 "etcd-endpoints",
                 "https://10.4.7.21:2379",
             ),

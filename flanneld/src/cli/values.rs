@@ -71,7 +71,8 @@ impl FromStr for LogFormat {
     }
 }
 
-/// One etcd endpoint: an `http://` or `https://` URL naming a host (and usually a port).
+/// One etcd endpoint: an `http://` or `https://` URL naming a host (and usually a port), or a
+/// bare `host:port` as the v3 client accepts it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdEndpoint(String);
 
@@ -87,10 +88,15 @@ impl FromStr for EtcdEndpoint {
     fn from_str(value: &str) -> Result<Self, String> {
         let hint =
             || format!("{value:?} is not an etcd URL; use one such as https://10.4.7.21:2379");
-        let uri: http::Uri = value.parse().map_err(|_| hint())?;
+        // `host:port` without a scheme is accepted, as the v3 client takes it (plain http).
+        let url = match value.contains("://") {
+            true => value.to_string(),
+            false => format!("http://{value}"),
+        };
+        let uri: http::Uri = url.parse().map_err(|_| hint())?;
         let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
         let host_ok = uri.host().is_some_and(|h| !h.is_empty());
-        if !scheme_ok || !host_ok {
+        if !scheme_ok || !host_ok || value.is_empty() {
             return Err(hint());
         }
         Ok(EtcdEndpoint(value.to_string()))
@@ -217,16 +223,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_need_a_scheme_and_a_host() {
+    fn endpoints_need_a_host_and_an_http_scheme_if_any() {
         let ok: EtcdEndpoints = "https://10.4.7.21:2379,http://[::1]:2379".parse().unwrap();
         assert_eq!(ok.0.len(), 2);
-        for bad in [
-            "10.4.7.21:2379",
-            "ftp://x:1",
-            "https://",
-            "",
-            "https://a:1,",
-        ] {
+        assert!(
+            "10.4.7.21:2379".parse::<EtcdEndpoints>().is_ok(),
+            "host:port as before"
+        );
+        for bad in ["a b:1", "ftp://x:1", "https://", "", "https://a:1,"] {
             let err = bad.parse::<EtcdEndpoints>().unwrap_err();
             assert!(err.contains("https://10.4.7.21:2379"), "{bad}: {err}");
         }
