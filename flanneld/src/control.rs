@@ -33,6 +33,14 @@ const WATCH_RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// How long peers missing from a re-listing stay programmed (see [`Agent::linger`]).
 pub(crate) const PEER_GRACE: Duration = Duration::from_secs(60);
 
+/// Writes `env` to `path` atomically and logs what it wrote.
+pub(crate) fn write_env_file(path: &std::path::Path, env: &SubnetEnv) -> std::io::Result<()> {
+    env.write_atomic(path)?;
+    let values = env.render().trim_end().replace('\n', " ");
+    tracing::info!("wrote {}: {values}", path.display());
+    Ok(())
+}
+
 /// The metrics label for why the backend skipped a peer.
 fn skip_reason(why: &str) -> &'static str {
     if why.contains("BackendType") {
@@ -666,23 +674,27 @@ impl Agent {
         }
     }
 
-    /// Writes subnet.env (atomically); a failure is logged and retried, and keeps us not ready.
-    pub(crate) fn write_subnet_env(&mut self) {
-        let env = SubnetEnv {
+    /// subnet.env as it must be now.
+    pub(crate) fn subnet_env(&self) -> SubnetEnv {
+        SubnetEnv {
             network: self.network,
             subnet: self.lease.subnet(),
             mtu: self.backend.mtu(),
             ipmasq: self.ip_masq,
-        };
-        match env.write_atomic(&self.subnet_file) {
-            Ok(()) => {
-                tracing::info!(
-                    "wrote {}: {}",
-                    self.subnet_file.display(),
-                    env.render().trim_end().replace('\n', " ")
-                );
-                self.env_written = true;
-            }
+        }
+    }
+
+    /// Writes subnet.env (atomically); a failure is logged and retried, and keeps us not ready.
+    pub(crate) fn write_subnet_env(&mut self) {
+        let outcome = write_env_file(&self.subnet_file, &self.subnet_env());
+        self.record_env_write(outcome);
+    }
+
+    /// Takes the outcome of a subnet.env write: a failure is logged when it is the first or
+    /// follows a success.
+    pub(crate) fn record_env_write(&mut self, outcome: std::io::Result<()>) {
+        match outcome {
+            Ok(()) => self.env_written = true,
             Err(e) => {
                 if self.env_written || !self.env_attempted {
                     tracing::warn!("cannot write {}: {e}", self.subnet_file.display());

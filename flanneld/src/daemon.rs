@@ -387,8 +387,8 @@ async fn configure_data_plane(
     Ok((firewall, first_check))
 }
 
-/// Step 5: subscribes to kernel notifications, finishes the first rule check, writes subnet.env,
-/// then programs the first complete listing of peers and announces readiness. Returns the peer
+/// Step 5: subscribes to kernel notifications; finishes the first rule check and writes
+/// subnet.env while the first complete listing of peers is programmed; announces readiness. Returns the peer
 /// watch and the notifications, or `None` when `shutdown` fires first.
 async fn first_sync<R: Registry>(
     agent: &mut Agent,
@@ -407,22 +407,37 @@ async fn first_sync<R: Registry>(
         .context("cannot subscribe to kernel link/route notifications")?;
     let mut peer_watch = registry.watch_leases(WatchScope::AllLeases);
     // subnet.env is true once the lease is held, the device is set up and the rules are in
-    // place: CNI and docker start now, not after thousands of peer routes (like Go flanneld,
-    // systemd is told then too). Readiness waits for the data plane.
-    if let (Some(task), Some(fw)) = (first_check, agent.firewall.as_mut()) {
-        fw.finish_ensure(task).await?;
-    }
-    agent.write_subnet_env();
-    sdnotify::notify_ready();
-    tokio::select! {
-        _ = shutdown.cancelled() => return Ok(None),
-        first = peer_watch.recv() => {
-            if let Some(update) = first {
-                agent.on_peer_update(update);
+    // place: CNI and docker start then, not after thousands of peer routes (like Go flanneld,
+    // systemd is told then too), while the first listing is programmed alongside. Readiness
+    // waits for the data plane.
+    let (env, path) = (agent.subnet_env(), agent.subnet_file.clone());
+    let mut firewall = agent.firewall.take();
+    let rules_then_env = async {
+        if let (Some(task), Some(fw)) = (first_check, firewall.as_mut()) {
+            fw.finish_ensure(task).await?;
+        }
+        let written = crate::control::write_env_file(&path, &env);
+        sdnotify::notify_ready();
+        anyhow::Ok(written)
+    };
+    let listing = async {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            first = peer_watch.recv() => {
+                if let Some(update) = first {
+                    agent.on_peer_update(update);
+                }
             }
         }
+        agent.reconcile("start").await;
+        true
+    };
+    let (written, listed) = tokio::join!(rules_then_env, listing);
+    agent.firewall = firewall;
+    agent.record_env_write(written?);
+    if !listed {
+        return Ok(None);
     }
-    agent.reconcile("start").await;
     release_freed_heap();
     agent.publish_readiness();
     Ok(Some((peer_watch, notifications)))
