@@ -318,7 +318,10 @@ impl Agent {
     /// The backend's reaction to a burst of kernel notifications (its strongest), and the
     /// notification that asked for setup, if any, with the burst's size (for the log).
     fn on_kernel_burst(&self, burst: &[Notification]) -> (Reaction, Option<(Notification, usize)>) {
-        let reactions: Vec<Reaction> = burst.iter().map(|n| self.backend.reaction(n)).collect();
+        let wanted = |dst: &Ipv4Net| self.programmed(dst).is_some();
+        let reactions: Vec<Reaction> = (burst.iter())
+            .map(|n| decide::reaction(n, self.backend.reaction(n), wanted))
+            .collect();
         let cause = burst
             .iter()
             .zip(&reactions)

@@ -1,7 +1,8 @@
 //! The control loop's decision: from what woke it and what earlier turns left pending, which steps
 //! to run this turn. Pure; [`crate::control`] runs the steps in the order of [`Turn`]'s fields.
 
-use backends::Reaction;
+use backends::{Notification, Reaction};
+use ipnet::Ipv4Net;
 
 /// What woke the control loop (after the loop applied what came with it, e.g. peer updates to the
 /// peer set).
@@ -100,6 +101,20 @@ pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
         check_drift: wake == Wake::Kernel(Reaction::Setup) && !setup,
         setup,
         reconcile,
+    }
+}
+
+/// The reaction to one kernel notification: the backend's, except that the removal of a route no
+/// peer wants needs nothing. That is mostly the echo of the reconciler's own delete, which used
+/// to cost a full reconcile (a dump of every route) per removed peer.
+pub(crate) fn reaction(
+    n: &Notification,
+    backend: Reaction,
+    wanted: impl Fn(&Ipv4Net) -> bool,
+) -> Reaction {
+    match n {
+        Notification::RouteRemoved { dst } if !wanted(dst) => Reaction::Ignore,
+        _ => backend,
     }
 }
 
@@ -249,5 +264,24 @@ mod tests {
         assert_eq!(strongest([Ignore, Reconcile, Ignore]), Reconcile);
         assert_eq!(strongest([Reconcile, Setup, Ignore]), Setup);
         assert_eq!(strongest([]), Ignore);
+    }
+
+    #[test]
+    fn only_the_removal_of_a_wanted_route_needs_a_reconcile() {
+        let wanted: Ipv4Net = "10.5.2.0/24".parse().unwrap();
+        let is_wanted = |dst: &Ipv4Net| *dst == wanted;
+        let removed = |dst: &str| Notification::RouteRemoved {
+            dst: dst.parse().unwrap(),
+        };
+        let ours = reaction(&removed("10.5.2.0/24"), Reaction::Reconcile, is_wanted);
+        assert_eq!(ours, Reaction::Reconcile, "someone removed a route we want");
+        let echo = reaction(&removed("10.5.3.0/24"), Reaction::Reconcile, is_wanted);
+        assert_eq!(echo, Reaction::Ignore, "the route of a removed peer");
+        let link = Notification::Link {
+            index: 2,
+            name: None,
+            removed: true,
+        };
+        assert_eq!(reaction(&link, Reaction::Setup, is_wanted), Reaction::Setup);
     }
 }
