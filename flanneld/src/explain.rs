@@ -115,7 +115,7 @@ fn host_flow(src: Ipv4Addr, dst: Ipv4Addr) -> Result<Flow> {
 }
 
 /// What the agent's policy wants for the flow; `None` when it has no say (not pod traffic, no
-/// subnet.env, multicast).
+/// subnet.env, multicast, a destination on this host).
 fn expectation(
     flow: &Flow,
     network: Option<Ipv4Net>,
@@ -131,7 +131,8 @@ fn expectation(
             format!("pod to pod inside the cluster Network {network}"),
         );
     }
-    if flow.dst.is_multicast() {
+    // Multicast is never masqueraded by us; traffic to this host never reaches POSTROUTING.
+    if flow.dst.is_multicast() || flow.dst_is_local {
         return Ok(None);
     }
     let Some(path) = policy_file else {
@@ -170,6 +171,9 @@ fn as_text(flow: &Flow, verdict: &Verdict, expected: Option<&Expectation>, agree
                 "decided by nat/{} rule {}: {}\n",
                 step.chain, step.position, step.rule
             )
+        }
+        None if flow.dst_is_local => {
+            text += "delivered to this host (INPUT): nat POSTROUTING is not traversed\n"
         }
         None => text += "no rule decides: the end of nat/POSTROUTING (policy ACCEPT)\n",
     }

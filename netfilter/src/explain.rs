@@ -80,7 +80,8 @@ enum Match {
     Unknown,
 }
 
-/// Walks nat POSTROUTING of `nat` for `flow`.
+/// Walks nat POSTROUTING of `nat` for `flow`. A flow to one of this host's addresses is
+/// delivered locally (PREROUTING, INPUT) and never reaches POSTROUTING: its source is kept.
 pub fn walk(nat: &SavedTable, flow: &Flow) -> Verdict {
     let mut verdict = Verdict {
         decided_by: None,
@@ -88,7 +89,9 @@ pub fn walk(nat: &SavedTable, flow: &Flow) -> Verdict {
         path: Vec::new(),
         uncertain: Vec::new(),
     };
-    walk_chain(nat, "POSTROUTING", flow, &mut verdict, 0);
+    if !flow.dst_is_local {
+        walk_chain(nat, "POSTROUTING", flow, &mut verdict, 0);
+    }
     verdict
 }
 
@@ -304,6 +307,17 @@ COMMIT
         };
         let v = verdict(NAT, &marked);
         assert_eq!(decider(&v), ("KUBE-POSTROUTING".into(), 2));
+
+        // To this host: delivered locally, POSTROUTING is not walked.
+        let local = Flow {
+            dst_is_local: true,
+            ..flow("10.1.74.5", "8.8.8.8")
+        };
+        let v = verdict(NAT, &local);
+        assert_eq!(
+            (v.decided_by.clone(), v.outcome.clone()),
+            (None, Outcome::Kept)
+        );
 
         // Not from the pod network, not to it: nothing rewrites it.
         let v = verdict(NAT, &flow("192.168.65.1", "8.8.8.8"));
