@@ -465,6 +465,15 @@ impl Cluster {
         ns
     }
 
+    /// Makes `machine` route each pod subnet of `subnets` (FLANNEL_SUBNET values, host `i`'s at
+    /// index `i`) via its host, as a router of the LAN would.
+    pub fn route_pods_from(&self, machine: &Netns, subnets: &[String]) {
+        for (i, s) in subnets.iter().enumerate() {
+            let subnet = Cluster::network_of(s);
+            machine.exec("ip", &["route", "add", &subnet, "via", &self.host_ip(i)]);
+        }
+    }
+
     /// The host's address on its LAN.
     pub fn host_ip(&self, i: usize) -> String {
         self.host_ips[i].clone()

@@ -32,17 +32,8 @@ const MASQ_JUMP: &str = r#"-A POSTROUTING -m comment --comment "flanneld masq" -
 /// back via its host.
 fn machine(c: &Cluster, ip: &str, subnets: &[String], routes_pods: bool) -> (Netns, Whoami) {
     let ns = c.external(ip);
-    for (i, s) in subnets.iter().enumerate().filter(|_| routes_pods) {
-        ns.exec(
-            "ip",
-            &[
-                "route",
-                "add",
-                &Cluster::network_of(s),
-                "via",
-                &c.host_ip(i),
-            ],
-        );
+    if routes_pods {
+        c.route_pods_from(&ns, subnets);
     }
     let server = Whoami::start(&ns);
     (ns, server)

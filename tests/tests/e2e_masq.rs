@@ -106,18 +106,7 @@ fn wait_rewritten(c: &mut Cluster, i: usize, ipmasq: bool) -> String {
 /// The external machine, routing each host's pod subnet via that host, with a whoami server.
 fn external_machine(c: &Cluster, subnets: &[String]) -> (Netns, Whoami) {
     let ext = c.external(EXTERNAL);
-    for (i, s) in subnets.iter().enumerate() {
-        ext.exec(
-            "ip",
-            &[
-                "route",
-                "add",
-                &Cluster::network_of(s),
-                "via",
-                &c.host_ip(i),
-            ],
-        );
-    }
+    c.route_pods_from(&ext, subnets);
     let server = Whoami::start(&ext);
     (ext, server)
 }
