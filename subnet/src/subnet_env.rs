@@ -25,15 +25,38 @@ pub struct SubnetEnv {
 impl SubnetEnv {
     /// The file contents: `KEY=value` lines, no quotes, `\n` line ends.
     pub fn render(&self) -> String {
-        let first_host = Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1));
         format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
             self.network,
-            first_host,
-            self.subnet.prefix_len(),
+            self.flannel_subnet(),
             self.mtu,
             self.ipmasq
         )
+    }
+
+    /// `FLANNEL_SUBNET`: the subnet's first host address with its length (`10.1.74.1/24`), the
+    /// address of the pod bridge (docker's `--bip`).
+    pub fn flannel_subnet(&self) -> Ipv4Net {
+        let first_host = Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1));
+        Ipv4Net::new(first_host, self.subnet.prefix_len()).unwrap_or(self.subnet)
+    }
+
+    /// Reads a complete subnet.env (all four keys valid), as the agent writes it; `None` when
+    /// the file is missing or incomplete.
+    pub fn read(path: &Path) -> Option<SubnetEnv> {
+        let text = fs::read_to_string(path).ok()?;
+        let value = |wanted: &str| {
+            lines(&text).find_map(|line| match line {
+                Line::Entry { key, value, .. } if key == wanted => Some(value.to_string()),
+                _ => None,
+            })
+        };
+        Some(SubnetEnv {
+            network: single_cidr(&value("FLANNEL_NETWORK")?)?,
+            subnet: single_cidr(&value("FLANNEL_SUBNET")?)?,
+            mtu: value("FLANNEL_MTU")?.parse().ok()?,
+            ipmasq: value("FLANNEL_IPMASQ")? == "true",
+        })
     }
 
     /// Writes the file atomically: a temp file in the same directory, fsync, mode 0644 (whatever
@@ -260,5 +283,22 @@ mod tests {
             PreviousEnv::read(Path::new("/nonexistent/subnet.env")),
             PreviousEnv::default()
         );
+    }
+
+    #[test]
+    fn a_written_file_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        let env = SubnetEnv {
+            network: "10.1.0.0/16".parse().unwrap(),
+            subnet: "10.1.74.0/24".parse().unwrap(),
+            mtu: 1450,
+            ipmasq: true,
+        };
+        env.write_atomic(&path).unwrap();
+        assert_eq!(SubnetEnv::read(&path), Some(env.clone()));
+        assert_eq!(env.flannel_subnet().to_string(), "10.1.74.1/24");
+        std::fs::write(&path, "FLANNEL_NETWORK=10.1.0.0/16\n").unwrap();
+        assert_eq!(SubnetEnv::read(&path), None, "incomplete");
     }
 }

@@ -91,7 +91,11 @@ pub(super) fn parse(
     } else {
         (Vec::new(), Vec::new())
     };
-    let matches = (command.clone().try_get_matches_from(argv(&overlay))).map_err(to_cli_error)?;
+    // The command line alone is the answer when no variable adds to it.
+    let matches = match overlay.is_empty() {
+        true => first,
+        false => (command.clone().try_get_matches_from(argv(&overlay))).map_err(to_cli_error)?,
+    };
     let given = given_flags(target, scope(&matches, &sub));
     Ok(Parsed {
         matches,

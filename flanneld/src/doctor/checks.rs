@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use netfilter::{Flavour, Rule, Saved, Table};
+use subnet::SubnetEnv;
 
 /// How much a finding matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,16 +50,6 @@ pub const IDS: [&str; 16] = [
     "masquerade-missing",
 ];
 
-/// subnet.env as the agent wrote it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EnvFacts {
-    pub network: Ipv4Net,
-    /// `FLANNEL_SUBNET`: the bridge address with the subnet's length (`10.5.1.1/24`).
-    pub subnet: Ipv4Net,
-    pub mtu: u32,
-    pub ipmasq: bool,
-}
-
 /// One interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkFacts {
@@ -90,7 +81,7 @@ pub struct Facts {
     pub links: Vec<LinkFacts>,
     /// Main-table routes: destination and whether it is ours (proto 70).
     pub routes: Vec<(Ipv4Net, bool)>,
-    pub env: Option<EnvFacts>,
+    pub env: Option<SubnetEnv>,
     /// The rules of each iptables flavour whose binaries work.
     pub iptables: Vec<(Flavour, Saved)>,
     /// etcd's answers, or why it could not be asked.
@@ -177,10 +168,10 @@ fn links(facts: &Facts, out: &mut Vec<Finding>) {
         }
     }
     if let Some(docker) = facts.links.iter().find(|l| l.name == "docker0") {
-        let bip = env.subnet.addr();
+        let bip = env.flannel_subnet().addr();
         if !docker.addrs.is_empty() && !docker.addrs.contains(&bip) {
             let have: Vec<String> = docker.addrs.iter().map(ToString::to_string).collect();
-            out.push(finding("docker-bip", Severity::Problem, format!("docker0 has {}, but FLANNEL_SUBNET is {}: containers get addresses peers do not route to this host", have.join(", "), env.subnet), format!("run dockerd with --bip={} (flanneld mk-docker-opts writes it) and restart docker", env.subnet)));
+            out.push(finding("docker-bip", Severity::Problem, format!("docker0 has {}, but FLANNEL_SUBNET is {}: containers get addresses peers do not route to this host", have.join(", "), env.flannel_subnet()), format!("run dockerd with --bip={} (flanneld mk-docker-opts writes it) and restart docker", env.flannel_subnet())));
         }
     }
 }
@@ -234,7 +225,7 @@ fn from_pods(rule: &Rule, network: Ipv4Net) -> bool {
 fn masquerade_order(
     flavour: Flavour,
     postrouting: &[&Rule],
-    env: &EnvFacts,
+    env: &SubnetEnv,
     out: &mut Vec<Finding>,
 ) {
     let ours = postrouting
@@ -264,7 +255,7 @@ fn masquerade_order(
     }
 }
 
-fn forward_order(flavour: Flavour, forward: &[&Rule], env: &EnvFacts, out: &mut Vec<Finding>) {
+fn forward_order(flavour: Flavour, forward: &[&Rule], env: &SubnetEnv, out: &mut Vec<Finding>) {
     let ours = forward
         .iter()
         .position(|r| r.target() == Some(netfilter::FORWARD_CHAIN));
@@ -296,7 +287,7 @@ fn store(facts: &Facts, out: &mut Vec<Finding>) {
         }
         Some(Ok(etcd)) => etcd,
     };
-    let own = env.subnet.trunc();
+    let own = env.subnet;
     if env.network != etcd.network || !etcd.leases.contains(&own) {
         out.push(finding("subnet-env-stale", Severity::Problem, format!("subnet.env says Network {} and subnet {own}; etcd has Network {} and {} that lease", env.network, etcd.network, if etcd.leases.contains(&own) { "holds" } else { "no longer holds" }), "restart the agent: it re-claims the subnet or takes a new one and rewrites subnet.env; then restart the pods of this host"));
     }
@@ -309,7 +300,7 @@ fn store(facts: &Facts, out: &mut Vec<Finding>) {
 
 fn routes_vs_leases(
     facts: &Facts,
-    env: &EnvFacts,
+    env: &SubnetEnv,
     etcd: &EtcdFacts,
     own: Ipv4Net,
     out: &mut Vec<Finding>,
@@ -331,10 +322,10 @@ fn routes_vs_leases(
 mod tests {
     use super::*;
 
-    fn env() -> EnvFacts {
-        EnvFacts {
+    fn env() -> SubnetEnv {
+        SubnetEnv {
             network: "10.5.0.0/16".parse().unwrap(),
-            subnet: "10.5.1.1/24".parse().unwrap(),
+            subnet: "10.5.1.0/24".parse().unwrap(),
             mtu: 1450,
             ipmasq: true,
         }

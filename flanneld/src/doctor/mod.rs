@@ -14,9 +14,9 @@ use backends::Netlink;
 use ipnet::Ipv4Net;
 use netfilter::{Flavour, Saved};
 use serde_json::json;
-use subnet::{Detector, EtcdOptions, EtcdV2Registry, Keyspace, Registry};
+use subnet::{Detector, EtcdOptions, EtcdV2Registry, Keyspace, Registry, SubnetEnv};
 
-use checks::{diagnose, EnvFacts, EtcdFacts, Facts, Finding, LinkFacts, Severity};
+use checks::{diagnose, EtcdFacts, Facts, Finding, LinkFacts, Severity};
 
 use crate::cli::{self, values, EtcdFlags};
 
@@ -64,7 +64,7 @@ fn gather(args: &Args) -> Result<Facts> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let env = read_env(&args.subnet_file);
+    let env = SubnetEnv::read(&args.subnet_file);
     let (links, routes) = runtime.block_on(host_links_and_routes())?;
     let etcd = match (args.no_etcd, &env) {
         (false, Some(_)) => Some(runtime.block_on(etcd_facts(&args.etcd.registry_options()))),
@@ -87,22 +87,6 @@ fn gather(args: &Args) -> Result<Facts> {
 fn sysctl(path: &str) -> Option<u8> {
     let text = std::fs::read_to_string(Path::new("/proc/sys").join(path)).ok()?;
     text.trim().parse().ok()
-}
-
-fn read_env(path: &Path) -> Option<EnvFacts> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value = |key: &str| {
-        text.lines()
-            .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-            .next()
-            .map(|v| v.trim().trim_matches('"').to_string())
-    };
-    Some(EnvFacts {
-        network: value("FLANNEL_NETWORK")?.parse().ok()?,
-        subnet: value("FLANNEL_SUBNET")?.parse().ok()?,
-        mtu: value("FLANNEL_MTU")?.parse().ok()?,
-        ipmasq: value("FLANNEL_IPMASQ").is_some_and(|v| v == "true"),
-    })
 }
 
 /// The interfaces (with rp_filter and, for vxlan devices, the checksum offload) and routes.
