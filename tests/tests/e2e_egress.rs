@@ -22,8 +22,9 @@ const CONFIG: &str = r#"{"Network":"10.21.0.0/16","Backend":{"Type":"host-gw"}}"
 const CORPORATE: &str = "192.168.100.70";
 const EXCEPTION: &str = "192.168.100.50";
 const INTERNET: &str = "192.168.100.200";
-const POLICY: &str = "nonMasqueradeCIDRs: [192.168.100.0/25]\nmasqueradeCIDRs: [192.168.100.48/28]\nresyncInterval: 1s\n";
-const WITHOUT_EXCEPTION: &str = "nonMasqueradeCIDRs: [192.168.100.0/25]\nresyncInterval: 1s\n";
+// resyncInterval is an hour: edits within the test reach the agent only through inotify.
+const POLICY: &str = "nonMasqueradeCIDRs: [192.168.100.0/25]\nmasqueradeCIDRs: [192.168.100.48/28]\nresyncInterval: 1h\n";
+const WITHOUT_EXCEPTION: &str = "nonMasqueradeCIDRs: [192.168.100.0/25]\nresyncInterval: 1h\n";
 const BROKEN: &str = "nonMasqueradeCIDRs: [192.168.100.5/24]\n";
 /// Our jump in nat POSTROUTING, as `iptables-save` prints it.
 const MASQ_JUMP: &str = r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#;
