@@ -76,12 +76,6 @@ impl FromStr for LogFormat {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdEndpoint(String);
 
-impl fmt::Display for EtcdEndpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 impl FromStr for EtcdEndpoint {
     type Err = String;
 
