@@ -1,20 +1,51 @@
-//! The kernel objects the data plane wants, computed purely from the peer leases.
+//! The kernel objects the data plane wants, computed purely from the peer leases. One state holds
+//! both address families: IPv4 and IPv6 routes side by side, and on a dual-stack vxlan network
+//! the neighbours and FDB entries of both devices (`flannel.<VNI>` and `flannel-v6.<VNI>`), each
+//! on the device of its address's family.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::mac::Mac;
 
-/// An IPv4 route in the main table, installed with [`crate::ROUTE_PROTOCOL`].
+/// An address family the data plane programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4 (`AF_INET`).
+    V4,
+    /// IPv6 (`AF_INET6`).
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The family of a network.
+    pub fn of_net(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// A route in the main table, installed with [`crate::ROUTE_PROTOCOL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
     /// The peer subnet.
-    pub dst: Ipv4Net,
-    /// The next hop: the peer's PublicIP (host-gw, direct routing) or its subnet's `.0` (vxlan).
-    pub gateway: Ipv4Addr,
+    pub dst: IpNet,
+    /// The next hop: the peer's public address (host-gw, direct routing) or its subnet's
+    /// network address (vxlan); of the family of `dst`.
+    pub gateway: IpAddr,
     /// The output interface index.
     pub oif: u32,
     /// Whether the next hop is declared on-link (vxlan routes).
@@ -35,32 +66,65 @@ impl fmt::Display for Route {
     }
 }
 
+/// The vxlan devices whose neighbours and FDB entries we own, one per family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vteps {
+    /// `flannel.<VNI>` (IPv4 overlay, IPv4 underlay).
+    pub v4: Option<u32>,
+    /// `flannel-v6.<VNI>` (IPv6 overlay, IPv6 underlay).
+    pub v6: Option<u32>,
+}
+
+impl Vteps {
+    /// The device of a family.
+    pub fn of(&self, family: Family) -> Option<u32> {
+        match family {
+            Family::V4 => self.v4,
+            Family::V6 => self.v6,
+        }
+    }
+
+    /// The devices, with their family.
+    pub fn iter(&self) -> impl Iterator<Item = (Family, u32)> {
+        let v4 = self.v4.map(|link| (Family::V4, link));
+        let v6 = self.v6.map(|link| (Family::V6, link));
+        v4.into_iter().chain(v6)
+    }
+
+    /// Whether `oif` is one of the devices.
+    pub fn contains(&self, oif: Option<u32>) -> bool {
+        oif.is_some() && (oif == self.v4 || oif == self.v6)
+    }
+}
+
 /// Everything the reconciler should make the kernel hold.
 ///
-/// Ownership: routes carrying [`crate::ROUTE_PROTOCOL`] are ours inside `network`; permanent
-/// neighbours and FDB entries (with a remote, non-zero MAC) are ours only on `vtep`.
+/// Ownership: routes carrying [`crate::ROUTE_PROTOCOL`] are ours inside `networks`; permanent
+/// neighbours and FDB entries (with a remote, non-zero MAC) are ours only on the `vteps`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     /// Routes by destination.
-    pub routes: BTreeMap<Ipv4Net, Route>,
-    /// Permanent ARP entries on `vtep`: peer subnet `.0` address to VTEP MAC.
-    pub neighbours: BTreeMap<Ipv4Addr, Mac>,
-    /// Permanent FDB entries on `vtep`: VTEP MAC to the peer's PublicIP.
-    pub fdb: BTreeMap<Mac, Ipv4Addr>,
-    /// The vxlan device whose neighbours and FDB entries we own; `None` for host-gw.
-    pub vtep: Option<u32>,
+    pub routes: BTreeMap<IpNet, Route>,
+    /// Permanent neighbours: peer subnet network address to VTEP MAC, on the vtep of the
+    /// address's family.
+    pub neighbours: BTreeMap<IpAddr, Mac>,
+    /// Permanent FDB entries: VTEP MAC to the peer's public address, on the vtep of the
+    /// remote's family.
+    pub fdb: BTreeMap<Mac, IpAddr>,
+    /// The vxlan devices; none for host-gw.
+    pub vteps: Vteps,
     /// Peers left out on purpose, with the reason (logged once by the reconciler).
     pub skipped: BTreeMap<Ipv4Net, String>,
-    /// The cluster network. Tagged routes outside it belong to another flanneld-rs instance
-    /// (another etcd prefix on the same host) and are left alone; `None` manages all tagged
-    /// routes.
-    pub network: Option<Ipv4Net>,
+    /// The cluster networks (IPv4, and IPv6 on a dual-stack network). Tagged routes outside them
+    /// belong to another flanneld-rs instance (another etcd prefix on the same host) and are
+    /// left alone; empty manages all tagged routes.
+    pub networks: Vec<IpNet>,
 }
 
 impl DesiredState {
-    /// Adds the route `<peer subnet> via <peer PublicIP> dev <oif>` used by host-gw and by vxlan
-    /// DirectRouting for on-link peers.
-    pub fn add_direct_route(&mut self, subnet: Ipv4Net, public_ip: Ipv4Addr, oif: u32) {
+    /// Adds the route `<peer subnet> via <peer public address> dev <oif>` used by host-gw and by
+    /// vxlan DirectRouting for on-link peers.
+    pub fn add_direct_route(&mut self, subnet: IpNet, public_ip: IpAddr, oif: u32) {
         self.routes.insert(
             subnet,
             Route {
@@ -70,5 +134,31 @@ impl DesiredState {
                 onlink: false,
             },
         );
+    }
+
+    /// The families whose routes the reconciler must list: IPv4 always, IPv6 when the state
+    /// has an IPv6 network, device or route, or no networks at all (it then owns every tagged
+    /// route).
+    pub fn families(&self) -> Vec<Family> {
+        let v6 = self.networks.is_empty()
+            || self.vteps.v6.is_some()
+            || self
+                .networks
+                .iter()
+                .any(|n| Family::of_net(n) == Family::V6)
+            || self.routes.keys().any(|d| Family::of_net(d) == Family::V6);
+        if v6 {
+            vec![Family::V4, Family::V6]
+        } else {
+            vec![Family::V4]
+        }
+    }
+
+    /// Whether a tagged route to `dst` through `oif` is in this state's scope: inside one of its
+    /// networks (all when there are none), or through one of its vxlan devices.
+    pub fn owns_route(&self, dst: &IpNet, oif: Option<u32>) -> bool {
+        self.networks.is_empty()
+            || self.networks.iter().any(|n| n.contains(dst))
+            || self.vteps.contains(oif)
     }
 }

@@ -2,7 +2,7 @@
 //! their IPv4 addresses in order of preference, the default route's interface, and the route the
 //! kernel would take to an address. Read through rtnetlink like every other kernel state.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{
@@ -25,6 +25,8 @@ pub struct HostInterface {
     pub mtu: u32,
     /// IPv4 addresses: global before link-local, permanent before dynamic.
     pub addrs: Vec<Ipv4Addr>,
+    /// Global IPv6 addresses (no link-local ones), permanent before dynamic.
+    pub addrs6: Vec<Ipv6Addr>,
 }
 
 /// What the host looks like for interface selection.
@@ -50,12 +52,15 @@ pub struct HostRoute {
 impl Netlink {
     /// Every main-table IPv4 unicast route, with whether it is ours.
     pub async fn host_routes(&self) -> Result<Vec<HostRoute>, NetlinkError> {
-        let routes = self.routes().await?;
+        let routes = self.routes(crate::Family::V4).await?;
         Ok(routes
             .iter()
-            .map(|r| HostRoute {
-                dst: r.dst,
-                ours: r.protocol == crate::ROUTE_PROTOCOL,
+            .filter_map(|r| match r.dst {
+                ipnet::IpNet::V4(dst) => Some(HostRoute {
+                    dst,
+                    ours: r.protocol == crate::ROUTE_PROTOCOL,
+                }),
+                ipnet::IpNet::V6(_) => None,
             })
             .collect())
     }
@@ -87,6 +92,7 @@ impl Netlink {
                 index: msg.header.index,
                 mtu: 0,
                 addrs: Vec::new(),
+                addrs6: Vec::new(),
             };
             for attr in msg.attributes {
                 match attr {
@@ -100,17 +106,18 @@ impl Netlink {
         Ok(interfaces)
     }
 
-    /// Adds each link's IPv4 addresses, global before link-local, permanent before dynamic.
+    /// Adds each link's addresses: IPv4 global before link-local, IPv6 global only; permanent
+    /// before dynamic.
     async fn add_addresses(&self, interfaces: &mut [HostInterface]) -> Result<(), NetlinkError> {
-        let mut ranked: Vec<(u32, (u8, u8), Ipv4Addr)> = Vec::new();
+        let mut ranked: Vec<(u32, (u8, u8), IpAddr)> = Vec::new();
         let mut addrs = self.handle().address().get().execute();
         while let Some(msg) = addrs.try_next().await? {
             let mut permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent);
             let (mut local, mut address) = (None, None);
             for attr in &msg.attributes {
                 match attr {
-                    AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
-                    AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+                    AddressAttribute::Local(a) => local = Some(*a),
+                    AddressAttribute::Address(a) => address = Some(*a),
                     AddressAttribute::Flags(f) => permanent = f.contains(AddressFlags::Permanent),
                     _ => {}
                 }
@@ -125,9 +132,14 @@ impl Netlink {
             }
         }
         ranked.sort_by_key(|(_, rank, _)| *rank);
-        for (index, _, ip) in ranked {
-            if let Some(i) = interfaces.iter_mut().find(|i| i.index == index) {
-                i.addrs.push(ip);
+        for (index, (scope_rank, _), ip) in ranked {
+            let Some(i) = interfaces.iter_mut().find(|i| i.index == index) else {
+                continue;
+            };
+            match ip {
+                IpAddr::V4(ip) => i.addrs.push(ip),
+                IpAddr::V6(ip) if scope_rank == 0 => i.addrs6.push(ip),
+                IpAddr::V6(_) => {}
             }
         }
         Ok(())

@@ -1,6 +1,7 @@
-//! host-gw: one route per peer subnet via the peer's PublicIP on the external interface.
+//! host-gw: one route per peer subnet via the peer's public address on the external interface,
+//! for each address family the network has (IPv4, and IPv6 via the peer's PublicIPv6).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use subnet::{Lease, LeaseAttrs};
 
@@ -17,24 +18,43 @@ pub(crate) const TYPE: &str = "host-gw";
 pub(crate) struct HostGw {
     ext: ExternalInterface,
     public_ip: Ipv4Addr,
+    /// Our PublicIPv6 on a dual-stack network.
+    public_ipv6: Option<Ipv6Addr>,
 }
 
 impl HostGw {
-    /// Refuses a public IP other than the interface's, like Go flanneld.
-    pub(crate) fn new(ext: ExternalInterface, public_ip: Ipv4Addr) -> Result<HostGw, Error> {
+    /// Refuses a public address other than the interface's, like Go flanneld.
+    pub(crate) fn new(
+        ext: ExternalInterface,
+        public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
+    ) -> Result<HostGw, Error> {
         if public_ip != ext.addr {
             return Err(Error::PublicIpDiffers {
-                public_ip,
+                public_ip: public_ip.into(),
                 iface: ext.name.clone(),
-                iface_ip: ext.addr,
+                iface_ip: ext.addr.into(),
             });
         }
-        Ok(HostGw { ext, public_ip })
+        if let Some(v6) = public_ipv6.filter(|v6| Some(*v6) != ext.addr6) {
+            return Err(Error::PublicIpDiffers {
+                public_ip: v6.into(),
+                iface: ext.name.clone(),
+                iface_ip: ext.addr6.map_or(Ipv6Addr::UNSPECIFIED.into(), Into::into),
+            });
+        }
+        Ok(HostGw {
+            ext,
+            public_ip,
+            public_ipv6,
+        })
     }
 
     pub(crate) async fn init(&mut self, nl: &Netlink) -> Result<LeaseAttrs, Error> {
         self.ext.refresh(nl).await?;
-        Ok(LeaseAttrs::new(self.public_ip, TYPE))
+        let mut attrs = LeaseAttrs::new(self.public_ip, TYPE);
+        attrs.public_ipv6 = self.public_ipv6;
+        Ok(attrs)
     }
 
     pub(crate) fn mtu(&self) -> u32 {
@@ -42,11 +62,11 @@ impl HostGw {
     }
 
     pub(crate) fn desired<'a>(&self, peers: impl IntoIterator<Item = &'a Lease>) -> DesiredState {
-        desired(peers, self.ext.index)
+        desired(peers, self.ext.index, self.public_ipv6.is_some())
     }
 
     pub(crate) fn reaction(&self, n: &Notification) -> Reaction {
-        react(n, &self.ext, None)
+        react(n, &self.ext, &[])
     }
 
     pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Vec<Drift>, Error> {
@@ -54,12 +74,12 @@ impl HostGw {
     }
 }
 
-fn desired<'a>(peers: impl IntoIterator<Item = &'a Lease>, oif: u32) -> DesiredState {
+/// A route per host-gw peer via its PublicIP and, with `ipv6`, one per IPv6 subnet via its
+/// PublicIPv6 (a peer without an IPv6 half is reached over IPv4 only).
+fn desired<'a>(peers: impl IntoIterator<Item = &'a Lease>, oif: u32, ipv6: bool) -> DesiredState {
     let mut state = DesiredState::default();
     for peer in peers {
-        if peer.attrs.backend_type == TYPE {
-            state.add_direct_route(peer.subnet(), peer.attrs.public_ip, oif);
-        } else {
+        if peer.attrs.backend_type != TYPE {
             state.skipped.insert(
                 peer.subnet(),
                 format!(
@@ -67,6 +87,11 @@ fn desired<'a>(peers: impl IntoIterator<Item = &'a Lease>, oif: u32) -> DesiredS
                     peer.attrs.backend_type
                 ),
             );
+            continue;
+        }
+        state.add_direct_route(peer.subnet().into(), peer.attrs.public_ip.into(), oif);
+        if let (true, Some(subnet), Some(via)) = (ipv6, peer.key.ipv6, peer.attrs.public_ipv6) {
+            state.add_direct_route(subnet.into(), via.into(), oif);
         }
     }
     state
@@ -83,6 +108,7 @@ mod tests {
             name: "eth0".into(),
             index: 2,
             addr: Ipv4Addr::new(192, 168, 1, 1),
+            addr6: Some("fd00:1::1".parse().unwrap()),
             mtu: 1500,
         }
     }
@@ -100,7 +126,7 @@ mod tests {
         let mut peers = PeerSet::new("10.5.1.0/24".parse().unwrap());
         peers.apply(&peer("10.5.2.0/24", [192, 168, 1, 2], "host-gw"));
         peers.apply(&peer("10.5.3.0/24", [192, 168, 1, 3], "vxlan"));
-        let state = HostGw::new(ext(), ext().addr)
+        let state = HostGw::new(ext(), ext().addr, None)
             .unwrap()
             .desired(peers.iter());
         let dst = "10.5.2.0/24".parse().unwrap();
@@ -108,23 +134,53 @@ mod tests {
             state.routes.values().copied().collect::<Vec<_>>(),
             vec![Route {
                 dst,
-                gateway: Ipv4Addr::new(192, 168, 1, 2),
+                gateway: Ipv4Addr::new(192, 168, 1, 2).into(),
                 oif: 2,
                 onlink: false
             }]
         );
-        assert_eq!(state.vtep, None);
+        assert_eq!(state.vteps, crate::Vteps::default());
         let why = &state.skipped[&"10.5.3.0/24".parse().unwrap()];
         assert!(why.contains("vxlan"), "{why}");
     }
 
     #[test]
     fn public_ip_other_than_interface_ip_is_refused() {
-        let err = HostGw::new(ext(), Ipv4Addr::new(1, 2, 3, 4)).unwrap_err();
+        let err = HostGw::new(ext(), Ipv4Addr::new(1, 2, 3, 4), None).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("your PublicIP differs from interface IP"),
             "{err}"
         );
+        let v6 = Some("fd00:1::99".parse().unwrap());
+        let err = HostGw::new(ext(), ext().addr, v6).unwrap_err();
+        assert!(err.to_string().contains("fd00:1::99"), "{err}");
+    }
+
+    #[test]
+    fn a_dual_stack_peer_gets_a_route_per_family_and_an_ipv4_only_peer_one() {
+        let mut peers = PeerSet::new("10.5.1.0/24".parse().unwrap());
+        let mut dual = LeaseAttrs::new(Ipv4Addr::new(192, 168, 1, 2), "host-gw");
+        dual.public_ipv6 = Some("fd00:1::2".parse().unwrap());
+        peers.apply(&LeaseEvent::Put(Lease {
+            key: "10.5.2.0-24&fd00:5:0:2::-64".parse().unwrap(),
+            attrs: dual,
+            expiration: None,
+        }));
+        peers.apply(&peer("10.5.3.0/24", [192, 168, 1, 3], "host-gw"));
+        let backend = HostGw::new(ext(), ext().addr, ext().addr6).unwrap();
+        let state = backend.desired(peers.iter());
+        let routes: Vec<String> = state.routes.values().map(ToString::to_string).collect();
+        assert_eq!(
+            routes,
+            [
+                "route 10.5.2.0/24 via 192.168.1.2 dev #2",
+                "route 10.5.3.0/24 via 192.168.1.3 dev #2",
+                "route fd00:5:0:2::/64 via fd00:1::2 dev #2",
+            ]
+        );
+        // Without IPv6 in the config the IPv6 half is not routed.
+        let v4_only = HostGw::new(ext(), ext().addr, None).unwrap();
+        assert_eq!(v4_only.desired(peers.iter()).routes.len(), 2);
     }
 }

@@ -26,12 +26,12 @@ mod notify;
 mod reconcile;
 mod vxlan;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet::{BackendConfig, Lease, LeaseAttrs, PeerSet};
 
-pub use desired::{DesiredState, Route};
+pub use desired::{DesiredState, Family, Route, Vteps};
 pub use drift::{DeviceChange, Drift, Mismatch};
 pub use host::{HostInterface, HostRoute, HostView};
 pub use mac::{BadMac, Mac};
@@ -56,12 +56,12 @@ pub enum Error {
     /// host-gw cannot work when peers must reach us at an address that is not ours.
     #[error("your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not supported by host-gw backend (PublicIP {public_ip}, interface {iface} has {iface_ip}); use the vxlan backend, or drop --public-ip")]
     PublicIpDiffers {
-        /// The advertised address.
-        public_ip: Ipv4Addr,
+        /// The advertised address (PublicIP or PublicIPv6).
+        public_ip: IpAddr,
         /// The external interface's name.
         iface: String,
-        /// The external interface's address.
-        iface_ip: Ipv4Addr,
+        /// The external interface's address of that family.
+        iface_ip: IpAddr,
     },
     /// A key of the `Backend` object has a bad value.
     #[error("Backend key {key:?}: {problem}")]
@@ -121,6 +121,8 @@ pub struct ExternalInterface {
     pub index: u32,
     /// The interface's IPv4 address.
     pub addr: Ipv4Addr,
+    /// The interface's IPv6 address (its first global one), when it has one.
+    pub addr6: Option<Ipv6Addr>,
     /// The interface's MTU.
     pub mtu: u32,
 }
@@ -169,8 +171,25 @@ pub async fn remove_devices(nl: &Netlink) -> Result<Vec<String>, Error> {
 #[derive(Debug)]
 pub struct Backend {
     kind: Kind,
-    /// The cluster network, known after [`Backend::configure`].
-    network: Option<Ipv4Net>,
+    /// The cluster networks, known after [`Backend::configure`].
+    networks: Option<ClusterNetworks>,
+}
+
+/// The cluster networks of the config: IPv4, and IPv6 on a dual-stack network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterNetworks {
+    /// `Network`.
+    pub v4: Ipv4Net,
+    /// `IPv6Network`, when `EnableIPv6` is set.
+    pub v6: Option<Ipv6Net>,
+}
+
+impl ClusterNetworks {
+    /// Both networks, for the reconciler's ownership scope.
+    pub fn all(&self) -> Vec<IpNet> {
+        let v6 = self.v6.map(IpNet::from);
+        std::iter::once(IpNet::from(self.v4)).chain(v6).collect()
+    }
 }
 
 #[derive(Debug)]
@@ -191,20 +210,22 @@ pub fn check_config(config: &BackendConfig) -> Result<(), Error> {
 
 impl Backend {
     /// Builds the backend named by `config.backend_type` (`host-gw` or `vxlan`). Fails on an
-    /// unknown type, a bad vxlan key, or (host-gw) a public IP that is not the interface's.
+    /// unknown type, a bad vxlan key, or (host-gw) a public address that is not the
+    /// interface's. `public_ipv6` is given on a dual-stack network only.
     pub fn new(
         config: &BackendConfig,
         ext: ExternalInterface,
         public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
     ) -> Result<Backend, Error> {
         let kind = match config.backend_type.as_str() {
-            hostgw::TYPE => Kind::HostGw(HostGw::new(ext, public_ip)?),
+            hostgw::TYPE => Kind::HostGw(HostGw::new(ext, public_ip, public_ipv6)?),
             vxlan::TYPE => Kind::Vxlan(Vxlan::new(&config.raw, ext, public_ip)?),
             other => return Err(Error::UnknownType(other.to_string())),
         };
         Ok(Backend {
             kind,
-            network: None,
+            networks: None,
         })
     }
 
@@ -226,12 +247,12 @@ impl Backend {
         &mut self,
         nl: &Netlink,
         own: &Lease,
-        network: Ipv4Net,
+        networks: ClusterNetworks,
     ) -> Result<(), Error> {
-        self.network = Some(network);
+        self.networks = Some(networks);
         match &mut self.kind {
             Kind::HostGw(_) => Ok(()),
-            Kind::Vxlan(b) => b.configure(nl, own.subnet(), network).await,
+            Kind::Vxlan(b) => b.configure(nl, own.subnet(), networks.v4).await,
         }
     }
 
@@ -243,12 +264,12 @@ impl Backend {
         &mut self,
         nl: &Netlink,
         own: &Lease,
-        network: Ipv4Net,
+        networks: ClusterNetworks,
     ) -> Result<(), Error> {
-        self.network = Some(network);
+        self.networks = Some(networks);
         match &mut self.kind {
             Kind::HostGw(b) => b.init(nl).await.map(|_| ()),
-            Kind::Vxlan(b) => b.attach(nl, own, network).await,
+            Kind::Vxlan(b) => b.attach(nl, own, networks.v4).await,
         }
     }
 
@@ -274,7 +295,7 @@ impl Backend {
             Kind::HostGw(b) => b.desired(peers),
             Kind::Vxlan(b) => b.desired(peers),
         };
-        state.network = self.network;
+        state.networks = self.networks.map(|n| n.all()).unwrap_or_default();
         state
     }
 

@@ -2,10 +2,10 @@
 //! [`Netlink`]. It converts between netlink messages and the plain types of this crate and does
 //! no decision making.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -20,7 +20,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
-use crate::desired::Route;
+use crate::desired::{Family, Route};
 use crate::mac::Mac;
 use crate::ROUTE_PROTOCOL;
 
@@ -67,11 +67,11 @@ impl From<std::io::Error> for NetlinkError {
     }
 }
 
-/// A main-table IPv4 unicast route as the kernel reports it.
+/// A main-table unicast route (IPv4 or IPv6) as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct KernelRoute {
-    pub dst: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub onlink: bool,
     pub protocol: u8,
@@ -170,10 +170,10 @@ impl Netlink {
         Ok((handle, DumpConnection(tokio::spawn(conn))))
     }
 
-    /// All main-table IPv4 unicast routes.
-    pub(crate) async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
+    /// All main-table unicast routes of `family`.
+    pub(crate) async fn routes(&self, family: Family) -> Result<Vec<KernelRoute>, NetlinkError> {
         let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
+        req.header.address_family = address_family(family);
         let (handle, _conn) = Self::dump_connection()?;
         // Converted as they arrive: thousands of full messages are never held at once.
         let routes = handle
@@ -195,7 +195,7 @@ impl Netlink {
             msg.header.flags |= RouteFlags::Onlink;
         }
         msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(route.gateway)));
+            .push(RouteAttribute::Gateway(route_address(route.gateway)));
         msg.attributes.push(RouteAttribute::Oif(route.oif));
         let req = self.handle.route().add(msg);
         let req = if replace { req.replace() } else { req };
@@ -210,7 +210,7 @@ impl Netlink {
         msg.header.tos = route.tos;
         if let Some(gw) = route.gateway {
             msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+                .push(RouteAttribute::Gateway(route_address(gw)));
         }
         if let Some(oif) = route.oif {
             msg.attributes.push(RouteAttribute::Oif(oif));
@@ -222,18 +222,22 @@ impl Netlink {
         Ok(self.handle.route().del(msg).execute().await?)
     }
 
-    /// The permanent IPv4 neighbours on `link`.
-    pub(crate) async fn neighbours(&self, link: u32) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
-        self.permanent(link, AddressFamily::Inet).await
+    /// The permanent neighbours of `family` on `link`.
+    pub(crate) async fn neighbours(
+        &self,
+        link: u32,
+        family: Family,
+    ) -> Result<Vec<(IpAddr, Mac)>, NetlinkError> {
+        self.permanent(link, address_family(family)).await
     }
 
-    /// The permanent entries of `family`'s neighbour table on `link` with an IPv4 destination,
+    /// The permanent entries of `family`'s neighbour table on `link` with a destination address,
     /// as (destination, MAC) pairs, converted as they arrive.
     async fn permanent(
         &self,
         link: u32,
         family: AddressFamily,
-    ) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
+    ) -> Result<Vec<(IpAddr, Mac)>, NetlinkError> {
         let (handle, _conn) = Self::dump_connection()?;
         let found = handle
             .neighbours()
@@ -243,7 +247,7 @@ impl Netlink {
             .try_filter_map(|m| {
                 let ours = m.header.ifindex == link && is_permanent(&m);
                 std::future::ready(Ok(ours
-                    .then(|| Some((neighbour_ipv4(&m)?, neighbour_mac(&m)?)))
+                    .then(|| Some((neighbour_ip(&m)?, neighbour_mac(&m)?)))
                     .flatten()))
             })
             .try_collect()
@@ -255,13 +259,13 @@ impl Netlink {
     pub(crate) async fn set_neighbour(
         &self,
         link: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: Mac,
     ) -> Result<(), NetlinkError> {
         Ok(self
             .handle
             .neighbours()
-            .add(link, IpAddr::V4(ip))
+            .add(link, ip)
             .link_layer_address(&mac.0)
             .state(NeighbourState::Permanent)
             .replace()
@@ -270,17 +274,17 @@ impl Netlink {
     }
 
     /// Deletes the neighbour `ip` on `link`.
-    pub(crate) async fn del_neighbour(&self, link: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+    pub(crate) async fn del_neighbour(&self, link: u32, ip: IpAddr) -> Result<(), NetlinkError> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = address_family(Family::of(&ip));
         msg.header.ifindex = link;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
         Ok(self.handle.neighbours().del(msg).execute().await?)
     }
 
-    /// The permanent FDB entries with an IPv4 remote on `link`, as (MAC, remote) pairs.
-    pub(crate) async fn fdb(&self, link: u32) -> Result<Vec<(Mac, Ipv4Addr)>, NetlinkError> {
+    /// The permanent FDB entries with a remote on `link`, as (MAC, remote) pairs.
+    pub(crate) async fn fdb(&self, link: u32) -> Result<Vec<(Mac, IpAddr)>, NetlinkError> {
         let found = self.permanent(link, AddressFamily::Bridge).await?;
         Ok(found
             .into_iter()
@@ -293,13 +297,13 @@ impl Netlink {
         &self,
         link: u32,
         mac: Mac,
-        remote: Ipv4Addr,
+        remote: IpAddr,
     ) -> Result<(), NetlinkError> {
         Ok(self
             .handle
             .neighbours()
             .add_bridge(link, &mac.0)
-            .destination(IpAddr::V4(remote))
+            .destination(remote)
             .flags(NeighbourFlags::Own)
             .state(NeighbourState::Permanent)
             .replace()
@@ -312,7 +316,7 @@ impl Netlink {
         &self,
         link: u32,
         mac: Mac,
-        remote: Ipv4Addr,
+        remote: IpAddr,
     ) -> Result<(), NetlinkError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
@@ -321,9 +325,7 @@ impl Netlink {
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                remote,
-            )));
+            .push(NeighbourAttribute::Destination(neighbour_address(remote)));
         Ok(self.handle.neighbours().del(msg).execute().await?)
     }
 
@@ -413,14 +415,15 @@ impl Netlink {
             .collect())
     }
 
-    /// The networks this host is directly connected to: those of its IPv4 addresses of global
-    /// or link scope (loopback's host-scope addresses are not a network a peer could be on).
-    pub async fn connected_networks(&self) -> Result<Vec<Ipv4Net>, NetlinkError> {
+    /// The networks this host is directly connected to: those of its IPv4 and IPv6 addresses
+    /// of global or link scope (loopback's host-scope addresses are not a network a peer could
+    /// be on).
+    pub async fn connected_networks(&self) -> Result<Vec<IpNet>, NetlinkError> {
         let msgs: Vec<AddressMessage> = self.handle.address().get().execute().try_collect().await?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.scope != AddressScope::Host)
-            .filter_map(address_of)
+            .filter_map(any_address_of)
             .map(|a| a.trunc())
             .collect())
     }
@@ -458,46 +461,69 @@ impl Drop for DumpConnection {
     }
 }
 
+/// The netlink address family of a [`Family`].
+fn address_family(family: Family) -> AddressFamily {
+    match family {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
+    }
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(ip) => RouteAddress::Inet(ip),
+        IpAddr::V6(ip) => RouteAddress::Inet6(ip),
+    }
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
+        IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
+    }
+}
+
 /// A route message for `dst` in the main table with `protocol`.
-fn route_message(dst: Ipv4Net, protocol: u8) -> RouteMessage {
+fn route_message(dst: IpNet, protocol: u8) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
+    msg.header.address_family = address_family(Family::of_net(&dst));
     msg.header.destination_prefix_length = dst.prefix_len();
     msg.header.table = RouteHeader::RT_TABLE_MAIN;
     msg.header.protocol = RouteProtocol::from(protocol);
     msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(
-            dst.network(),
-        )));
+        .push(RouteAttribute::Destination(route_address(dst.network())));
     msg
 }
 
-/// Converts a dumped route; `None` unless it is a main-table IPv4 unicast route.
+/// Converts a dumped route; `None` unless it is a main-table IPv4 or IPv6 unicast route.
 pub(crate) fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
     let h = &msg.header;
     let mut table = u32::from(h.table);
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut dst = match h.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
     let mut gateway = None;
     let mut oif = None;
     let mut priority = 0;
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = IpAddr::V4(*a),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = IpAddr::V6(*a),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(*a)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(*a)),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Priority(p) => priority = *p,
             _ => {}
         }
     }
-    if h.address_family != AddressFamily::Inet
-        || table != u32::from(RouteHeader::RT_TABLE_MAIN)
-        || h.kind != RouteType::Unicast
-    {
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || h.kind != RouteType::Unicast {
         return None;
     }
     Some(KernelRoute {
-        dst: Ipv4Net::new(dst, h.destination_prefix_length).ok()?,
+        dst: IpNet::new(dst, h.destination_prefix_length).ok()?,
         gateway,
         oif,
         onlink: h.flags.contains(RouteFlags::Onlink),
@@ -507,13 +533,16 @@ pub(crate) fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
     })
 }
 
-/// NDA_DST as IPv4: parsed for AF_INET, raw bytes for AF_BRIDGE.
-fn neighbour_ipv4(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
+/// NDA_DST: parsed for AF_INET and AF_INET6, raw bytes (4 or 16) for AF_BRIDGE.
+fn neighbour_ip(msg: &NeighbourMessage) -> Option<IpAddr> {
     msg.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
-            <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
-        }
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => match raw.len() {
+            4 => <[u8; 4]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
         _ => None,
     })
 }
@@ -533,15 +562,23 @@ fn neighbour_mac(msg: &NeighbourMessage) -> Option<Mac> {
 }
 
 fn address_of(msg: &AddressMessage) -> Option<Ipv4Net> {
+    match any_address_of(msg)? {
+        IpNet::V4(net) => Some(net),
+        IpNet::V6(_) => None,
+    }
+}
+
+/// The address of an address message (IFA_LOCAL, else IFA_ADDRESS) with its prefix length.
+fn any_address_of(msg: &AddressMessage) -> Option<IpNet> {
     let local = msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Local(ip) => Some(*ip),
         _ => None,
     });
     let address = msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     });
-    Ipv4Net::new(local.or(address)?, msg.header.prefix_len).ok()
+    IpNet::new(local.or(address)?, msg.header.prefix_len).ok()
 }
 
 /// Converts a link message (from a dump or a notification).
@@ -624,7 +661,7 @@ mod tests {
         assert!(k.is_ours() && k.onlink);
         assert!(k.matches(&Route {
             dst: "10.5.2.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 5, 2, 0),
+            gateway: Ipv4Addr::new(10, 5, 2, 0).into(),
             oif: 9,
             onlink: true,
         }));

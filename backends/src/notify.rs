@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{FutureExt, StreamExt};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::sys::SocketAddr;
@@ -27,7 +27,7 @@ pub enum Notification {
         /// Whether it was removed.
         removed: bool,
     },
-    /// An IPv4 address was added to or removed from link `index`.
+    /// An address was added to or removed from link `index`.
     Address {
         /// The link.
         index: u32,
@@ -35,7 +35,7 @@ pub enum Notification {
     /// A route tagged [`crate::ROUTE_PROTOCOL`] was removed.
     RouteRemoved {
         /// Its destination.
-        dst: Ipv4Net,
+        dst: IpNet,
     },
     /// A neighbour or FDB entry was removed from link `index`.
     NeighbourRemoved {
@@ -56,7 +56,7 @@ pub enum Reaction {
     Setup,
 }
 
-/// A subscription to link, IPv4 address, IPv4 route and neighbour changes of the calling
+/// A subscription to link, address, route (IPv4 and IPv6) and neighbour changes of the calling
 /// thread's network namespace. The kernel drops notifications when the socket buffer overflows,
 /// so the daemon must keep its periodic reconcile.
 #[derive(Debug)]
@@ -71,6 +71,8 @@ impl Notifications {
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Ipv6Route,
             MulticastGroup::Neigh,
         ])?;
         keep_only_wanted(conn.socket_mut().as_raw_fd())?;
@@ -183,16 +185,18 @@ fn convert(msg: RouteNetlinkMessage) -> Option<Notification> {
     }
 }
 
-/// The reaction of a backend using `ext` and, for vxlan, the device `vtep` (name, index).
+/// The reaction of a backend using `ext` and, for vxlan, the devices `vteps` (name, index).
 pub(crate) fn react(
     n: &Notification,
     ext: &ExternalInterface,
-    vtep: Option<(&str, Option<u32>)>,
+    vteps: &[(&str, Option<u32>)],
 ) -> Reaction {
     let is_ext =
         |index: u32, name: Option<&str>| index == ext.index || name == Some(ext.name.as_str());
     let is_vtep = |index: u32, name: Option<&str>| {
-        vtep.is_some_and(|(vname, vindex)| vindex == Some(index) || name == Some(vname))
+        vteps
+            .iter()
+            .any(|(vname, vindex)| *vindex == Some(index) || name == Some(*vname))
     };
     match n {
         Notification::Link { index, name, .. } => {
@@ -238,9 +242,10 @@ mod tests {
             name: "eth0".into(),
             index: 2,
             addr: "192.168.1.1".parse().unwrap(),
+            addr6: None,
             mtu: 1500,
         };
-        let vtep = Some(("flannel.1", Some(9)));
+        let vtep = &[("flannel.1", Some(9)), ("flannel-v6.1", Some(10))][..];
         assert_eq!(react(&link(2, "eth0"), &ext, vtep), Reaction::Setup);
         assert_eq!(
             react(&link(5, "eth0"), &ext, vtep),
@@ -249,7 +254,11 @@ mod tests {
         );
         assert_eq!(react(&link(9, "flannel.1"), &ext, vtep), Reaction::Setup);
         assert_eq!(react(&link(7, "veth7"), &ext, vtep), Reaction::Ignore);
-        assert_eq!(react(&link(9, "flannel.1"), &ext, None), Reaction::Ignore);
+        assert_eq!(
+            react(&link(10, "flannel-v6.1"), &ext, vtep),
+            Reaction::Setup
+        );
+        assert_eq!(react(&link(9, "flannel.1"), &ext, &[]), Reaction::Ignore);
         assert_eq!(
             react(&Notification::Address { index: 9 }, &ext, vtep),
             Reaction::Setup
@@ -260,7 +269,7 @@ mod tests {
         );
         let dst = "10.5.2.0/24".parse().unwrap();
         assert_eq!(
-            react(&Notification::RouteRemoved { dst }, &ext, None),
+            react(&Notification::RouteRemoved { dst }, &ext, &[]),
             Reaction::Reconcile
         );
         assert_eq!(

@@ -14,12 +14,12 @@
 //! any other untagged route is never touched.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
-use crate::desired::{DesiredState, Route};
+use crate::desired::{DesiredState, Family, Route};
 use crate::mac::Mac;
 use crate::netlink::{KernelRoute, Netlink, NetlinkError, ENETUNREACH, ENOENT, ESRCH};
 
@@ -29,7 +29,7 @@ pub(crate) enum Op {
     /// Create or replace a permanent neighbour on the vxlan device.
     SetNeighbour {
         link: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: Mac,
         existed: bool,
     },
@@ -37,7 +37,7 @@ pub(crate) enum Op {
     SetFdb {
         link: u32,
         mac: Mac,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         existed: bool,
     },
     /// Create a route that has no counterpart in the kernel.
@@ -47,13 +47,9 @@ pub(crate) enum Op {
     /// Delete a tagged route no lease wants.
     DelRoute(KernelRoute),
     /// Delete an FDB entry no lease wants.
-    DelFdb {
-        link: u32,
-        mac: Mac,
-        remote: Ipv4Addr,
-    },
+    DelFdb { link: u32, mac: Mac, remote: IpAddr },
     /// Delete a neighbour no lease wants.
-    DelNeighbour { link: u32, ip: Ipv4Addr },
+    DelNeighbour { link: u32, ip: IpAddr },
 }
 
 /// Kernel requests in flight at once while applying one phase of a plan.
@@ -222,21 +218,21 @@ impl Report {
 }
 
 /// The kernel objects the reconciler looks at, indexed by key: every main-table unicast route
-/// by destination, the permanent neighbours and the FDB remotes (non-zero MACs) of the vxlan
-/// device.
+/// of the families listed by destination, the permanent neighbours and the FDB remotes (non-zero
+/// MACs) of the vxlan devices.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct KernelState {
-    pub routes: BTreeMap<Ipv4Net, Vec<KernelRoute>>,
-    pub neighbours: BTreeMap<Ipv4Addr, Mac>,
-    pub fdb: BTreeMap<Mac, BTreeSet<Ipv4Addr>>,
+    pub routes: BTreeMap<IpNet, Vec<KernelRoute>>,
+    pub neighbours: BTreeMap<IpAddr, Mac>,
+    pub fdb: BTreeMap<Mac, BTreeSet<IpAddr>>,
 }
 
 impl KernelState {
     /// Indexes dumped objects.
     pub fn new(
         routes: Vec<KernelRoute>,
-        neighbours: Vec<(Ipv4Addr, Mac)>,
-        fdb: Vec<(Mac, Ipv4Addr)>,
+        neighbours: Vec<(IpAddr, Mac)>,
+        fdb: Vec<(Mac, IpAddr)>,
     ) -> KernelState {
         let mut snap = KernelState {
             neighbours: neighbours.into_iter().collect(),
@@ -335,26 +331,34 @@ pub(crate) struct Plan {
 /// The kernel operations the reconciler needs; implemented by [`Netlink`] and by a fake in
 /// tests.
 pub(crate) trait Kernel {
-    /// Main-table IPv4 unicast routes.
-    async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError>;
-    /// Permanent neighbours on `link`.
-    async fn neighbours(&self, link: u32) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError>;
+    /// Main-table unicast routes of `family`.
+    async fn routes(&self, family: Family) -> Result<Vec<KernelRoute>, NetlinkError>;
+    /// Permanent neighbours of `family` on `link`.
+    async fn neighbours(
+        &self,
+        link: u32,
+        family: Family,
+    ) -> Result<Vec<(IpAddr, Mac)>, NetlinkError>;
     /// Permanent FDB entries with a remote on `link`.
-    async fn fdb(&self, link: u32) -> Result<Vec<(Mac, Ipv4Addr)>, NetlinkError>;
+    async fn fdb(&self, link: u32) -> Result<Vec<(Mac, IpAddr)>, NetlinkError>;
     /// Performs one write.
     async fn apply(&self, op: &Op) -> Result<(), NetlinkError>;
 }
 
 impl Kernel for Netlink {
-    async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
-        Netlink::routes(self).await
+    async fn routes(&self, family: Family) -> Result<Vec<KernelRoute>, NetlinkError> {
+        Netlink::routes(self, family).await
     }
 
-    async fn neighbours(&self, link: u32) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
-        Netlink::neighbours(self, link).await
+    async fn neighbours(
+        &self,
+        link: u32,
+        family: Family,
+    ) -> Result<Vec<(IpAddr, Mac)>, NetlinkError> {
+        Netlink::neighbours(self, link, family).await
     }
 
-    async fn fdb(&self, link: u32) -> Result<Vec<(Mac, Ipv4Addr)>, NetlinkError> {
+    async fn fdb(&self, link: u32) -> Result<Vec<(Mac, IpAddr)>, NetlinkError> {
         Netlink::fdb(self, link).await
     }
 
@@ -382,27 +386,25 @@ fn already_gone(op: &Op, e: &NetlinkError) -> bool {
 /// entries, then routes are created; routes, FDB entries, then neighbours are deleted.
 pub(crate) fn plan(desired: &DesiredState, snap: &KernelState) -> Plan {
     let mut out = Plan::default();
-    if let Some(link) = desired.vtep {
-        plan_neighbours(link, desired, snap, &mut out);
-    }
-    let fdb_deletes = desired
-        .vtep
-        .map(|link| plan_fdb(link, desired, snap, &mut out))
-        .unwrap_or_default();
+    plan_neighbours(desired, snap, &mut out);
+    let fdb_deletes = plan_fdb(desired, snap, &mut out);
     plan_routes(desired, snap, &mut out);
     out.ops.extend(fdb_deletes);
-    if let Some(link) = desired.vtep {
-        for ip in snap.neighbours.keys() {
-            if !desired.neighbours.contains_key(ip) {
-                out.ops.push(Op::DelNeighbour { link, ip: *ip });
-            }
+    for ip in snap.neighbours.keys() {
+        let link = desired.vteps.of(Family::of(ip));
+        if let Some(link) = link.filter(|_| !desired.neighbours.contains_key(ip)) {
+            out.ops.push(Op::DelNeighbour { link, ip: *ip });
         }
     }
     out
 }
 
-fn plan_neighbours(link: u32, desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
+/// Each neighbour goes on the vxlan device of its address's family.
+fn plan_neighbours(desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
     for (ip, mac) in &desired.neighbours {
+        let Some(link) = desired.vteps.of(Family::of(ip)) else {
+            continue;
+        };
         match snap.neighbours.get(ip) {
             Some(have) if have == mac => {}
             have => out.ops.push(Op::SetNeighbour {
@@ -415,9 +417,13 @@ fn plan_neighbours(link: u32, desired: &DesiredState, snap: &KernelState, out: &
     }
 }
 
-/// Pushes the FDB sets and returns the FDB deletes (applied after the routes).
-fn plan_fdb(link: u32, desired: &DesiredState, snap: &KernelState, out: &mut Plan) -> Vec<Op> {
+/// Pushes the FDB sets and returns the FDB deletes (applied after the routes). Each entry goes
+/// on the vxlan device of its remote's family.
+fn plan_fdb(desired: &DesiredState, snap: &KernelState, out: &mut Plan) -> Vec<Op> {
     for (mac, remote) in &desired.fdb {
+        let Some(link) = desired.vteps.of(Family::of(remote)) else {
+            continue;
+        };
         match snap.fdb.get(mac) {
             Some(have) if have.contains(remote) => {}
             have => out.ops.push(Op::SetFdb {
@@ -432,7 +438,10 @@ fn plan_fdb(link: u32, desired: &DesiredState, snap: &KernelState, out: &mut Pla
         .iter()
         .flat_map(|(mac, have)| have.iter().map(move |r| (*mac, *r)))
         .filter(|(mac, remote)| desired.fdb.get(mac) != Some(remote))
-        .map(|(mac, remote)| Op::DelFdb { link, mac, remote })
+        .filter_map(|(mac, remote)| {
+            let link = desired.vteps.of(Family::of(&remote))?;
+            Some(Op::DelFdb { link, mac, remote })
+        })
         .collect()
 }
 
@@ -465,7 +474,7 @@ fn conflict_message(route: &Route, other: &KernelRoute) -> String {
 
 fn plan_routes(desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
     // Only routes with the key of ours (metric 0, tos 0) can collide with ours.
-    let same_key = |dst: Ipv4Net| {
+    let same_key = |dst: IpNet| {
         snap.routes
             .get(&dst)
             .into_iter()
@@ -491,10 +500,7 @@ fn plan_routes(desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
     }
     // Tagged routes through our own vxlan device are ours wherever they lead (e.g. one left by
     // an older version for a lease outside the Network).
-    let in_scope = |k: &&KernelRoute| {
-        desired.network.is_none_or(|n| n.contains(&k.dst))
-            || (desired.vtep.is_some() && k.oif == desired.vtep)
-    };
+    let in_scope = |k: &&KernelRoute| desired.owns_route(&k.dst, k.oif);
     for k in snap
         .routes
         .values()
@@ -515,11 +521,15 @@ async fn dump_state<K: Kernel>(
     kernel: &K,
     desired: &DesiredState,
 ) -> Result<KernelState, NetlinkError> {
-    let routes = kernel.routes().await?;
-    let (neighbours, fdb) = match desired.vtep {
-        Some(link) => (kernel.neighbours(link).await?, kernel.fdb(link).await?),
-        None => (Vec::new(), Vec::new()),
-    };
+    let mut routes = Vec::new();
+    for family in desired.families() {
+        routes.extend(kernel.routes(family).await?);
+    }
+    let (mut neighbours, mut fdb) = (Vec::new(), Vec::new());
+    for (family, link) in desired.vteps.iter() {
+        neighbours.extend(kernel.neighbours(link, family).await?);
+        fdb.extend(kernel.fdb(link).await?);
+    }
     Ok(KernelState::new(routes, neighbours, fdb))
 }
 
@@ -786,12 +796,19 @@ mod tests {
 
     use crate::ROUTE_PROTOCOL;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    fn vtep9() -> crate::desired::Vteps {
+        crate::desired::Vteps {
+            v4: Some(9),
+            v6: None,
+        }
     }
 
     fn mac(s: &str) -> Mac {
@@ -871,7 +888,7 @@ mod tests {
         let other_network = kroute(&hostgw("10.6.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
         let snap = KernelState::new(vec![stale, other_network], vec![], vec![]);
         let mut want = desired(&[]);
-        want.network = Some(net("10.5.0.0/16"));
+        want.networks = vec![net("10.5.0.0/16")];
         assert_eq!(plan(&want, &snap).ops, vec![Op::DelRoute(stale)]);
     }
 
@@ -901,8 +918,8 @@ mod tests {
         let other_network = kroute(&hostgw("10.6.7.0/24", "192.168.1.7"), ROUTE_PROTOCOL);
         let snap = KernelState::new(vec![leftover, other_network], vec![], vec![]);
         let want = DesiredState {
-            vtep: Some(9),
-            network: Some(net("10.5.0.0/16")),
+            vteps: vtep9(),
+            networks: vec![net("10.5.0.0/16")],
             ..DesiredState::default()
         };
         assert_eq!(plan(&want, &snap).ops, vec![Op::DelRoute(leftover)]);
@@ -935,7 +952,7 @@ mod tests {
     #[test]
     fn vxlan_peer_is_programmed_neighbour_fdb_route_and_removed_in_reverse() {
         let mut want = DesiredState {
-            vtep: Some(9),
+            vteps: vtep9(),
             ..DesiredState::default()
         };
         vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:02", "192.168.1.2");
@@ -966,7 +983,7 @@ mod tests {
         );
         assert_eq!(plan(&want, &snap), Plan::default());
         let empty = DesiredState {
-            vtep: Some(9),
+            vteps: vtep9(),
             ..DesiredState::default()
         };
         assert_eq!(
@@ -989,7 +1006,7 @@ mod tests {
     #[test]
     fn changed_vtep_mac_replaces_neighbour_and_drops_old_fdb() {
         let mut want = DesiredState {
-            vtep: Some(9),
+            vteps: vtep9(),
             ..DesiredState::default()
         };
         vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:03", "192.168.1.2");
@@ -1030,18 +1047,20 @@ mod tests {
     #[derive(Default)]
     struct FakeKernel {
         routes: RefCell<Vec<KernelRoute>>,
-        unreachable: Vec<Ipv4Addr>,
+        unreachable: Vec<IpAddr>,
         writes: RefCell<usize>,
     }
 
     impl Kernel for FakeKernel {
-        async fn routes(&self) -> Result<Vec<KernelRoute>, NetlinkError> {
-            Ok(self.routes.borrow().clone())
+        async fn routes(&self, family: Family) -> Result<Vec<KernelRoute>, NetlinkError> {
+            let routes = self.routes.borrow();
+            let of_family = routes.iter().filter(|r| Family::of_net(&r.dst) == family);
+            Ok(of_family.copied().collect())
         }
-        async fn neighbours(&self, _: u32) -> Result<Vec<(Ipv4Addr, Mac)>, NetlinkError> {
+        async fn neighbours(&self, _: u32, _: Family) -> Result<Vec<(IpAddr, Mac)>, NetlinkError> {
             Ok(Vec::new())
         }
-        async fn fdb(&self, _: u32) -> Result<Vec<(Mac, Ipv4Addr)>, NetlinkError> {
+        async fn fdb(&self, _: u32) -> Result<Vec<(Mac, IpAddr)>, NetlinkError> {
             Ok(Vec::new())
         }
         async fn apply(&self, op: &Op) -> Result<(), NetlinkError> {
@@ -1168,8 +1187,10 @@ mod tests {
     fn a_persistent_problem_is_logged_once_and_its_end_once() {
         let mut rec = Problems::default();
         let mut want = desired(&[]);
-        want.skipped
-            .insert(net("10.5.4.0/24"), "Ignoring non-host-gw subnet".into());
+        want.skipped.insert(
+            "10.5.4.0/24".parse().unwrap(),
+            "Ignoring non-host-gw subnet".into(),
+        );
         let failing = Report {
             errors: vec![ObjectError {
                 object: "route 10.5.2.0/24 via 10.99.0.5 dev #2".into(),

@@ -8,6 +8,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use backends::{DesiredState, Netlink, Reconciler};
+use ipnet::IpNet;
 use netfilter::{Flavour, Iptables};
 use subnet::{Detector, Keyspace, PreviousEnv, Registry, SubnetKey};
 
@@ -78,10 +79,13 @@ async fn cleanup(args: &Args) -> usize {
     failures
 }
 
-/// Deletes our tagged routes: those inside the Network of subnet.env, or all of them.
+/// Deletes our tagged routes: those inside the networks of subnet.env (IPv4 and IPv6), or all
+/// of them.
 async fn remove_routes(nl: &Netlink, previous: &PreviousEnv) -> Result<Vec<String>> {
+    let v4 = previous.network.map(IpNet::from);
+    let v6 = previous.ipv6_network.map(IpNet::from);
     let nothing = DesiredState {
-        network: previous.network,
+        networks: v4.into_iter().chain(v6).collect(),
         ..DesiredState::default()
     };
     let mut reconciler = Reconciler::new(nl.clone());

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use backends::{Backend, Netlink, Notification, Notifications, Reaction, Reconciler};
-use ipnet::Ipv4Net;
+use backends::{
+    Backend, ClusterNetworks, Netlink, Notification, Notifications, Reaction, Reconciler,
+};
+use ipnet::{IpNet, Ipv4Net};
 use subnet::{
-    Lease, LeaseCounters, LeaseHandle, LeasePolicy, PeerSet, Registry, SubnetEnv, WatchScope,
-    WatchUpdate,
+    FamilyEnv, Lease, LeaseCounters, LeaseHandle, LeasePolicy, PeerSet, Registry, SubnetEnv,
+    SubnetKey, WatchScope, WatchUpdate,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +66,7 @@ fn describe(e: &subnet::LeaseEvent) -> String {
 }
 
 /// `a, b, c` (or `none`).
-fn join(networks: &[Ipv4Net]) -> String {
+fn join(networks: &[IpNet]) -> String {
     if networks.is_empty() {
         return "none".into();
     }
@@ -86,13 +88,33 @@ async fn restart_peer_watch<R: Registry>(registry: &R) -> mpsc::Receiver<WatchUp
     registry.watch_leases(WatchScope::AllLeases)
 }
 
+/// subnet.env for a lease of `key` on `networks`: the IPv6 lines when both have IPv6.
+pub(crate) fn subnet_env(
+    networks: ClusterNetworks,
+    key: SubnetKey,
+    mtu: u32,
+    ipmasq: bool,
+) -> SubnetEnv {
+    let ipv6 = networks.v6.zip(key.ipv6);
+    SubnetEnv {
+        ipv4: Some(FamilyEnv {
+            network: networks.v4,
+            subnet: key.ipv4,
+        }),
+        ipv6: ipv6.map(|(network, subnet)| FamilyEnv { network, subnet }),
+        mtu,
+        ipmasq,
+    }
+}
+
 /// Everything the control loop owns.
 pub(crate) struct Agent {
     pub(crate) peers: PeerSet,
     pub(crate) lease: Lease,
     /// Publishes changed lease attributes (e.g. a new VtepMAC after setup).
     pub(crate) lease_handle: LeaseHandle,
-    pub(crate) network: Ipv4Net,
+    /// The cluster networks of the config (IPv4, and IPv6 on a dual-stack network).
+    pub(crate) networks: ClusterNetworks,
     pub(crate) backend: Backend,
     pub(crate) nl: Netlink,
     pub(crate) reconciler: Reconciler,
@@ -231,6 +253,8 @@ async fn next_policy(
 pub(crate) struct Parts {
     /// The policy peer leases are checked against.
     pub(crate) policy: LeasePolicy,
+    /// The cluster networks.
+    pub(crate) networks: ClusterNetworks,
     pub(crate) lease: Lease,
     pub(crate) lease_handle: LeaseHandle,
     pub(crate) etcd_contact: watch::Receiver<tokio::time::Instant>,
@@ -251,7 +275,7 @@ impl Agent {
     /// The agent before its first listing: no peers, nothing converged or written yet.
     pub(crate) fn new(parts: Parts) -> Agent {
         Agent {
-            network: parts.policy.network,
+            networks: parts.networks,
             peers: PeerSet::with_policy(parts.policy),
             lease: parts.lease,
             lease_handle: parts.lease_handle,
@@ -318,7 +342,10 @@ impl Agent {
     /// The backend's reaction to a burst of kernel notifications (its strongest), and the
     /// notification that asked for setup, if any, with the burst's size (for the log).
     fn on_kernel_burst(&self, burst: &[Notification]) -> (Reaction, Option<(Notification, usize)>) {
-        let wanted = |dst: &Ipv4Net| self.programmed(dst).is_some();
+        let wanted = |dst: &IpNet| match dst {
+            IpNet::V4(dst) => self.programmed(dst).is_some(),
+            IpNet::V6(dst) => self.all_programmed().any(|l| l.key.ipv6 == Some(*dst)),
+        };
         let reactions: Vec<Reaction> = (burst.iter())
             .map(|n| decide::reaction(n, self.backend.reaction(n), wanted))
             .collect();
@@ -502,25 +529,22 @@ impl Agent {
     /// Takes a new version of our own lease; returns whether the data plane must be set up
     /// again (the lease moved to another subnet).
     pub(crate) fn on_lease_change(&mut self, lease: Lease) -> bool {
-        let moved = lease.subnet() != self.lease.subnet();
+        let moved = lease.key != self.lease.key;
         if moved {
             tracing::warn!(
                 "our lease moved from {} to {}: reconfiguring the data plane, rules and subnet.env",
-                self.lease.subnet(),
-                lease.subnet()
+                self.lease.key,
+                lease.key
             );
             if let Some(policy) = self.peers.policy() {
                 // Every lease known is checked again, including the one of the host that took
                 // our old subnet while it was still ours.
-                let policy = LeasePolicy {
-                    own_subnet: lease.subnet(),
-                    ..policy.clone()
-                };
+                let policy = policy.moved_to(lease.key);
                 self.peers.set_policy(policy);
                 self.report_rejections();
             }
             if let Some(fw) = self.firewall.as_mut() {
-                fw.retarget(self.network, lease.subnet());
+                fw.retarget(self.networks.v4, lease.subnet());
             }
             self.env_written = false;
         }
@@ -536,7 +560,7 @@ impl Agent {
             // Changed attributes (a new VtepMAC) are written at once, so peers follow.
             self.lease_handle.set_attrs(attrs);
             self.backend
-                .configure(&self.nl, &self.lease, self.network)
+                .configure(&self.nl, &self.lease, self.networks)
                 .await
         }
         .await;
@@ -607,7 +631,7 @@ impl Agent {
                 if self.peers.policy() != Some(&policy) {
                     tracing::info!(
                         "this host's networks (no peer subnet may overlap them): {}",
-                        join(&policy.local_networks)
+                        join(&policy.local_networks())
                     );
                     self.peers.set_policy(policy);
                     self.report_rejections();
@@ -679,12 +703,12 @@ impl Agent {
 
     /// subnet.env as it must be now.
     pub(crate) fn subnet_env(&self) -> SubnetEnv {
-        SubnetEnv {
-            network: self.network,
-            subnet: self.lease.subnet(),
-            mtu: self.backend.mtu(),
-            ipmasq: self.ip_masq,
-        }
+        subnet_env(
+            self.networks,
+            self.lease.key,
+            self.backend.mtu(),
+            self.ip_masq,
+        )
     }
 
     /// Writes subnet.env (atomically); a failure is logged and retried, and keeps us not ready.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use backends::{Backend, Netlink, Notifications};
+use backends::{Backend, ClusterNetworks, Netlink, Notifications};
 use subnet::{
     Detector, EtcdApi, EtcdOptions, EtcdRegistry, Keyspace, LeaseManager, LeasePolicy, LeaseTiming,
     PreviousEnv, Registry, WatchScope,
@@ -196,12 +196,14 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         return Ok(());
     };
     let nl = Netlink::connect().context("cannot open a netlink socket")?;
-    let selected = choose_interface(&opts, &nl).await?;
-    let mut backend = Backend::new(&config.backend, external(&selected), selected.public_ip)?;
+    let selected = choose_interface(&opts, &nl, config.ipv6.is_some()).await?;
+    let public_ipv6 = selected.ipv6.map(|(_, public)| public);
+    let ext = external(&selected);
+    let mut backend = Backend::new(&config.backend, ext, selected.public_ip, public_ipv6)?;
     let attrs = backend.init(&nl).await?;
     readiness.publish(&Stage::AcquiringLease);
     let Some(manager) =
-        acquire_lease(&registry, &config, attrs, previous.subnet, &opts, &shutdown).await?
+        acquire_lease(&registry, &config, attrs, previous.key(), &opts, &shutdown).await?
     else {
         return Ok(());
     };
@@ -210,16 +212,16 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         (firewall.detection, firewall.options, &metrics),
         firewall.egress,
     );
+    let networks = ClusterNetworks {
+        v4: range.network,
+        v6: config.ipv6.map(|r| r.network),
+    };
     let (firewall, first_check) =
-        configure_data_plane(&mut backend, &nl, &lease, range.network, firewall, previous).await?;
-    let policy = LeasePolicy::new(
-        range.network,
-        range.subnet_len,
-        lease.subnet(),
-        selected.public_ip,
-    );
+        configure_data_plane(&mut backend, &nl, &lease, networks, firewall, previous).await?;
+    let policy = lease_policy(&config, &lease, &selected)?;
     let agent = Agent::new(Parts {
         policy,
+        networks,
         lease,
         lease_handle: manager.handle(),
         lease_counters: manager.counters(),
@@ -278,11 +280,6 @@ async fn wait_for_config<R: Registry>(
     let Some((config, range)) = found else {
         return Ok(None);
     };
-    if config.ipv6.is_some() {
-        tracing::warn!(
-            "EnableIPv6 is set but flanneld-rs does not implement IPv6 yet; configuring IPv4 only"
-        );
-    }
     if config.enable_nftables {
         tracing::warn!("EnableNFTables is set but flanneld-rs programs iptables only (nftables is not implemented yet)");
     }
@@ -294,6 +291,15 @@ async fn wait_for_config<R: Registry>(
         range.subnet_max,
         config.backend.backend_type
     );
+    if let Some(v6) = &config.ipv6 {
+        tracing::info!(
+            "network config: IPv6Network {}, IPv6SubnetLen {}, IPv6SubnetMin {}, IPv6SubnetMax {}",
+            v6.network,
+            v6.subnet_len,
+            v6.subnet_min,
+            v6.subnet_max
+        );
+    }
     Ok(Some((config, range)))
 }
 
@@ -302,6 +308,7 @@ async fn wait_for_config<R: Registry>(
 pub(crate) async fn choose_interface(
     opts: &Options,
     nl: &Netlink,
+    ipv6: bool,
 ) -> Result<iface::SelectedInterface> {
     let host = nl
         .host_view(opts.iface_can_reach)
@@ -313,7 +320,10 @@ pub(crate) async fn choose_interface(
         can_reach: opts.iface_can_reach,
         public_ip: opts.public_ip,
     };
-    let selected = iface::select(&host, &selection)?;
+    let mut selected = iface::select(&host, &selection)?;
+    if ipv6 {
+        selected.ipv6 = Some(iface::ipv6_side(&selected, opts.public_ipv6)?);
+    }
     tracing::info!(
         decision = "interface",
         iface = %selected.iface.name,
@@ -330,12 +340,41 @@ pub(crate) async fn choose_interface(
     Ok(selected)
 }
 
+/// The policy peer leases are checked against: the config's ranges, our lease and public
+/// addresses, per family.
+pub(crate) fn lease_policy(
+    config: &subnet::NetworkConfig,
+    lease: &subnet::Lease,
+    selected: &iface::SelectedInterface,
+) -> Result<LeasePolicy> {
+    let range = config
+        .v4()
+        .context("the network config has no IPv4 range")?;
+    let policy = LeasePolicy::new(
+        range.network,
+        range.subnet_len,
+        lease.subnet(),
+        selected.public_ip,
+    );
+    let v6 = config.ipv6.zip(lease.key.ipv6).zip(selected.ipv6);
+    Ok(match v6 {
+        Some(((range, own), (_, public))) => policy.with_ipv6(subnet::FamilyPolicy::new(
+            range.network,
+            range.subnet_len,
+            own,
+            public,
+        )),
+        None => policy,
+    })
+}
+
 /// The backend's view of the chosen interface.
 pub(crate) fn external(selected: &iface::SelectedInterface) -> backends::ExternalInterface {
     backends::ExternalInterface {
         name: selected.iface.name.clone(),
         index: selected.iface.index,
         addr: selected.iface_addr,
+        addr6: selected.ipv6.and_then(|(iface_addr6, _)| iface_addr6),
         mtu: selected.iface.mtu,
     }
 }
@@ -346,7 +385,7 @@ async fn acquire_lease<R: Registry>(
     registry: &R,
     config: &subnet::NetworkConfig,
     attrs: subnet::LeaseAttrs,
-    previous: Option<ipnet::Ipv4Net>,
+    previous: Option<subnet::SubnetKey>,
     opts: &Options,
     shutdown: &CancellationToken,
 ) -> Result<Option<LeaseManager<R>>> {
@@ -376,12 +415,12 @@ async fn configure_data_plane(
     backend: &mut Backend,
     nl: &Netlink,
     lease: &subnet::Lease,
-    network: ipnet::Ipv4Net,
+    networks: ClusterNetworks,
     (detection, fw_options, metrics): (Detection, FirewallOptions, &Arc<Metrics>),
     previous: PreviousEnv,
 ) -> Result<(Option<Firewall>, Option<EnsureTask>)> {
-    backend.configure(nl, lease, network).await?;
-    let target = (network, lease.subnet());
+    backend.configure(nl, lease, networks).await?;
+    let target = (networks.v4, lease.subnet());
     let firewall = Firewall::new(fw_options, detection, target, previous, metrics).await?;
     let first_check = firewall.as_ref().map(Firewall::start_ensure);
     Ok((firewall, first_check))
@@ -451,8 +490,10 @@ enum ConfigProblem {
     Registry(#[from] subnet::RegistryError),
     #[error("invalid Backend section: {0}")]
     Backend(#[from] backends::Error),
-    #[error("the network config has EnableIPv4=false; flanneld-rs supports IPv4 networks only (set EnableIPv4 to true and Network)")]
+    #[error("the network config has EnableIPv4=false; flanneld-rs supports IPv4 and dual-stack networks, not IPv6-only ones (set EnableIPv4 to true and Network)")]
     NoIpv4,
+    #[error("the network config sets EnableIPv6 with the vxlan backend; flanneld-rs runs dual stack with host-gw only so far (use \"Type\": \"host-gw\", or set EnableIPv6 to false)")]
+    Ipv6Vxlan,
 }
 
 impl ConfigProblem {
@@ -468,6 +509,9 @@ async fn usable_config<R: Registry>(
     let config = registry.network_config().await?;
     backends::check_config(&config.backend)?;
     let range = *config.v4().ok_or(ConfigProblem::NoIpv4)?;
+    if config.ipv6.is_some() && config.backend.backend_type != "host-gw" {
+        return Err(ConfigProblem::Ipv6Vxlan);
+    }
     Ok((config, range))
 }
 

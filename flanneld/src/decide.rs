@@ -2,7 +2,7 @@
 //! to run this turn. Pure; [`crate::control`] runs the steps in the order of [`Turn`]'s fields.
 
 use backends::{Notification, Reaction};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// What woke the control loop (after the loop applied what came with it, e.g. peer updates to the
 /// peer set).
@@ -110,7 +110,7 @@ pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
 pub(crate) fn reaction(
     n: &Notification,
     backend: Reaction,
-    wanted: impl Fn(&Ipv4Net) -> bool,
+    wanted: impl Fn(&IpNet) -> bool,
 ) -> Reaction {
     match n {
         Notification::RouteRemoved { dst } if !wanted(dst) => Reaction::Ignore,
@@ -268,8 +268,8 @@ mod tests {
 
     #[test]
     fn only_the_removal_of_a_wanted_route_needs_a_reconcile() {
-        let wanted: Ipv4Net = "10.5.2.0/24".parse().unwrap();
-        let is_wanted = |dst: &Ipv4Net| *dst == wanted;
+        let wanted: IpNet = "10.5.2.0/24".parse().unwrap();
+        let is_wanted = |dst: &IpNet| *dst == wanted;
         let removed = |dst: &str| Notification::RouteRemoved {
             dst: dst.parse().unwrap(),
         };

@@ -3,7 +3,7 @@
 //! interface of the default route. `--public-ip` overrides the advertised address; alone, it
 //! selects the interface that owns it. The decision is returned with the reason, for the log.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub use backends::{HostInterface, HostView};
 
@@ -31,6 +31,9 @@ pub struct SelectedInterface {
     pub iface_addr: Ipv4Addr,
     /// The address advertised to peers (`--public-ip` or `iface_addr`).
     pub public_ip: Ipv4Addr,
+    /// On a dual-stack network: the interface's IPv6 address and the PublicIPv6 (see
+    /// [`ipv6_side`]).
+    pub ipv6: Option<(Option<Ipv6Addr>, Ipv6Addr)>,
     /// Why this interface and address were chosen.
     pub reason: String,
 }
@@ -59,6 +62,7 @@ fn with_addr(
         iface: iface.clone(),
         iface_addr: addr,
         public_ip: public.unwrap_or(addr),
+        ipv6: None,
         reason: match public {
             Some(p) if p != addr => format!("{reason}; advertising --public-ip {p}"),
             _ => reason,
@@ -84,6 +88,23 @@ fn by_index<'a>(
         .iter()
         .find(|i| i.index == index)
         .ok_or_else(|| IfaceError::NotFound(format!("{what} uses unknown interface index {index}")))
+}
+
+/// The chosen interface's IPv6 side on a dual-stack network: its first global IPv6 address and
+/// the address advertised as PublicIPv6 (`--public-ipv6`, else that address).
+pub fn ipv6_side(
+    selected: &SelectedInterface,
+    public_ipv6: Option<Ipv6Addr>,
+) -> Result<(Option<Ipv6Addr>, Ipv6Addr), IfaceError> {
+    let iface_addr6 = selected.iface.addrs6.first().copied();
+    let public = public_ipv6.or(iface_addr6).ok_or_else(|| {
+        IfaceError::NotFound(format!(
+            "the network config enables IPv6 but interface {} has no global IPv6 address; \
+             add one (ip -6 addr add ... dev {}), choose another --iface, or pass --public-ipv6",
+            selected.iface.name, selected.iface.name
+        ))
+    })?;
+    Ok((iface_addr6, public))
 }
 
 /// Chooses the external interface from a view of the host (pure; see the module docs for order).
@@ -235,7 +256,20 @@ mod tests {
             index,
             mtu,
             addrs: addrs.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+            addrs6: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_ipv6_side_is_the_interface_address_or_public_ipv6() {
+        let mut selected = select(&view(), &Selection::default()).unwrap();
+        let err = ipv6_side(&selected, None).unwrap_err().to_string();
+        assert!(err.contains("has no global IPv6 address"), "{err}");
+        let flag: Ipv6Addr = "fd00::99".parse().unwrap();
+        assert_eq!(ipv6_side(&selected, Some(flag)).unwrap(), (None, flag));
+        let own: Ipv6Addr = "fd00::21".parse().unwrap();
+        selected.iface.addrs6 = vec![own];
+        assert_eq!(ipv6_side(&selected, None).unwrap(), (Some(own), own));
     }
 
     fn view() -> HostView {

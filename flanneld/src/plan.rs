@@ -7,9 +7,9 @@
 use std::fmt::Write as _;
 
 use anyhow::{anyhow, Context, Result};
-use backends::{Backend, Change, Netlink, Reconciler};
+use backends::{Backend, Change, ClusterNetworks, Netlink, Reconciler};
 use netfilter::{Iptables, RuleSet};
-use subnet::{Detector, Keyspace, Lease, LeasePolicy, Registry, SubnetEnv};
+use subnet::{Detector, Keyspace, Lease, Registry, SubnetEnv};
 
 use crate::cli::{self, Options};
 use crate::daemon;
@@ -88,7 +88,7 @@ impl Text {
 /// The host as the agent would see it: the config's Network, our lease, the backend attached to
 /// the kernel as it is, and the peers the agent would program.
 struct Host {
-    network: ipnet::Ipv4Net,
+    networks: ClusterNetworks,
     backend_type: String,
     own: Lease,
     backend: Backend,
@@ -123,13 +123,13 @@ async fn plan_on<R: Registry>(registry: &R, opts: &Options) -> Result<(String, u
         "device and interface",
         drift.iter().map(ToString::to_string).collect(),
     );
-    out.section("iptables rules", rule_changes(opts, host.network, own)?);
-    let env = SubnetEnv {
-        network: host.network,
-        subnet: own,
-        mtu: host.backend.mtu(),
-        ipmasq: opts.ip_masq,
-    };
+    out.section("iptables rules", rule_changes(opts, host.networks.v4, own)?);
+    let env = crate::control::subnet_env(
+        host.networks,
+        host.own.key,
+        host.backend.mtu(),
+        opts.ip_masq,
+    );
     out.section(
         &format!("subnet.env ({})", opts.subnet_file.display()),
         env_changes(opts, &env),
@@ -148,7 +148,7 @@ async fn read_host<R: Registry>(registry: &R, opts: &Options, nl: &Netlink) -> R
     let range = config
         .v4()
         .ok_or_else(|| anyhow!("the config has no IPv4 Network"))?;
-    let selected = daemon::choose_interface(opts, nl).await?;
+    let selected = daemon::choose_interface(opts, nl, config.ipv6.is_some()).await?;
     let public_ip = selected.public_ip;
     let leases: Vec<Lease> = (registry.list_leases().await?)
         .into_iter()
@@ -163,20 +163,25 @@ async fn read_host<R: Registry>(registry: &R, opts: &Options, nl: &Netlink) -> R
             "no lease in etcd holds PublicIP {public_ip}: the agent has not run on this host yet"
         )
     })?;
-    let mut backend = Backend::new(&config.backend, daemon::external(&selected), public_ip)?;
-    backend.attach(nl, &own, range.network).await?;
+    let public_ipv6 = selected.ipv6.map(|(_, public)| public);
+    let ext = daemon::external(&selected);
+    let mut backend = Backend::new(&config.backend, ext, public_ip, public_ipv6)?;
+    let networks = ClusterNetworks {
+        v4: range.network,
+        v6: config.ipv6.map(|r| r.network),
+    };
+    backend.attach(nl, &own, networks).await?;
     let local = nl
         .connected_networks()
         .await
         .context("cannot read this host's networks")?;
-    let policy = LeasePolicy::new(range.network, range.subnet_len, own.subnet(), public_ip)
-        .with_local_networks(local);
+    let policy = daemon::lease_policy(&config, &own, &selected)?.with_local_networks(local);
     let peers = leases
         .iter()
         .filter(|l| l.subnet() != own.subnet() && policy.check(l).is_ok());
     let desired = backend.desired_for(peers);
     Ok(Host {
-        network: range.network,
+        networks,
         backend_type: config.backend.backend_type.clone(),
         own,
         backend,

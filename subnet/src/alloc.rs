@@ -2,35 +2,79 @@
 //!
 //! The order is Go flanneld's: the lease already holding our PublicIP (if the config still allows
 //! it), else the subnet of the previous run (from subnet.env) if free and allowed, else a random
-//! free subnet among the first 100 from SubnetMin.
+//! free subnet among the first 100 from SubnetMin. A dual-stack config gets both halves at once:
+//! an IPv4 and an IPv6 subnet in one key (`10.5.34.0-24&fd00:5:34::-64`), reused together.
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
-use crate::config::Ipv4Range;
+use crate::config::{NetworkConfig, SubnetRange};
+use crate::family::Subnet;
+use crate::lease::{LeaseAttrs, SubnetKey};
 use crate::registry::StoredLease;
-use crate::validate::overlaps;
 
 /// At most this many free subnets are considered for a random pick (as in Go flanneld).
 pub const MAX_CANDIDATES: usize = 100;
 
-/// No free subnet is left in the configured range.
+/// The IPv4 half of the key of an IPv6-only lease (`0.0.0.0-0&fd00::-64`), as Go writes it.
+pub const NO_IPV4: Ipv4Net = match Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0) {
+    Ok(net) => net,
+    Err(_) => panic!("0.0.0.0/0 is a valid network"),
+};
+
+/// The config key names of one family's range, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RangeKeys {
+    /// `Network` or `IPv6Network`.
+    network: &'static str,
+    /// `SubnetLen` or `IPv6SubnetLen`.
+    len: &'static str,
+    /// `SubnetMin` or `IPv6SubnetMin`.
+    min: &'static str,
+    /// `SubnetMax` or `IPv6SubnetMax`.
+    max: &'static str,
+}
+
+/// The key names of the range of `family` (`IPv4` or `IPv6`).
+fn range_keys(family: &str) -> RangeKeys {
+    if family == "IPv4" {
+        RangeKeys {
+            network: "Network",
+            len: "SubnetLen",
+            min: "SubnetMin",
+            max: "SubnetMax",
+        }
+    } else {
+        RangeKeys {
+            network: "IPv6Network",
+            len: "IPv6SubnetLen",
+            min: "IPv6SubnetMin",
+            max: "IPv6SubnetMax",
+        }
+    }
+}
+
+/// No free subnet is left in the configured range of one family.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "out of subnets: no free /{subnet_len} between SubnetMin {min} and SubnetMax {max} \
+    "out of {family} subnets: no free /{subnet_len} between {} {min} and {} {max} \
      ({leases} leases exist{}); delete stale leases under <prefix>/subnets/ or widen the range \
-     (Network, SubnetLen, SubnetMin, SubnetMax)",
-    holders_text(holders)
+     ({}, {}, {}, {})",
+    range_keys(family).min, range_keys(family).max, holders_text(holders),
+    range_keys(family).network, range_keys(family).len, range_keys(family).min,
+    range_keys(family).max
 )]
 pub struct OutOfSubnets {
+    /// `IPv4` or `IPv6`.
+    pub family: &'static str,
     /// The subnet length.
     pub subnet_len: u8,
-    /// SubnetMin.
-    pub min: Ipv4Addr,
-    /// SubnetMax.
-    pub max: Ipv4Addr,
+    /// The first subnet of the range.
+    pub min: String,
+    /// The last subnet of the range.
+    pub max: String,
     /// How many leases of the config's shape exist.
     pub leases: usize,
     /// The keys of those leases (the ones filling the range).
@@ -63,13 +107,13 @@ pub enum Reason {
 /// What to do to get a lease.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Choice {
-    /// Renew this lease: it holds our PublicIP and the config allows its subnet.
+    /// Renew this lease: it holds our PublicIP and the config allows its subnet(s).
     Reuse(Box<StoredLease>),
-    /// Create a lease for this subnet.
+    /// Create a lease for these subnets.
     Create {
-        /// The subnet.
-        subnet: Ipv4Net,
-        /// Why this one.
+        /// The subnet(s): IPv4, IPv6 or both.
+        key: SubnetKey,
+        /// Why these.
         reason: Reason,
     },
 }
@@ -85,102 +129,222 @@ pub struct Plan {
     pub rejected: Vec<String>,
 }
 
-/// Decides which subnet this host (advertising `public_ip`) should lease.
+/// Decides which subnet(s) this host, publishing `ours`, should lease. `previous` is the key
+/// rebuilt from subnet.env (its IPv6 half from `FLANNEL_IPV6_SUBNET`).
 pub fn choose_subnet(
-    range: &Ipv4Range,
-    public_ip: Ipv4Addr,
-    previous: Option<Ipv4Net>,
+    config: &NetworkConfig,
+    ours: &LeaseAttrs,
+    previous: Option<SubnetKey>,
     leases: &[StoredLease],
     rng: &mut impl Rng,
 ) -> Result<Plan, OutOfSubnets> {
     let mut rejected = Vec::new();
-    let (ours, others): (Vec<&StoredLease>, Vec<&StoredLease>) = leases
+    let (mine, others): (Vec<&StoredLease>, Vec<&StoredLease>) = leases
         .iter()
-        .partition(|l| l.lease.attrs.public_ip == public_ip);
-    let (usable, stale): (Vec<&StoredLease>, Vec<&StoredLease>) =
-        ours.into_iter().partition(|l| allowed(range, l));
+        .partition(|l| same_host(config, ours, &l.lease.attrs));
+    let (usable, stale): (Vec<&StoredLease>, Vec<&StoredLease>) = mine
+        .into_iter()
+        .partition(|l| allows_key(config, l.lease.key));
+    let who = host_name(config, ours);
     for lease in &stale {
         rejected.push(format!(
-            "lease {} holds our PublicIP {public_ip} but is outside the configured range {}; \
-             deleting it",
+            "lease {} holds our {who} but the config does not allow it ({}); deleting it",
             lease.lease.key,
-            describe(range)
+            describe(config)
         ));
     }
     let stale: Vec<StoredLease> = stale.into_iter().cloned().collect();
     if let Some((first, more)) = usable.split_first() {
         for extra in more {
             rejected.push(format!(
-                "lease {} also holds our PublicIP {public_ip}; leaving it to expire",
+                "lease {} also holds our {who}; leaving it to expire",
                 extra.lease.key
             ));
         }
+        let choice = Choice::Reuse(Box::new((*first).clone()));
         return Ok(Plan {
             stale,
-            choice: Choice::Reuse(Box::new((*first).clone())),
+            choice,
             rejected,
         });
     }
-    // Only leases this config could have handed out occupy the range: one of another length or
-    // outside the Network (a hostile or stale key) must not exhaust the pool.
-    let (others, misshapen): (Vec<&StoredLease>, Vec<&StoredLease>) =
-        others.into_iter().partition(|l| in_shape(range, l));
-    for lease in &misshapen {
-        rejected.push(format!(
-            "lease {} is not a /{} inside the Network {}; it does not occupy the range",
-            lease.lease.key, range.subnet_len, range.network
-        ));
+    let occupied = Occupied::of(config, &others, &mut rejected);
+    if let Some(key) = previous.filter(|p| previous_is_free(config, *p, &occupied, &mut rejected)) {
+        let choice = Choice::Create {
+            key,
+            reason: Reason::PreviousSubnet,
+        };
+        return Ok(Plan {
+            stale,
+            choice,
+            rejected,
+        });
     }
-    let taken: Vec<Ipv4Net> = others.iter().map(|l| l.lease.subnet()).collect();
-    if let Some(previous) = previous {
-        if !range.allows(previous) {
-            rejected.push(format!(
-                "previous subnet {previous} (subnet.env) is outside the configured range {}",
-                describe(range)
-            ));
-        } else if let Some(holder) = others.iter().find(|l| overlaps(l.lease.subnet(), previous)) {
-            rejected.push(format!(
-                "previous subnet {previous} (subnet.env) is held by {} ({})",
-                holder.lease.attrs.public_ip, holder.lease.key
-            ));
-        } else {
-            return Ok(Plan {
-                stale,
-                choice: Choice::Create {
-                    subnet: previous,
-                    reason: Reason::PreviousSubnet,
-                },
-                rejected,
-            });
-        }
-    }
-    let subnet = allocate(range, &taken, rng).map_err(|mut e| {
-        e.holders = others.iter().map(|l| l.lease.key.to_string()).collect();
-        e
-    })?;
+    let key = occupied.allocate(config, rng)?;
+    let choice = Choice::Create {
+        key,
+        reason: Reason::Allocated,
+    };
     Ok(Plan {
         stale,
-        choice: Choice::Create {
-            subnet,
-            reason: Reason::Allocated,
-        },
+        choice,
         rejected,
     })
 }
 
+/// Whether a lease with `theirs` was published by this host: the same PublicIP, or the same
+/// PublicIPv6 on an IPv6-only network.
+fn same_host(config: &NetworkConfig, ours: &LeaseAttrs, theirs: &LeaseAttrs) -> bool {
+    if config.ipv4.is_some() {
+        theirs.public_ip == ours.public_ip
+    } else {
+        ours.public_ipv6.is_some() && theirs.public_ipv6 == ours.public_ipv6
+    }
+}
+
+/// `PublicIP 10.0.0.5` or `PublicIPv6 fd00::5`, for messages.
+fn host_name(config: &NetworkConfig, ours: &LeaseAttrs) -> String {
+    match (config.ipv4.is_some(), ours.public_ipv6) {
+        (false, Some(v6)) => format!("PublicIPv6 {v6}"),
+        _ => format!("PublicIP {}", ours.public_ip),
+    }
+}
+
+/// Whether the config could have handed out `key`: each enabled family's half in its range, and
+/// no half of a disabled family (Go's `isSubnetConfigCompat` and `isIPv6SubnetConfigCompat`).
+pub fn allows_key(config: &NetworkConfig, key: SubnetKey) -> bool {
+    let v4 = match &config.ipv4 {
+        Some(range) => range.allows(key.ipv4),
+        None => key.ipv4 == NO_IPV4,
+    };
+    let v6 = match (&config.ipv6, key.ipv6) {
+        (Some(range), Some(subnet)) => range.allows(subnet),
+        (None, None) => true,
+        _ => false,
+    };
+    v4 && v6
+}
+
+/// The subnets other hosts hold, per family; only subnets of the config's shape count, so a
+/// hostile or stale key of another length or outside the Network cannot exhaust the pool.
+struct Occupied<'a> {
+    ipv4: Vec<Ipv4Net>,
+    ipv6: Vec<Ipv6Net>,
+    holders: Vec<&'a StoredLease>,
+}
+
+impl<'a> Occupied<'a> {
+    fn of(config: &NetworkConfig, others: &[&'a StoredLease], notes: &mut Vec<String>) -> Self {
+        let mut occupied = Occupied {
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            holders: Vec::new(),
+        };
+        for lease in others {
+            let key = lease.lease.key;
+            let v4 = config.ipv4.as_ref().map(|r| (r.in_shape(key.ipv4), r));
+            let v6 = config
+                .ipv6
+                .as_ref()
+                .zip(key.ipv6)
+                .map(|(r, s)| (r.in_shape(s), r));
+            if let Some((false, range)) = v4 {
+                notes.push(misshapen(key, range.shape()));
+            }
+            if let Some((false, range)) = v6 {
+                notes.push(misshapen(key, range.shape()));
+            }
+            if let Some((true, _)) = v4 {
+                occupied.ipv4.push(key.ipv4);
+            }
+            if let (Some((true, _)), Some(subnet)) = (v6, key.ipv6) {
+                occupied.ipv6.push(subnet);
+            }
+            if v4.is_none_or(|(fits, _)| fits) {
+                occupied.holders.push(lease);
+            }
+        }
+        occupied
+    }
+
+    /// A random free subnet of each enabled family.
+    fn allocate(
+        &self,
+        config: &NetworkConfig,
+        rng: &mut impl Rng,
+    ) -> Result<SubnetKey, OutOfSubnets> {
+        let named = |mut e: OutOfSubnets| {
+            e.holders = self
+                .holders
+                .iter()
+                .map(|l| l.lease.key.to_string())
+                .collect();
+            e
+        };
+        let ipv4 = match &config.ipv4 {
+            Some(range) => allocate(range, &self.ipv4, rng).map_err(named)?,
+            None => NO_IPV4,
+        };
+        let ipv6 = match &config.ipv6 {
+            Some(range) => Some(allocate(range, &self.ipv6, rng).map_err(named)?),
+            None => None,
+        };
+        Ok(SubnetKey { ipv4, ipv6 })
+    }
+}
+
+fn misshapen(key: SubnetKey, shape: String) -> String {
+    format!("lease {key} is not {shape}; it does not occupy the range")
+}
+
+/// Whether the previous run's subnet(s) may be claimed again: allowed by the config and
+/// overlapping no other host's subnet; otherwise the reason is noted.
+fn previous_is_free(
+    config: &NetworkConfig,
+    previous: SubnetKey,
+    occupied: &Occupied,
+    notes: &mut Vec<String>,
+) -> bool {
+    if !allows_key(config, previous) {
+        notes.push(format!(
+            "previous subnet {previous} (subnet.env) is outside the configured range ({})",
+            describe(config)
+        ));
+        return false;
+    }
+    let clash = occupied.holders.iter().find(|l| {
+        let key = l.lease.key;
+        let v4 = config.ipv4.is_some() && key.ipv4.overlaps(&previous.ipv4);
+        let v6 = key
+            .ipv6
+            .zip(previous.ipv6)
+            .is_some_and(|(a, b)| a.overlaps(&b));
+        v4 || v6
+    });
+    if let Some(holder) = clash {
+        notes.push(format!(
+            "previous subnet {previous} (subnet.env) is held by {} ({})",
+            holder.lease.attrs.public_ip, holder.lease.key
+        ));
+        return false;
+    }
+    true
+}
+
 /// Picks uniformly at random one of the first [`MAX_CANDIDATES`] subnets from SubnetMin that
 /// overlap no subnet in `taken`.
-pub fn allocate(
-    range: &Ipv4Range,
-    taken: &[Ipv4Net],
+pub fn allocate<N: Subnet>(
+    range: &SubnetRange<N, N::Addr>,
+    taken: &[N],
     rng: &mut impl Rng,
-) -> Result<Ipv4Net, OutOfSubnets> {
+) -> Result<N, OutOfSubnets> {
     let candidates = free_subnets(range, taken);
     if candidates.is_empty() {
         return Err(OutOfSubnets {
+            family: N::FAMILY,
             subnet_len: range.subnet_len,
-            min: range.subnet_min,
-            max: range.subnet_max,
+            min: range.subnet_min.to_string(),
+            max: range.subnet_max.to_string(),
             leases: taken.len(),
             holders: Vec::new(),
         });
@@ -189,53 +353,55 @@ pub fn allocate(
 }
 
 /// The first [`MAX_CANDIDATES`] subnets in [SubnetMin, SubnetMax] overlapping nothing in `taken`.
-pub fn free_subnets(range: &Ipv4Range, taken: &[Ipv4Net]) -> Vec<Ipv4Net> {
-    let step = 1u64 << (32 - u32::from(range.subnet_len.min(32)));
-    let max = u64::from(u32::from(range.subnet_max));
-    let mut addr = u64::from(u32::from(range.subnet_min));
+pub fn free_subnets<N: Subnet>(range: &SubnetRange<N, N::Addr>, taken: &[N]) -> Vec<N> {
+    let step = 1u128 << (N::BITS - range.subnet_len.min(N::BITS)).min(127);
+    let max = N::bits_of(range.subnet_max);
+    let mut addr = Some(N::bits_of(range.subnet_min));
     let mut free = Vec::new();
-    while addr <= max && free.len() < MAX_CANDIDATES {
-        let Ok(ip) = u32::try_from(addr) else { break };
-        if let Ok(subnet) = Ipv4Net::new(Ipv4Addr::from(ip), range.subnet_len) {
-            if !taken.iter().any(|t| overlaps(*t, subnet)) {
+    while let Some(at) = addr.filter(|a| *a <= max && free.len() < MAX_CANDIDATES) {
+        if let Some(subnet) = N::with_len(N::addr_of(at), range.subnet_len) {
+            if !taken.iter().any(|t| t.overlaps(&subnet)) {
                 free.push(subnet);
             }
         }
-        addr += step;
+        addr = at.checked_add(step);
     }
     free
 }
 
-/// Whether the config allows this lease's subnet (IPv4 only: this agent leases no IPv6 subnets).
-fn allowed(range: &Ipv4Range, lease: &StoredLease) -> bool {
-    lease.lease.key.ipv6.is_none() && range.allows(lease.lease.subnet())
-}
-
-/// Whether the lease's subnet is one of this config's: SubnetLen, aligned, inside the Network.
-fn in_shape(range: &Ipv4Range, lease: &StoredLease) -> bool {
-    let subnet = lease.lease.subnet();
-    subnet.prefix_len() == range.subnet_len
-        && subnet.trunc() == subnet
-        && range.network.contains(&subnet)
-}
-
-fn describe(range: &Ipv4Range) -> String {
-    format!(
-        "/{} in {}..{}",
-        range.subnet_len, range.subnet_min, range.subnet_max
-    )
+/// Each enabled family's range, for messages: `/24 in 10.3.1.0..10.3.255.0`.
+fn describe(config: &NetworkConfig) -> String {
+    let v4 = config.ipv4.as_ref().map(|r| r.describe());
+    let v6 = config.ipv6.as_ref().map(|r| r.describe());
+    [v4, v6]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NetworkConfig;
-    use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+    use crate::lease::Lease;
+    use ipnet::Ipv6Net;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
-    fn range(json: &str) -> Ipv4Range {
-        *NetworkConfig::parse(json.as_bytes()).unwrap().v4().unwrap()
+    fn config(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json.as_bytes()).unwrap()
+    }
+
+    fn range(json: &str) -> crate::config::Ipv4Range {
+        config(json).ipv4.unwrap()
+    }
+
+    fn ours() -> LeaseAttrs {
+        LeaseAttrs::new(OURS, "host-gw")
+    }
+
+    fn key(s: &str) -> SubnetKey {
+        s.parse().unwrap()
     }
 
     fn stored(subnet: &str, ip: [u8; 4]) -> StoredLease {
@@ -310,7 +476,7 @@ mod tests {
         ];
         let err = allocate(&r, &taken, &mut rand::rng()).unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("out of subnets"), "{text}");
+        assert!(text.starts_with("out of IPv4 subnets"), "{text}");
         assert!(
             text.contains("10.3.10.0") && text.contains("10.3.11.0"),
             "{text}"
@@ -320,15 +486,15 @@ mod tests {
 
     #[test]
     fn misshapen_leases_do_not_occupy_the_range_and_a_full_range_names_its_holders() {
-        let r =
-            range(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.10.0","SubnetMax":"10.3.11.0"}"#);
+        let c =
+            config(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.10.0","SubnetMax":"10.3.11.0"}"#);
         let hostile = [
             stored("10.3.0.0/16", [1, 1, 1, 2]),
             stored("10.3.10.0/25", [1, 1, 1, 3]),
             stored("0.0.0.0/0", [1, 1, 1, 4]),
             stored("192.168.1.0/24", [1, 1, 1, 5]),
         ];
-        let p = choose_subnet(&r, OURS, None, &hostile, &mut rand::rng()).unwrap();
+        let p = choose_subnet(&c, &ours(), None, &hostile, &mut rand::rng()).unwrap();
         assert!(matches!(p.choice, Choice::Create { .. }), "{p:?}");
         assert_eq!(p.rejected.len(), 4, "{:?}", p.rejected);
         assert!(p.rejected[0].contains("10.3.0.0-16"), "{:?}", p.rejected);
@@ -336,7 +502,7 @@ mod tests {
         let mut full = hostile.to_vec();
         full.push(stored("10.3.10.0/24", [1, 1, 1, 6]));
         full.push(stored("10.3.11.0/24", [1, 1, 1, 7]));
-        let text = choose_subnet(&r, OURS, None, &full, &mut rand::rng())
+        let text = choose_subnet(&c, &ours(), None, &full, &mut rand::rng())
             .unwrap_err()
             .to_string();
         assert!(
@@ -347,15 +513,15 @@ mod tests {
 
     #[test]
     fn a_lease_with_our_public_ip_is_reused_before_anything_else() {
-        let r = range(r#"{"Network":"10.3.0.0/16"}"#);
+        let c = config(r#"{"Network":"10.3.0.0/16"}"#);
         let leases = [
             stored("10.3.7.0/24", [1, 1, 1, 1]),
             stored("10.3.9.0/24", OURS.octets()),
         ];
         let plan = choose_subnet(
-            &r,
-            OURS,
-            Some(net("10.3.5.0/24")),
+            &c,
+            &ours(),
+            Some(key("10.3.5.0-24")),
             &leases,
             &mut rand::rng(),
         )
@@ -366,15 +532,15 @@ mod tests {
 
     #[test]
     fn our_lease_outside_the_range_is_stale_and_the_previous_subnet_is_used() {
-        let r = range(r#"{"Network":"10.3.0.0/16"}"#);
+        let c = config(r#"{"Network":"10.3.0.0/16"}"#);
         let leases = [
             stored("10.4.1.0/24", OURS.octets()),
             stored("10.3.7.0/24", [1, 1, 1, 1]),
         ];
         let plan = choose_subnet(
-            &r,
-            OURS,
-            Some(net("10.3.5.0/24")),
+            &c,
+            &ours(),
+            Some(key("10.3.5.0-24")),
             &leases,
             &mut rand::rng(),
         )
@@ -383,7 +549,7 @@ mod tests {
         assert_eq!(
             plan.choice,
             Choice::Create {
-                subnet: net("10.3.5.0/24"),
+                key: key("10.3.5.0-24"),
                 reason: Reason::PreviousSubnet
             }
         );
@@ -396,12 +562,12 @@ mod tests {
 
     #[test]
     fn a_taken_or_disallowed_previous_subnet_falls_back_to_allocation() {
-        let r = range(r#"{"Network":"10.3.0.0/16","SubnetMax":"10.3.3.0"}"#);
+        let c = config(r#"{"Network":"10.3.0.0/16","SubnetMax":"10.3.3.0"}"#);
         let leases = [stored("10.3.1.0/24", [1, 1, 1, 1])];
         let taken = choose_subnet(
-            &r,
-            OURS,
-            Some(net("10.3.1.0/24")),
+            &c,
+            &ours(),
+            Some(key("10.3.1.0-24")),
             &leases,
             &mut rand::rng(),
         )
@@ -411,14 +577,18 @@ mod tests {
             "{:?}",
             taken.rejected
         );
-        let Choice::Create { subnet, reason } = taken.choice else {
+        let Choice::Create {
+            key: SubnetKey { ipv4: subnet, .. },
+            reason,
+        } = taken.choice
+        else {
             panic!("expected a new lease, got {:?}", taken.choice)
         };
         assert_eq!(reason, Reason::Allocated);
         assert!(subnet == net("10.3.2.0/24") || subnet == net("10.3.3.0/24"));
 
         let outside =
-            choose_subnet(&r, OURS, Some(net("10.4.1.0/24")), &[], &mut rand::rng()).unwrap();
+            choose_subnet(&c, &ours(), Some(key("10.4.1.0-24")), &[], &mut rand::rng()).unwrap();
         assert!(
             outside.rejected[0].contains("outside"),
             "{:?}",
@@ -431,5 +601,141 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    const DUAL: &str = r#"{"Network":"10.3.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#;
+
+    fn stored_key(k: &str, ip: [u8; 4], ipv6: Option<&str>) -> StoredLease {
+        let mut lease = stored("10.0.0.0/24", ip);
+        lease.lease.key = key(k);
+        lease.lease.attrs.public_ipv6 = ipv6.map(|v| v.parse().unwrap());
+        lease
+    }
+
+    #[test]
+    fn ipv6_ranges_follow_go_defaults_and_step_by_the_subnet_length() {
+        let r = config(DUAL).ipv6.unwrap();
+        let taken: Ipv6Net = "fc00:0:0:1::/64".parse().unwrap();
+        let free = free_subnets(&r, &[taken]);
+        assert_eq!(free.len(), MAX_CANDIDATES);
+        assert_eq!(free[0].to_string(), "fc00:0:0:2::/64");
+        assert_eq!(free[99].to_string(), "fc00:0:0:65::/64");
+        let top = config(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120","IPv6SubnetLen":124}"#,
+        );
+        let free = free_subnets(&top.ipv6.unwrap(), &[]);
+        assert_eq!(free.len(), 15, "no overflow at the top of the space");
+    }
+
+    #[test]
+    fn a_dual_stack_config_allocates_both_halves_at_once() {
+        let c = config(DUAL);
+        let taken = [stored_key(
+            "10.3.1.0-24&fc00:0:0:1::-64",
+            [1, 1, 1, 1],
+            Some("fd00::1"),
+        )];
+        let plan = choose_subnet(&c, &ours(), None, &taken, &mut rand::rng()).unwrap();
+        let Choice::Create {
+            key,
+            reason: Reason::Allocated,
+        } = plan.choice
+        else {
+            panic!("{plan:?}")
+        };
+        let v6 = key.ipv6.expect("an IPv6 half");
+        assert!(
+            c.ipv4.unwrap().allows(key.ipv4) && c.ipv6.unwrap().allows(v6),
+            "{key}"
+        );
+        assert_ne!(key.ipv4.to_string(), "10.3.1.0/24");
+        assert_ne!(v6.to_string(), "fc00:0:0:1::/64");
+    }
+
+    #[test]
+    fn our_dual_stack_lease_is_reused_whole_and_never_narrowed_to_ipv4() {
+        let c = config(DUAL);
+        let go_head = stored_key(
+            "10.3.9.0-24&fc00:0:0:9::-64",
+            OURS.octets(),
+            Some("fd00::9"),
+        );
+        let plan = choose_subnet(
+            &c,
+            &ours(),
+            None,
+            std::slice::from_ref(&go_head),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert_eq!(plan.choice, Choice::Reuse(Box::new(go_head.clone())));
+        assert!(plan.stale.is_empty());
+        // An IPv4-only lease of ours does not fit a dual-stack config (Go: isIPv6SubnetConfigCompat).
+        let v4_only = stored_key("10.3.9.0-24", OURS.octets(), None);
+        let plan = choose_subnet(
+            &c,
+            &ours(),
+            None,
+            std::slice::from_ref(&v4_only),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert_eq!(plan.stale, vec![v4_only]);
+        // And a dual lease does not fit an IPv4-only config.
+        let v4_config = config(r#"{"Network":"10.3.0.0/16"}"#);
+        let plan = choose_subnet(
+            &v4_config,
+            &ours(),
+            None,
+            std::slice::from_ref(&go_head),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert_eq!(plan.stale, vec![go_head]);
+    }
+
+    #[test]
+    fn the_previous_dual_subnet_is_claimed_unless_either_half_is_held() {
+        let c = config(DUAL);
+        let previous = key("10.3.5.0-24&fc00:0:0:5::-64");
+        let plan = choose_subnet(&c, &ours(), Some(previous), &[], &mut rand::rng()).unwrap();
+        assert_eq!(
+            plan.choice,
+            Choice::Create {
+                key: previous,
+                reason: Reason::PreviousSubnet
+            }
+        );
+        let holder = stored_key("10.3.7.0-24&fc00:0:0:5::-64", [1, 1, 1, 1], Some("fd00::1"));
+        let plan = choose_subnet(&c, &ours(), Some(previous), &[holder], &mut rand::rng()).unwrap();
+        assert!(
+            plan.rejected[0].contains("held by 1.1.1.1"),
+            "{:?}",
+            plan.rejected
+        );
+        assert!(matches!(
+            plan.choice,
+            Choice::Create {
+                reason: Reason::Allocated,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_ipv6_only_network_keys_leases_without_an_ipv4_half_and_knows_us_by_public_ipv6() {
+        let c = config(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#);
+        let mut me = ours();
+        me.public_ipv6 = Some("fd00::5".parse().unwrap());
+        let plan = choose_subnet(&c, &me, None, &[], &mut rand::rng()).unwrap();
+        let Choice::Create { key, .. } = plan.choice else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(key.ipv4, NO_IPV4);
+        assert!(key.to_string().starts_with("0.0.0.0-0&fc00:0:0:"), "{key}");
+        let mine = stored_key(&key.to_string(), [9, 9, 9, 9], Some("fd00::5"));
+        let plan =
+            choose_subnet(&c, &me, None, std::slice::from_ref(&mine), &mut rand::rng()).unwrap();
+        assert_eq!(plan.choice, Choice::Reuse(Box::new(mine)));
     }
 }

@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
+use crate::family::Subnet;
 use crate::json::Fields;
 
 /// Why a network config was rejected.
@@ -135,14 +136,35 @@ pub type Ipv4Range = SubnetRange<Ipv4Net, Ipv4Addr>;
 /// The IPv6 subnet range.
 pub type Ipv6Range = SubnetRange<Ipv6Net, Ipv6Addr>;
 
-impl Ipv4Range {
+impl<N: Subnet> SubnetRange<N, N::Addr> {
     /// Whether `subnet` may be leased under this config: right length, aligned, within
     /// [SubnetMin, SubnetMax].
-    pub fn allows(&self, subnet: Ipv4Net) -> bool {
-        subnet.prefix_len() == self.subnet_len
-            && subnet.addr() == subnet.network()
-            && subnet.addr() >= self.subnet_min
-            && subnet.addr() <= self.subnet_max
+    pub fn allows(&self, subnet: N) -> bool {
+        subnet.prefix() == self.subnet_len
+            && subnet.address() == subnet.network_addr()
+            && subnet.address() >= self.subnet_min
+            && subnet.address() <= self.subnet_max
+    }
+
+    /// Whether `subnet` is one this config could have handed out: SubnetLen, aligned, inside
+    /// the Network (SubnetMin/Max aside: they may have been narrowed since).
+    pub fn in_shape(&self, subnet: N) -> bool {
+        subnet.prefix() == self.subnet_len
+            && subnet.truncated() == subnet
+            && self.network.covers(&subnet)
+    }
+
+    /// `a /24 inside the Network 10.3.0.0/16`, for messages.
+    pub fn shape(&self) -> String {
+        format!("a /{} inside the Network {}", self.subnet_len, self.network)
+    }
+
+    /// `a /24 in 10.3.1.0..10.3.255.0`, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "a /{} in {}..{}",
+            self.subnet_len, self.subnet_min, self.subnet_max
+        )
     }
 }
 

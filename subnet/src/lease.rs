@@ -330,6 +330,12 @@ mod tests {
         let attrs = LeaseAttrs::from_json(dual.as_bytes()).unwrap();
         assert_eq!(attrs.public_ipv6, Some("fd00::5".parse().unwrap()));
         assert_eq!(attrs.to_json(), dual);
+
+        // Go HEAD's dual-stack vxlan lease: one VTEP per family.
+        let dual_vxlan = r#"{"PublicIP":"10.0.0.5","PublicIPv6":"fd00:12::5","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"2e:4c:05:1a:9b:01"}}"#;
+        let attrs = LeaseAttrs::from_json(dual_vxlan.as_bytes()).unwrap();
+        assert!(attrs.backend_v6_data.is_some());
+        assert_eq!(attrs.to_json(), dual_vxlan);
     }
 
     #[test]

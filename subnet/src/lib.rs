@@ -7,6 +7,7 @@ mod alloc;
 mod config;
 mod etcd;
 mod etcdv2;
+mod family;
 mod json;
 mod keyspace;
 mod lease;
@@ -24,16 +25,17 @@ pub use config::{BackendConfig, ConfigError, Ipv4Range, Ipv6Range, NetworkConfig
 pub use json::Fields;
 // Leases, their keys and values, and what is checked before a peer's lease is programmed.
 pub use lease::{never, Lease, LeaseAttrs, LeaseError, SubnetKey};
-pub use validate::{overlaps, LeasePolicy, Rejection};
+pub use validate::{overlaps, FamilyPolicy, LeasePolicy, Rejection};
 // The peers the data plane connects to, and the events that change them.
 pub use peers::{LeaseEvent, PeerSet};
 // Choosing and holding this host's subnet.
-pub use alloc::{choose_subnet, Choice, OutOfSubnets, Plan, Reason};
+pub use alloc::{allows_key, choose_subnet, Choice, OutOfSubnets, Plan, Reason, NO_IPV4};
+pub use family::Subnet;
 pub use manager::{
     acquire, is_valid, AcquireError, LeaseCounters, LeaseHandle, LeaseManager, LeaseTiming,
     OWN_KEY_CHECK_PERIOD,
 };
-pub use subnet_env::{PreviousEnv, SubnetEnv};
+pub use subnet_env::{FamilyEnv, PreviousEnv, SubnetEnv};
 // The stores: the Registry trait, etcd v3, the v2 keyspace, the choice between them.
 pub use etcd::{EtcdOptions, EtcdRegistry};
 pub use etcdv2::{EtcdV2Registry, Export, ExportedLease};

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ipnet::Ipv4Net;
 use tokio::sync::watch as state;
 use tokio::time::Instant;
 
@@ -70,9 +69,6 @@ pub enum AcquireError {
     /// The store failed; retry later.
     #[error("failed to acquire lease: {0}")]
     Registry(#[from] RegistryError),
-    /// The config enables no IPv4 network.
-    #[error("failed to acquire lease: the network config has no IPv4 Network (EnableIPv4 is false); this agent leases IPv4 subnets")]
-    NoIpv4,
     /// Every subnet in the range is taken.
     #[error("failed to acquire lease: {0}")]
     OutOfSubnets(#[from] OutOfSubnets),
@@ -89,7 +85,7 @@ impl AcquireError {
         match self {
             AcquireError::Registry(e) => e.is_retryable(),
             AcquireError::Contention(_) => true,
-            AcquireError::NoIpv4 | AcquireError::OutOfSubnets(_) => false,
+            AcquireError::OutOfSubnets(_) => false,
         }
     }
 }
@@ -120,7 +116,7 @@ pub async fn acquire<R: Registry>(
     registry: &R,
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
-    previous: Option<Ipv4Net>,
+    previous: Option<SubnetKey>,
     ttl: Duration,
 ) -> Result<Lease, AcquireError> {
     let counters = LeaseCounters::default();
@@ -132,15 +128,13 @@ async fn acquire_counted<R: Registry>(
     registry: &R,
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
-    previous: Option<Ipv4Net>,
+    previous: Option<SubnetKey>,
     ttl: Duration,
     counters: &LeaseCounters,
 ) -> Result<Lease, AcquireError> {
-    let range = config.v4().ok_or(AcquireError::NoIpv4)?;
     for _ in 0..MAX_ATTEMPTS {
         let leases = registry.list_leases().await?;
-        let plan =
-            alloc::choose_subnet(range, attrs.public_ip, previous, &leases, &mut rand::rng())?;
+        let plan = alloc::choose_subnet(config, attrs, previous, &leases, &mut rand::rng())?;
         for note in &plan.rejected {
             tracing::info!("{note}");
         }
@@ -166,8 +160,11 @@ async fn acquire_counted<R: Registry>(
                     }
                 ),
             ),
-            Choice::Create { subnet, reason } => (
-                SubnetKey::v4(*subnet),
+            Choice::Create {
+                key: subnet,
+                reason,
+            } => (
+                *subnet,
                 PutGuard::Absent,
                 Some(ttl),
                 match reason {
@@ -287,7 +284,7 @@ impl<R: Registry> LeaseManager<R> {
         registry: R,
         config: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Option<SubnetKey>,
         timing: LeaseTiming,
     ) -> Result<Self, AcquireError> {
         let counters = Arc::new(LeaseCounters::default());
@@ -802,7 +799,7 @@ mod tests {
     async fn a_vanished_lease_taken_by_another_host_moves_us_to_a_new_subnet() {
         let fake =
             Fake::new(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.0","SubnetMax":"10.3.2.0"}"#);
-        let previous = Some("10.3.1.0/24".parse().unwrap());
+        let previous = Some("10.3.1.0-24".parse().unwrap());
         let config = fake.state().config.clone();
         let manager = LeaseManager::start(
             fake.clone(),
@@ -993,7 +990,7 @@ mod tests {
         let config = fake.state().config.clone();
         fake.state().thief = Some(attrs(9));
         let ttl = Duration::from_secs(60);
-        let previous = Some("10.3.1.0/24".parse().unwrap());
+        let previous = Some("10.3.1.0-24".parse().unwrap());
         let lease = acquire(&fake, &config, &attrs(1), previous, ttl)
             .await
             .unwrap();

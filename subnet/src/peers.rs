@@ -47,7 +47,7 @@ impl PeerSet {
     /// An empty set that takes only leases passing `policy` (whose own subnet is ignored).
     pub fn with_policy(policy: LeasePolicy) -> Self {
         PeerSet {
-            own: Some(policy.own_subnet),
+            own: Some(policy.v4.own_subnet),
             policy: Some(policy),
             ..PeerSet::default()
         }
@@ -138,7 +138,7 @@ impl PeerSet {
         let mut leases: Vec<Lease> = self.peers.values().cloned().collect();
         leases.extend(self.rejected.values().map(|(l, _)| l.clone()));
         leases.extend(self.own_lease.take());
-        self.own = Some(policy.own_subnet);
+        self.own = Some(policy.v4.own_subnet);
         self.policy = Some(policy);
         self.replace_all(leases)
     }
@@ -251,10 +251,10 @@ mod tests {
         // Another host took our old subnet while it was still ours.
         assert!(!set.apply(&LeaseEvent::Put(lease("10.0.1.0/24", [1, 1, 1, 9]))));
         set.apply(&LeaseEvent::Put(lease("10.0.2.0/24", [1, 1, 1, 2])));
-        let policy = LeasePolicy {
-            own_subnet: "10.0.7.0/24".parse().unwrap(),
-            ..set.policy().unwrap().clone()
-        };
+        let policy = set
+            .policy()
+            .unwrap()
+            .moved_to("10.0.7.0-24".parse().unwrap());
         let events = set.set_policy(policy);
         assert_eq!(
             events,

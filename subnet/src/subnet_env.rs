@@ -1,21 +1,36 @@
 //! subnet.env: the file the CNI plugin, docker and scripts read (`FLANNEL_NETWORK`,
-//! `FLANNEL_SUBNET`, `FLANNEL_MTU`, `FLANNEL_IPMASQ`), and the previous values read back at start.
+//! `FLANNEL_SUBNET`, `FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`, `FLANNEL_MTU`,
+//! `FLANNEL_IPMASQ`), and the previous values read back at start.
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
+use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::alloc::NO_IPV4;
+use crate::family::Subnet;
+use crate::lease::SubnetKey;
+
+/// One family's lines of subnet.env: the cluster network and our subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FamilyEnv<N> {
+    /// The cluster network (`FLANNEL_NETWORK`, `FLANNEL_IPV6_NETWORK`).
+    pub network: N,
+    /// Our leased subnet (`FLANNEL_SUBNET`, `FLANNEL_IPV6_SUBNET`, written as its first host
+    /// address, e.g. `10.1.74.1/24`).
+    pub subnet: N,
+}
 
 /// The values written to subnet.env, in Go flanneld's line order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// The cluster network (`FLANNEL_NETWORK`).
-    pub network: Ipv4Net,
-    /// Our leased subnet (`FLANNEL_SUBNET` is written as its first host address, e.g. `.1/24`).
-    pub subnet: Ipv4Net,
+    /// The IPv4 lines; `None` on an IPv6-only network.
+    pub ipv4: Option<FamilyEnv<Ipv4Net>>,
+    /// The IPv6 lines; `Some` when the network config enables IPv6.
+    pub ipv6: Option<FamilyEnv<Ipv6Net>>,
     /// The pod MTU (`FLANNEL_MTU`).
     pub mtu: u32,
     /// Whether the agent masquerades (`FLANNEL_IPMASQ`).
@@ -23,26 +38,36 @@ pub struct SubnetEnv {
 }
 
 impl SubnetEnv {
-    /// The file contents: `KEY=value` lines, no quotes, `\n` line ends.
+    /// The file contents: `KEY=value` lines, no quotes, `\n` line ends, as Go flanneld HEAD
+    /// writes them (the IPv6 lines only on a network with IPv6).
     pub fn render(&self) -> String {
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.network,
-            self.flannel_subnet(),
-            self.mtu,
-            self.ipmasq
-        )
+        let mut text = String::new();
+        if let Some(v4) = &self.ipv4 {
+            text += &format!(
+                "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n",
+                v4.network,
+                v4.subnet.first_host()
+            );
+        }
+        if let Some(v6) = &self.ipv6 {
+            text += &format!(
+                "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}\n",
+                v6.network,
+                v6.subnet.first_host()
+            );
+        }
+        text + &format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ipmasq)
     }
 
-    /// `FLANNEL_SUBNET`: the subnet's first host address with its length (`10.1.74.1/24`), the
-    /// address of the pod bridge (docker's `--bip`).
-    pub fn flannel_subnet(&self) -> Ipv4Net {
-        let first_host = Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1));
-        Ipv4Net::new(first_host, self.subnet.prefix_len()).unwrap_or(self.subnet)
+    /// `FLANNEL_SUBNET`: the IPv4 subnet's first host address with its length (`10.1.74.1/24`),
+    /// the address of the pod bridge (docker's `--bip`).
+    pub fn flannel_subnet(&self) -> Option<Ipv4Net> {
+        self.ipv4.map(|v4| v4.subnet.first_host())
     }
 
-    /// Reads a complete subnet.env (all four keys valid), as the agent writes it; `None` when
-    /// the file is missing or incomplete.
+    /// Reads a complete subnet.env as the agent writes it (each family's two keys valid or both
+    /// absent, at least one family, MTU and IPMASQ); `None` when the file is missing or
+    /// incomplete.
     pub fn read(path: &Path) -> Option<SubnetEnv> {
         let text = fs::read_to_string(path).ok()?;
         let value = |wanted: &str| {
@@ -51,12 +76,21 @@ impl SubnetEnv {
                 _ => None,
             })
         };
-        Some(SubnetEnv {
-            network: single_cidr(&value("FLANNEL_NETWORK")?)?,
-            subnet: single_cidr(&value("FLANNEL_SUBNET")?)?,
+        let env = SubnetEnv {
+            ipv4: family_env(&value, "FLANNEL_NETWORK", "FLANNEL_SUBNET")?,
+            ipv6: family_env(&value, "FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET")?,
             mtu: value("FLANNEL_MTU")?.parse().ok()?,
             ipmasq: value("FLANNEL_IPMASQ")? == "true",
-        })
+        };
+        (env.ipv4.is_some() || env.ipv6.is_some()).then_some(env)
+    }
+
+    /// The key of the lease these values describe (`10.1.74.0-24&fd00:1:4a::-64`).
+    pub fn key(&self) -> SubnetKey {
+        SubnetKey {
+            ipv4: self.ipv4.map_or(NO_IPV4, |v4| v4.subnet),
+            ipv6: self.ipv6.map(|v6| v6.subnet),
+        }
     }
 
     /// Writes the file atomically: a temp file in the same directory, fsync, mode 0644 (whatever
@@ -96,6 +130,23 @@ impl SubnetEnv {
     }
 }
 
+/// One family's pair of keys: `Some(None)` when both are absent, `None` when only one is there
+/// or one is not a single subnet.
+fn family_env<N: Subnet + FromStr>(
+    value: &dyn Fn(&str) -> Option<String>,
+    network: &str,
+    subnet: &str,
+) -> Option<Option<FamilyEnv<N>>> {
+    match (value(network), value(subnet)) {
+        (None, None) => Some(None),
+        (Some(n), Some(s)) => Some(Some(FamilyEnv {
+            network: single_cidr(&n)?,
+            subnet: single_cidr(&s)?,
+        })),
+        _ => None,
+    }
+}
+
 /// What a previous run left in subnet.env: used to re-claim the same subnet and to remove rules
 /// built from old values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,6 +155,10 @@ pub struct PreviousEnv {
     pub network: Option<Ipv4Net>,
     /// `FLANNEL_SUBNET` as a network (`10.1.74.1/24` ⇒ `10.1.74.0/24`), if present and valid.
     pub subnet: Option<Ipv4Net>,
+    /// `FLANNEL_IPV6_NETWORK`, if present and valid.
+    pub ipv6_network: Option<Ipv6Net>,
+    /// `FLANNEL_IPV6_SUBNET` as a network (`fd00:1::1/64` ⇒ `fd00:1::/64`).
+    pub ipv6_subnet: Option<Ipv6Net>,
 }
 
 impl PreviousEnv {
@@ -129,6 +184,18 @@ impl PreviousEnv {
         }
     }
 
+    /// The lease key of the previous run, to claim again: its IPv4 subnet with the IPv6 one
+    /// when there was one (`0.0.0.0-0&<v6>` on an IPv6-only network).
+    pub fn key(&self) -> Option<SubnetKey> {
+        match (self.subnet, self.ipv6_subnet) {
+            (None, None) => None,
+            (ipv4, ipv6) => Some(SubnetKey {
+                ipv4: ipv4.unwrap_or(NO_IPV4),
+                ipv6,
+            }),
+        }
+    }
+
     /// Parses dotenv text (comments, `export`, quotes tolerated). A value may be a comma list as
     /// Go flanneld accepts: invalid entries are skipped, and more than one valid entry means the
     /// value is ambiguous and treated as absent.
@@ -146,6 +213,16 @@ impl PreviousEnv {
                     value,
                     ..
                 } => prev.subnet = single_cidr(value),
+                Line::Entry {
+                    key: "FLANNEL_IPV6_NETWORK",
+                    value,
+                    ..
+                } => prev.ipv6_network = single_cidr(value),
+                Line::Entry {
+                    key: "FLANNEL_IPV6_SUBNET",
+                    value,
+                    ..
+                } => prev.ipv6_subnet = single_cidr(value),
                 _ => {}
             }
         }
@@ -196,10 +273,18 @@ fn problems(text: &str) -> Vec<String> {
             }
             Line::Entry { number, key, value }
                 if ["FLANNEL_NETWORK", "FLANNEL_SUBNET"].contains(&key)
-                    && single_cidr(value).is_none() =>
+                    && single_cidr::<Ipv4Net>(value).is_none() =>
             {
                 Some(format!(
                     "ignoring {key}={value:?} (line {number}): not one IPv4 subnet such as 10.5.34.1/24"
+                ))
+            }
+            Line::Entry { number, key, value }
+                if ["FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET"].contains(&key)
+                    && single_cidr::<Ipv6Net>(value).is_none() =>
+            {
+                Some(format!(
+                    "ignoring {key}={value:?} (line {number}): not one IPv6 subnet such as fd00:5:34::1/64"
                 ))
             }
             Line::Entry { .. } => None,
@@ -207,11 +292,13 @@ fn problems(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn single_cidr(value: &str) -> Option<Ipv4Net> {
+/// The one valid subnet in a comma list, host bits cleared; `None` when there is none or more
+/// than one (Go's reading).
+fn single_cidr<N: Subnet + FromStr>(value: &str) -> Option<N> {
     let mut valid = value
         .split(',')
-        .filter_map(|v| v.trim().parse::<Ipv4Net>().ok())
-        .map(|n| n.trunc());
+        .filter_map(|v| v.trim().parse::<N>().ok())
+        .map(|n| n.truncated());
     match (valid.next(), valid.next()) {
         (Some(n), None) => Some(n),
         _ => None,
@@ -239,11 +326,57 @@ mod tests {
 
     fn env() -> SubnetEnv {
         SubnetEnv {
-            network: "10.1.0.0/16".parse().unwrap(),
-            subnet: "10.1.74.0/24".parse().unwrap(),
+            ipv4: Some(FamilyEnv {
+                network: "10.1.0.0/16".parse().unwrap(),
+                subnet: "10.1.74.0/24".parse().unwrap(),
+            }),
+            ipv6: None,
             mtu: 1450,
             ipmasq: true,
         }
+    }
+
+    fn dual() -> SubnetEnv {
+        SubnetEnv {
+            ipv6: Some(FamilyEnv {
+                network: "fc00::/48".parse().unwrap(),
+                subnet: "fc00:0:0:4a::/64".parse().unwrap(),
+            }),
+            ..env()
+        }
+    }
+
+    #[test]
+    fn dual_stack_renders_like_go_head_and_reads_back() {
+        assert_eq!(
+            dual().render(),
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\n\
+             FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:4a::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        let v6_only = SubnetEnv {
+            ipv4: None,
+            ..dual()
+        };
+        assert!(v6_only.render().starts_with("FLANNEL_IPV6_NETWORK="));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        for env in [dual(), v6_only] {
+            env.write_atomic(&path).unwrap();
+            assert_eq!(SubnetEnv::read(&path), Some(env.clone()));
+            assert_eq!(PreviousEnv::read(&path).key(), Some(env.key()));
+        }
+        assert_eq!(dual().key().to_string(), "10.1.74.0-24&fc00:0:0:4a::-64");
+        assert_eq!(
+            PreviousEnv::parse("FLANNEL_IPV6_SUBNET=fc00:0:0:4a::1/64\n").key(),
+            Some("0.0.0.0-0&fc00:0:0:4a::-64".parse().unwrap())
+        );
+        std::fs::write(
+            &path,
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_MTU=1\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        assert_eq!(SubnetEnv::read(&path), None, "half a family");
     }
 
     #[test]
@@ -289,15 +422,10 @@ mod tests {
     fn a_written_file_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("subnet.env");
-        let env = SubnetEnv {
-            network: "10.1.0.0/16".parse().unwrap(),
-            subnet: "10.1.74.0/24".parse().unwrap(),
-            mtu: 1450,
-            ipmasq: true,
-        };
+        let env = env();
         env.write_atomic(&path).unwrap();
         assert_eq!(SubnetEnv::read(&path), Some(env.clone()));
-        assert_eq!(env.flannel_subnet().to_string(), "10.1.74.1/24");
+        assert_eq!(env.flannel_subnet().unwrap().to_string(), "10.1.74.1/24");
         std::fs::write(&path, "FLANNEL_NETWORK=10.1.0.0/16\n").unwrap();
         assert_eq!(SubnetEnv::read(&path), None, "incomplete");
     }

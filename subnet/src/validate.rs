@@ -1,13 +1,15 @@
 //! What a peer lease must satisfy before any kernel object is made for it. Every lease comes from
 //! another machine through etcd and may be wrong or hostile: a subnet outside the Network, one
 //! covering this host's LAN or the default route, a PublicIP of loopback or multicast. Such a lease
-//! is rejected here, in one place, before it reaches the backends. Pure; no I/O.
+//! is rejected here, in one place, before it reaches the backends. Pure; no I/O. The same checks
+//! apply to both halves of a dual-stack lease.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::lease::Lease;
+use crate::family::Subnet;
+use crate::lease::{Lease, SubnetKey};
 
 /// Why a peer lease is not programmed. Each message names the lease's value and what would be
 /// valid; the caller adds the key.
@@ -17,15 +19,15 @@ pub enum Rejection {
     #[error("its subnet {subnet} is outside the Network {network}")]
     OutsideNetwork {
         /// The lease's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// The Network of the config.
-        network: Ipv4Net,
+        network: IpNet,
     },
     /// The subnet's length is not the config's SubnetLen.
     #[error("its subnet {subnet} is a /{}, but SubnetLen is {subnet_len}", subnet.prefix_len())]
     WrongLength {
         /// The lease's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// SubnetLen of the config.
         subnet_len: u8,
     },
@@ -33,73 +35,82 @@ pub enum Rejection {
     #[error("its subnet {subnet} is not aligned to its length (did you mean {}?)", subnet.trunc())]
     Unaligned {
         /// The lease's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
     /// The subnet overlaps this host's own subnet without being it.
     #[error("its subnet {subnet} overlaps this host's subnet {own}")]
     OverlapsOwnSubnet {
         /// The lease's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// Our own lease's subnet.
-        own: Ipv4Net,
+        own: IpNet,
     },
     /// The subnet overlaps a network this host is directly connected to.
     #[error("its subnet {subnet} overlaps {local}, a network this host is connected to")]
     OverlapsLocalNetwork {
         /// The lease's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// The connected network.
-        local: Ipv4Net,
+        local: IpNet,
     },
     /// The PublicIP is not an address a peer host can have.
-    #[error("its PublicIP {ip} is {what}, not a unicast host address")]
+    #[error("its {field} {ip} is {what}, not a unicast host address")]
     BadPublicIp {
-        /// The lease's PublicIP.
-        ip: Ipv4Addr,
+        /// `PublicIP` or `PublicIPv6`.
+        field: &'static str,
+        /// The lease's address.
+        ip: IpAddr,
         /// What kind of address it is instead.
         what: &'static str,
     },
     /// The PublicIP lies inside a pod subnet (the lease's own or ours): a pod address.
-    #[error("its PublicIP {ip} is inside the pod subnet {subnet}, not a host address")]
+    #[error("its {field} {ip} is inside the pod subnet {subnet}, not a host address")]
     PublicIpInPodSubnet {
-        /// The lease's PublicIP.
-        ip: Ipv4Addr,
+        /// `PublicIP` or `PublicIPv6`.
+        field: &'static str,
+        /// The lease's address.
+        ip: IpAddr,
         /// The pod subnet holding it.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
     /// The PublicIP is this host's own.
-    #[error("its PublicIP {ip} is this host's own PublicIP")]
+    #[error("its {field} {ip} is this host's own {field}")]
     OwnPublicIp {
-        /// The lease's PublicIP.
-        ip: Ipv4Addr,
+        /// `PublicIP` or `PublicIPv6`.
+        field: &'static str,
+        /// The lease's address.
+        ip: IpAddr,
+    },
+    /// The network has IPv6 but the lease's IPv6 half lacks its public address.
+    #[error("it has the IPv6 subnet {subnet} but no PublicIPv6 to reach it through")]
+    NoPublicIpv6 {
+        /// The lease's IPv6 subnet.
+        subnet: Ipv6Net,
     },
 }
 
-/// The facts a peer lease is checked against: the config, our own lease, and the networks this
-/// host is connected to (its LANs, from the kernel).
+/// The facts one half (IPv4 or IPv6) of a peer lease is checked against: the config's range, our
+/// own subnet and address of that family, and the networks of that family this host is
+/// connected to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeasePolicy {
-    /// The cluster Network.
-    pub network: Ipv4Net,
-    /// SubnetLen of the config.
+pub struct FamilyPolicy<N: Subnet> {
+    /// The cluster Network (`Network` or `IPv6Network`).
+    pub network: N,
+    /// SubnetLen (or IPv6SubnetLen) of the config.
     pub subnet_len: u8,
-    /// Our own lease's subnet (a lease for exactly this subnet is ours, not a peer's).
-    pub own_subnet: Ipv4Net,
-    /// Our own PublicIP.
-    pub own_public_ip: Ipv4Addr,
-    /// Networks this host is connected to (see [`LeasePolicy::with_local_networks`]).
-    pub local_networks: Vec<Ipv4Net>,
+    /// Our own lease's subnet of this family.
+    pub own_subnet: N,
+    /// Our own public address of this family.
+    pub own_public_ip: N::Addr,
+    /// Networks of this family this host is connected to (see
+    /// [`LeasePolicy::with_local_networks`]).
+    pub local_networks: Vec<N>,
 }
 
-impl LeasePolicy {
+impl<N: Subnet> FamilyPolicy<N> {
     /// A policy with no connected networks known yet.
-    pub fn new(
-        network: Ipv4Net,
-        subnet_len: u8,
-        own_subnet: Ipv4Net,
-        own_public_ip: Ipv4Addr,
-    ) -> Self {
-        LeasePolicy {
+    pub fn new(network: N, subnet_len: u8, own_subnet: N, own_public_ip: N::Addr) -> Self {
+        FamilyPolicy {
             network,
             subnet_len,
             own_subnet,
@@ -108,110 +119,201 @@ impl LeasePolicy {
         }
     }
 
-    /// The same policy with the host's connected networks: those of its IPv4 addresses, except
-    /// host routes (/32), the networks inside our own subnet (the pod bridge's address) and the
-    /// networks that contain the whole cluster Network: the operator gave that range to pods (a
-    /// flat 10.0.0.0/8 LAN around Network 10.244.0.0/16, or docker0's default 172.17.0.1/16 before
-    /// docker gets `--bip`), and peer routes inside it are meant to be more specific.
-    pub fn with_local_networks(mut self, networks: impl IntoIterator<Item = Ipv4Net>) -> Self {
+    /// Keeps the connected networks that protect this host: all but host routes, the networks
+    /// inside our own subnet (the pod bridge's address) and the networks that contain the whole
+    /// cluster Network: the operator gave that range to pods (a flat 10.0.0.0/8 LAN around
+    /// Network 10.244.0.0/16, or docker0's default 172.17.0.1/16 before docker gets `--bip`), and
+    /// peer routes inside it are meant to be more specific.
+    fn set_local_networks(&mut self, networks: impl IntoIterator<Item = N>) {
         let (own, cluster) = (self.own_subnet, self.network);
-        let mut local: Vec<Ipv4Net> = networks
+        let mut local: Vec<N> = networks
             .into_iter()
-            .map(|n| n.trunc())
-            .filter(|n| n.prefix_len() < 32 && !own.contains(n) && !n.contains(&cluster))
+            .map(|n| n.truncated())
+            .filter(|n| n.prefix() < N::BITS && !own.covers(n) && !n.covers(&cluster))
             .collect();
         local.sort();
         local.dedup();
         self.local_networks = local;
-        self
-    }
-
-    /// Checks a peer lease; `Ok` when it may be programmed.
-    pub fn check(&self, lease: &Lease) -> Result<(), Rejection> {
-        self.check_subnet(lease.subnet())?;
-        self.check_public_ip(lease.attrs.public_ip, lease.subnet())
     }
 
     /// Whether `subnet` is a subnet this config could have handed out: inside the Network, of
     /// SubnetLen, aligned. Leases failing this never take part in allocation.
-    pub fn check_shape(&self, subnet: Ipv4Net) -> Result<(), Rejection> {
-        if subnet.trunc() != subnet {
-            return Err(Rejection::Unaligned { subnet });
-        }
-        if !self.network.contains(&subnet) {
-            return Err(Rejection::OutsideNetwork {
-                subnet,
-                network: self.network,
+    pub fn check_shape(&self, subnet: N) -> Result<(), Rejection> {
+        if subnet.truncated() != subnet {
+            return Err(Rejection::Unaligned {
+                subnet: subnet.into(),
             });
         }
-        if subnet.prefix_len() != self.subnet_len {
+        if !self.network.covers(&subnet) {
+            let network = self.network.into();
+            return Err(Rejection::OutsideNetwork {
+                subnet: subnet.into(),
+                network,
+            });
+        }
+        if subnet.prefix() != self.subnet_len {
+            let subnet_len = self.subnet_len;
             return Err(Rejection::WrongLength {
-                subnet,
-                subnet_len: self.subnet_len,
+                subnet: subnet.into(),
+                subnet_len,
             });
         }
         Ok(())
     }
 
-    fn check_subnet(&self, subnet: Ipv4Net) -> Result<(), Rejection> {
+    /// Checks one half of a peer lease: its subnet and the address it is reached through.
+    pub fn check(
+        &self,
+        subnet: N,
+        public_ip: N::Addr,
+        field: &'static str,
+    ) -> Result<(), Rejection> {
+        self.check_subnet(subnet)?;
+        self.check_public_ip(subnet, public_ip, field)
+    }
+
+    fn check_subnet(&self, subnet: N) -> Result<(), Rejection> {
         self.check_shape(subnet)?;
-        if overlaps(subnet, self.own_subnet) {
+        if subnet.overlaps(&self.own_subnet) {
+            let own = self.own_subnet.into();
             return Err(Rejection::OverlapsOwnSubnet {
-                subnet,
-                own: self.own_subnet,
+                subnet: subnet.into(),
+                own,
             });
         }
-        match self.local_networks.iter().find(|l| overlaps(subnet, **l)) {
+        match self.local_networks.iter().find(|l| subnet.overlaps(l)) {
             Some(local) => Err(Rejection::OverlapsLocalNetwork {
-                subnet,
-                local: *local,
+                subnet: subnet.into(),
+                local: (*local).into(),
             }),
             None => Ok(()),
         }
     }
 
-    fn check_public_ip(&self, ip: Ipv4Addr, subnet: Ipv4Net) -> Result<(), Rejection> {
-        if let Some(what) = not_unicast(ip) {
-            return Err(Rejection::BadPublicIp { ip, what });
+    fn check_public_ip(
+        &self,
+        subnet: N,
+        ip: N::Addr,
+        field: &'static str,
+    ) -> Result<(), Rejection> {
+        if let Some(what) = N::not_unicast(ip) {
+            return Err(Rejection::BadPublicIp {
+                field,
+                ip: ip.into(),
+                what,
+            });
         }
         // A host may sit inside a large Network (10.0.0.0/8), but never inside a pod subnet.
-        if let Some(pods) = [subnet, self.own_subnet]
-            .into_iter()
-            .find(|s| s.contains(&ip))
-        {
-            return Err(Rejection::PublicIpInPodSubnet { ip, subnet: pods });
+        if let Some(pods) = [subnet, self.own_subnet].into_iter().find(|s| s.holds(ip)) {
+            let subnet = pods.into();
+            return Err(Rejection::PublicIpInPodSubnet {
+                field,
+                ip: ip.into(),
+                subnet,
+            });
         }
         if ip == self.own_public_ip {
-            return Err(Rejection::OwnPublicIp { ip });
+            return Err(Rejection::OwnPublicIp {
+                field,
+                ip: ip.into(),
+            });
         }
         Ok(())
     }
 }
 
-/// What kind of address `ip` is when it cannot be a peer host's address.
-fn not_unicast(ip: Ipv4Addr) -> Option<&'static str> {
-    if ip.is_unspecified() {
-        Some("the unspecified address")
-    } else if ip.is_loopback() {
-        Some("a loopback address")
-    } else if ip.is_multicast() {
-        Some("a multicast address")
-    } else if ip.is_broadcast() {
-        Some("the broadcast address")
-    } else if ip.is_link_local() {
-        Some("a link-local address")
-    } else if ip.octets()[0] == 0 {
-        Some("in 0.0.0.0/8 (this network)")
-    } else if ip.octets()[0] >= 240 {
-        Some("in the reserved range 240.0.0.0/4")
-    } else {
-        None
+/// The facts a peer lease is checked against: the IPv4 policy and, on a dual-stack network, the
+/// IPv6 one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeasePolicy {
+    /// The IPv4 half.
+    pub v4: FamilyPolicy<Ipv4Net>,
+    /// The IPv6 half; `None` when the network has no IPv6 (a lease's IPv6 half is then ignored).
+    pub v6: Option<FamilyPolicy<Ipv6Net>>,
+}
+
+impl LeasePolicy {
+    /// An IPv4 policy with no connected networks known yet.
+    pub fn new(
+        network: Ipv4Net,
+        subnet_len: u8,
+        own_subnet: Ipv4Net,
+        own_public_ip: Ipv4Addr,
+    ) -> Self {
+        LeasePolicy {
+            v4: FamilyPolicy::new(network, subnet_len, own_subnet, own_public_ip),
+            v6: None,
+        }
+    }
+
+    /// The same policy with an IPv6 half.
+    pub fn with_ipv6(mut self, v6: FamilyPolicy<Ipv6Net>) -> Self {
+        self.v6 = Some(v6);
+        self
+    }
+
+    /// The same policy for our lease moved to `key` (its subnets of both families).
+    pub fn moved_to(&self, key: SubnetKey) -> LeasePolicy {
+        let mut policy = self.clone();
+        policy.v4.own_subnet = key.ipv4;
+        if let (Some(v6), Some(subnet)) = (policy.v6.as_mut(), key.ipv6) {
+            v6.own_subnet = subnet;
+        }
+        policy
+    }
+
+    /// The same policy with the host's connected networks of both families (its addresses'
+    /// networks), filtered per family as [`FamilyPolicy`] describes.
+    pub fn with_local_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = networks
+            .into_iter()
+            .partition(|n| matches!(n, IpNet::V4(_)));
+        self.v4
+            .set_local_networks(v4.into_iter().filter_map(|n| match n {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            }));
+        if let Some(policy) = self.v6.as_mut() {
+            policy.set_local_networks(v6.into_iter().filter_map(|n| match n {
+                IpNet::V6(n) => Some(n),
+                IpNet::V4(_) => None,
+            }));
+        }
+        self
+    }
+
+    /// All connected networks kept, both families, for the log.
+    pub fn local_networks(&self) -> Vec<IpNet> {
+        let v4 = self.v4.local_networks.iter().map(|n| IpNet::from(*n));
+        let v6 = self
+            .v6
+            .iter()
+            .flat_map(|p| p.local_networks.iter().map(|n| IpNet::from(*n)));
+        v4.chain(v6).collect()
+    }
+
+    /// Checks a peer lease; `Ok` when it may be programmed. On a dual-stack network a lease
+    /// without an IPv6 half (an IPv4-only host) passes and is reached over IPv4 only; an IPv6
+    /// half that fails rejects the whole lease.
+    pub fn check(&self, lease: &Lease) -> Result<(), Rejection> {
+        self.v4
+            .check(lease.subnet(), lease.attrs.public_ip, "PublicIP")?;
+        match (&self.v6, lease.key.ipv6) {
+            (Some(policy), Some(subnet)) => {
+                let ip = lease
+                    .attrs
+                    .public_ipv6
+                    .ok_or(Rejection::NoPublicIpv6 { subnet })?;
+                policy.check(subnet, ip, "PublicIPv6")
+            }
+            _ => Ok(()),
+        }
     }
 }
 
 /// Whether two networks share any address.
-pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
+pub fn overlaps<N: Subnet>(a: N, b: N) -> bool {
+    a.overlaps(&b)
 }
 
 #[cfg(test)]
@@ -262,7 +364,7 @@ mod tests {
             "10.244.7.0/24".parse().unwrap(),
             "192.168.1.0/24".parse().unwrap(),
         ];
-        assert_eq!(policy().local_networks, want);
+        assert_eq!(policy().v4.local_networks, want);
     }
 
     #[test]
@@ -271,7 +373,11 @@ mod tests {
             "10.0.0.5/8".parse().unwrap(),
             "10.244.0.1/16".parse().unwrap(),
         ]);
-        assert!(flat.local_networks.is_empty(), "{:?}", flat.local_networks);
+        assert!(
+            flat.v4.local_networks.is_empty(),
+            "{:?}",
+            flat.v4.local_networks
+        );
         assert_eq!(flat.check(&lease("10.244.6.0-24", "10.1.2.3")), Ok(()));
         // A LAN inside the Network is still protected.
         let inside = policy().with_local_networks(["10.244.7.9/24".parse().unwrap()]);
@@ -305,7 +411,7 @@ mod tests {
     #[test]
     fn a_lease_overlapping_our_subnet_is_rejected() {
         let mut p = policy();
-        p.subnet_len = 25;
+        p.v4.subnet_len = 25;
         let err = p
             .check(&lease("10.244.5.128-25", "192.168.1.11"))
             .unwrap_err();
@@ -333,5 +439,83 @@ mod tests {
             let err = check("10.244.6.0-24", ip).unwrap_err();
             assert!(err.to_string().contains(why), "{ip}: {err}");
         }
+    }
+
+    fn dual_policy() -> LeasePolicy {
+        let v6 = FamilyPolicy::new(
+            "fd00:10::/48".parse().unwrap(),
+            64,
+            "fd00:10:0:5::/64".parse().unwrap(),
+            "fd00:1::10".parse().unwrap(),
+        );
+        policy().with_ipv6(v6).with_local_networks([
+            "fd00:1::10/64".parse().unwrap(),
+            "192.168.1.10/24".parse().unwrap(),
+        ])
+    }
+
+    fn dual(key: &str, v6: Option<&str>) -> Lease {
+        let mut lease = lease(key, "192.168.1.11");
+        lease.attrs.public_ipv6 = v6.map(|ip| ip.parse().unwrap());
+        lease
+    }
+
+    #[test]
+    fn the_ipv6_half_of_a_dual_stack_lease_is_checked_like_the_ipv4_half() {
+        let p = dual_policy();
+        assert_eq!(
+            p.v6.as_ref().unwrap().local_networks,
+            vec!["fd00:1::/64".parse::<Ipv6Net>().unwrap()]
+        );
+        assert_eq!(
+            p.check(&dual("10.244.6.0-24&fd00:10:0:6::-64", Some("fd00:1::11"))),
+            Ok(())
+        );
+        // An IPv4-only peer (flanneld v0.11) is still reached over IPv4.
+        assert_eq!(p.check(&dual("10.244.6.0-24", None)), Ok(()));
+        let cases = [
+            (
+                "10.244.6.0-24&fd00:99::-64",
+                Some("fd00:1::11"),
+                "outside the Network fd00:10::/48",
+            ),
+            (
+                "10.244.6.0-24&fd00:10:0:5::-64",
+                Some("fd00:1::11"),
+                "overlaps this host's subnet",
+            ),
+            (
+                "10.244.6.0-24&fd00:10:0:600::-56",
+                Some("fd00:1::11"),
+                "SubnetLen is 64",
+            ),
+            (
+                "10.244.6.0-24&fd00:10:0:6::-64",
+                Some("ff02::1"),
+                "PublicIPv6 ff02::1 is a multicast",
+            ),
+            (
+                "10.244.6.0-24&fd00:10:0:6::-64",
+                Some("fd00:1::10"),
+                "this host's own PublicIPv6",
+            ),
+            (
+                "10.244.6.0-24&fd00:10:0:6::-64",
+                Some("fd00:10:0:6::1"),
+                "inside the pod subnet",
+            ),
+            ("10.244.6.0-24&fd00:10:0:6::-64", None, "no PublicIPv6"),
+        ];
+        for (key, ip, why) in cases {
+            let err = p.check(&dual(key, ip)).unwrap_err();
+            assert!(err.to_string().contains(why), "{key} {ip:?}: {err}");
+        }
+        // Without IPv6 in the config, the IPv6 half is ignored.
+        assert_eq!(
+            policy().check(&dual("10.244.6.0-24&fd00:99::-64", None)),
+            Ok(())
+        );
+        let moved = p.moved_to("10.244.8.0-24&fd00:10:0:8::-64".parse().unwrap());
+        assert_eq!(moved.v6.unwrap().own_subnet.to_string(), "fd00:10:0:8::/64");
     }
 }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 
 use crate::netns::Netns;
-use backends::{ExternalInterface, Netlink};
+use backends::{ClusterNetworks, ExternalInterface, Netlink};
 use serde_json::Value;
 use subnet::{BackendConfig, Lease, LeaseAttrs, LeaseEvent, PeerSet, SubnetKey};
 
@@ -46,7 +46,16 @@ pub fn eth0(addr: &str) -> ExternalInterface {
         name: "eth0".into(),
         index: 0,
         addr: addr.parse().expect("address"),
+        addr6: None,
         mtu: 1500,
+    }
+}
+
+/// An IPv4-only cluster network.
+pub fn v4_network(cidr: &str) -> ClusterNetworks {
+    ClusterNetworks {
+        v4: cidr.parse().expect("network"),
+        v6: None,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use backends::{Backend, Reconciler};
 use flanneld_tests::dataplane::{
-    backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of,
+    backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of, v4_network,
 };
 use serde_json::json;
 
@@ -13,8 +13,13 @@ fn hostgw_routes_are_reconciled_like_ip_route_shows_them() {
     let host = &host_with_eth0("hgw", "192.168.50.1/24");
     in_ns(host, |nl| async move {
         let cfg = backend_config(json!({"Type": "host-gw"}));
-        let mut backend =
-            Backend::new(&cfg, eth0("192.168.50.1"), "192.168.50.1".parse().unwrap()).unwrap();
+        let mut backend = Backend::new(
+            &cfg,
+            eth0("192.168.50.1"),
+            "192.168.50.1".parse().unwrap(),
+            None,
+        )
+        .unwrap();
         let attrs = backend.init(&nl).await.unwrap();
         assert_eq!(
             attrs.to_json(),
@@ -22,7 +27,7 @@ fn hostgw_routes_are_reconciled_like_ip_route_shows_them() {
         );
         assert_eq!(backend.mtu(), 1500);
         let public = "192.168.50.1".parse().unwrap();
-        let network = "10.5.0.0/16".parse().unwrap();
+        let network = v4_network("10.5.0.0/16");
         backend
             .configure(&nl, &own_lease(OWN, public), network)
             .await
@@ -143,8 +148,13 @@ fn hostgw_peer_not_on_link_is_reported_with_the_fix() {
     let host = &host_with_eth0("hgwu", "192.168.51.1/24");
     in_ns(host, |nl| async move {
         let cfg = backend_config(json!({"Type": "host-gw"}));
-        let mut backend =
-            Backend::new(&cfg, eth0("192.168.51.1"), "192.168.51.1".parse().unwrap()).unwrap();
+        let mut backend = Backend::new(
+            &cfg,
+            eth0("192.168.51.1"),
+            "192.168.51.1".parse().unwrap(),
+            None,
+        )
+        .unwrap();
         backend.init(&nl).await.unwrap();
         let mut rec = Reconciler::new(nl);
         let set = peers(
@@ -182,6 +192,7 @@ fn unknown_types_and_nat_are_refused_with_clear_errors() {
         &backend_config(json!({"Type": "udp"})),
         eth0("192.168.52.1"),
         "192.168.52.1".parse().unwrap(),
+        None,
     )
     .unwrap_err()
     .to_string();
@@ -193,6 +204,7 @@ fn unknown_types_and_nat_are_refused_with_clear_errors() {
         &backend_config(json!({"Type": "host-gw"})),
         eth0("192.168.52.1"),
         "1.2.3.4".parse().unwrap(),
+        None,
     )
     .unwrap_err()
     .to_string();

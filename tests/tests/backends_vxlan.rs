@@ -8,7 +8,7 @@ use backends::{
     Backend, DeviceChange, Drift, Netlink, Notification, Notifications, Reaction, Reconciler,
 };
 use flanneld_tests::dataplane::{
-    backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of,
+    backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of, v4_network,
 };
 use flanneld_tests::netns::Netns;
 use serde_json::{json, Value};
@@ -32,10 +32,10 @@ fn vtep_mac(attrs: &LeaseAttrs) -> String {
 /// Builds, inits and configures a vxlan backend on `eth0` with address `ip`.
 async fn vxlan_backend(nl: &Netlink, raw: Value, ip: &str) -> (Backend, LeaseAttrs) {
     let public = ip.parse().unwrap();
-    let mut backend = Backend::new(&backend_config(raw), eth0(ip), public).unwrap();
+    let mut backend = Backend::new(&backend_config(raw), eth0(ip), public, None).unwrap();
     let attrs = backend.init(nl).await.unwrap();
     backend
-        .configure(nl, &own_lease(OWN, public), "10.5.0.0/16".parse().unwrap())
+        .configure(nl, &own_lease(OWN, public), v4_network("10.5.0.0/16"))
         .await
         .unwrap();
     (backend, attrs)
@@ -56,6 +56,7 @@ fn vxlan_device_and_peer_entries() {
             &backend_config(json!({"Type": "vxlan"})),
             eth0("192.168.60.1"),
             public,
+            None,
         )
         .unwrap();
         let attrs = backend.init(&nl).await.unwrap();
@@ -87,7 +88,7 @@ fn vxlan_device_and_peer_entries() {
             "ip addr add 10.5.77.1/24 dev flannel.1 && ip addr add 172.31.0.1/32 dev flannel.1",
         );
         backend
-            .configure(&nl, &own_lease(OWN, public), "10.5.0.0/16".parse().unwrap())
+            .configure(&nl, &own_lease(OWN, public), v4_network("10.5.0.0/16"))
             .await
             .unwrap();
         let addrs = host.sh("ip -4 addr show dev flannel.1");
@@ -282,7 +283,7 @@ fn vxlan_device_deleted_is_noticed_and_restored_and_restart_reuses_it() {
             .configure(
                 &nl,
                 &own_lease(OWN, "192.168.63.1".parse().unwrap()),
-                "10.5.0.0/16".parse().unwrap(),
+                v4_network("10.5.0.0/16"),
             )
             .await
             .unwrap();
@@ -361,7 +362,7 @@ fn vxlan_drift_tells_changes_under_us_from_the_echo_of_our_own_setup() {
     in_ns(host, |nl| async move {
         let public = "192.168.65.1".parse().unwrap();
         let own = own_lease(OWN, public);
-        let network = "10.5.0.0/16".parse().unwrap();
+        let network = v4_network("10.5.0.0/16");
         let (mut backend, attrs) =
             vxlan_backend(&nl, json!({"Type": "vxlan"}), "192.168.65.1").await;
         let mac = vtep_mac(&attrs);
@@ -475,7 +476,7 @@ fn vxlan_underlay_gone_and_back_is_repaired() {
             .configure(
                 &nl,
                 &own_lease(OWN, "192.168.64.1".parse().unwrap()),
-                "10.5.0.0/16".parse().unwrap(),
+                v4_network("10.5.0.0/16"),
             )
             .await
             .unwrap();
@@ -543,13 +544,14 @@ fn vxlan_two_hosts_across_a_router_ping() {
                 &backend_config(json!({"Type": "vxlan", "DirectRouting": true})),
                 eth0(ip),
                 public,
+                None,
             )
             .unwrap();
             let attrs = backend.init(&nl).await.unwrap();
             let mut lease = own_lease(own, public);
             lease.attrs = attrs.clone();
             backend
-                .configure(&nl, &lease, "10.5.0.0/16".parse().unwrap())
+                .configure(&nl, &lease, v4_network("10.5.0.0/16"))
                 .await
                 .unwrap();
             (backend, lease)

@@ -150,9 +150,15 @@ async fn reacquire_reuses_the_lease_holding_our_public_ip() {
     let key = format!("{prefix}/subnets/{}", first.key);
     let (_, _, first_id) = server.lease_ttl(&key).unwrap();
     // PublicIP beats subnet.env, as in Go flanneld.
-    let again = acquire(&registry, &config, &host(1), Some(net("10.3.99.0/24")), DAY)
-        .await
-        .unwrap();
+    let again = acquire(
+        &registry,
+        &config,
+        &host(1),
+        Some(SubnetKey::v4(net("10.3.99.0/24"))),
+        DAY,
+    )
+    .await
+    .unwrap();
     assert_eq!(again.key, first.key);
     let (_, _, second_id) = server.lease_ttl(&key).unwrap();
     assert_ne!(
@@ -167,14 +173,26 @@ async fn previous_subnet_is_reused_only_if_the_config_allows_it() {
     let server = EtcdServer::start();
     let (registry, prefix) = setup(&server, CONFIG).await;
     let config = registry.network_config().await.unwrap();
-    let lease = acquire(&registry, &config, &host(1), Some(net("10.3.6.0/24")), DAY)
-        .await
-        .unwrap();
+    let lease = acquire(
+        &registry,
+        &config,
+        &host(1),
+        Some(SubnetKey::v4(net("10.3.6.0/24"))),
+        DAY,
+    )
+    .await
+    .unwrap();
     assert_eq!(lease.subnet(), net("10.3.6.0/24"));
 
-    let lease = acquire(&registry, &config, &host(2), Some(net("10.4.1.0/24")), DAY)
-        .await
-        .unwrap();
+    let lease = acquire(
+        &registry,
+        &config,
+        &host(2),
+        Some(SubnetKey::v4(net("10.4.1.0/24"))),
+        DAY,
+    )
+    .await
+    .unwrap();
     assert_ne!(lease.subnet(), net("10.4.1.0/24"));
     assert!(config.v4().unwrap().allows(lease.subnet()));
 
@@ -193,7 +211,7 @@ async fn racing_agents_get_different_subnets() {
     let server = EtcdServer::start();
     let (registry, _) = setup(&server, CONFIG).await;
     let config = registry.network_config().await.unwrap();
-    let previous = Some(net("10.3.6.0/24"));
+    let previous = Some(SubnetKey::v4(net("10.3.6.0/24")));
     let hosts = [host(1), host(2), host(3)];
     let (a, b, c) = tokio::join!(
         acquire(&registry, &config, &hosts[0], previous, DAY),

@@ -8,11 +8,11 @@ mod device;
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
 use subnet::{Lease, LeaseAttrs};
 
-use crate::desired::{DesiredState, Route};
+use crate::desired::{DesiredState, Family, Route, Vteps};
 use crate::drift::Drift;
 use crate::mac::Mac;
 use crate::netlink::VxlanSpec;
@@ -89,13 +89,16 @@ impl Vxlan {
     /// The subnets reachable without a gateway through the external interface.
     async fn onlink_subnets(&self, nl: &Netlink) -> Result<Vec<Ipv4Net>, Error> {
         let routes = nl
-            .routes()
+            .routes(Family::V4)
             .await
             .map_err(Error::netlink("list routes for DirectRouting"))?;
         Ok(routes
             .iter()
             .filter(|r| r.gateway.is_none() && r.oif == Some(self.ext.index))
-            .map(|r| r.dst)
+            .filter_map(|r| match r.dst {
+                IpNet::V4(dst) => Some(dst),
+                IpNet::V6(_) => None,
+            })
             .collect())
     }
 
@@ -198,7 +201,7 @@ impl Vxlan {
 
     pub(crate) fn reaction(&self, n: &Notification) -> Reaction {
         let name = self.name();
-        react(n, &self.ext, Some((&name, self.device.map(|(i, _)| i))))
+        react(n, &self.ext, &[(&name, self.device.map(|(i, _)| i))])
     }
 }
 
@@ -238,7 +241,7 @@ fn desired<'a>(
     onlink: &[Ipv4Net],
 ) -> DesiredState {
     let mut state = DesiredState {
-        vtep,
+        vteps: Vteps { v4: vtep, v6: None },
         ..DesiredState::default()
     };
     for peer in peers {
@@ -267,17 +270,17 @@ fn add_peer(
     let subnet = peer.subnet();
     let public_ip = peer.attrs.public_ip;
     if cfg.direct_routing && onlink.iter().any(|n| n.contains(&public_ip)) {
-        state.add_direct_route(subnet, public_ip, ext_index);
+        state.add_direct_route(subnet.into(), public_ip.into(), ext_index);
         return Ok(());
     }
-    let vtep = state.vtep.ok_or("the vxlan device is not set up")?;
-    state.neighbours.insert(subnet.network(), data.mac);
-    state.fdb.insert(data.mac, public_ip);
+    let vtep = state.vteps.v4.ok_or("the vxlan device is not set up")?;
+    state.neighbours.insert(subnet.network().into(), data.mac);
+    state.fdb.insert(data.mac, public_ip.into());
     state.routes.insert(
-        subnet,
+        subnet.into(),
         Route {
-            dst: subnet,
-            gateway: subnet.network(),
+            dst: subnet.into(),
+            gateway: subnet.network().into(),
             oif: vtep,
             onlink: true,
         },
@@ -338,8 +341,8 @@ mod tests {
     #[test]
     fn each_vxlan_peer_gets_neighbour_fdb_and_onlink_route() {
         let state = desired(peers().iter(), &cfg(false), 2, Some(9), &[]);
-        assert_eq!(state.vtep, Some(9));
-        let n2: Ipv4Addr = "10.5.2.0".parse().unwrap();
+        assert_eq!(state.vteps.v4, Some(9));
+        let n2: std::net::IpAddr = "10.5.2.0".parse().unwrap();
         let m2: Mac = "02:00:00:00:00:02".parse().unwrap();
         assert_eq!(state.neighbours.get(&n2), Some(&m2));
         assert_eq!(state.fdb.get(&m2), Some(&"192.168.1.2".parse().unwrap()));
@@ -382,6 +385,7 @@ mod tests {
             name: "eth0".into(),
             index: 2,
             addr: "192.168.1.1".parse().unwrap(),
+            addr6: None,
             mtu: 1500,
         };
         let ip = ext.addr;

@@ -11,7 +11,7 @@
 mod goflag;
 pub(crate) mod values;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -180,9 +180,9 @@ pub struct Options {
     /// IP accessible by other nodes for inter-host communication
     #[arg(long, default_value = "", hide_default_value = true, value_parser = values::ipv4)]
     pub public_ip: Unset<Ipv4Addr>,
-    /// IPv6 accessible by other nodes for inter-host communication [not supported by flanneld-rs]
-    #[arg(long, default_value = "", hide_default_value = true)]
-    pub public_ipv6: String,
+    /// IPv6 accessible by other nodes for inter-host communication
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::ipv6)]
+    pub public_ipv6: Unset<Ipv6Addr>,
     /// subnet lease renewal margin, in minutes, ranging from 1 to 1439
     #[arg(long, default_value = "60", value_parser = values::renew_margin)]
     pub subnet_lease_renew_margin: Duration,
@@ -270,7 +270,6 @@ const KUBE: &str = "it is only used with --kube-subnet-mgr; this agent runs in e
 /// Go flanneld flags this agent accepts but does not implement, with the reason given in the
 /// start-up warning (`kube-subnet-mgr` is handled as a fatal error instead).
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("public-ipv6", "IPv6 is not implemented yet"),
     (
         "ip-blackhole-route",
         "the blackhole route is not implemented yet",

@@ -2,7 +2,7 @@
 //! the spellings Go flanneld's `flag` package accepts and says what a valid value looks like.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -200,6 +200,17 @@ pub fn ipv4(value: &str) -> Result<Unset<Ipv4Addr>, String> {
         .parse()
         .map(Some)
         .map_err(|_| "use an IPv4 address such as 10.4.7.21".into())
+}
+
+/// An IPv6 address flag (`--public-ipv6`); empty means unset.
+pub fn ipv6(value: &str) -> Result<Unset<Ipv6Addr>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| "use an IPv6 address such as fd00:4:7::21".into())
 }
 
 /// A file flag (`--etcd-cafile`, ...); empty means unset.

@@ -167,11 +167,12 @@ fn links(facts: &Facts, out: &mut Vec<Finding>) {
             ));
         }
     }
-    if let Some(docker) = facts.links.iter().find(|l| l.name == "docker0") {
-        let bip = env.flannel_subnet().addr();
+    let docker = facts.links.iter().find(|l| l.name == "docker0");
+    if let (Some(docker), Some(flannel_subnet)) = (docker, env.flannel_subnet()) {
+        let bip = flannel_subnet.addr();
         if !docker.addrs.is_empty() && !docker.addrs.contains(&bip) {
             let have: Vec<String> = docker.addrs.iter().map(ToString::to_string).collect();
-            out.push(finding("docker-bip", Severity::Problem, format!("docker0 has {}, but FLANNEL_SUBNET is {}: containers get addresses peers do not route to this host", have.join(", "), env.flannel_subnet()), format!("run dockerd with --bip={} (flanneld mk-docker-opts writes it) and restart docker", env.flannel_subnet())));
+            out.push(finding("docker-bip", Severity::Problem, format!("docker0 has {}, but FLANNEL_SUBNET is {}: containers get addresses peers do not route to this host", have.join(", "), flannel_subnet), format!("run dockerd with --bip={flannel_subnet} (flanneld mk-docker-opts writes it) and restart docker")));
         }
     }
 }
@@ -228,6 +229,7 @@ fn masquerade_order(
     env: &SubnetEnv,
     out: &mut Vec<Finding>,
 ) {
+    let Some(v4) = env.ipv4 else { return };
     let ours = postrouting
         .iter()
         .position(|r| r.target() == Some(netfilter::MASQ_CHAIN));
@@ -236,7 +238,7 @@ fn masquerade_order(
     }
     for (at, rule) in postrouting.iter().enumerate() {
         let masquerades = matches!(rule.target(), Some("MASQUERADE" | "SNAT"));
-        if !masquerades || !from_pods(rule, env.network) {
+        if !masquerades || !from_pods(rule, v4.network) {
             continue;
         }
         let ahead = ours.is_none_or(|o| at < o);
@@ -251,11 +253,12 @@ fn masquerade_order(
                 "behind flanneld's jump: pod-to-pod traffic is exempted before it",
             )
         };
-        out.push(finding("foreign-masquerade", severity, format!("{flavour} nat: `{rule}` masquerades traffic from the cluster Network {}, {position}", env.network), "run docker with --ip-masq=false (flanneld mk-docker-opts emits it); with --ip-masq the agent keeps its jump first"));
+        out.push(finding("foreign-masquerade", severity, format!("{flavour} nat: `{rule}` masquerades traffic from the cluster Network {}, {position}", v4.network), "run docker with --ip-masq=false (flanneld mk-docker-opts emits it); with --ip-masq the agent keeps its jump first"));
     }
 }
 
 fn forward_order(flavour: Flavour, forward: &[&Rule], env: &SubnetEnv, out: &mut Vec<Finding>) {
+    let Some(v4) = env.ipv4 else { return };
     let ours = forward
         .iter()
         .position(|r| r.target() == Some(netfilter::FORWARD_CHAIN));
@@ -269,7 +272,7 @@ fn forward_order(flavour: Flavour, forward: &[&Rule], env: &SubnetEnv, out: &mut
     };
     if let Some((at, rule)) = forward.iter().enumerate().find(|(_, r)| catch_all(r)) {
         if ours.is_none_or(|o| at < o) {
-            out.push(finding("forward-reject-ahead", Severity::Problem, format!("{flavour} filter: `{rule}` sits ahead of flanneld's FORWARD accept rules: traffic to and from the cluster Network {} is refused", env.network), "run the agent with --iptables-forward-rules (the default) so its jump is kept first, or accept the Network ahead of the catch-all"));
+            out.push(finding("forward-reject-ahead", Severity::Problem, format!("{flavour} filter: `{rule}` sits ahead of flanneld's FORWARD accept rules: traffic to and from the cluster Network {} is refused", v4.network), "run the agent with --iptables-forward-rules (the default) so its jump is kept first, or accept the Network ahead of the catch-all"));
         }
     }
 }
@@ -287,11 +290,12 @@ fn store(facts: &Facts, out: &mut Vec<Finding>) {
         }
         Some(Ok(etcd)) => etcd,
     };
-    let own = env.subnet;
-    if env.network != etcd.network || !etcd.leases.contains(&own) {
-        out.push(finding("subnet-env-stale", Severity::Problem, format!("subnet.env says Network {} and subnet {own}; etcd has Network {} and {} that lease", env.network, etcd.network, if etcd.leases.contains(&own) { "holds" } else { "no longer holds" }), "restart the agent: it re-claims the subnet or takes a new one and rewrites subnet.env; then restart the pods of this host"));
+    let Some(v4) = env.ipv4 else { return };
+    let own = v4.subnet;
+    if v4.network != etcd.network || !etcd.leases.contains(&own) {
+        out.push(finding("subnet-env-stale", Severity::Problem, format!("subnet.env says Network {} and subnet {own}; etcd has Network {} and {} that lease", v4.network, etcd.network, if etcd.leases.contains(&own) { "holds" } else { "no longer holds" }), "restart the agent: it re-claims the subnet or takes a new one and rewrites subnet.env; then restart the pods of this host"));
     }
-    routes_vs_leases(facts, env, etcd, own, out);
+    routes_vs_leases(facts, v4.network, etcd, own, out);
     if let Some((ahead, by)) = etcd.skew.filter(|(_, by)| *by > SKEW_LIMIT) {
         let side = if ahead { "ahead of" } else { "behind" };
         out.push(finding("clock-skew", Severity::Problem, format!("etcd's clock is {}s {side} this host's: lease expirations (etcd's clock in the v2 keyspace) are misjudged by that much", by.as_secs()), "synchronise the clocks (chrony or systemd-timesyncd on every host and etcd member)"));
@@ -300,7 +304,7 @@ fn store(facts: &Facts, out: &mut Vec<Finding>) {
 
 fn routes_vs_leases(
     facts: &Facts,
-    env: &SubnetEnv,
+    network: Ipv4Net,
     etcd: &EtcdFacts,
     own: Ipv4Net,
     out: &mut Vec<Finding>,
@@ -312,7 +316,7 @@ fn routes_vs_leases(
     let stray = facts
         .routes
         .iter()
-        .filter(|(dst, ours)| *ours && env.network.contains(dst) && !etcd.leases.contains(dst));
+        .filter(|(dst, ours)| *ours && network.contains(dst) && !etcd.leases.contains(dst));
     for (dst, _) in stray {
         out.push(finding("route-without-lease", Severity::Problem, format!("the tagged route {dst} has no lease in etcd: traffic to it goes to a host that no longer owns it"), "a running agent removes it within 70 s (60 s grace, 10 s resync); if none runs, `flanneld cleanup` removes the agent's routes"));
     }
@@ -324,8 +328,11 @@ mod tests {
 
     fn env() -> SubnetEnv {
         SubnetEnv {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet: "10.5.1.0/24".parse().unwrap(),
+            ipv4: Some(subnet::FamilyEnv {
+                network: "10.5.0.0/16".parse().unwrap(),
+                subnet: "10.5.1.0/24".parse().unwrap(),
+            }),
+            ipv6: None,
             mtu: 1450,
             ipmasq: true,
         }
