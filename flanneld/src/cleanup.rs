@@ -9,7 +9,7 @@
 use anyhow::{anyhow, Context, Result};
 use backends::{DesiredState, Netlink, Reconciler};
 use ipnet::IpNet;
-use netfilter::{Flavour, Iptables};
+use netfilter::{Flavour, IpFamily, Iptables};
 use subnet::{Detector, Keyspace, PreviousEnv, Registry, SubnetKey};
 
 use crate::cli::{self, values, Options};
@@ -100,17 +100,18 @@ async fn remove_routes(nl: &Netlink, previous: &PreviousEnv) -> Result<Vec<Strin
     Ok(preview.changes.into_iter().map(|c| c.object).collect())
 }
 
-/// Removes our chains and jumps from every iptables flavour that works here.
+/// Removes our chains and jumps from every iptables and ip6tables flavour that works here.
 fn remove_rules() -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for flavour in [Flavour::Legacy, Flavour::Nft] {
-        let Ok(iptables) = Iptables::probe(flavour) else {
-            continue;
-        };
-        let gone = iptables
-            .remove_ours()
-            .with_context(|| format!("{flavour}"))?;
-        removed.extend(gone.into_iter().map(|r| format!("{flavour}: {r}")));
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let Ok(iptables) = Iptables::probe(flavour, family) else {
+                continue;
+            };
+            let command = flavour.iptables_command(family);
+            let gone = iptables.remove_ours().with_context(|| command.clone())?;
+            removed.extend(gone.into_iter().map(|r| format!("{command}: {r}")));
+        }
     }
     Ok(removed)
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decide::{self, decide, Pending, Reconcile, Turn, Wake};
 use crate::egress_watch;
-use crate::firewall::Firewall;
+use crate::firewall::{Firewall, Targets};
 use crate::metrics::{Metrics, PeerCounts};
 use crate::readiness::{Facts, ReadinessWriter, Stage};
 
@@ -544,7 +544,7 @@ impl Agent {
                 self.report_rejections();
             }
             if let Some(fw) = self.firewall.as_mut() {
-                fw.retarget(self.networks.v4, lease.subnet());
+                fw.retarget(Targets::of(self.networks, lease.key));
             }
             self.env_written = false;
         }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::Options;
 use crate::control::{Agent, Parts};
 use crate::egress_watch;
-use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions};
+use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions, Targets};
 use crate::healthz::{self, Readiness};
 use crate::iface::{self, Selection};
 use crate::metrics::{Instrumented, Metrics};
@@ -420,8 +420,8 @@ async fn configure_data_plane(
     previous: PreviousEnv,
 ) -> Result<(Option<Firewall>, Option<EnsureTask>)> {
     backend.configure(nl, lease, networks).await?;
-    let target = (networks.v4, lease.subnet());
-    let firewall = Firewall::new(fw_options, detection, target, previous, metrics).await?;
+    let targets = Targets::of(networks, lease.key);
+    let firewall = Firewall::new(fw_options, detection, targets, previous, metrics).await?;
     let first_check = firewall.as_ref().map(Firewall::start_ensure);
     Ok((firewall, first_check))
 }

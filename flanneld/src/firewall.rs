@@ -6,14 +6,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
+use backends::ClusterNetworks;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netfilter::{
-    BackendChoice, Config, EnsureOutcome, Iptables, Netfilter, NftChanges, Previous, RuleSet,
+    BackendChoice, Config, EnsureOutcome, IpFamily, Iptables, Netfilter, NftChanges, Previous,
+    RuleSet,
 };
 
 use crate::egress_watch::Rules as EgressRules;
 use crate::metrics::Metrics;
-use subnet::PreviousEnv;
+use subnet::{PreviousEnv, SubnetKey};
 use tokio::task::JoinHandle;
 
 /// What the operator asked for.
@@ -52,15 +54,48 @@ impl Detection {
 /// A rule check running on a blocking thread ([`Firewall::start_ensure`]).
 pub struct EnsureTask(JoinHandle<Result<EnsureOutcome, netfilter::Error>>);
 
-/// Owns the agent's iptables rules.
-pub struct Firewall {
+/// The cluster networks and our subnets the rules are for: IPv4, and IPv6 on a dual-stack
+/// network (ip6tables gets the same chains for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Targets {
+    /// `Network` and our IPv4 subnet.
+    pub v4: (Ipv4Net, Ipv4Net),
+    /// `IPv6Network` and our IPv6 subnet.
+    pub v6: Option<(Ipv6Net, Ipv6Net)>,
+}
+
+impl Targets {
+    /// The targets of a lease of `key` on `networks`.
+    pub fn of(networks: ClusterNetworks, key: SubnetKey) -> Targets {
+        Targets {
+            v4: (networks.v4, key.ipv4),
+            v6: networks.v6.zip(key.ipv6),
+        }
+    }
+
+    /// Each family's (network, subnet).
+    fn each(&self) -> impl Iterator<Item = (IpNet, IpNet)> {
+        let v4 = (self.v4.0.into(), self.v4.1.into());
+        let v6 = self.v6.map(|(n, s)| (n.into(), s.into()));
+        std::iter::once(v4).chain(v6)
+    }
+}
+
+/// One family's binaries and rules.
+#[derive(Clone)]
+struct FamilyRules {
     iptables: Arc<Iptables>,
-    options: FirewallOptions,
-    random_fully: bool,
-    /// The cluster Network and our subnet the rules are for.
-    target: (Ipv4Net, Ipv4Net),
-    metrics: Arc<Metrics>,
     rules: RuleSet,
+}
+
+/// Owns the agent's iptables (and, on a dual-stack network, ip6tables) rules.
+pub struct Firewall {
+    families: Vec<FamilyRules>,
+    options: FirewallOptions,
+    targets: Targets,
+    /// The previous run's values whose Go flanneld v0.11 rules are retired (IPv4 only).
+    previous: Option<Previous>,
+    metrics: Arc<Metrics>,
     reported: BTreeSet<String>,
     /// nf_tables change notifications (nft binaries only): while none arrives after a check
     /// that found the rules in place, the next check is skipped.
@@ -70,14 +105,15 @@ pub struct Firewall {
 }
 
 impl Firewall {
-    /// Takes the detected iptables flavour and builds the rules for `network`/`subnet`; `None`
-    /// when neither `--ip-masq` nor `--iptables-forward-rules` asks for any rule. When
-    /// subnet.env recorded another Network or subnet, the rules Go flanneld v0.11 left for those
-    /// old values are retired by the first [`Firewall::ensure`].
+    /// Takes the detected iptables flavour (and probes the same flavour's ip6tables on a
+    /// dual-stack network) and builds the rules for `targets`; `None` when neither `--ip-masq`
+    /// nor `--iptables-forward-rules` asks for any rule. When subnet.env recorded another
+    /// Network or subnet, the rules Go flanneld v0.11 left for those old values are retired by
+    /// the first [`Firewall::ensure`].
     pub async fn new(
         options: FirewallOptions,
         detection: Detection,
-        (network, subnet): (Ipv4Net, Ipv4Net),
+        targets: Targets,
         previous: PreviousEnv,
         metrics: &Arc<Metrics>,
     ) -> Result<Option<Firewall>> {
@@ -97,39 +133,33 @@ impl Firewall {
                 "--ip-masq=false: the nat table is left untouched and FLANNEL_IPMASQ=false"
             );
         }
-        let random_fully = iptables.supports_random_fully() && !options.random_fully_disabled;
-        let previous = to_retire(&previous, network, subnet);
-        let rules = RuleSet::build(
-            &rule_config(&options, random_fully, network, subnet),
-            previous.as_ref(),
-        );
-        // Subscribed before the first check, so no change after it goes unnoticed.
-        let changes = if iptables.uses_nf_tables() {
-            NftChanges::subscribe()
-                .inspect_err(|e| {
-                    tracing::info!("no nf_tables change notifications ({e}): every --iptables-resync runs a full check")
-                })
-                .ok()
-        } else {
-            None
-        };
-        Ok(Some(Firewall {
-            iptables: Arc::new(iptables),
+        let mut binaries = vec![iptables.clone()];
+        if targets.v6.is_some() {
+            binaries.push(probe_ip6tables(&iptables).await?);
+        }
+        let changes = iptables.uses_nf_tables().then(subscribe_changes).flatten();
+        let mut firewall = Firewall {
+            families: Vec::new(),
             options,
-            random_fully,
-            target: (network, subnet),
+            targets,
+            previous: to_retire(&previous, targets.v4),
             metrics: Arc::clone(metrics),
-            rules,
             reported: BTreeSet::new(),
             changes,
             verified: false,
-        }))
+        };
+        firewall.families = binaries
+            .into_iter()
+            .map(|iptables| firewall.family_rules(Arc::new(iptables)))
+            .collect();
+        Ok(Some(firewall))
     }
 
     /// Re-targets the rules after the lease moved to another subnet; the old subnet's rules go
     /// with the next [`Firewall::ensure`] (the owned chains are replaced whole).
-    pub fn retarget(&mut self, network: Ipv4Net, subnet: Ipv4Net) {
-        self.target = (network, subnet);
+    pub fn retarget(&mut self, targets: Targets) {
+        self.targets = targets;
+        self.previous = None;
         self.rebuild();
     }
 
@@ -141,10 +171,29 @@ impl Firewall {
     }
 
     fn rebuild(&mut self) {
-        let (network, subnet) = self.target;
-        let config = rule_config(&self.options, self.random_fully, network, subnet);
-        self.rules = RuleSet::build(&config, None);
+        let binaries: Vec<Arc<Iptables>> = self
+            .families
+            .iter()
+            .map(|f| Arc::clone(&f.iptables))
+            .collect();
+        self.families = binaries.into_iter().map(|b| self.family_rules(b)).collect();
         self.verified = false;
+    }
+
+    /// The rules `iptables` (of one family) must hold for the current targets and options.
+    fn family_rules(&self, iptables: Arc<Iptables>) -> FamilyRules {
+        let family = iptables.family();
+        let (network, subnet) = self
+            .targets
+            .each()
+            .find(|(n, _)| IpFamily::of(n) == family)
+            .unwrap_or((self.targets.v4.0.into(), self.targets.v4.1.into()));
+        let random_fully = iptables.supports_random_fully() && !self.options.random_fully_disabled;
+        let config = rule_config(&self.options, random_fully, network, subnet);
+        FamilyRules {
+            rules: RuleSet::build(&config, self.previous.as_ref()),
+            iptables,
+        }
     }
 
     /// Makes the kernel hold the rules (idempotent; writes only on drift) and logs what was done
@@ -162,9 +211,8 @@ impl Firewall {
     /// Starts [`Firewall::ensure`]'s check on a blocking thread, to overlap it with other
     /// start-up work; [`Firewall::finish_ensure`] waits for it and logs.
     pub fn start_ensure(&self) -> EnsureTask {
-        let iptables = Arc::clone(&self.iptables);
-        let rules = self.rules.clone();
-        EnsureTask(tokio::task::spawn_blocking(move || iptables.ensure(&rules)))
+        let families = self.families.clone();
+        EnsureTask(tokio::task::spawn_blocking(move || ensure_all(&families)))
     }
 
     /// Waits for a check started by [`Firewall::start_ensure`] and logs what it did.
@@ -197,9 +245,48 @@ impl Firewall {
     }
 }
 
+/// Checks (and repairs) each family's rules in turn; one outcome for all.
+fn ensure_all(families: &[FamilyRules]) -> Result<EnsureOutcome, netfilter::Error> {
+    let mut all = EnsureOutcome::default();
+    let mut reasons = Vec::new();
+    for family in families {
+        let outcome = family.iptables.ensure(&family.rules)?;
+        all.applied |= outcome.applied;
+        if outcome.applied {
+            let command = family
+                .iptables
+                .flavour()
+                .iptables_command(family.iptables.family());
+            let reason = outcome.reason.unwrap_or_default();
+            reasons.push(format!("{command}: {reason}"));
+        }
+        all.foreign.extend(outcome.foreign);
+    }
+    all.reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+    Ok(all)
+}
+
+/// The ip6tables of the flavour chosen for iptables, probed on a blocking thread.
+async fn probe_ip6tables(iptables: &Iptables) -> Result<Iptables> {
+    let v4 = iptables.clone();
+    tokio::task::spawn_blocking(move || v4.for_family(IpFamily::V6))
+        .await
+        .context("ip6tables probe task")?
+        .context("the network config enables IPv6 but ip6tables cannot be used")
+}
+
+/// nf_tables change notifications, or `None` (logged) when the subscription fails.
+fn subscribe_changes() -> Option<NftChanges> {
+    NftChanges::subscribe()
+        .inspect_err(|e| {
+            tracing::info!("no nf_tables change notifications ({e}): every --iptables-resync runs a full check")
+        })
+        .ok()
+}
+
 /// The Network and subnet of the last run when they differ from now: Go flanneld v0.11's rules
 /// for them are retired.
-fn to_retire(previous: &PreviousEnv, network: Ipv4Net, subnet: Ipv4Net) -> Option<Previous> {
+fn to_retire(previous: &PreviousEnv, (network, subnet): (Ipv4Net, Ipv4Net)) -> Option<Previous> {
     match (previous.network, previous.subnet) {
         (Some(old_net), Some(old_sub)) if (old_net, old_sub) != (network, subnet) => {
             tracing::info!(
@@ -214,12 +301,12 @@ fn to_retire(previous: &PreviousEnv, network: Ipv4Net, subnet: Ipv4Net) -> Optio
     }
 }
 
-/// The rule-builder input for the options and the current Network/subnet.
+/// The rule-builder input for the options and one family's Network/subnet.
 pub(crate) fn rule_config(
     options: &FirewallOptions,
     random_fully: bool,
-    network: Ipv4Net,
-    subnet: Ipv4Net,
+    network: IpNet,
+    subnet: IpNet,
 ) -> Config {
     Config {
         network,

@@ -212,7 +212,8 @@ fn rule_changes(
     let options = daemon::firewall_options(opts, egress);
     let (iptables, _) = Iptables::detect(opts.iptables_backend).context("cannot use iptables")?;
     let random_fully = iptables.supports_random_fully() && !opts.ip_masq_fully_random_disable;
-    let rules = RuleSet::build(&rule_config(&options, random_fully, network, subnet), None);
+    let config = rule_config(&options, random_fully, network.into(), subnet.into());
+    let rules = RuleSet::build(&config, None);
     let saved = iptables.save().context("cannot read the rules")?;
     let flavour = iptables.flavour();
     Ok(netfilter::plan(&rules, &saved)

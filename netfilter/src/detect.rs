@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use crate::error::Error;
 use crate::exec;
-use crate::iptables::{Flavour, Iptables};
+use crate::iptables::{Flavour, IpFamily, Iptables};
 use crate::save::Saved;
 
 /// The operator's choice of iptables backend.
@@ -60,7 +60,7 @@ struct Census {
 
 impl Census {
     fn take(flavour: Flavour) -> Result<Census, Error> {
-        let finished = exec::run(flavour.save_command(), &[], None)?;
+        let finished = exec::run(&flavour.save_command(IpFamily::V4), &[], None)?;
         let command = finished.command.clone();
         let saved =
             Saved::parse(&finished.stdout()?).map_err(|source| Error::Parse { command, source })?;
@@ -133,7 +133,7 @@ impl Iptables {
                 choose(legacy, nft)
             }
         };
-        let iptables = Iptables::probe(flavour)?;
+        let iptables = Iptables::probe(flavour, IpFamily::V4)?;
         let reason = format!(
             "{choice}: {why}; using {flavour} ({}), --random-fully {}",
             iptables.version(),

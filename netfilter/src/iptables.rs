@@ -13,6 +13,33 @@ use crate::{EnsureOutcome, Netfilter};
 /// How long `iptables-restore` waits for the xtables lock (legacy backend), in seconds.
 const LOCK_WAIT_SECONDS: &str = "5";
 
+/// The address family a set of iptables binaries programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    /// `iptables*`.
+    V4,
+    /// `ip6tables*`.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of a network.
+    pub fn of(network: &ipnet::IpNet) -> IpFamily {
+        match network {
+            ipnet::IpNet::V4(_) => IpFamily::V4,
+            ipnet::IpNet::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// The binaries' name stem: `iptables` or `ip6tables`.
+    fn stem(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        }
+    }
+}
+
 /// Which iptables binaries to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavour {
@@ -25,31 +52,28 @@ pub enum Flavour {
 }
 
 impl Flavour {
-    /// The save binary.
-    pub fn save_command(self) -> &'static str {
+    /// The `-legacy` or `-nft` part of the binaries' names.
+    fn infix(self) -> &'static str {
         match self {
-            Flavour::Legacy => "iptables-legacy-save",
-            Flavour::Nft => "iptables-nft-save",
-            Flavour::System => "iptables-save",
+            Flavour::Legacy => "-legacy",
+            Flavour::Nft => "-nft",
+            Flavour::System => "",
         }
     }
 
-    /// The restore binary.
-    pub fn restore_command(self) -> &'static str {
-        match self {
-            Flavour::Legacy => "iptables-legacy-restore",
-            Flavour::Nft => "iptables-nft-restore",
-            Flavour::System => "iptables-restore",
-        }
+    /// The save binary for `family`, e.g. `ip6tables-nft-save`.
+    pub fn save_command(self, family: IpFamily) -> String {
+        format!("{}{}-save", family.stem(), self.infix())
     }
 
-    /// The plain `iptables` binary (used to probe extensions).
-    pub fn iptables_command(self) -> &'static str {
-        match self {
-            Flavour::Legacy => "iptables-legacy",
-            Flavour::Nft => "iptables-nft",
-            Flavour::System => "iptables",
-        }
+    /// The restore binary for `family`.
+    pub fn restore_command(self, family: IpFamily) -> String {
+        format!("{}{}-restore", family.stem(), self.infix())
+    }
+
+    /// The iptables binary itself for `family`.
+    pub fn iptables_command(self, family: IpFamily) -> String {
+        format!("{}{}", family.stem(), self.infix())
     }
 }
 
@@ -67,6 +91,7 @@ impl fmt::Display for Flavour {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Iptables {
     flavour: Flavour,
+    family: IpFamily,
     version: String,
     wait: bool,
     random_fully: bool,
@@ -77,8 +102,9 @@ impl Iptables {
     /// (run with empty input, which touches no table) and whether the MASQUERADE extension
     /// knows `--random-fully` (from `iptables -j MASQUERADE --help`). Fails only if the restore
     /// binary cannot be run.
-    pub fn probe(flavour: Flavour) -> Result<Iptables, Error> {
-        let restore = flavour.restore_command();
+    pub fn probe(flavour: Flavour, family: IpFamily) -> Result<Iptables, Error> {
+        let restore = &flavour.restore_command(family);
+        let iptables = &flavour.iptables_command(family);
         // Three independent commands, run at the same time.
         let (version, (wait, random_fully)) = exec::concurrently(
             || exec::run(restore, &["--version"], None),
@@ -91,13 +117,7 @@ impl Iptables {
                             Some(""),
                         )
                     },
-                    || {
-                        exec::run(
-                            flavour.iptables_command(),
-                            &["-j", "MASQUERADE", "--help"],
-                            None,
-                        )
-                    },
+                    || exec::run(iptables, &["-j", "MASQUERADE", "--help"], None),
                 )
             },
         );
@@ -111,6 +131,7 @@ impl Iptables {
             .is_ok_and(|help| help.contains("--random-fully"));
         Ok(Iptables {
             flavour,
+            family,
             version,
             wait,
             random_fully,
@@ -120,6 +141,17 @@ impl Iptables {
     /// The binaries in use.
     pub fn flavour(&self) -> Flavour {
         self.flavour
+    }
+
+    /// The address family they program.
+    pub fn family(&self) -> IpFamily {
+        self.family
+    }
+
+    /// The same flavour's binaries for another family (`ip6tables-nft` beside `iptables-nft`),
+    /// probed.
+    pub fn for_family(&self, family: IpFamily) -> Result<Iptables, Error> {
+        Iptables::probe(self.flavour, family)
     }
 
     /// What `iptables-restore --version` printed.
@@ -144,7 +176,7 @@ impl Iptables {
 
     /// Reads all tables with one `iptables-save`.
     pub fn save(&self) -> Result<Saved, Error> {
-        let finished = exec::run(self.flavour.save_command(), &[], None)?;
+        let finished = exec::run(&self.flavour.save_command(self.family), &[], None)?;
         let command = finished.command.clone();
         Saved::parse(&finished.stdout()?).map_err(|source| Error::Parse { command, source })
     }
@@ -166,7 +198,8 @@ impl Iptables {
             args.extend(["-w", LOCK_WAIT_SECONDS]);
         }
         tracing::debug!(%payload, "iptables-restore");
-        let finished = exec::run(self.flavour.restore_command(), &args, Some(payload))?;
+        let restore = self.flavour.restore_command(self.family);
+        let finished = exec::run(&restore, &args, Some(payload))?;
         if finished.output.status.success() {
             return Ok(finished.command);
         }

@@ -32,7 +32,7 @@ pub use egress::{first_match, Action, EgressPolicy, EgressRule, Origin, LINK_LOC
 pub use egress_file::{parse_go_duration, parse_policy, PolicyError, MAX_CIDR_LIMIT};
 pub use error::Error;
 pub use explain::{walk, Flow, Outcome, Step, Verdict};
-pub use iptables::{Flavour, Iptables};
+pub use iptables::{Flavour, IpFamily, Iptables};
 pub use monitor::NftChanges;
 pub use plan::{plan, Plan};
 pub use removal::{removal, Removal};

@@ -6,7 +6,7 @@
 //! or when a rule to retire is present. The payload then redeclares the chain (atomic flush and
 //! refill), deletes exactly the jumps and retired rules just seen, and inserts the jump at 1.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::rule::{source_overlaps, Rule, Table};
 use crate::ruleset::{OwnedChain, RuleSet};
@@ -132,7 +132,7 @@ fn check_chain<'a>(chain: &OwnedChain, table: &'a SavedTable) -> (Vec<String>, V
     (reasons, delete)
 }
 
-fn foreign_masquerades(chain: &OwnedChain, table: &SavedTable, network: Ipv4Net) -> Vec<String> {
+fn foreign_masquerades(chain: &OwnedChain, table: &SavedTable, network: IpNet) -> Vec<String> {
     table
         .chain_rules(&chain.jump.chain)
         .filter(|r| matches!(r.target(), Some("MASQUERADE" | "SNAT")))

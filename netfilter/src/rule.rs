@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::words;
 
@@ -83,12 +83,13 @@ impl fmt::Display for Rule {
 }
 
 /// Whether a rule's source match (`-s X`, `! -s X` or none) can match addresses of `network`.
-/// Sources that do not parse as IPv4 count as overlapping, to err on the side of reporting.
-pub(crate) fn source_overlaps(rule: &Rule, network: Ipv4Net) -> bool {
+/// Sources that do not parse as an address or network count as overlapping, to err on the side
+/// of reporting.
+pub(crate) fn source_overlaps(rule: &Rule, network: IpNet) -> bool {
     let Some((source, negated)) = rule.source() else {
         return true;
     };
-    let Some(source) = parse_v4_net(source) else {
+    let Some(source) = parse_net(source) else {
         return true;
     };
     if negated {
@@ -98,17 +99,17 @@ pub(crate) fn source_overlaps(rule: &Rule, network: Ipv4Net) -> bool {
     }
 }
 
-fn parse_v4_net(text: &str) -> Option<Ipv4Net> {
-    text.parse::<Ipv4Net>()
+fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
         .ok()
-        .or_else(|| text.parse::<std::net::Ipv4Addr>().ok().map(Ipv4Net::from))
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 

@@ -1,7 +1,8 @@
 //! The pure rule-set builder: from the cluster Network, our lease subnet and the options to the
 //! rules of the agent-owned chains, the jumps into them and the stale rules to retire. No I/O.
+//! The same builder serves iptables (IPv4 Network) and ip6tables (IPv6Network).
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::egress::{Action, EgressRule};
 use crate::rule::{Rule, Table};
@@ -17,16 +18,18 @@ pub const MASQ_COMMENT: &str = "flanneld masq";
 pub const FORWARD_COMMENT: &str = "flanneld forward";
 /// kube-proxy's masquerade mark: packets carrying it are left to KUBE-POSTROUTING.
 pub const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
-/// Multicast destinations are never masqueraded.
+/// Multicast destinations are never masqueraded (IPv4).
 const MULTICAST: &str = "224.0.0.0/4";
+/// Multicast destinations are never masqueraded (IPv6).
+const MULTICAST_V6: &str = "ff00::/8";
 
 /// What the rules are built from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The cluster Network from the network config.
-    pub network: Ipv4Net,
-    /// Our own lease subnet (network address, e.g. `10.1.74.0/24`).
-    pub subnet: Ipv4Net,
+    /// The cluster Network from the network config (`Network`, or `IPv6Network` for ip6tables).
+    pub network: IpNet,
+    /// Our own lease subnet of that family (network address, e.g. `10.1.74.0/24`).
+    pub subnet: IpNet,
     /// `--ip-masq`: install the nat chain. Off means the nat table is not touched at all.
     pub ip_masq: bool,
     /// Add `--random-fully` to MASQUERADE: pass `supported && !--ip-masq-fully-random-disable`.
@@ -34,7 +37,8 @@ pub struct Config {
     /// `--iptables-forward-rules`: install the filter chain.
     pub forward_rules: bool,
     /// `--ip-masq-config`: the compiled egress policy for pod traffic leaving the Network;
-    /// `None` masquerades all of it (Go flanneld's behaviour).
+    /// `None` masquerades all of it (Go flanneld's behaviour). IPv4 only: an IPv6 rule set
+    /// masquerades all of it.
     pub egress: Option<Vec<EgressRule>>,
 }
 
@@ -66,15 +70,17 @@ pub struct OwnedChain {
 /// The desired state of every agent-owned chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSet {
-    network: Ipv4Net,
+    network: IpNet,
     chains: Vec<OwnedChain>,
 }
 
 impl RuleSet {
     /// Builds the rules for `config`. With `previous`, the Go flanneld v0.11 rules (placed
-    /// directly in POSTROUTING / FORWARD) for those values are retired too; the rules of our own
-    /// chains need no retiring since each chain is replaced as a whole.
+    /// directly in POSTROUTING / FORWARD) for those values are retired too (IPv4 only: v0.11 had
+    /// no IPv6); the rules of our own chains need no retiring since each chain is replaced as a
+    /// whole.
     pub fn build(config: &Config, previous: Option<&Previous>) -> RuleSet {
+        let previous = previous.filter(|_| matches!(config.network, IpNet::V4(_)));
         let mut chains = Vec::new();
         if config.ip_masq {
             chains.push(masq_chain(config, previous));
@@ -89,7 +95,7 @@ impl RuleSet {
     }
 
     /// The cluster Network the rules are for.
-    pub fn network(&self) -> Ipv4Net {
+    pub fn network(&self) -> IpNet {
         self.network
     }
 
@@ -156,6 +162,7 @@ fn masq_chain(config: &Config, previous: Option<&Previous>) -> OwnedChain {
     let network = config.network.to_string();
     let subnet = config.subnet.to_string();
     let masq = masquerade(config.random_fully);
+    let multicast = multicast(config.network);
     let rule =
         |matches: &[&str], target: &[&str]| commented(MASQ_CHAIN, matches, MASQ_COMMENT, target);
     OwnedChain {
@@ -172,7 +179,7 @@ fn masq_chain(config: &Config, previous: Option<&Previous>) -> OwnedChain {
         .into_iter()
         .chain(egress_rules(config))
         .chain([
-            rule(&["-s", &network, "!", "-d", MULTICAST], masq),
+            rule(&["-s", &network, "!", "-d", multicast], masq),
             rule(&["!", "-s", &network, "-d", &network], masq),
         ])
         .collect(),
@@ -185,7 +192,7 @@ fn masq_chain(config: &Config, previous: Option<&Previous>) -> OwnedChain {
 /// address (and, like pod to pod, stops a later MASQUERADE); an exception masquerades. When an
 /// exception covers multicast, multicast is returned first: it is never masqueraded.
 fn egress_rules(config: &Config) -> Vec<Rule> {
-    let Some(policy) = &config.egress else {
+    let (Some(policy), IpNet::V4(_)) = (&config.egress, config.network) else {
         return Vec::new();
     };
     let network = config.network.to_string();
@@ -218,7 +225,15 @@ fn egress_rules(config: &Config) -> Vec<Rule> {
     guard.into_iter().chain(policy_rules).collect()
 }
 
-fn forward_chain(network: Ipv4Net, previous: Option<&Previous>) -> OwnedChain {
+/// The multicast range of the network's family.
+fn multicast(network: IpNet) -> &'static str {
+    match network {
+        IpNet::V4(_) => MULTICAST,
+        IpNet::V6(_) => MULTICAST_V6,
+    }
+}
+
+fn forward_chain(network: IpNet, previous: Option<&Previous>) -> OwnedChain {
     let network = network.to_string();
     let rule = |matches: &[&str]| commented(FORWARD_CHAIN, matches, FORWARD_COMMENT, &["ACCEPT"]);
     OwnedChain {
@@ -300,6 +315,47 @@ COMMIT
 COMMIT
 "#
         );
+    }
+
+    #[test]
+    fn golden_ipv6_install_for_ip6tables_ignores_v4_only_inputs() {
+        let policy = crate::EgressPolicy {
+            non_masquerade: vec!["10.0.0.0/8".parse().unwrap()],
+            ..crate::EgressPolicy::default()
+        };
+        let config = Config {
+            network: "fd00:10::/48".parse().unwrap(),
+            subnet: "fd00:10:0:4a::/64".parse().unwrap(),
+            egress: Some(policy.compile()),
+            ..config()
+        };
+        let previous = Previous {
+            network: "10.9.0.0/16".parse().unwrap(),
+            subnet: "10.9.1.0/24".parse().unwrap(),
+        };
+        assert_eq!(
+            RuleSet::build(&config, Some(&previous)).render(),
+            r#"*nat
+:FLANNEL-POSTRTG - [0:0]
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -d fd00:10:0:4a::/64 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10::/48 -d fd00:10::/48 -m comment --comment "flanneld masq" -j ACCEPT
+-A FLANNEL-POSTRTG -s fd00:10::/48 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s fd00:10::/48 -d fd00:10::/48 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-I POSTROUTING 1 -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+COMMIT
+*filter
+:FLANNEL-FWD - [0:0]
+-A FLANNEL-FWD -s fd00:10::/48 -m comment --comment "flanneld forward" -j ACCEPT
+-A FLANNEL-FWD -d fd00:10::/48 -m comment --comment "flanneld forward" -j ACCEPT
+-I FORWARD 1 -m comment --comment "flanneld forward" -j FLANNEL-FWD
+COMMIT
+"#
+        );
+        assert!(RuleSet::build(&config, Some(&previous))
+            .chains()
+            .iter()
+            .all(|c| c.retire.is_empty()));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use flanneld_tests::cluster::{env_value, seen_by, wait_for, wait_seen_by, Cluster, Pod, Whoami};
 use flanneld_tests::netns::Netns;
-use netfilter::Flavour;
+use netfilter::{Flavour, IpFamily};
 
 const CONFIG: &str = r#"{"Network":"10.20.0.0/16","Backend":{"Type":"host-gw"}}"#;
 /// Host 0's subnet, recorded in its subnet.env by a "previous run" and used as docker's bip.
@@ -47,14 +47,14 @@ fn docker_rule(subnet: &str) -> [&str; 8] {
 fn iptables(flavour: Flavour, host: &Netns, table: &str, verb: &str, rule: &[&str]) {
     let mut args = vec!["-t", table, verb];
     args.extend_from_slice(rule);
-    host.exec(flavour.iptables_command(), &args);
+    host.exec(&flavour.iptables_command(IpFamily::V4), &args);
 }
 
 /// `iptables-save -t <table>` of `flavour` on `host` without the `#` comment lines and with
 /// the packet counters of the chain declarations removed: what must not change when nothing is
 /// written.
 fn save(flavour: Flavour, host: &Netns, table: &str) -> String {
-    host.exec(flavour.save_command(), &["-t", table])
+    host.exec(&flavour.save_command(IpFamily::V4), &["-t", table])
         .lines()
         .filter(|l| !l.starts_with('#'))
         .map(
@@ -213,7 +213,10 @@ fn pod_ips_survive_docker_masquerade_restarts_and_nat_flushes(flavour: Flavour) 
     // Someone flushes host 1's nat table: the chain and the jump at position 1 come back, and
     // with them the host address towards the outside.
     let nat_before = save(flavour, &c.hosts[1], "nat");
-    c.hosts[1].exec(flavour.iptables_command(), &["-t", "nat", "-F"]);
+    c.hosts[1].exec(
+        &flavour.iptables_command(IpFamily::V4),
+        &["-t", "nat", "-F"],
+    );
     wait_for("host 1's nat rules back", Duration::from_secs(20), || {
         (save(flavour, &c.hosts[1], "nat") == nat_before).then_some(())
     });

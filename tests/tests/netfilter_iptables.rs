@@ -10,8 +10,8 @@
 use flanneld_tests::cluster::{seen_by, wait_seen_by, Whoami};
 use flanneld_tests::netns::Netns;
 use netfilter::{
-    BackendChoice, Config, EnsureOutcome, Flavour, Iptables, Netfilter, NftChanges, Previous,
-    RuleSet,
+    BackendChoice, Config, EnsureOutcome, Flavour, IpFamily, Iptables, Netfilter, NftChanges,
+    Previous, RuleSet,
 };
 
 const NETWORK: &str = "10.66.0.0/16";
@@ -57,17 +57,20 @@ fn ensure(ns: &Netns, iptables: &Iptables, rules: &RuleSet) -> EnsureOutcome {
 fn iptables_run(ns: &Netns, iptables: &Iptables, table: &str, args: &[&str]) {
     let mut full = vec!["-t", table];
     full.extend_from_slice(args);
-    ns.exec(iptables.flavour().iptables_command(), &full);
+    ns.exec(&iptables.flavour().iptables_command(IpFamily::V4), &full);
 }
 
 /// The `-A` lines of one chain, as `iptables-save` prints them inside the namespace.
 fn chain(ns: &Netns, iptables: &Iptables, table: &str, chain: &str) -> Vec<String> {
     let prefix = format!("-A {chain} ");
-    ns.exec(iptables.flavour().save_command(), &["-t", table])
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
+    ns.exec(
+        &iptables.flavour().save_command(IpFamily::V4),
+        &["-t", table],
+    )
+    .lines()
+    .filter(|l| l.starts_with(&prefix))
+    .map(str::to_string)
+    .collect()
 }
 
 fn masq_jump() -> &'static str {
@@ -310,11 +313,14 @@ fn old_values_are_retired_and_foreign_rules_kept() {
     let leftovers: Vec<String> = ["nat", "filter"]
         .iter()
         .flat_map(|table| {
-            ns.exec(iptables.flavour().save_command(), &["-t", table])
-                .lines()
-                .filter(|l| l.contains("10.55."))
-                .map(str::to_string)
-                .collect::<Vec<_>>()
+            ns.exec(
+                &iptables.flavour().save_command(IpFamily::V4),
+                &["-t", table],
+            )
+            .lines()
+            .filter(|l| l.contains("10.55."))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
         })
         .collect();
     assert_eq!(leftovers, [foreign.join(" ")]);
@@ -329,11 +335,14 @@ fn ip_masq_off_leaves_the_nat_table_byte_for_byte() {
     insert.extend_from_slice(DOCKER_RULE);
     iptables_run(&ns, &iptables, "nat", &insert);
     let nat = || {
-        ns.exec(iptables.flavour().save_command(), &["-t", "nat"])
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n")
+        ns.exec(
+            &iptables.flavour().save_command(IpFamily::V4),
+            &["-t", "nat"],
+        )
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
     };
     let before = nat();
     let rules = RuleSet::build(

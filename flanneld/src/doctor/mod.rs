@@ -130,7 +130,9 @@ fn tx_checksum(device: &str) -> Option<bool> {
 
 /// The rules of one iptables flavour; `None` when its binaries do not work here.
 fn iptables_rules(flavour: Flavour) -> Option<(Flavour, Saved)> {
-    let out = Command::new(flavour.save_command()).output().ok()?;
+    let out = Command::new(flavour.save_command(netfilter::IpFamily::V4))
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
