@@ -79,8 +79,17 @@ pub(crate) struct KernelRoute {
     pub tos: u8,
 }
 
+/// The metric the kernel gives a route added without one: 0 for IPv4, 1024 for IPv6
+/// (`IP6_RT_PRIO_USER`), as `ip route add` and Go flanneld leave it.
+pub(crate) fn default_priority(dst: &IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    }
+}
+
 impl KernelRoute {
-    /// How the kernel reports `route` once we installed it (tagged ours, metric 0, tos 0).
+    /// How the kernel reports `route` once we installed it (tagged ours, default metric, tos 0).
     pub fn ours(route: &Route) -> KernelRoute {
         KernelRoute {
             dst: route.dst,
@@ -88,9 +97,15 @@ impl KernelRoute {
             oif: Some(route.oif),
             onlink: route.onlink,
             protocol: ROUTE_PROTOCOL,
-            priority: 0,
+            priority: default_priority(&route.dst),
             tos: 0,
         }
+    }
+
+    /// Whether the route has the key ours have (default metric, tos 0): only such a route
+    /// collides with one of ours to the same destination.
+    pub fn has_our_key(&self) -> bool {
+        self.priority == default_priority(&self.dst) && self.tos == 0
     }
 
     /// Whether the route carries our protocol tag.

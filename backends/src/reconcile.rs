@@ -284,7 +284,7 @@ impl KernelState {
                     .routes
                     .entry(r.dst)
                     .or_insert_with(|| Vec::with_capacity(1));
-                same.retain(|k| k.priority != 0 || k.tos != 0);
+                same.retain(|k| !k.has_our_key());
                 same.push(KernelRoute::ours(r));
             }
             Op::DelRoute(k) => {
@@ -473,13 +473,13 @@ fn conflict_message(route: &Route, other: &KernelRoute) -> String {
 }
 
 fn plan_routes(desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
-    // Only routes with the key of ours (metric 0, tos 0) can collide with ours.
+    // Only routes with the key of ours (default metric, tos 0) can collide with ours.
     let same_key = |dst: IpNet| {
         snap.routes
             .get(&dst)
             .into_iter()
             .flatten()
-            .filter(|k| k.priority == 0 && k.tos == 0)
+            .filter(|k| k.has_our_key())
     };
     for route in desired.routes.values() {
         let ours = same_key(route.dst).filter(|k| k.is_ours());
@@ -509,7 +509,7 @@ fn plan_routes(desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
         .filter(in_scope)
     {
         let wanted = desired.routes.get(&k.dst).is_some_and(|r| k.matches(r));
-        let replaceable = desired.routes.contains_key(&k.dst) && k.priority == 0 && k.tos == 0;
+        let replaceable = desired.routes.contains_key(&k.dst) && k.has_our_key();
         if !wanted && !replaceable {
             out.ops.push(Op::DelRoute(*k));
         }
@@ -923,6 +923,23 @@ mod tests {
             ..DesiredState::default()
         };
         assert_eq!(plan(&want, &snap).ops, vec![Op::DelRoute(leftover)]);
+    }
+
+    #[test]
+    fn ipv6_routes_carry_the_kernels_default_metric_and_are_planned_like_ipv4() {
+        let v6 = hostgw("fd00:20:0:5::/64", "fd00:100::12");
+        let v4 = hostgw("10.5.2.0/24", "192.168.1.2");
+        let installed = KernelRoute::ours(&v6);
+        assert_eq!(installed.priority, 1024, "what the kernel reports for IPv6");
+        let mut want = desired(&[v4, v6]);
+        want.networks = vec![net("10.5.0.0/16"), net("fd00:20::/48")];
+        assert_eq!(want.families(), vec![Family::V4, Family::V6]);
+        let stale = kroute(&hostgw("fd00:20:0:9::/64", "fd00:100::19"), ROUTE_PROTOCOL);
+        let snap = KernelState::new(vec![installed, stale], vec![], vec![]);
+        assert_eq!(
+            plan(&want, &snap).ops,
+            vec![Op::AddRoute(v4), Op::DelRoute(stale)]
+        );
     }
 
     #[test]

@@ -167,6 +167,34 @@ impl Pod {
         Pod { ns, ip }
     }
 
+    /// Gives the pod an IPv6 address too, from `flannel_ipv6_subnet` (FLANNEL_IPV6_SUBNET,
+    /// `<prefix>::1/len`, which goes on `cni0`): `<prefix>::<n>`, with a default route via the
+    /// bridge. Returns the address.
+    pub fn add_ipv6(&self, host: &Netns, flannel_ipv6_subnet: &str, n: u8) -> String {
+        let (gw, len) = flannel_ipv6_subnet
+            .split_once('/')
+            .expect("FLANNEL_IPV6_SUBNET is a CIDR");
+        let ip = format!("{}{n:x}", gw.strip_suffix('1').expect("<prefix>::1"));
+        host.sh(&format!(
+            "ip -6 addr show dev cni0 | grep -q '{gw}/' || ip -6 addr add {flannel_ipv6_subnet} dev cni0 nodad"
+        ));
+        self.ns.sh(&format!(
+            "ip -6 addr add {ip}/{len} dev eth0 nodad && ip -6 route add default via {gw}"
+        ));
+        ip
+    }
+
+    /// Pings `dst` (IPv4 or IPv6) from the pod with full-size packets that must not be
+    /// fragmented (`payload` bytes, e.g. MTU − 28 for IPv4, MTU − 48 for IPv6); true if a reply
+    /// came back.
+    pub fn ping_full(&self, dst: &str, payload: usize) -> bool {
+        let size = payload.to_string();
+        self.ns
+            .try_exec("ping", &["-c1", "-W1", "-M", "do", "-s", &size, dst])
+            .status
+            .success()
+    }
+
     /// Pings `dst` from the pod; true if a reply came back.
     pub fn ping(&self, dst: &str) -> bool {
         self.ns
@@ -456,6 +484,23 @@ impl Cluster {
         self.hosts.len() - 1
     }
 
+    /// Gives every host an IPv6 address on the LAN (`fd00:100::<11+i>/64`, see
+    /// [`Cluster::host_ip6`]) and IPv6 forwarding, for a dual-stack network; call before the
+    /// agents start.
+    pub fn add_ipv6(&self) {
+        for i in 0..self.hosts.len() {
+            self.hosts[i].sh(&format!(
+                "sysctl -qw net.ipv6.conf.all.forwarding=1 && ip -6 addr add {}/64 dev eth0 nodad",
+                self.host_ip6(i)
+            ));
+        }
+    }
+
+    /// Host `i`'s IPv6 LAN address after [`Cluster::add_ipv6`].
+    pub fn host_ip6(&self, i: usize) -> String {
+        format!("fd00:100::{}", 11 + i)
+    }
+
     /// A machine outside the cluster: a namespace on the LAN at `ip` (e.g. `192.168.100.50`)
     /// running no agent. It reaches pods only through routes the test adds (`ip route add
     /// <pod subnet> via <host>`).
@@ -563,8 +608,9 @@ impl Cluster {
 
     /// `ip route show <dst>` on host `i`.
     pub fn route(&self, i: usize, dst: &str) -> String {
+        let family = if dst.contains(':') { "-6" } else { "-4" };
         self.hosts[i]
-            .exec("ip", &["route", "show", dst])
+            .exec("ip", &[family, "route", "show", dst])
             .trim()
             .to_string()
     }

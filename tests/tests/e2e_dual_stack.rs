@@ -1,0 +1,145 @@
+//! End to end, dual stack (IPv4 + IPv6) with host-gw: hosts with an IPv4 and an IPv6 address
+//! on one LAN, etcd over mutual TLS, the real agent on each host and a dual-stack pod behind a
+//! bridge on each. What a user would see: full-size pings between pods over both families, the
+//! pod's own address at the remote pod over both, the host's address for traffic leaving the
+//! cluster over both, Go HEAD's lease format taken over whole.
+
+use std::time::Duration;
+
+use flanneld_tests::cluster::{env_value, wait_for, wait_seen_by, Cluster, Pod, Whoami};
+
+const CONFIG: &str = r#"{"Network":"10.20.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:20::/48","Backend":{"Type":"host-gw"}}"#;
+
+/// Host 1's lease as Go flanneld HEAD writes it for a dual-stack host-gw host.
+const GO_HEAD_KEY: &str = "10.20.77.0-24&fd00:20:0:77::-64";
+const GO_HEAD_VALUE: &str =
+    r#"{"PublicIP":"192.168.100.12","PublicIPv6":"fd00:100::12","BackendType":"host-gw"}"#;
+
+/// A host that runs no agent but holds a dual-stack lease written by Go HEAD.
+const GO_PEER_KEY: &str = "10.20.99.0-24&fd00:20:0:99::-64";
+const GO_PEER_VALUE: &str =
+    r#"{"PublicIP":"192.168.100.60","PublicIPv6":"fd00:100::60","BackendType":"host-gw"}"#;
+
+/// IPv4 and IPv6 ping payloads that fill a 1500-byte MTU exactly.
+const FULL_V4: usize = 1500 - 28;
+const FULL_V6: usize = 1500 - 48;
+
+#[test]
+fn dual_stack_hostgw_keeps_pod_addresses_over_both_families() {
+    let mut c = Cluster::build(2, CONFIG, &["--ip-masq"]);
+    c.add_ipv6();
+    c.etcd.put(
+        &format!("{}/subnets/{GO_HEAD_KEY}", c.prefix),
+        GO_HEAD_VALUE,
+    );
+    c.etcd.put(
+        &format!("{}/subnets/{GO_PEER_KEY}", c.prefix),
+        GO_PEER_VALUE,
+    );
+    for i in 0..2 {
+        c.start_agent(i);
+    }
+    let subnets: Vec<String> = (0..2).map(|i| c.wait_subnet(i)).collect();
+    let subnets6: Vec<String> = (0..2)
+        .map(|i| env_value(&c.subnet_env(i), "FLANNEL_IPV6_SUBNET").expect("IPv6 subnet"))
+        .collect();
+
+    // Go HEAD's dual lease of host 1 is reused whole, byte for byte, never narrowed to IPv4.
+    assert_eq!(subnets[1], "10.20.77.1/24");
+    assert_eq!(
+        std::fs::read_to_string(c.subnet_env(1)).unwrap(),
+        "FLANNEL_NETWORK=10.20.0.0/16\nFLANNEL_SUBNET=10.20.77.1/24\n\
+         FLANNEL_IPV6_NETWORK=fd00:20::/48\nFLANNEL_IPV6_SUBNET=fd00:20:0:77::1/64\n\
+         FLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"
+    );
+    assert_eq!(
+        c.etcd.get(&format!("{}/subnets/{GO_HEAD_KEY}", c.prefix)),
+        Some(GO_HEAD_VALUE.to_string())
+    );
+    assert_eq!(
+        c.etcd.get(&format!("{}/subnets/10.20.77.0-24", c.prefix)),
+        None
+    );
+    // Host 0 got a new dual lease with its PublicIPv6.
+    let key0 = format!(
+        "{}/subnets/{}&{}",
+        c.prefix,
+        Cluster::network_of(&subnets[0]).replace('/', "-"),
+        network6_of(&subnets6[0]).replace('/', "-")
+    );
+    let value0 = c.etcd.get(&key0).expect("host 0's dual-stack lease");
+    assert!(
+        value0.contains(r#""PublicIPv6":"fd00:100::11""#),
+        "{value0}"
+    );
+
+    // Each family's peer subnet is routed via the peer's address of that family, tagged ours;
+    // the Go HEAD peer's too.
+    for (i, j) in [(0, 1), (1, 0)] {
+        wait_route(&c, i, &network6_of(&subnets6[j]), &c.host_ip6(j));
+        wait_route(&c, i, &Cluster::network_of(&subnets[j]), &c.host_ip(j));
+    }
+    wait_route(&c, 0, "fd00:20:0:99::/64", "fd00:100::60");
+    wait_route(&c, 0, "10.20.99.0/24", "192.168.100.60");
+
+    let pods: Vec<Pod> = (0..2)
+        .map(|i| Pod::new(&c.hosts[i], &subnets[i], 2))
+        .collect();
+    let pod_ip6: Vec<String> = (0..2)
+        .map(|i| pods[i].add_ipv6(&c.hosts[i], &subnets6[i], 2))
+        .collect();
+    // Neighbour discovery on three hops may outlast one ping's timeout: the first may be lost.
+    for (a, b) in [(0, 1), (1, 0)] {
+        let full = |dst: &str, payload: usize| {
+            wait_for(
+                &format!("pod {a} to ping {dst}"),
+                Duration::from_secs(10),
+                || pods[a].ping_full(dst, payload).then_some(()),
+            )
+        };
+        full(&pods[b].ip, FULL_V4);
+        full(&pod_ip6[b], FULL_V6);
+    }
+
+    // Pod to pod keeps the pod's address over both families.
+    let _server = Whoami::start(&pods[1].ns);
+    assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
+    assert_eq!(
+        wait_seen_by(&pods[0].ns, &format!("[{}]", pod_ip6[1])),
+        pod_ip6[0]
+    );
+
+    // Pod to a machine outside the cluster is masqueraded to the host's address, both families.
+    let ext = c.external("192.168.100.50");
+    ext.sh("ip -6 addr add fd00:100::50/64 dev eth0 nodad");
+    let _outside = Whoami::start(&ext);
+    assert_eq!(wait_seen_by(&pods[0].ns, "192.168.100.50"), c.host_ip(0));
+    assert_eq!(wait_seen_by(&pods[0].ns, "[fd00:100::50]"), c.host_ip6(0));
+
+    // ip6tables holds the same chain, its jump first in POSTROUTING.
+    let nat6 = c.hosts[0].exec("ip6tables-save", &["-t", "nat"]);
+    let first = nat6
+        .lines()
+        .find(|l| l.starts_with("-A POSTROUTING"))
+        .unwrap_or_default();
+    assert!(first.contains("-j FLANNEL-POSTRTG"), "{nat6}");
+    assert!(nat6.contains("-s fd00:20::/48 -d fd00:20::/48"), "{nat6}");
+}
+
+/// Waits until host `i` routes `dst` via `gateway` with our tag.
+fn wait_route(c: &Cluster, i: usize, dst: &str, gateway: &str) {
+    wait_for(
+        &format!("host {i}: route {dst} via {gateway}"),
+        Duration::from_secs(15),
+        || {
+            let route = c.route(i, dst);
+            (route.contains(&format!("via {gateway}")) && route.contains("proto 70")).then_some(())
+        },
+    );
+}
+
+/// The subnet of a `FLANNEL_IPV6_SUBNET` value (`fd00:20:0:5::1/64` ⇒ `fd00:20:0:5::/64`).
+fn network6_of(flannel_ipv6_subnet: &str) -> String {
+    let net: ipnet::Ipv6Net = flannel_ipv6_subnet.parse().expect("IPv6 CIDR");
+    net.trunc().to_string()
+}
