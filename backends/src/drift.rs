@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::mac::Mac;
 
@@ -78,9 +78,9 @@ pub enum DeviceChange {
         want: u32,
     },
     /// The address `<own subnet>.0/32` is missing.
-    AddressMissing(Ipv4Net),
+    AddressMissing(IpNet),
     /// An address inside the cluster network that is not ours for this lease.
-    ForeignAddress(Ipv4Net),
+    ForeignAddress(IpNet),
 }
 
 /// A creation-time vxlan attribute (VNI, dev, local, dstport, gbp, group, l2miss, kind) that

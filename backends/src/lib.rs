@@ -220,7 +220,7 @@ impl Backend {
     ) -> Result<Backend, Error> {
         let kind = match config.backend_type.as_str() {
             hostgw::TYPE => Kind::HostGw(HostGw::new(ext, public_ip, public_ipv6)?),
-            vxlan::TYPE => Kind::Vxlan(Vxlan::new(&config.raw, ext, public_ip)?),
+            vxlan::TYPE => Kind::Vxlan(Vxlan::new(&config.raw, ext, public_ip, public_ipv6)?),
             other => return Err(Error::UnknownType(other.to_string())),
         };
         Ok(Backend {
@@ -252,7 +252,7 @@ impl Backend {
         self.networks = Some(networks);
         match &mut self.kind {
             Kind::HostGw(_) => Ok(()),
-            Kind::Vxlan(b) => b.configure(nl, own.subnet(), networks.v4).await,
+            Kind::Vxlan(b) => b.configure(nl, own, networks).await,
         }
     }
 
@@ -269,7 +269,7 @@ impl Backend {
         self.networks = Some(networks);
         match &mut self.kind {
             Kind::HostGw(b) => b.init(nl).await.map(|_| ()),
-            Kind::Vxlan(b) => b.attach(nl, own, networks.v4).await,
+            Kind::Vxlan(b) => b.attach(nl, own, networks).await,
         }
     }
 

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::{IpNet, Ipv4Net};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -137,8 +137,8 @@ pub(crate) struct Link {
 pub(crate) struct VxlanAttrs {
     pub vni: Option<u32>,
     pub link: Option<u32>,
-    pub local: Option<Ipv4Addr>,
-    pub group: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
+    pub group: Option<IpAddr>,
     pub port: Option<u16>,
     pub gbp: bool,
     pub l2miss: bool,
@@ -149,7 +149,7 @@ pub(crate) struct VxlanAttrs {
 pub(crate) struct VxlanSpec {
     pub name: String,
     pub vni: u32,
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
     pub dev: u32,
     /// UDP port; 0 leaves the kernel default (8472).
     pub port: u16,
@@ -373,12 +373,14 @@ impl Netlink {
         spec: &VxlanSpec,
         mac: Mac,
     ) -> Result<(), NetlinkError> {
-        let mut builder = LinkVxlan::new(&spec.name, spec.vni)
-            .dev(spec.dev)
-            .local(spec.local)
-            .learning(spec.learning)
-            .mtu(spec.mtu)
-            .address(mac.0.to_vec());
+        let builder = LinkVxlan::new(&spec.name, spec.vni).dev(spec.dev);
+        let mut builder = match spec.local {
+            IpAddr::V4(local) => builder.local(local),
+            IpAddr::V6(local) => builder.local6(local),
+        }
+        .learning(spec.learning)
+        .mtu(spec.mtu)
+        .address(mac.0.to_vec());
         if spec.port > 0 {
             builder = builder.port(spec.port);
         }
@@ -413,8 +415,8 @@ impl Netlink {
         Ok(self.handle.link().set(msg).execute().await?)
     }
 
-    /// The IPv4 addresses on link `index`.
-    pub(crate) async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>, NetlinkError> {
+    /// The addresses (IPv4 and IPv6) on link `index`.
+    pub(crate) async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()
@@ -426,7 +428,7 @@ impl Netlink {
         Ok(msgs
             .iter()
             .filter(|m| m.header.index == index)
-            .filter_map(address_of)
+            .filter_map(any_address_of)
             .collect())
     }
 
@@ -443,26 +445,31 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds address `addr` to link `index`.
-    pub(crate) async fn add_address(&self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
-        Ok(self
+    /// Adds address `addr` to link `index` (an IPv6 one without duplicate address detection,
+    /// so it is usable at once rather than tentative).
+    pub(crate) async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        let mut req = self
             .handle
             .address()
-            .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
-            .execute()
-            .await?)
+            .add(index, addr.addr(), addr.prefix_len());
+        if addr.addr().is_ipv6() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        Ok(req.execute().await?)
     }
 
     /// Removes address `addr` from link `index`.
-    pub(crate) async fn del_address(&self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
+    pub(crate) async fn del_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = address_family(Family::of(&addr.addr()));
         msg.header.prefix_len = addr.prefix_len();
         msg.header.index = index;
-        msg.attributes
-            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-        msg.attributes
-            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        if addr.addr().is_ipv4() {
+            msg.attributes.push(AddressAttribute::Local(addr.addr()));
+        }
+        msg.attributes.push(AddressAttribute::Address(addr.addr()));
         Ok(self.handle.address().del(msg).execute().await?)
     }
 }
@@ -576,13 +583,6 @@ fn neighbour_mac(msg: &NeighbourMessage) -> Option<Mac> {
     })
 }
 
-fn address_of(msg: &AddressMessage) -> Option<Ipv4Net> {
-    match any_address_of(msg)? {
-        IpNet::V4(net) => Some(net),
-        IpNet::V6(_) => None,
-    }
-}
-
 /// The address of an address message (IFA_LOCAL, else IFA_ADDRESS) with its prefix length.
 fn any_address_of(msg: &AddressMessage) -> Option<IpNet> {
     let local = msg.attributes.iter().find_map(|a| match a {
@@ -635,8 +635,10 @@ fn vxlan_attrs(infos: &[LinkInfo]) -> Option<VxlanAttrs> {
                 match d {
                     InfoVxlan::Id(v) => attrs.vni = Some(*v),
                     InfoVxlan::Link(v) => attrs.link = Some(*v),
-                    InfoVxlan::Local(v) => attrs.local = Some(*v),
-                    InfoVxlan::Group(v) => attrs.group = Some(*v),
+                    InfoVxlan::Local(v) => attrs.local = Some(IpAddr::V4(*v)),
+                    InfoVxlan::Local6(v) => attrs.local = Some(IpAddr::V6(*v)),
+                    InfoVxlan::Group(v) => attrs.group = Some(IpAddr::V4(*v)),
+                    InfoVxlan::Group6(v) => attrs.group = Some(IpAddr::V6(*v)),
                     InfoVxlan::Port(v) => attrs.port = Some(*v),
                     InfoVxlan::Gbp => attrs.gbp = true,
                     InfoVxlan::L2Miss(v) => attrs.l2miss = *v,

@@ -492,8 +492,6 @@ enum ConfigProblem {
     Backend(#[from] backends::Error),
     #[error("the network config has EnableIPv4=false; flanneld-rs supports IPv4 and dual-stack networks, not IPv6-only ones (set EnableIPv4 to true and Network)")]
     NoIpv4,
-    #[error("the network config sets EnableIPv6 with the vxlan backend; flanneld-rs runs dual stack with host-gw only so far (use \"Type\": \"host-gw\", or set EnableIPv6 to false)")]
-    Ipv6Vxlan,
 }
 
 impl ConfigProblem {
@@ -509,9 +507,6 @@ async fn usable_config<R: Registry>(
     let config = registry.network_config().await?;
     backends::check_config(&config.backend)?;
     let range = *config.v4().ok_or(ConfigProblem::NoIpv4)?;
-    if config.ipv6.is_some() && config.backend.backend_type != "host-gw" {
-        return Err(ConfigProblem::Ipv6Vxlan);
-    }
     Ok((config, range))
 }
 

@@ -20,29 +20,10 @@ const GO_PEER_KEY: &str = "10.20.99.0-24&fd00:20:0:99::-64";
 const GO_PEER_VALUE: &str =
     r#"{"PublicIP":"192.168.100.60","PublicIPv6":"fd00:100::60","BackendType":"host-gw"}"#;
 
-/// IPv4 and IPv6 ping payloads that fill a 1500-byte MTU exactly.
-const FULL_V4: usize = 1500 - 28;
-const FULL_V6: usize = 1500 - 48;
-
 #[test]
 fn dual_stack_hostgw_keeps_pod_addresses_over_both_families() {
-    let mut c = Cluster::build(2, CONFIG, &["--ip-masq"]);
-    c.add_ipv6();
-    c.etcd.put(
-        &format!("{}/subnets/{GO_HEAD_KEY}", c.prefix),
-        GO_HEAD_VALUE,
-    );
-    c.etcd.put(
-        &format!("{}/subnets/{GO_PEER_KEY}", c.prefix),
-        GO_PEER_VALUE,
-    );
-    for i in 0..2 {
-        c.start_agent(i);
-    }
-    let subnets: Vec<String> = (0..2).map(|i| c.wait_subnet(i)).collect();
-    let subnets6: Vec<String> = (0..2)
-        .map(|i| env_value(&c.subnet_env(i), "FLANNEL_IPV6_SUBNET").expect("IPv6 subnet"))
-        .collect();
+    let leases = [(GO_HEAD_KEY, GO_HEAD_VALUE), (GO_PEER_KEY, GO_PEER_VALUE)];
+    let (c, subnets, subnets6) = start_dual(CONFIG, &leases);
 
     // Go HEAD's dual lease of host 1 is reused whole, byte for byte, never narrowed to IPv4.
     assert_eq!(subnets[1], "10.20.77.1/24");
@@ -82,32 +63,9 @@ fn dual_stack_hostgw_keeps_pod_addresses_over_both_families() {
     wait_route(&c, 0, "fd00:20:0:99::/64", "fd00:100::60");
     wait_route(&c, 0, "10.20.99.0/24", "192.168.100.60");
 
-    let pods: Vec<Pod> = (0..2)
-        .map(|i| Pod::new(&c.hosts[i], &subnets[i], 2))
-        .collect();
-    let pod_ip6: Vec<String> = (0..2)
-        .map(|i| pods[i].add_ipv6(&c.hosts[i], &subnets6[i], 2))
-        .collect();
-    // Neighbour discovery on three hops may outlast one ping's timeout: the first may be lost.
-    for (a, b) in [(0, 1), (1, 0)] {
-        let full = |dst: &str, payload: usize| {
-            wait_for(
-                &format!("pod {a} to ping {dst}"),
-                Duration::from_secs(10),
-                || pods[a].ping_full(dst, payload).then_some(()),
-            )
-        };
-        full(&pods[b].ip, FULL_V4);
-        full(&pod_ip6[b], FULL_V6);
-    }
-
-    // Pod to pod keeps the pod's address over both families.
-    let _server = Whoami::start(&pods[1].ns);
-    assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
-    assert_eq!(
-        wait_seen_by(&pods[0].ns, &format!("[{}]", pod_ip6[1])),
-        pod_ip6[0]
-    );
+    let (pods, pod_ip6) = dual_pods(&c, &subnets, &subnets6);
+    assert_full_pings(&pods, &pod_ip6, 1500);
+    let _server = assert_pod_sources(&pods, &pod_ip6);
 
     // Pod to a machine outside the cluster is masqueraded to the host's address, both families.
     let ext = c.external("192.168.100.50");
@@ -142,4 +100,109 @@ fn wait_route(c: &Cluster, i: usize, dst: &str, gateway: &str) {
 fn network6_of(flannel_ipv6_subnet: &str) -> String {
     let net: ipnet::Ipv6Net = flannel_ipv6_subnet.parse().expect("IPv6 CIDR");
     net.trunc().to_string()
+}
+
+/// Two dual-stack hosts with `--ip-masq` running `config`, after `leases` (key, value) were
+/// written; returns the cluster and each host's FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET.
+fn start_dual(config: &str, leases: &[(&str, &str)]) -> (Cluster, Vec<String>, Vec<String>) {
+    let mut c = Cluster::build(2, config, &["--ip-masq"]);
+    c.add_ipv6();
+    for (key, value) in leases {
+        c.etcd.put(&format!("{}/subnets/{key}", c.prefix), value);
+    }
+    for i in 0..2 {
+        c.start_agent(i);
+    }
+    let subnets: Vec<String> = (0..2).map(|i| c.wait_subnet(i)).collect();
+    let subnets6: Vec<String> = (0..2)
+        .map(|i| env_value(&c.subnet_env(i), "FLANNEL_IPV6_SUBNET").expect("IPv6 subnet"))
+        .collect();
+    (c, subnets, subnets6)
+}
+
+/// A dual-stack pod on each host; returns the pods and their IPv6 addresses.
+fn dual_pods(c: &Cluster, subnets: &[String], subnets6: &[String]) -> (Vec<Pod>, Vec<String>) {
+    let pods: Vec<Pod> = (0..2)
+        .map(|i| Pod::new(&c.hosts[i], &subnets[i], 2))
+        .collect();
+    let ip6 = (0..2)
+        .map(|i| pods[i].add_ipv6(&c.hosts[i], &subnets6[i], 2))
+        .collect();
+    (pods, ip6)
+}
+
+/// Each pod pings the other over both families with don't-fragment packets that fill `mtu`.
+/// Neighbour discovery on three hops may outlast one ping's timeout: the first may be lost.
+fn assert_full_pings(pods: &[Pod], ip6: &[String], mtu: usize) {
+    for (a, b) in [(0, 1), (1, 0)] {
+        let full = |dst: &str, payload: usize| {
+            wait_for(
+                &format!("pod {a} to ping {dst} with {payload} bytes, DF"),
+                Duration::from_secs(10),
+                || pods[a].ping_full(dst, payload).then_some(()),
+            )
+        };
+        full(&pods[b].ip, mtu - 28);
+        full(&ip6[b], mtu - 48);
+    }
+}
+
+/// Pod 1 serves; pod 0's requests arrive from pod 0's own IPv4 and IPv6 addresses.
+fn assert_pod_sources(pods: &[Pod], ip6: &[String]) -> Whoami {
+    let server = Whoami::start(&pods[1].ns);
+    assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
+    assert_eq!(wait_seen_by(&pods[0].ns, &format!("[{}]", ip6[1])), ip6[0]);
+    server
+}
+
+#[test]
+fn dual_stack_vxlan_runs_a_device_per_family_and_heals_it() {
+    let config = r#"{"Network":"10.21.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:21::/48","Backend":{"Type":"vxlan"}}"#;
+    let (c, subnets, subnets6) = start_dual(config, &[]);
+    // The IPv6 underlay costs 20 bytes more: FLANNEL_MTU fits both devices.
+    assert_eq!(
+        env_value(&c.subnet_env(0), "FLANNEL_MTU").as_deref(),
+        Some("1430")
+    );
+    let dev6 = c.hosts[0].exec("ip", &["-d", "link", "show", "flannel-v6.1"]);
+    assert!(
+        dev6.contains("mtu 1430") && dev6.contains("local fd00:100::11"),
+        "{dev6}"
+    );
+    let mac6 = dev6
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("MAC of flannel-v6.1")
+        .to_string();
+    let key0 = format!(
+        "{}/subnets/{}&{}",
+        c.prefix,
+        Cluster::network_of(&subnets[0]).replace('/', "-"),
+        network6_of(&subnets6[0]).replace('/', "-")
+    );
+    let value0 = c.etcd.get(&key0).expect("host 0's lease");
+    assert!(
+        value0.contains(&format!(
+            r#""BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}"#
+        )),
+        "{value0}"
+    );
+    let peer6 = network6_of(&subnets6[1]);
+    let gateway6 = peer6.trim_end_matches("/64");
+    wait_route(&c, 0, &peer6, gateway6);
+    assert!(c.route(0, &peer6).contains("dev flannel-v6.1"));
+
+    let (pods, ip6) = dual_pods(&c, &subnets, &subnets6);
+    assert_full_pings(&pods, &ip6, 1430);
+    let _server = assert_pod_sources(&pods, &ip6);
+
+    // A deleted IPv6 route and neighbour come back.
+    c.hosts[0].exec("ip", &["-6", "route", "del", &peer6]);
+    c.hosts[0].exec(
+        "ip",
+        &["-6", "neigh", "del", gateway6, "dev", "flannel-v6.1"],
+    );
+    wait_route(&c, 0, &peer6, gateway6);
+    assert_full_pings(&pods, &ip6, 1430);
 }

@@ -1,7 +1,7 @@
 //! The vxlan device `flannel.<VNI>`: create or reuse it, give it its address, bring it up and
 //! make sure it keeps the MAC we publish.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::drift::{DeviceChange, Mismatch};
 use crate::mac::Mac;
@@ -128,19 +128,20 @@ pub(crate) async fn ensure(
     Ok((link.index, mac))
 }
 
-/// The device's address for the own subnet `own`: `<own network>.0/32`.
-fn own_address(own: Ipv4Net) -> Ipv4Net {
-    Ipv4Net::from(own.network())
+/// The device's address for the own subnet `own`: its network address as a host address
+/// (`10.5.34.0/32`, `fd00:5:34::/128`).
+fn own_address(own: IpNet) -> IpNet {
+    IpNet::from(own.network())
 }
 
 /// The addresses of `addrs` inside the cluster `network` other than `want`: they must go.
-fn foreign(addrs: &[Ipv4Net], want: Ipv4Net, network: Ipv4Net) -> impl Iterator<Item = &Ipv4Net> {
+fn foreign(addrs: &[IpNet], want: IpNet, network: IpNet) -> impl Iterator<Item = &IpNet> {
     addrs
         .iter()
         .filter(move |a| **a != want && network.contains(&a.addr()))
 }
 
-async fn addresses(nl: &Netlink, name: &str, index: u32) -> Result<Vec<Ipv4Net>, Error> {
+async fn addresses(nl: &Netlink, name: &str, index: u32) -> Result<Vec<IpNet>, Error> {
     nl.addresses(index)
         .await
         .map_err(Error::netlink(format!("list addresses of {name}")))
@@ -153,15 +154,15 @@ pub(crate) struct WantedDevice<'a> {
     pub spec: &'a VxlanSpec,
     pub index: u32,
     pub mac: Mac,
-    pub own: Ipv4Net,
-    pub network: Ipv4Net,
+    pub own: IpNet,
+    pub network: IpNet,
 }
 
 /// The device as the kernel has it.
 #[derive(Clone, Debug)]
 pub(crate) struct FoundDevice {
     pub link: Link,
-    pub addrs: Vec<Ipv4Net>,
+    pub addrs: Vec<IpNet>,
 }
 
 /// How the kernel's device differs from `want` (pure): [`DeviceChange::Gone`] or
@@ -277,7 +278,7 @@ mod tests {
         VxlanSpec {
             name: "flannel.1".into(),
             vni: 1,
-            local: Ipv4Addr::new(192, 168, 1, 1),
+            local: Ipv4Addr::new(192, 168, 1, 1).into(),
             dev: 2,
             port: 0,
             gbp: false,
@@ -300,7 +301,7 @@ mod tests {
         VxlanAttrs {
             vni: Some(1),
             link: Some(2),
-            local: Some(Ipv4Addr::new(192, 168, 1, 1)),
+            local: Some(Ipv4Addr::new(192, 168, 1, 1).into()),
             group: None,
             port: Some(8472),
             gbp: false,
@@ -344,7 +345,7 @@ mod tests {
             ]
         );
         let mut moved = matching();
-        moved.local = Some(Ipv4Addr::new(10, 0, 0, 1));
+        moved.local = Some(Ipv4Addr::new(10, 0, 0, 1).into());
         moved.link = Some(3);
         assert_eq!(incompatibilities(&spec(), &link(Some(moved))).len(), 2);
     }

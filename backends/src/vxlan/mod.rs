@@ -1,4 +1,5 @@
-//! vxlan: peers are reached through the device `flannel.<VNI>`; per peer a permanent
+//! vxlan: peers are reached through the device `flannel.<VNI>` and, on a dual-stack network,
+//! `flannel-v6.<VNI>` (IPv6 overlay over an IPv6 underlay); per peer and family a permanent
 //! neighbour, a permanent FDB entry and an onlink route, or with DirectRouting a plain route
 //! for on-link peers.
 
@@ -6,9 +7,9 @@ mod config;
 mod data;
 mod device;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde_json::Value;
 use subnet::{Lease, LeaseAttrs};
 
@@ -17,7 +18,7 @@ use crate::drift::Drift;
 use crate::mac::Mac;
 use crate::netlink::VxlanSpec;
 use crate::notify::{react, Notification, Reaction};
-use crate::{Error, ExternalInterface, Netlink};
+use crate::{ClusterNetworks, Error, ExternalInterface, Netlink};
 use config::{VxlanConfig, OVERHEAD};
 use data::VtepData;
 use device::WantedDevice;
@@ -25,18 +26,46 @@ use device::WantedDevice;
 /// The backend type name, in config and leases.
 pub(crate) const TYPE: &str = "vxlan";
 
+/// The encapsulation overhead over an IPv6 underlay: 20 bytes more than over IPv4.
+const OVERHEAD_V6: u32 = OVERHEAD + 20;
+
+/// One of the backend's vxlan devices.
+#[derive(Debug)]
+struct Vtep {
+    family: Family,
+    /// The public address it sends from (`local`): PublicIP or PublicIPv6.
+    local: IpAddr,
+    /// The device's index and MAC once set up; the MAC is kept if the device is recreated.
+    device: Option<(u32, Mac)>,
+    /// The own subnet and the cluster network of the last successful configure.
+    configured: Option<(IpNet, IpNet)>,
+}
+
+impl Vtep {
+    fn new(local: IpAddr) -> Vtep {
+        Vtep {
+            family: Family::of(&local),
+            local,
+            device: None,
+            configured: None,
+        }
+    }
+
+    fn index(&self) -> Option<u32> {
+        self.device.map(|(index, _)| index)
+    }
+}
+
 /// The vxlan backend.
 #[derive(Debug)]
 pub(crate) struct Vxlan {
     cfg: VxlanConfig,
     ext: ExternalInterface,
-    public_ip: Ipv4Addr,
-    /// The device's index and MAC once set up; the MAC is kept if the device is recreated.
-    device: Option<(u32, Mac)>,
-    /// The own subnet and the cluster network of the last successful configure.
-    configured: Option<(Ipv4Net, Ipv4Net)>,
-    /// Subnets reachable without a gateway through the external interface.
-    onlink: Vec<Ipv4Net>,
+    v4: Vtep,
+    /// The IPv6 device, on a dual-stack network.
+    v6: Option<Vtep>,
+    /// Subnets (both families) reachable without a gateway through the external interface.
+    onlink: Vec<IpNet>,
 }
 
 /// Parses the vxlan keys of a `Backend` object, for [`crate::check_config`].
@@ -45,110 +74,203 @@ pub(crate) fn check_config(raw: &Value) -> Result<(), Error> {
 }
 
 impl Vxlan {
-    /// Decodes the vxlan keys of the `Backend` object.
+    /// Decodes the vxlan keys of the `Backend` object; `public_ipv6` is given on a dual-stack
+    /// network only.
     pub(crate) fn new(
         raw: &Value,
         ext: ExternalInterface,
         public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
     ) -> Result<Vxlan, Error> {
         Ok(Vxlan {
             cfg: VxlanConfig::parse(raw)?,
             ext,
-            public_ip,
-            device: None,
-            configured: None,
+            v4: Vtep::new(public_ip.into()),
+            v6: public_ipv6.map(|ip| Vtep::new(ip.into())),
             onlink: Vec::new(),
         })
     }
 
-    fn name(&self) -> String {
-        format!("flannel.{}", self.cfg.vni)
+    fn vteps(&self) -> impl Iterator<Item = &Vtep> {
+        std::iter::once(&self.v4).chain(&self.v6)
     }
 
+    fn name(&self, family: Family) -> String {
+        match family {
+            Family::V4 => format!("flannel.{}", self.cfg.vni),
+            Family::V6 => format!("flannel-v6.{}", self.cfg.vni),
+        }
+    }
+
+    fn underlay_mtu(&self) -> u32 {
+        self.cfg.mtu.unwrap_or(self.ext.mtu)
+    }
+
+    /// The MTU of the device of `family`: the underlay's less that family's encapsulation.
+    fn device_mtu(&self, family: Family) -> u32 {
+        let overhead = match family {
+            Family::V4 => OVERHEAD,
+            Family::V6 => OVERHEAD_V6,
+        };
+        self.underlay_mtu().saturating_sub(overhead)
+    }
+
+    /// FLANNEL_MTU: what fits through every device in use (pods send both families through one
+    /// interface).
     pub(crate) fn mtu(&self) -> u32 {
-        self.cfg
-            .mtu
-            .unwrap_or(self.ext.mtu)
-            .saturating_sub(OVERHEAD)
+        self.vteps()
+            .map(|v| self.device_mtu(v.family))
+            .min()
+            .unwrap_or_default()
     }
 
-    /// The device as the config and the external interface want it.
-    fn spec(&self) -> VxlanSpec {
+    /// A device as the config and the external interface want it.
+    fn spec(&self, vtep: &Vtep) -> VxlanSpec {
         VxlanSpec {
-            name: self.name(),
+            name: self.name(vtep.family),
             vni: self.cfg.vni,
-            local: self.public_ip,
+            local: vtep.local,
             dev: self.ext.index,
             port: self.cfg.port,
             gbp: self.cfg.gbp,
             learning: self.cfg.learning,
-            mtu: self.mtu(),
+            mtu: self.device_mtu(vtep.family),
         }
     }
 
     /// The subnets reachable without a gateway through the external interface.
-    async fn onlink_subnets(&self, nl: &Netlink) -> Result<Vec<Ipv4Net>, Error> {
-        let routes = nl
-            .routes(Family::V4)
-            .await
-            .map_err(Error::netlink("list routes for DirectRouting"))?;
-        Ok(routes
-            .iter()
-            .filter(|r| r.gateway.is_none() && r.oif == Some(self.ext.index))
-            .filter_map(|r| match r.dst {
-                IpNet::V4(dst) => Some(dst),
-                IpNet::V6(_) => None,
-            })
-            .collect())
+    async fn onlink_subnets(&self, nl: &Netlink) -> Result<Vec<IpNet>, Error> {
+        let mut onlink = Vec::new();
+        for vtep in self.vteps() {
+            let routes = nl
+                .routes(vtep.family)
+                .await
+                .map_err(Error::netlink("list routes for DirectRouting"))?;
+            onlink.extend(
+                (routes.iter())
+                    .filter(|r| r.gateway.is_none() && r.oif == Some(self.ext.index))
+                    .map(|r| r.dst),
+            );
+        }
+        Ok(onlink)
     }
 
     pub(crate) async fn init(&mut self, nl: &Netlink) -> Result<LeaseAttrs, Error> {
         self.ext.refresh(nl).await?;
-        let published = self.device.map(|(_, mac)| mac);
-        let (index, mac) = device::ensure(nl, &self.spec(), published).await?;
-        self.device = Some((index, mac));
-        self.onlink = self.onlink_subnets(nl).await?;
-        let mut attrs = LeaseAttrs::new(self.public_ip, TYPE);
-        attrs.backend_data = Some(
-            VtepData {
-                vni: Some(self.cfg.vni),
-                mac,
+        let spec = self.spec(&self.v4);
+        self.v4.device = Some(device::ensure(nl, &spec, self.v4.device.map(|d| d.1)).await?);
+        if let Some(v6) = &self.v6 {
+            let spec = self.spec(v6);
+            let ensured = device::ensure(nl, &spec, v6.device.map(|d| d.1)).await?;
+            if let Some(v6) = self.v6.as_mut() {
+                v6.device = Some(ensured);
             }
-            .to_json(),
-        );
-        Ok(attrs)
+        }
+        self.onlink = self.onlink_subnets(nl).await?;
+        Ok(self.attrs())
     }
 
-    /// The existing device, if any, as if this backend had set it up (see `Backend::attach`).
+    /// The lease attributes: PublicIP with the IPv4 device's VtepMAC in `BackendData` and, on a
+    /// dual-stack network, PublicIPv6 with the IPv6 device's in `BackendV6Data`, as Go HEAD.
+    fn attrs(&self) -> LeaseAttrs {
+        let data = |vtep: &Vtep| {
+            let mac = vtep.device.map(|(_, mac)| mac)?;
+            Some(
+                VtepData {
+                    vni: Some(self.cfg.vni),
+                    mac,
+                }
+                .to_json(),
+            )
+        };
+        let public_ip = match self.v4.local {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        let mut attrs = LeaseAttrs::new(public_ip, TYPE);
+        attrs.backend_data = data(&self.v4);
+        if let Some(v6) = &self.v6 {
+            attrs.public_ipv6 = match v6.local {
+                IpAddr::V6(ip) => Some(ip),
+                IpAddr::V4(_) => None,
+            };
+            attrs.backend_v6_data = data(v6);
+        }
+        attrs
+    }
+
+    /// The existing devices, if any, as if this backend had set them up (see
+    /// `Backend::attach`).
     pub(crate) async fn attach(
         &mut self,
         nl: &Netlink,
         own: &Lease,
-        network: Ipv4Net,
+        networks: ClusterNetworks,
     ) -> Result<(), Error> {
         self.ext.refresh(nl).await?;
-        let published = VtepData::from_json(own.attrs.backend_data.as_ref())
-            .ok()
-            .map(|d| d.mac);
-        self.device = device::lookup(nl, &self.name())
-            .await?
-            .and_then(|link| Some((link.index, published.or(link.mac)?)));
-        self.configured = self.device.map(|_| (own.subnet(), network));
+        let published = |data: Option<&Value>| VtepData::from_json(data).ok().map(|d| d.mac);
+        let (mac4, mac6) = (
+            published(own.attrs.backend_data.as_ref()),
+            published(own.attrs.backend_v6_data.as_ref()),
+        );
+        let found4 = device::lookup(nl, &self.name(Family::V4)).await?;
+        self.v4.device = found4.and_then(|link| Some((link.index, mac4.or(link.mac)?)));
+        self.v4.configured = self
+            .v4
+            .device
+            .map(|_| (own.subnet().into(), networks.v4.into()));
+        let name6 = self.name(Family::V6);
+        if let Some(v6) = self.v6.as_mut() {
+            let found6 = device::lookup(nl, &name6).await?;
+            v6.device = found6.and_then(|link| Some((link.index, mac6.or(link.mac)?)));
+            let want = own.key.ipv6.zip(networks.v6);
+            v6.configured = want
+                .filter(|_| v6.device.is_some())
+                .map(|(o, n)| (o.into(), n.into()));
+        }
         self.onlink = self.onlink_subnets(nl).await?;
         Ok(())
     }
 
+    /// Gives each device its address for our subnet of its family, sets it up and checks its
+    /// MAC.
     pub(crate) async fn configure(
         &mut self,
         nl: &Netlink,
-        own: Ipv4Net,
-        network: Ipv4Net,
+        own: &Lease,
+        networks: ClusterNetworks,
     ) -> Result<(), Error> {
-        let spec = self.spec();
-        let (index, mac) = self
+        let v4 = (own.subnet().into(), networks.v4.into());
+        self.v4.configured = None;
+        self.configure_vtep(nl, &self.v4, v4).await?;
+        self.v4.configured = Some(v4);
+        if let Some(v6) = &self.v6 {
+            let targets = own.key.ipv6.zip(networks.v6).ok_or_else(|| Error::Config {
+                key: "IPv6Network",
+                problem: format!(
+                    "IPv6 is enabled but the lease {} has no IPv6 subnet",
+                    own.key
+                ),
+            })?;
+            let targets = (targets.0.into(), targets.1.into());
+            self.configure_vtep(nl, v6, targets).await?;
+            if let Some(v6) = self.v6.as_mut() {
+                v6.configured = Some(targets);
+            }
+        }
+        Ok(())
+    }
+
+    async fn configure_vtep(
+        &self,
+        nl: &Netlink,
+        vtep: &Vtep,
+        (own, network): (IpNet, IpNet),
+    ) -> Result<(), Error> {
+        let spec = self.spec(vtep);
+        let (index, mac) = vtep
             .device
             .ok_or_else(|| Error::NoInterface(spec.name.clone()))?;
-        self.configured = None;
         let want = WantedDevice {
             spec: &spec,
             index,
@@ -156,31 +278,14 @@ impl Vxlan {
             own,
             network,
         };
-        device::configure(nl, &want).await?;
-        self.configured = Some((own, network));
-        Ok(())
+        device::configure(nl, &want).await
     }
 
     pub(crate) async fn drift(&self, nl: &Netlink) -> Result<Vec<Drift>, Error> {
         let mut drift: Vec<Drift> = self.ext.drift(nl).await?.into_iter().collect();
-        let (Some((index, mac)), Some((own, network))) = (self.device, self.configured) else {
-            drift.push(Drift::DeviceNotSetUp { name: self.name() });
-            return Ok(drift);
-        };
-        let spec = self.spec();
-        let want = WantedDevice {
-            spec: &spec,
-            index,
-            mac,
-            own,
-            network,
-        };
-        let name = &spec.name;
-        let device = device::drift(nl, &want).await?.into_iter();
-        drift.extend(device.map(|change| Drift::Device {
-            name: name.clone(),
-            change,
-        }));
+        for vtep in self.vteps() {
+            drift.extend(self.vtep_drift(nl, vtep).await?);
+        }
         if self.cfg.direct_routing && self.onlink_subnets(nl).await? != self.onlink {
             drift.push(Drift::OnLinkSubnetsChanged {
                 iface: self.ext.name.clone(),
@@ -189,32 +294,59 @@ impl Vxlan {
         Ok(drift)
     }
 
+    async fn vtep_drift(&self, nl: &Netlink, vtep: &Vtep) -> Result<Vec<Drift>, Error> {
+        let name = self.name(vtep.family);
+        let (Some((index, mac)), Some((own, network))) = (vtep.device, vtep.configured) else {
+            return Ok(vec![Drift::DeviceNotSetUp { name }]);
+        };
+        let spec = self.spec(vtep);
+        let want = WantedDevice {
+            spec: &spec,
+            index,
+            mac,
+            own,
+            network,
+        };
+        let device = device::drift(nl, &want).await?.into_iter();
+        Ok(device
+            .map(|change| Drift::Device {
+                name: name.clone(),
+                change,
+            })
+            .collect())
+    }
+
     pub(crate) fn desired<'a>(&self, peers: impl IntoIterator<Item = &'a Lease>) -> DesiredState {
-        desired(
-            peers,
-            &self.cfg,
-            self.ext.index,
-            self.device.map(|(i, _)| i),
-            &self.onlink,
-        )
+        let vteps = Vteps {
+            v4: self.v4.index(),
+            v6: self.v6.as_ref().and_then(Vtep::index),
+        };
+        desired(peers, &self.cfg, self.ext.index, vteps, &self.onlink)
     }
 
     pub(crate) fn reaction(&self, n: &Notification) -> Reaction {
-        let name = self.name();
-        react(n, &self.ext, &[(&name, self.device.map(|(i, _)| i))])
+        let names: Vec<(String, Option<u32>)> = self
+            .vteps()
+            .map(|v| (self.name(v.family), v.index()))
+            .collect();
+        let devices: Vec<(&str, Option<u32>)> =
+            names.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+        react(n, &self.ext, &devices)
     }
 }
 
-/// Deletes every vxlan device named `flannel.<VNI>` (`flanneld cleanup`); returns their names.
+/// Deletes every vxlan device named `flannel.<VNI>` or `flannel-v6.<VNI>` (`flanneld cleanup`);
+/// returns their names.
 pub(crate) async fn remove_devices(nl: &Netlink) -> Result<Vec<String>, Error> {
     let view = nl
         .host_view(None)
         .await
         .map_err(Error::netlink("list links"))?;
     let ours = view.interfaces.iter().filter(|i| {
-        i.name
+        (i.name
             .strip_prefix("flannel.")
-            .is_some_and(|vni| vni.parse::<u32>().is_ok())
+            .or(i.name.strip_prefix("flannel-v6.")))
+        .is_some_and(|vni| vni.parse::<u32>().is_ok())
     });
     let mut removed = Vec::new();
     for iface in ours {
@@ -232,16 +364,16 @@ pub(crate) async fn remove_devices(nl: &Netlink) -> Result<Vec<String>, Error> {
     Ok(removed)
 }
 
-/// The pure core: what `peers` need, given the device index and the on-link subnets.
+/// The pure core: what `peers` need, given the devices and the on-link subnets.
 fn desired<'a>(
     peers: impl IntoIterator<Item = &'a Lease>,
     cfg: &VxlanConfig,
     ext_index: u32,
-    vtep: Option<u32>,
-    onlink: &[Ipv4Net],
+    vteps: Vteps,
+    onlink: &[IpNet],
 ) -> DesiredState {
     let mut state = DesiredState {
-        vteps: Vteps { v4: vtep, v6: None },
+        vteps,
         ..DesiredState::default()
     };
     for peer in peers {
@@ -252,12 +384,21 @@ fn desired<'a>(
     state
 }
 
+/// One half of a peer: its subnet, public address and VTEP of one family.
+struct PeerHalf {
+    subnet: IpNet,
+    public: IpAddr,
+    data: Result<VtepData, String>,
+}
+
+/// Adds a vxlan peer's objects: its IPv4 half and, on a dual-stack network, its IPv6 half (a
+/// peer without one is reached over IPv4 only). An error leaves the whole peer out.
 fn add_peer(
     state: &mut DesiredState,
     peer: &Lease,
     cfg: &VxlanConfig,
     ext_index: u32,
-    onlink: &[Ipv4Net],
+    onlink: &[IpNet],
 ) -> Result<(), String> {
     if peer.attrs.backend_type != TYPE {
         return Err(format!(
@@ -265,22 +406,55 @@ fn add_peer(
             peer.attrs.backend_type
         ));
     }
-    let data = VtepData::from_json(peer.attrs.backend_data.as_ref())
-        .map_err(|e| format!("Ignoring vxlan subnet: {e}"))?;
-    let subnet = peer.subnet();
-    let public_ip = peer.attrs.public_ip;
-    if cfg.direct_routing && onlink.iter().any(|n| n.contains(&public_ip)) {
-        state.add_direct_route(subnet.into(), public_ip.into(), ext_index);
+    let v4 = PeerHalf {
+        subnet: peer.subnet().into(),
+        public: peer.attrs.public_ip.into(),
+        data: VtepData::from_json(peer.attrs.backend_data.as_ref()),
+    };
+    let v6 = (peer.key.ipv6.zip(peer.attrs.public_ipv6))
+        .filter(|_| state.vteps.v6.is_some())
+        .map(|(subnet, public)| PeerHalf {
+            subnet: subnet.into(),
+            public: public.into(),
+            data: VtepData::from_json(peer.attrs.backend_v6_data.as_ref())
+                .map_err(|e| e.replace("BackendData", "BackendV6Data")),
+        });
+    // Both halves are decoded before anything is added: a bad half leaves the whole peer out.
+    let mut planned = Vec::new();
+    for half in [Some(v4), v6].into_iter().flatten() {
+        let data = (half.data.clone()).map_err(|e| format!("Ignoring vxlan subnet: {e}"))?;
+        planned.push((half, data.mac));
+    }
+    for (half, mac) in planned {
+        add_half(state, &half, mac, cfg, ext_index, onlink)?;
+    }
+    Ok(())
+}
+
+/// One family's objects for a peer: a direct route when DirectRouting finds its public address
+/// on-link, else neighbour, FDB entry and onlink route on the device of that family.
+fn add_half(
+    state: &mut DesiredState,
+    half: &PeerHalf,
+    mac: Mac,
+    cfg: &VxlanConfig,
+    ext_index: u32,
+    onlink: &[IpNet],
+) -> Result<(), String> {
+    if cfg.direct_routing && onlink.iter().any(|n| n.contains(&half.public)) {
+        state.add_direct_route(half.subnet, half.public, ext_index);
         return Ok(());
     }
-    let vtep = state.vteps.v4.ok_or("the vxlan device is not set up")?;
-    state.neighbours.insert(subnet.network().into(), data.mac);
-    state.fdb.insert(data.mac, public_ip.into());
+    let family = Family::of(&half.public);
+    let vtep = (state.vteps.of(family)).ok_or("the vxlan device is not set up")?;
+    let gateway = half.subnet.network();
+    state.neighbours.insert(gateway, mac);
+    state.fdb.insert(mac, half.public);
     state.routes.insert(
-        subnet.into(),
+        half.subnet,
         Route {
-            dst: subnet.into(),
-            gateway: subnet.network().into(),
+            dst: half.subnet,
+            gateway,
             oif: vtep,
             onlink: true,
         },
@@ -332,6 +506,13 @@ mod tests {
         set
     }
 
+    fn v4_vtep() -> Vteps {
+        Vteps {
+            v4: Some(9),
+            v6: None,
+        }
+    }
+
     fn cfg(direct: bool) -> VxlanConfig {
         let mut cfg = VxlanConfig::parse(&json!({})).unwrap();
         cfg.direct_routing = direct;
@@ -340,7 +521,7 @@ mod tests {
 
     #[test]
     fn each_vxlan_peer_gets_neighbour_fdb_and_onlink_route() {
-        let state = desired(peers().iter(), &cfg(false), 2, Some(9), &[]);
+        let state = desired(peers().iter(), &cfg(false), 2, v4_vtep(), &[]);
         assert_eq!(state.vteps.v4, Some(9));
         let n2: std::net::IpAddr = "10.5.2.0".parse().unwrap();
         let m2: Mac = "02:00:00:00:00:02".parse().unwrap();
@@ -360,7 +541,7 @@ mod tests {
     #[test]
     fn direct_routing_splits_on_link_peers_off() {
         let onlink = ["192.168.1.0/24".parse().unwrap()];
-        let state = desired(peers().iter(), &cfg(true), 2, Some(9), &onlink);
+        let state = desired(peers().iter(), &cfg(true), 2, v4_vtep(), &onlink);
         let r2 = state.routes[&"10.5.2.0/24".parse().unwrap()];
         assert_eq!(
             (r2.gateway, r2.oif, r2.onlink),
@@ -372,7 +553,7 @@ mod tests {
         assert_eq!(state.neighbours.len(), 1);
         // Without DirectRouting the on-link peer goes through the device too.
         assert_eq!(
-            desired(peers().iter(), &cfg(false), 2, Some(9), &onlink)
+            desired(peers().iter(), &cfg(false), 2, v4_vtep(), &onlink)
                 .neighbours
                 .len(),
             2
@@ -389,10 +570,73 @@ mod tests {
             mtu: 1500,
         };
         let ip = ext.addr;
-        assert_eq!(Vxlan::new(&json!({}), ext.clone(), ip).unwrap().mtu(), 1450);
         assert_eq!(
-            Vxlan::new(&json!({"MTU": 9000}), ext, ip).unwrap().mtu(),
+            Vxlan::new(&json!({}), ext.clone(), ip, None).unwrap().mtu(),
+            1450
+        );
+        assert_eq!(
+            Vxlan::new(&json!({"MTU": 9000}), ext.clone(), ip, None)
+                .unwrap()
+                .mtu(),
             8950
         );
+        // Over an IPv6 underlay the encapsulation takes 20 bytes more; pods get what fits both.
+        let dual = Vxlan::new(&json!({}), ext, ip, Some("fd00::1".parse().unwrap())).unwrap();
+        assert_eq!(dual.device_mtu(Family::V6), 1430);
+        assert_eq!(dual.mtu(), 1430);
+    }
+
+    fn dual_peer(key: &str, ip: &str, ip6: &str, data6: Option<Value>) -> LeaseEvent {
+        let mut attrs = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
+        attrs.backend_data = Some(json!({"VNI":1,"VtepMAC":"02:00:00:00:04:02"}));
+        attrs.public_ipv6 = Some(ip6.parse().unwrap());
+        attrs.backend_v6_data = data6;
+        LeaseEvent::Put(Lease {
+            key: key.parse().unwrap(),
+            attrs,
+            expiration: None,
+        })
+    }
+
+    #[test]
+    fn a_dual_stack_peer_is_reached_through_the_device_of_each_family() {
+        let mut set = PeerSet::new("10.5.1.0/24".parse().unwrap());
+        let mac6 = json!({"VNI":1,"VtepMAC":"02:00:00:00:06:02"});
+        set.apply(&dual_peer(
+            "10.5.2.0-24&fd00:5:0:2::-64",
+            "192.168.1.2",
+            "fd00:1::2",
+            Some(mac6),
+        ));
+        set.apply(&dual_peer(
+            "10.5.3.0-24&fd00:5:0:3::-64",
+            "192.168.1.3",
+            "fd00:1::3",
+            None,
+        ));
+        let vteps = Vteps {
+            v4: Some(9),
+            v6: Some(10),
+        };
+        let state = desired(set.iter(), &cfg(false), 2, vteps, &[]);
+        let routes: Vec<String> = state.routes.values().map(ToString::to_string).collect();
+        assert_eq!(
+            routes,
+            [
+                "route 10.5.2.0/24 via 10.5.2.0 dev #9 onlink",
+                "route fd00:5:0:2::/64 via fd00:5:0:2:: dev #10 onlink",
+            ]
+        );
+        let m6: Mac = "02:00:00:00:06:02".parse().unwrap();
+        assert_eq!(state.fdb.get(&m6), Some(&"fd00:1::2".parse().unwrap()));
+        assert_eq!(
+            state.neighbours.get(&"fd00:5:0:2::".parse().unwrap()),
+            Some(&m6)
+        );
+        let why = &state.skipped[&"10.5.3.0/24".parse().unwrap()];
+        assert!(why.contains("BackendV6Data"), "{why}");
+        // Without the IPv6 device (IPv6 not enabled) only the IPv4 halves are programmed.
+        let v4_only = desired(set.iter(), &cfg(false), 2, v4_vtep(), &[]);
+        assert_eq!(v4_only.routes.len(), 2);
     }
 }
