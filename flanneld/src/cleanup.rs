@@ -9,7 +9,6 @@
 use anyhow::{anyhow, Context, Result};
 use backends::{DesiredState, Netlink, Reconciler};
 use ipnet::IpNet;
-use netfilter::{Flavour, IpFamily, Iptables};
 use subnet::{Detector, Keyspace, PreviousEnv, Registry, SubnetKey};
 
 use crate::cli::{self, values, Options};
@@ -74,7 +73,13 @@ async fn cleanup(args: &Args) -> usize {
         }
         Err(e) => report("kernel", Err(e)),
     }
-    report("iptables", remove_rules());
+    report(
+        "iptables",
+        crate::firewall::remove_iptables_rules().map_err(Into::into),
+    );
+    if netfilter::Nftables::probe().is_ok() {
+        report("nftables", netfilter::remove_tables().map_err(Into::into));
+    }
     report("subnet.env", remove_file(opts));
     failures
 }
@@ -98,22 +103,6 @@ async fn remove_routes(nl: &Netlink, previous: &PreviousEnv) -> Result<Vec<Strin
         return Err(anyhow!("{}: {}", e.object, e.message));
     }
     Ok(preview.changes.into_iter().map(|c| c.object).collect())
-}
-
-/// Removes our chains and jumps from every iptables and ip6tables flavour that works here.
-fn remove_rules() -> Result<Vec<String>> {
-    let mut removed = Vec::new();
-    for flavour in [Flavour::Legacy, Flavour::Nft] {
-        for family in [IpFamily::V4, IpFamily::V6] {
-            let Ok(iptables) = Iptables::probe(flavour, family) else {
-                continue;
-            };
-            let command = flavour.iptables_command(family);
-            let gone = iptables.remove_ours().with_context(|| command.clone())?;
-            removed.extend(gone.into_iter().map(|r| format!("{command}: {r}")));
-        }
-    }
-    Ok(removed)
 }
 
 fn remove_file(opts: &Options) -> Result<Vec<String>> {

@@ -216,8 +216,14 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         v4: range.network,
         v6: config.ipv6.map(|r| r.network),
     };
-    let (firewall, first_check) =
-        configure_data_plane(&mut backend, &nl, &lease, networks, firewall, previous).await?;
+    let (firewall, first_check) = configure_data_plane(
+        &mut backend,
+        &nl,
+        (&lease, networks, config.enable_nftables),
+        firewall,
+        previous,
+    )
+    .await?;
     let policy = lease_policy(&config, &lease, &selected)?;
     let agent = Agent::new(Parts {
         policy,
@@ -280,9 +286,6 @@ async fn wait_for_config<R: Registry>(
     let Some((config, range)) = found else {
         return Ok(None);
     };
-    if config.enable_nftables {
-        tracing::warn!("EnableNFTables is set but flanneld-rs programs iptables only (nftables is not implemented yet)");
-    }
     tracing::info!(
         "network config: Network {}, SubnetLen {}, SubnetMin {}, SubnetMax {}, backend {:?}",
         range.network,
@@ -414,13 +417,12 @@ async fn acquire_lease<R: Registry>(
 async fn configure_data_plane(
     backend: &mut Backend,
     nl: &Netlink,
-    lease: &subnet::Lease,
-    networks: ClusterNetworks,
+    (lease, networks, nftables): (&subnet::Lease, ClusterNetworks, bool),
     (detection, fw_options, metrics): (Detection, FirewallOptions, &Arc<Metrics>),
     previous: PreviousEnv,
 ) -> Result<(Option<Firewall>, Option<EnsureTask>)> {
     backend.configure(nl, lease, networks).await?;
-    let targets = Targets::of(networks, lease.key);
+    let targets = (Targets::of(networks, lease.key), nftables);
     let firewall = Firewall::new(fw_options, detection, targets, previous, metrics).await?;
     let first_check = firewall.as_ref().map(Firewall::start_ensure);
     Ok((firewall, first_check))

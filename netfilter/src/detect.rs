@@ -18,11 +18,21 @@ pub enum BackendChoice {
     Legacy,
     /// Always iptables-nft.
     Nft,
+    /// No iptables: the agent's own nftables tables, as with `EnableNFTables` in the network
+    /// config (for hosts where the config cannot change).
+    Nftables,
 }
 
-/// A backend name that is not `auto`, `legacy` or `nft`.
+impl BackendChoice {
+    /// Whether the choice is native nftables rather than an iptables flavour.
+    pub fn is_nftables(self) -> bool {
+        self == BackendChoice::Nftables
+    }
+}
+
+/// A backend name that is not `auto`, `legacy`, `nft` or `nftables`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown iptables backend `{0}`: expected auto, legacy or nft")]
+#[error("unknown iptables backend `{0}`: expected auto, legacy, nft (iptables-nft) or nftables (native tables, like EnableNFTables)")]
 pub struct UnknownBackend(pub String);
 
 impl FromStr for BackendChoice {
@@ -33,6 +43,7 @@ impl FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "legacy" => Ok(BackendChoice::Legacy),
             "nft" => Ok(BackendChoice::Nft),
+            "nftables" | "nft-native" => Ok(BackendChoice::Nftables),
             _ => Err(UnknownBackend(s.to_string())),
         }
     }
@@ -44,6 +55,7 @@ impl fmt::Display for BackendChoice {
             BackendChoice::Auto => "auto",
             BackendChoice::Legacy => "legacy",
             BackendChoice::Nft => "nft",
+            BackendChoice::Nftables => "nftables",
         })
     }
 }
@@ -125,6 +137,9 @@ impl Iptables {
         let (flavour, why) = match choice {
             BackendChoice::Legacy => (Flavour::Legacy, "requested".to_string()),
             BackendChoice::Nft => (Flavour::Nft, "requested".to_string()),
+            // Native nftables needs no iptables; asked for its binaries anyway (plan, explain),
+            // the system default is used.
+            BackendChoice::Nftables => (Flavour::System, "native nftables requested".to_string()),
             BackendChoice::Auto => {
                 let (legacy, nft) = exec::concurrently(
                     || Census::take(Flavour::Legacy),

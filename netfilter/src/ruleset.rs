@@ -188,41 +188,58 @@ fn masq_chain(config: &Config, previous: Option<&Previous>) -> OwnedChain {
     }
 }
 
-/// The egress policy's rules for pod-sourced traffic, most specific first: ACCEPT keeps the pod
-/// address (and, like pod to pod, stops a later MASQUERADE); an exception masquerades. When an
-/// exception covers multicast, multicast is returned first: it is never masqueraded.
-fn egress_rules(config: &Config) -> Vec<Rule> {
+/// What one egress rule does with pod traffic to its destinations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EgressVerdict {
+    /// Leave it to later rules (multicast, which is never masqueraded).
+    Return,
+    /// Keep the pod address.
+    Keep,
+    /// Masquerade it.
+    Masquerade,
+}
+
+/// The egress policy's steps for pod-sourced traffic, most specific first: destination,
+/// verdict and comment. When an exception covers multicast, multicast is returned first: it is
+/// never masqueraded. IPv4 only; shared by the iptables and nftables renderings.
+pub(crate) fn egress_steps(config: &Config) -> Vec<(String, EgressVerdict, &'static str)> {
     let (Some(policy), IpNet::V4(_)) = (&config.egress, config.network) else {
         return Vec::new();
     };
-    let network = config.network.to_string();
     let multicast: Ipv4Net = MULTICAST.parse().unwrap_or_default();
     let covers_multicast = policy.iter().any(|r| {
         r.action == Action::Masquerade && (r.dst.contains(&multicast) || multicast.contains(&r.dst))
     });
     let guard = covers_multicast.then(|| {
-        let matches = ["-s", &network, "-d", MULTICAST];
-        commented(
-            MASQ_CHAIN,
-            &matches,
-            "flanneld egress: multicast is never masqueraded",
-            &["RETURN"],
-        )
+        let why = "flanneld egress: multicast is never masqueraded";
+        (MULTICAST.to_string(), EgressVerdict::Return, why)
     });
-    let policy_rules = policy.iter().map(|r| {
-        let dst = r.dst.to_string();
-        let target: &[&str] = match r.action {
-            Action::Exempt => &["ACCEPT"],
-            Action::Masquerade => masquerade(config.random_fully),
+    let steps = policy.iter().map(|r| {
+        let verdict = match r.action {
+            Action::Exempt => EgressVerdict::Keep,
+            Action::Masquerade => EgressVerdict::Masquerade,
         };
-        commented(
-            MASQ_CHAIN,
-            &["-s", &network, "-d", &dst],
-            r.origin.comment(),
-            target,
-        )
+        (r.dst.to_string(), verdict, r.origin.comment())
     });
-    guard.into_iter().chain(policy_rules).collect()
+    guard.into_iter().chain(steps).collect()
+}
+
+/// The egress steps as iptables rules: ACCEPT keeps the pod address (and, like pod to pod,
+/// stops a later MASQUERADE); an exception masquerades.
+fn egress_rules(config: &Config) -> Vec<Rule> {
+    let network = config.network.to_string();
+    let steps = egress_steps(config);
+    steps
+        .iter()
+        .map(|(dst, verdict, comment)| {
+            let target: &[&str] = match verdict {
+                EgressVerdict::Return => &["RETURN"],
+                EgressVerdict::Keep => &["ACCEPT"],
+                EgressVerdict::Masquerade => masquerade(config.random_fully),
+            };
+            commented(MASQ_CHAIN, &["-s", &network, "-d", dst], comment, target)
+        })
+        .collect()
 }
 
 /// The multicast range of the network's family.

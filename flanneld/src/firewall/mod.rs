@@ -1,6 +1,8 @@
 //! The daemon's side of the masquerade and forward rules: builds the rule set from the options
-//! and the lease, runs `netfilter` on a blocking thread, and logs each foreign masquerading rule
-//! once.
+//! and the lease for each family, applies it with iptables or native nftables ([`engine`]) on a
+//! blocking thread, and logs each foreign masquerading rule once.
+
+mod engine;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,9 +11,11 @@ use anyhow::{Context, Result};
 use backends::ClusterNetworks;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netfilter::{
-    BackendChoice, Config, EnsureOutcome, IpFamily, Iptables, Netfilter, NftChanges, Previous,
-    RuleSet,
+    BackendChoice, Config, EnsureOutcome, IpFamily, Iptables, NftChanges, Nftables, Previous,
 };
+
+pub(crate) use engine::remove_iptables_rules;
+use engine::{Engine, FamilyRules};
 
 use crate::egress_watch::Rules as EgressRules;
 use crate::metrics::Metrics;
@@ -21,7 +25,7 @@ use tokio::task::JoinHandle;
 /// What the operator asked for.
 #[derive(Clone, Debug)]
 pub struct FirewallOptions {
-    /// `--iptables-backend`: auto, legacy or nft.
+    /// `--iptables-backend`: auto, legacy, nft or nftables.
     pub backend: BackendChoice,
     /// `--ip-masq`.
     pub ip_masq: bool,
@@ -34,20 +38,23 @@ pub struct FirewallOptions {
 }
 
 /// The iptables flavour detection, started before the lease is known (it needs none) and
-/// finished by [`Firewall::new`]; `None` inside when no rule is asked for.
-pub struct Detection(Option<JoinHandle<Result<(Iptables, String), netfilter::Error>>>);
+/// finished by [`Firewall::new`]. Nothing is detected when no rule is asked for, or when
+/// `--iptables-backend=nftables` asks for native nftables.
+pub struct Detection {
+    /// Whether `--ip-masq` or `--iptables-forward-rules` asks for any rule.
+    wanted: bool,
+    iptables: Option<JoinHandle<Result<(Iptables, String), netfilter::Error>>>,
+}
 
 impl Detection {
-    /// Starts detecting the iptables flavour on a blocking thread, unless neither `--ip-masq`
-    /// nor `--iptables-forward-rules` asks for any rule.
+    /// Starts detecting the iptables flavour on a blocking thread, unless no rule is asked for
+    /// or native nftables is.
     pub fn start(options: &FirewallOptions) -> Detection {
-        if !options.ip_masq && !options.forward_rules {
-            return Detection(None);
-        }
+        let wanted = options.ip_masq || options.forward_rules;
         let choice = options.backend;
-        Detection(Some(tokio::task::spawn_blocking(move || {
-            Iptables::detect(choice)
-        })))
+        let iptables = (wanted && !choice.is_nftables())
+            .then(|| tokio::task::spawn_blocking(move || Iptables::detect(choice)));
+        Detection { wanted, iptables }
     }
 }
 
@@ -81,15 +88,10 @@ impl Targets {
     }
 }
 
-/// One family's binaries and rules.
-#[derive(Clone)]
-struct FamilyRules {
-    iptables: Arc<Iptables>,
-    rules: RuleSet,
-}
-
-/// Owns the agent's iptables (and, on a dual-stack network, ip6tables) rules.
+/// Owns the agent's iptables (and, on a dual-stack network, ip6tables) rules, or its native
+/// nftables tables.
 pub struct Firewall {
+    engines: Vec<Engine>,
     families: Vec<FamilyRules>,
     options: FirewallOptions,
     targets: Targets,
@@ -106,52 +108,55 @@ pub struct Firewall {
 
 impl Firewall {
     /// Takes the detected iptables flavour (and probes the same flavour's ip6tables on a
-    /// dual-stack network) and builds the rules for `targets`; `None` when neither `--ip-masq`
-    /// nor `--iptables-forward-rules` asks for any rule. When subnet.env recorded another
-    /// Network or subnet, the rules Go flanneld v0.11 left for those old values are retired by
-    /// the first [`Firewall::ensure`].
+    /// dual-stack network), or with `nftables` (the config's `EnableNFTables`, or
+    /// `--iptables-backend=nftables`) native nftables, and builds the rules for `targets`;
+    /// `None` when neither `--ip-masq` nor `--iptables-forward-rules` asks for any rule. The
+    /// other engine's rules of ours are removed. When subnet.env recorded another Network or
+    /// subnet, the rules Go flanneld v0.11 left for those old values are retired by the first
+    /// [`Firewall::ensure`].
     pub async fn new(
         options: FirewallOptions,
         detection: Detection,
-        targets: Targets,
+        (targets, nftables): (Targets, bool),
         previous: PreviousEnv,
         metrics: &Arc<Metrics>,
     ) -> Result<Option<Firewall>> {
-        let Detection(Some(detection)) = detection else {
+        if !detection.wanted {
             tracing::info!(
                 "--ip-masq=false and --iptables-forward-rules=false: iptables is left alone"
             );
             return Ok(None);
+        }
+        let nftables = nftables || options.backend.is_nftables();
+        let engines = if nftables {
+            nftables_engines(targets).await?
+        } else {
+            iptables_engines(detection, targets).await?
         };
-        let (iptables, reason) = detection
-            .await
-            .context("iptables detection task")?
-            .context("cannot use iptables")?;
-        tracing::info!("iptables: {reason}");
         if !options.ip_masq {
             tracing::info!(
                 "--ip-masq=false: the nat table is left untouched and FLANNEL_IPMASQ=false"
             );
         }
-        let mut binaries = vec![iptables.clone()];
-        if targets.v6.is_some() {
-            binaries.push(probe_ip6tables(&iptables).await?);
-        }
-        let changes = iptables.uses_nf_tables().then(subscribe_changes).flatten();
+        tokio::task::spawn_blocking(move || engine::remove_other_engine(nftables))
+            .await
+            .context("rule engine switch task")?;
+        let uses_nf_tables = engines.iter().any(|e| match e {
+            Engine::Iptables(iptables) => iptables.uses_nf_tables(),
+            Engine::Nftables(..) => true,
+        });
         let mut firewall = Firewall {
+            engines,
             families: Vec::new(),
             options,
             targets,
             previous: to_retire(&previous, targets.v4),
             metrics: Arc::clone(metrics),
             reported: BTreeSet::new(),
-            changes,
+            changes: uses_nf_tables.then(subscribe_changes).flatten(),
             verified: false,
         };
-        firewall.families = binaries
-            .into_iter()
-            .map(|iptables| firewall.family_rules(Arc::new(iptables)))
-            .collect();
+        firewall.rebuild();
         Ok(Some(firewall))
     }
 
@@ -171,29 +176,21 @@ impl Firewall {
     }
 
     fn rebuild(&mut self) {
-        let binaries: Vec<Arc<Iptables>> = self
-            .families
-            .iter()
-            .map(|f| Arc::clone(&f.iptables))
-            .collect();
-        self.families = binaries.into_iter().map(|b| self.family_rules(b)).collect();
+        self.families = self.engines.iter().map(|e| self.family_rules(e)).collect();
         self.verified = false;
     }
 
-    /// The rules `iptables` (of one family) must hold for the current targets and options.
-    fn family_rules(&self, iptables: Arc<Iptables>) -> FamilyRules {
-        let family = iptables.family();
+    /// The rules `engine` (of one family) must hold for the current targets and options.
+    fn family_rules(&self, engine: &Engine) -> FamilyRules {
+        let family = engine.family();
         let (network, subnet) = self
             .targets
             .each()
             .find(|(n, _)| IpFamily::of(n) == family)
             .unwrap_or((self.targets.v4.0.into(), self.targets.v4.1.into()));
-        let random_fully = iptables.supports_random_fully() && !self.options.random_fully_disabled;
+        let random_fully = engine.supports_random_fully() && !self.options.random_fully_disabled;
         let config = rule_config(&self.options, random_fully, network, subnet);
-        FamilyRules {
-            rules: RuleSet::build(&config, self.previous.as_ref()),
-            iptables,
-        }
+        engine.rules(&config, self.previous.as_ref())
     }
 
     /// Makes the kernel hold the rules (idempotent; writes only on drift) and logs what was done
@@ -250,20 +247,35 @@ fn ensure_all(families: &[FamilyRules]) -> Result<EnsureOutcome, netfilter::Erro
     let mut all = EnsureOutcome::default();
     let mut reasons = Vec::new();
     for family in families {
-        let outcome = family.iptables.ensure(&family.rules)?;
+        let outcome = family.ensure()?;
         all.applied |= outcome.applied;
         if outcome.applied {
-            let command = family
-                .iptables
-                .flavour()
-                .iptables_command(family.iptables.family());
             let reason = outcome.reason.unwrap_or_default();
-            reasons.push(format!("{command}: {reason}"));
+            reasons.push(format!("{}: {reason}", family.label()));
         }
         all.foreign.extend(outcome.foreign);
     }
     all.reason = (!reasons.is_empty()).then(|| reasons.join("; "));
     Ok(all)
+}
+
+/// The detected iptables and, for an IPv6 target, the same flavour's ip6tables.
+async fn iptables_engines(detection: Detection, targets: Targets) -> Result<Vec<Engine>> {
+    let task = detection
+        .iptables
+        .context("iptables detection was not started")?;
+    let (iptables, reason) = task
+        .await
+        .context("iptables detection task")?
+        .context("cannot use iptables")?;
+    tracing::info!("iptables: {reason}");
+    let mut engines = vec![Engine::Iptables(Arc::new(iptables.clone()))];
+    if targets.v6.is_some() {
+        engines.push(Engine::Iptables(Arc::new(
+            probe_ip6tables(&iptables).await?,
+        )));
+    }
+    Ok(engines)
 }
 
 /// The ip6tables of the flavour chosen for iptables, probed on a blocking thread.
@@ -273,6 +285,27 @@ async fn probe_ip6tables(iptables: &Iptables) -> Result<Iptables> {
         .await
         .context("ip6tables probe task")?
         .context("the network config enables IPv6 but ip6tables cannot be used")
+}
+
+/// Native nftables: one table per family of `targets`, applied with `nft`.
+async fn nftables_engines(targets: Targets) -> Result<Vec<Engine>> {
+    let version = tokio::task::spawn_blocking(Nftables::probe)
+        .await
+        .context("nft probe task")?
+        .context("nftables mode needs the nft binary (Debian: apt-get install nftables)")?;
+    let families = targets.each().map(|(n, _)| IpFamily::of(&n));
+    let engines: Vec<Engine> = families
+        .map(|family| Engine::Nftables(family, Arc::new(Nftables::new())))
+        .collect();
+    let tables: Vec<String> = engines
+        .iter()
+        .map(|e| netfilter::table_name(e.family()).to_string())
+        .collect();
+    tracing::info!(
+        "nftables: {version}; the rules go in our own tables {} (no iptables)",
+        tables.join(" and ")
+    );
+    Ok(engines)
 }
 
 /// nf_tables change notifications, or `None` (logged) when the subscription fails.
