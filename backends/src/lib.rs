@@ -16,6 +16,7 @@
 //!    again first (errors: log and retry later; republish the lease if the returned attrs differ
 //!    from the published ones).
 
+mod blackhole;
 mod desired;
 mod drift;
 mod host;
@@ -31,6 +32,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet::{BackendConfig, Lease, LeaseAttrs, PeerSet};
 
+pub use blackhole::ensure_blackholes;
 pub use desired::{DesiredState, Family, Route, Vteps};
 pub use drift::{DeviceChange, Drift, Mismatch};
 pub use host::{HostInterface, HostRoute, HostView};

@@ -201,6 +201,46 @@ impl Netlink {
         Ok(routes)
     }
 
+    /// The main table's blackhole routes of `family`: destination and protocol.
+    pub(crate) async fn blackholes(
+        &self,
+        family: Family,
+    ) -> Result<Vec<(IpNet, u8)>, NetlinkError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = address_family(family);
+        let (handle, _conn) = Self::dump_connection()?;
+        let routes = handle
+            .route()
+            .get(req)
+            .execute()
+            .try_filter_map(|m| {
+                let blackhole = (m.header.kind == RouteType::BlackHole)
+                    .then(|| main_table_route(&m))
+                    .flatten()
+                    .map(|r| (r.dst, r.protocol));
+                std::future::ready(Ok(blackhole))
+            })
+            .try_collect()
+            .await?;
+        Ok(routes)
+    }
+
+    /// Adds `blackhole <dst>` tagged ours (fails if a route with its key exists).
+    pub(crate) async fn add_blackhole(&self, dst: IpNet) -> Result<(), NetlinkError> {
+        let mut msg = route_message(dst, ROUTE_PROTOCOL);
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::BlackHole;
+        Ok(self.handle.route().add(msg).execute().await?)
+    }
+
+    /// Deletes our `blackhole <dst>`.
+    pub(crate) async fn del_blackhole(&self, dst: IpNet) -> Result<(), NetlinkError> {
+        let mut msg = route_message(dst, ROUTE_PROTOCOL);
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.kind = RouteType::BlackHole;
+        Ok(self.handle.route().del(msg).execute().await?)
+    }
+
     /// Adds (`replace == false`: create, fail if it exists) or replaces a route, tagged ours.
     pub(crate) async fn set_route(&self, route: &Route, replace: bool) -> Result<(), NetlinkError> {
         let mut msg = route_message(route.dst, ROUTE_PROTOCOL);
@@ -519,6 +559,11 @@ fn route_message(dst: IpNet, protocol: u8) -> RouteMessage {
 
 /// Converts a dumped route; `None` unless it is a main-table IPv4 or IPv6 unicast route.
 pub(crate) fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
+    main_table_route(msg).filter(|_| msg.header.kind == RouteType::Unicast)
+}
+
+/// Converts a dumped main-table IPv4 or IPv6 route of any type; `None` for other tables.
+pub(crate) fn main_table_route(msg: &RouteMessage) -> Option<KernelRoute> {
     let h = &msg.header;
     let mut table = u32::from(h.table);
     let mut dst = match h.address_family {
@@ -541,7 +586,7 @@ pub(crate) fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
             _ => {}
         }
     }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || h.kind != RouteType::Unicast {
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
         return None;
     }
     Some(KernelRoute {

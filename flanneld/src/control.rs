@@ -132,6 +132,10 @@ pub(crate) struct Agent {
     pub(crate) ip_masq: bool,
     /// `--iptables-resync`: how often the rules are checked.
     pub(crate) iptables_resync: Duration,
+    /// `--ip-blackhole-route`: keep `blackhole <own subnet>` routes (checked with the rules).
+    pub(crate) blackhole_route: bool,
+    /// The last blackhole route failure logged (each distinct one is logged once).
+    pub(crate) blackhole_problem: Option<String>,
     /// Whether subnet.env was tried at least once (its first failure is always logged).
     pub(crate) env_attempted: bool,
     pub(crate) readiness: ReadinessWriter,
@@ -265,6 +269,7 @@ pub(crate) struct Parts {
     pub(crate) subnet_file: PathBuf,
     pub(crate) ip_masq: bool,
     pub(crate) iptables_resync: Duration,
+    pub(crate) blackhole_route: bool,
     pub(crate) readiness: ReadinessWriter,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) lease_counters: Arc<LeaseCounters>,
@@ -291,6 +296,8 @@ impl Agent {
             subnet_file: parts.subnet_file,
             ip_masq: parts.ip_masq,
             iptables_resync: parts.iptables_resync,
+            blackhole_route: parts.blackhole_route,
+            blackhole_problem: None,
             env_attempted: false,
             readiness: parts.readiness,
             metrics: parts.metrics,
@@ -369,6 +376,7 @@ impl Agent {
         }
         if turn.check_rules {
             self.ensure_firewall().await;
+            self.ensure_blackholes().await;
         }
         let mut setup = turn.setup;
         if let (true, Some((n, len))) = (turn.check_drift, kernel_cause) {
@@ -697,6 +705,35 @@ impl Agent {
                     tracing::error!("iptables: {e:#}");
                 }
                 self.firewall_ok = false;
+            }
+        }
+    }
+
+    /// `--ip-blackhole-route`: a blackhole route for our subnet of each family (and none of ours
+    /// for a subnet we no longer hold). A failure (e.g. the pod bridge's route already has the
+    /// key) is logged once and retried with the next rule check.
+    async fn ensure_blackholes(&mut self) {
+        if !self.blackhole_route {
+            return;
+        }
+        let v6 = self.networks.v6.and(self.lease.key.ipv6).map(IpNet::from);
+        let subnets: Vec<IpNet> = std::iter::once(self.lease.subnet().into())
+            .chain(v6)
+            .collect();
+        let networks = self.networks.all();
+        match backends::ensure_blackholes(&self.nl, &subnets, &networks).await {
+            Ok(changed) => {
+                for change in changed {
+                    tracing::info!("--ip-blackhole-route: {change}");
+                }
+                self.blackhole_problem = None;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.blackhole_problem.as_ref() != Some(&text) {
+                    tracing::warn!("--ip-blackhole-route: {text} (retried with every rule check)");
+                    self.blackhole_problem = Some(text);
+                }
             }
         }
     }

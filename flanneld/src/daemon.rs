@@ -239,6 +239,7 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         subnet_file: opts.subnet_file.clone(),
         ip_masq: opts.ip_masq,
         iptables_resync: opts.iptables_resync,
+        blackhole_route: opts.ip_blackhole_route,
         readiness,
         metrics,
         config_note: crate::config_watch::spawn(registry.clone(), config.clone()),

@@ -206,3 +206,21 @@ fn dual_stack_vxlan_runs_a_device_per_family_and_heals_it() {
     wait_route(&c, 0, &peer6, gateway6);
     assert_full_pings(&pods, &ip6, 1430);
 }
+
+#[test]
+fn blackhole_routes_cover_our_subnet_in_both_families() {
+    let mut c = Cluster::build(1, CONFIG, &["--ip-blackhole-route", "--iptables-resync=1"]);
+    c.add_ipv6();
+    c.start_agent(0);
+    let subnet = Cluster::network_of(&c.wait_subnet(0));
+    let subnet6 = network6_of(&env_value(&c.subnet_env(0), "FLANNEL_IPV6_SUBNET").unwrap());
+    for (family, dst) in [("-4", &subnet), ("-6", &subnet6)] {
+        wait_for(&format!("blackhole {dst}"), Duration::from_secs(10), || {
+            let routes = c.hosts[0].exec("ip", &[family, "route", "show", "type", "blackhole"]);
+            routes
+                .lines()
+                .any(|l| l.contains(dst.as_str()) && l.contains("proto 70"))
+                .then_some(())
+        });
+    }
+}

@@ -201,10 +201,10 @@ pub struct Options {
     /// add default accept rules to FORWARD chain in iptables
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = values::go_bool)]
     pub iptables_forward_rules: bool,
-    /// iptables flavour to program: auto (the one holding the host's rules), legacy or nft (flanneld-rs only)
+    /// iptables flavour to program: auto (the one holding the host's rules), legacy or nft; or nftables for the agent's own nftables tables, as EnableNFTables does (flanneld-rs only)
     #[arg(long, default_value = "auto", value_parser = str::parse::<BackendChoice>)]
     pub iptables_backend: BackendChoice,
-    /// add a blackhole route for the node's own subnet [not supported by flanneld-rs]
+    /// add a blackhole route for the node's own subnet
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     pub ip_blackhole_route: bool,
     /// the IP address for healthz server to listen
@@ -270,10 +270,6 @@ const KUBE: &str = "it is only used with --kube-subnet-mgr; this agent runs in e
 /// Go flanneld flags this agent accepts but does not implement, with the reason given in the
 /// start-up warning (`kube-subnet-mgr` is handled as a fatal error instead).
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "ip-blackhole-route",
-        "the blackhole route is not implemented yet",
-    ),
     ("kube-api-url", KUBE),
     ("kubeconfig-file", KUBE),
     ("kube-annotation-prefix", KUBE),
