@@ -67,12 +67,7 @@ fn dual_stack_hostgw_keeps_pod_addresses_over_both_families() {
     assert_full_pings(&pods, &pod_ip6, 1500);
     let _server = assert_pod_sources(&pods, &pod_ip6);
 
-    // Pod to a machine outside the cluster is masqueraded to the host's address, both families.
-    let ext = c.external("192.168.100.50");
-    ext.sh("ip -6 addr add fd00:100::50/64 dev eth0 nodad");
-    let _outside = Whoami::start(&ext);
-    assert_eq!(wait_seen_by(&pods[0].ns, "192.168.100.50"), c.host_ip(0));
-    assert_eq!(wait_seen_by(&pods[0].ns, "[fd00:100::50]"), c.host_ip6(0));
+    let _outside = assert_masqueraded_outside(&c, &pods[0]);
 
     // ip6tables holds the same chain, its jump first in POSTROUTING.
     let nat6 = c.hosts[0].exec("ip6tables-save", &["-t", "nat"]);
@@ -153,6 +148,48 @@ fn assert_pod_sources(pods: &[Pod], ip6: &[String]) -> Whoami {
     assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
     assert_eq!(wait_seen_by(&pods[0].ns, &format!("[{}]", ip6[1])), ip6[0]);
     server
+}
+
+/// Pod 0's requests to a machine outside the cluster arrive from host 0's address, both
+/// families.
+fn assert_masqueraded_outside(c: &Cluster, pod: &Pod) -> Whoami {
+    let ext = c.external("192.168.100.50");
+    ext.sh("ip -6 addr add fd00:100::50/64 dev eth0 nodad");
+    let server = Whoami::start(&ext);
+    assert_eq!(wait_seen_by(&pod.ns, "192.168.100.50"), c.host_ip(0));
+    assert_eq!(wait_seen_by(&pod.ns, "[fd00:100::50]"), c.host_ip6(0));
+    server
+}
+
+#[test]
+fn dual_stack_nftables_keeps_pod_addresses_despite_dockers_masquerade() {
+    let config = r#"{"Network":"10.24.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:24::/48","EnableNFTables":true,"Backend":{"Type":"host-gw"}}"#;
+    let (c, subnets, subnets6) = start_dual(config, &[]);
+    // Docker's masquerade rule, for both families, at the head of nat POSTROUTING of host 0.
+    let h0 = &c.hosts[0];
+    let (own, own6) = (Cluster::network_of(&subnets[0]), network6_of(&subnets6[0]));
+    h0.sh(&format!(
+        "iptables-nft -t nat -I POSTROUTING -s {own} ! -o cni0 -j MASQUERADE"
+    ));
+    h0.sh(&format!(
+        "ip6tables-nft -t nat -I POSTROUTING -s {own6} ! -o cni0 -j MASQUERADE"
+    ));
+    for (family, table) in [("ip", "flannel-ipv4"), ("ip6", "flannel-ipv6")] {
+        wait_for(
+            &format!("nft table {table}"),
+            Duration::from_secs(10),
+            || {
+                let out = h0.try_exec("nft", &["list", "table", family, table]);
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.contains(&format!("snat to {family} saddr"))
+                    .then_some(())
+            },
+        );
+    }
+    let (pods, ip6) = dual_pods(&c, &subnets, &subnets6);
+    assert_full_pings(&pods, &ip6, 1500);
+    let _server = assert_pod_sources(&pods, &ip6);
+    let _outside = assert_masqueraded_outside(&c, &pods[0]);
 }
 
 #[test]
