@@ -37,7 +37,7 @@ pub struct HostView {
     /// The interface index of the first default route in the main table.
     pub default_route_index: Option<u32>,
     /// For `--iface-can-reach`: the interface index and source address the kernel would use.
-    pub can_reach: Option<(u32, Option<Ipv4Addr>)>,
+    pub can_reach: Option<(u32, Option<IpAddr>)>,
 }
 
 /// A main-table route, as `flanneld doctor` looks at it.
@@ -67,7 +67,7 @@ impl Netlink {
 
     /// Reads links, IPv4 addresses, the default route and (for `--iface-can-reach`) the route
     /// the kernel would take to `can_reach`.
-    pub async fn host_view(&self, can_reach: Option<Ipv4Addr>) -> Result<HostView, NetlinkError> {
+    pub async fn host_view(&self, can_reach: Option<IpAddr>) -> Result<HostView, NetlinkError> {
         let mut interfaces = self.interfaces().await?;
         self.add_addresses(&mut interfaces).await?;
         let default_route_index = self.default_route_index().await?;
@@ -165,17 +165,20 @@ impl Netlink {
     }
 
     /// The interface and source address of the route the kernel would take to `dst`.
-    async fn route_to(
-        &self,
-        dst: Ipv4Addr,
-    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, 32)
-            .build();
+    async fn route_to(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, NetlinkError> {
+        let msg = match dst {
+            IpAddr::V4(dst) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst, 32)
+                .build(),
+            IpAddr::V6(dst) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst, 128)
+                .build(),
+        };
         let mut stream = self.handle().route().get(msg).execute();
         Ok(stream.try_next().await?.and_then(|r| {
             let src = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::PrefSource(RouteAddress::Inet(s)) => Some(*s),
+                RouteAttribute::PrefSource(RouteAddress::Inet(s)) => Some(IpAddr::V4(*s)),
+                RouteAttribute::PrefSource(RouteAddress::Inet6(s)) => Some(IpAddr::V6(*s)),
                 _ => None,
             });
             Some((oif(&r)?, src))

@@ -97,13 +97,16 @@ fn host_flow(src: Ipv4Addr, dst: Ipv4Addr) -> Result<Flow> {
         .context("cannot start the async runtime")?;
     let view = runtime.block_on(async {
         let nl = Netlink::connect().context("cannot open a netlink socket")?;
-        nl.host_view(Some(dst))
+        nl.host_view(Some(dst.into()))
             .await
             .context("cannot read this host's interfaces and routes")
     })?;
     let route = view.can_reach;
     let out = route.and_then(|(index, _)| view.interfaces.iter().find(|i| i.index == index));
-    let route_src = route.and_then(|(_, src)| src);
+    let route_src = route.and_then(|(_, src)| match src {
+        Some(std::net::IpAddr::V4(src)) => Some(src),
+        _ => None,
+    });
     Ok(Flow {
         src,
         dst,

@@ -3,7 +3,7 @@
 //! interface of the default route. `--public-ip` overrides the advertised address; alone, it
 //! selects the interface that owns it. The decision is returned with the reason, for the log.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use backends::{HostInterface, HostView};
 
@@ -17,7 +17,7 @@ pub struct Selection<'a> {
     /// `--iface-regex` values.
     pub iface_regex: &'a [IfaceRegex],
     /// `--iface-can-reach`.
-    pub can_reach: Option<Ipv4Addr>,
+    pub can_reach: Option<IpAddr>,
     /// `--public-ip`.
     pub public_ip: Option<Ipv4Addr>,
 }
@@ -158,6 +158,17 @@ fn by_iface(view: &HostView, sel: &Selection) -> Result<Option<SelectedInterface
                         format!("--iface {ip}: interface {} owns this address", i.name),
                     )
                 }),
+            IfaceSpec::Addr6(ip) => match view.interfaces.iter().find(|i| i.addrs6.contains(ip)) {
+                Some(i) => {
+                    let addr = first_addr(i, "--iface interface")?;
+                    let reason = format!(
+                        "--iface {ip}: interface {} owns this address, using its IPv4 address {addr}",
+                        i.name
+                    );
+                    return with_addr(&preferring(i, *ip), addr, sel.public_ip, reason).map(Some);
+                }
+                None => None,
+            },
             IfaceSpec::Name(name) => match view.interfaces.iter().find(|i| &i.name == name) {
                 Some(i) => {
                     let addr = first_addr(i, "--iface interface")?;
@@ -204,7 +215,7 @@ fn by_regex(view: &HostView, sel: &Selection) -> Result<Option<SelectedInterface
 /// `--iface-can-reach`: the interface and source address of the kernel's route to `target`.
 fn by_can_reach(
     view: &HostView,
-    target: Ipv4Addr,
+    target: IpAddr,
     public: Option<Ipv4Addr>,
 ) -> Result<SelectedInterface, IfaceError> {
     let (index, src) = view.can_reach.ok_or_else(|| {
@@ -213,15 +224,28 @@ fn by_can_reach(
         ))
     })?;
     let i = by_index(view, index, &format!("--iface-can-reach {target}: route"))?;
-    let addr = match src {
-        Some(a) => a,
-        None => first_addr(i, "--iface-can-reach interface")?,
+    let (addr, i) = match src {
+        Some(IpAddr::V4(a)) => (a, i.clone()),
+        Some(IpAddr::V6(a)) => (
+            first_addr(i, "--iface-can-reach interface")?,
+            preferring(i, a),
+        ),
+        None => (first_addr(i, "--iface-can-reach interface")?, i.clone()),
     };
+    let via = src.map_or(String::new(), |s| format!(" from {s}"));
     let reason = format!(
-        "--iface-can-reach {target}: the kernel routes it via {} from {addr}",
+        "--iface-can-reach {target}: the kernel routes it via {}{via}; using its address {addr}",
         i.name
     );
-    with_addr(i, addr, public, reason)
+    with_addr(&i, addr, public, reason)
+}
+
+/// The interface with `v6` first among its IPv6 addresses (the one it was chosen by).
+fn preferring(iface: &HostInterface, v6: Ipv6Addr) -> HostInterface {
+    let mut iface = iface.clone();
+    iface.addrs6.retain(|a| *a != v6);
+    iface.addrs6.insert(0, v6);
+    iface
 }
 
 /// The interface of the default route, when nothing else chose one.
@@ -261,6 +285,33 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_address_selects_its_interface_and_becomes_its_ipv6_side() {
+        let mut host = view();
+        host.interfaces[2].addrs6 = vec!["fd00::9".parse().unwrap(), "fd00::10".parse().unwrap()];
+        let by_iface = Selection {
+            iface: &["fd00::10".parse().unwrap()],
+            ..Selection::default()
+        };
+        let selected = select(&host, &by_iface).unwrap();
+        assert_eq!(selected.iface.name, "eth1");
+        assert_eq!(selected.iface_addr, Ipv4Addr::new(192, 168, 9, 5));
+        let want: Ipv6Addr = "fd00::10".parse().unwrap();
+        assert_eq!(ipv6_side(&selected, None).unwrap(), (Some(want), want));
+        host.can_reach = Some((3, Some(want.into())));
+        let by_route = Selection {
+            can_reach: Some("fd00:99::1".parse().unwrap()),
+            ..Selection::default()
+        };
+        let selected = select(&host, &by_route).unwrap();
+        assert!(
+            selected.reason.contains("from fd00::10"),
+            "{}",
+            selected.reason
+        );
+        assert_eq!(ipv6_side(&selected, None).unwrap(), (Some(want), want));
+    }
+
+    #[test]
     fn the_ipv6_side_is_the_interface_address_or_public_ipv6() {
         let mut selected = select(&view(), &Selection::default()).unwrap();
         let err = ipv6_side(&selected, None).unwrap_err().to_string();
@@ -281,7 +332,7 @@ mod tests {
                 iface("empty0", 4, 1500, &[]),
             ],
             default_route_index: Some(2),
-            can_reach: Some((3, Some(Ipv4Addr::new(192, 168, 10, 5)))),
+            can_reach: Some((3, Some(Ipv4Addr::new(192, 168, 10, 5).into()))),
         }
     }
 
@@ -297,7 +348,7 @@ mod tests {
         let sel = Selection {
             iface: &iface,
             iface_regex: &iface_regex,
-            can_reach: (!can_reach.is_empty()).then(|| ip(can_reach)),
+            can_reach: (!can_reach.is_empty()).then(|| can_reach.parse().unwrap()),
             public_ip: (!public_ip.is_empty()).then(|| ip(public_ip)),
         };
         select(&view(), &sel)

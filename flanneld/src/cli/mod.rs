@@ -172,8 +172,8 @@ pub struct Options {
     #[arg(long, action = ArgAction::Append, value_parser = str::parse::<IfaceRegex>)]
     pub iface_regex: Vec<IfaceRegex>,
     /// detect the interface and address used to reach this IP
-    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::ipv4)]
-    pub iface_can_reach: Unset<Ipv4Addr>,
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = values::ip)]
+    pub iface_can_reach: Unset<IpAddr>,
     /// filename where env variables (subnet, MTU, ...) will be written to
     #[arg(long, default_value = "/run/flannel/subnet.env")]
     pub subnet_file: PathBuf,
@@ -553,7 +553,12 @@ mod tests {
                 "https://10.4.7.21:2379",
             ),
             (&["-public-ip=10.4.7"], "public-ip", "10.4.7.21"),
-            (&["--iface-can-reach", "x"], "iface-can-reach", "10.4.7.21"),
+            (&["--iface-can-reach", "x"], "iface-can-reach", "10.4.7.1"),
+            (
+                &["--public-ipv6", "10.4.7.1"],
+                "public-ipv6",
+                "fd00:4:7::21",
+            ),
             (&["-iface-regex=("], "iface-regex", "^eth[0-9]$"),
             (
                 &["-subnet-lease-renew-margin=1440"],
@@ -566,7 +571,7 @@ mod tests {
             (
                 &["-iptables-backend=iptables"],
                 "iptables-backend",
-                "auto, legacy or nft",
+                "auto, legacy, nft (iptables-nft) or nftables",
             ),
         ];
         for (args, flag, hint) in cases {

@@ -2,7 +2,7 @@
 //! the spellings Go flanneld's `flag` package accepts and says what a valid value looks like.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -120,11 +120,13 @@ impl EtcdEndpoints {
     }
 }
 
-/// One `--iface` value: an IPv4 address the interface owns, or an interface name.
+/// One `--iface` value: an address the interface owns, or an interface name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IfaceSpec {
-    /// Chooses the interface that owns this address.
+    /// Chooses the interface that owns this IPv4 address.
     Addr(Ipv4Addr),
+    /// Chooses the interface that owns this IPv6 address (used as its IPv6 address).
+    Addr6(Ipv6Addr),
     /// Chooses the interface with this name.
     Name(String),
 }
@@ -136,8 +138,9 @@ impl FromStr for IfaceSpec {
         if value.is_empty() {
             return Err("use an interface name such as eth0 or one of its addresses".into());
         }
-        Ok(match value.parse::<Ipv4Addr>() {
-            Ok(ip) => IfaceSpec::Addr(ip),
+        Ok(match value.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => IfaceSpec::Addr(ip),
+            Ok(IpAddr::V6(ip)) => IfaceSpec::Addr6(ip),
             Err(_) => IfaceSpec::Name(value.to_string()),
         })
     }
@@ -147,6 +150,7 @@ impl fmt::Display for IfaceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IfaceSpec::Addr(ip) => write!(f, "{ip}"),
+            IfaceSpec::Addr6(ip) => write!(f, "{ip}"),
             IfaceSpec::Name(name) => f.write_str(name),
         }
     }
@@ -200,6 +204,17 @@ pub fn ipv4(value: &str) -> Result<Unset<Ipv4Addr>, String> {
         .parse()
         .map(Some)
         .map_err(|_| "use an IPv4 address such as 10.4.7.21".into())
+}
+
+/// An IPv4 or IPv6 address flag (`--iface-can-reach`); empty means unset.
+pub fn ip(value: &str) -> Result<Unset<IpAddr>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| "use an IPv4 or IPv6 address such as 10.4.7.1".into())
 }
 
 /// An IPv6 address flag (`--public-ipv6`); empty means unset.
