@@ -170,7 +170,7 @@ async fn leases_are_created_as_v011_writes_them_and_reused_by_public_ip_or_subne
     assert!(node["modifiedIndex"].as_u64().unwrap() > written_at);
 
     // Reuse of the subnet recorded in subnet.env.
-    let previous = "10.3.77.0/24".parse().unwrap();
+    let previous = "10.3.77.0-24".parse().unwrap();
     let lease2 = acquire(&registry, &config, &vtep(2), Some(previous), DAY)
         .await
         .unwrap();
