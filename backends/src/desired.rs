@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::mac::Mac;
 
@@ -35,6 +35,15 @@ impl Family {
             IpNet::V4(_) => Family::V4,
             IpNet::V6(_) => Family::V6,
         }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
     }
 }
 
@@ -113,8 +122,9 @@ pub struct DesiredState {
     pub fdb: BTreeMap<Mac, IpAddr>,
     /// The vxlan devices; none for host-gw.
     pub vteps: Vteps,
-    /// Peers left out on purpose, with the reason (logged once by the reconciler).
-    pub skipped: BTreeMap<Ipv4Net, String>,
+    /// Peers left out on purpose, by [`subnet::Lease::id`], with the reason (logged once by
+    /// the reconciler).
+    pub skipped: BTreeMap<IpNet, String>,
     /// The cluster networks (IPv4, and IPv6 on a dual-stack network). Tagged routes outside them
     /// belong to another flanneld-rs instance (another etcd prefix on the same host) and are
     /// left alone; empty manages all tagged routes.

@@ -17,8 +17,9 @@ pub(crate) const TYPE: &str = "host-gw";
 #[derive(Debug)]
 pub(crate) struct HostGw {
     ext: ExternalInterface,
-    public_ip: Ipv4Addr,
-    /// Our PublicIPv6 on a dual-stack network.
+    /// Our PublicIP; `None` on an IPv6-only network.
+    public_ip: Option<Ipv4Addr>,
+    /// Our PublicIPv6 on a network with IPv6.
     public_ipv6: Option<Ipv6Addr>,
 }
 
@@ -26,14 +27,14 @@ impl HostGw {
     /// Refuses a public address other than the interface's, like Go flanneld.
     pub(crate) fn new(
         ext: ExternalInterface,
-        public_ip: Ipv4Addr,
+        public_ip: Option<Ipv4Addr>,
         public_ipv6: Option<Ipv6Addr>,
     ) -> Result<HostGw, Error> {
-        if public_ip != ext.addr {
+        if let Some(v4) = public_ip.filter(|v4| Some(*v4) != ext.addr) {
             return Err(Error::PublicIpDiffers {
-                public_ip: public_ip.into(),
+                public_ip: v4.into(),
                 iface: ext.name.clone(),
-                iface_ip: ext.addr.into(),
+                iface_ip: ext.addr.map_or(Ipv4Addr::UNSPECIFIED.into(), Into::into),
             });
         }
         if let Some(v6) = public_ipv6.filter(|v6| Some(*v6) != ext.addr6) {
@@ -52,7 +53,7 @@ impl HostGw {
 
     pub(crate) async fn init(&mut self, nl: &Netlink) -> Result<LeaseAttrs, Error> {
         self.ext.refresh(nl).await?;
-        let mut attrs = LeaseAttrs::new(self.public_ip, TYPE);
+        let mut attrs = LeaseAttrs::new(self.public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), TYPE);
         attrs.public_ipv6 = self.public_ipv6;
         Ok(attrs)
     }
@@ -62,7 +63,8 @@ impl HostGw {
     }
 
     pub(crate) fn desired<'a>(&self, peers: impl IntoIterator<Item = &'a Lease>) -> DesiredState {
-        desired(peers, self.ext.index, self.public_ipv6.is_some())
+        let families = (self.public_ip.is_some(), self.public_ipv6.is_some());
+        desired(peers, self.ext.index, families)
     }
 
     pub(crate) fn reaction(&self, n: &Notification) -> Reaction {
@@ -74,14 +76,18 @@ impl HostGw {
     }
 }
 
-/// A route per host-gw peer via its PublicIP and, with `ipv6`, one per IPv6 subnet via its
-/// PublicIPv6 (a peer without an IPv6 half is reached over IPv4 only).
-fn desired<'a>(peers: impl IntoIterator<Item = &'a Lease>, oif: u32, ipv6: bool) -> DesiredState {
+/// A route per host-gw peer via its PublicIP (with `ipv4`) and one per IPv6 subnet via its
+/// PublicIPv6 (with `ipv6`; a peer without an IPv6 half is reached over IPv4 only).
+fn desired<'a>(
+    peers: impl IntoIterator<Item = &'a Lease>,
+    oif: u32,
+    (ipv4, ipv6): (bool, bool),
+) -> DesiredState {
     let mut state = DesiredState::default();
     for peer in peers {
         if peer.attrs.backend_type != TYPE {
             state.skipped.insert(
-                peer.subnet(),
+                peer.id(),
                 format!(
                     "Ignoring non-host-gw subnet: its BackendType is {:?}",
                     peer.attrs.backend_type
@@ -89,7 +95,9 @@ fn desired<'a>(peers: impl IntoIterator<Item = &'a Lease>, oif: u32, ipv6: bool)
             );
             continue;
         }
-        state.add_direct_route(peer.subnet().into(), peer.attrs.public_ip.into(), oif);
+        if ipv4 && peer.key.has_ipv4() {
+            state.add_direct_route(peer.subnet().into(), peer.attrs.public_ip.into(), oif);
+        }
         if let (true, Some(subnet), Some(via)) = (ipv6, peer.key.ipv6, peer.attrs.public_ipv6) {
             state.add_direct_route(subnet.into(), via.into(), oif);
         }
@@ -107,7 +115,7 @@ mod tests {
         ExternalInterface {
             name: "eth0".into(),
             index: 2,
-            addr: Ipv4Addr::new(192, 168, 1, 1),
+            addr: Some(Ipv4Addr::new(192, 168, 1, 1)),
             addr6: Some("fd00:1::1".parse().unwrap()),
             mtu: 1500,
         }
@@ -146,7 +154,7 @@ mod tests {
 
     #[test]
     fn public_ip_other_than_interface_ip_is_refused() {
-        let err = HostGw::new(ext(), Ipv4Addr::new(1, 2, 3, 4), None).unwrap_err();
+        let err = HostGw::new(ext(), Some(Ipv4Addr::new(1, 2, 3, 4)), None).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("your PublicIP differs from interface IP"),

@@ -121,8 +121,8 @@ pub struct ExternalInterface {
     pub name: String,
     /// Interface index.
     pub index: u32,
-    /// The interface's IPv4 address.
-    pub addr: Ipv4Addr,
+    /// The interface's IPv4 address (`None` when it has none, on an IPv6-only network).
+    pub addr: Option<Ipv4Addr>,
     /// The interface's IPv6 address (its first global one), when it has one.
     pub addr6: Option<Ipv6Addr>,
     /// The interface's MTU.
@@ -180,8 +180,8 @@ pub struct Backend {
 /// The cluster networks of the config: IPv4, and IPv6 on a dual-stack network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClusterNetworks {
-    /// `Network`.
-    pub v4: Ipv4Net,
+    /// `Network`; `None` on an IPv6-only network (`EnableIPv4: false`).
+    pub v4: Option<Ipv4Net>,
     /// `IPv6Network`, when `EnableIPv6` is set.
     pub v6: Option<Ipv6Net>,
 }
@@ -189,8 +189,9 @@ pub struct ClusterNetworks {
 impl ClusterNetworks {
     /// Both networks, for the reconciler's ownership scope.
     pub fn all(&self) -> Vec<IpNet> {
+        let v4 = self.v4.map(IpNet::from);
         let v6 = self.v6.map(IpNet::from);
-        std::iter::once(IpNet::from(self.v4)).chain(v6).collect()
+        v4.into_iter().chain(v6).collect()
     }
 }
 
@@ -213,11 +214,12 @@ pub fn check_config(config: &BackendConfig) -> Result<(), Error> {
 impl Backend {
     /// Builds the backend named by `config.backend_type` (`host-gw` or `vxlan`). Fails on an
     /// unknown type, a bad vxlan key, or (host-gw) a public address that is not the
-    /// interface's. `public_ipv6` is given on a dual-stack network only.
+    /// interface's. `public_ip` is given unless the network is IPv6-only, `public_ipv6` when it
+    /// has IPv6.
     pub fn new(
         config: &BackendConfig,
         ext: ExternalInterface,
-        public_ip: Ipv4Addr,
+        public_ip: Option<Ipv4Addr>,
         public_ipv6: Option<Ipv6Addr>,
     ) -> Result<Backend, Error> {
         let kind = match config.backend_type.as_str() {

@@ -241,7 +241,7 @@ mod tests {
         let ext = ExternalInterface {
             name: "eth0".into(),
             index: 2,
-            addr: "192.168.1.1".parse().unwrap(),
+            addr: Some("192.168.1.1".parse().unwrap()),
             addr6: None,
             mtu: 1500,
         };

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use backends::{
     Backend, ClusterNetworks, Netlink, Notification, Notifications, Reaction, Reconciler,
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use subnet::{
     FamilyEnv, Lease, LeaseCounters, LeaseHandle, LeasePolicy, PeerSet, Registry, SubnetEnv,
     SubnetKey, WatchScope, WatchUpdate,
@@ -55,13 +55,14 @@ fn skip_reason(why: &str) -> &'static str {
 /// A peer event as logged: `peer <subnet> at <PublicIP> (<type>)` or `peer <subnet> removed`.
 fn describe(e: &subnet::LeaseEvent) -> String {
     match e {
-        subnet::LeaseEvent::Put(l) => format!(
-            "peer {} at {} ({})",
-            l.subnet(),
-            l.attrs.public_ip,
-            l.attrs.backend_type
-        ),
-        subnet::LeaseEvent::Removed(k) => format!("peer {} removed", k.ipv4),
+        subnet::LeaseEvent::Put(l) => {
+            let public = match l.attrs.public_ipv6 {
+                Some(v6) if !l.key.has_ipv4() => v6.to_string(),
+                _ => l.attrs.public_ip.to_string(),
+            };
+            format!("peer {} at {public} ({})", l.id(), l.attrs.backend_type)
+        }
+        subnet::LeaseEvent::Removed(k) => format!("peer {} removed", k.id()),
     }
 }
 
@@ -97,8 +98,8 @@ pub(crate) fn subnet_env(
 ) -> SubnetEnv {
     let ipv6 = networks.v6.zip(key.ipv6);
     SubnetEnv {
-        ipv4: Some(FamilyEnv {
-            network: networks.v4,
+        ipv4: networks.v4.map(|network| FamilyEnv {
+            network,
             subnet: key.ipv4,
         }),
         ipv6: ipv6.map(|(network, subnet)| FamilyEnv { network, subnet }),
@@ -121,7 +122,7 @@ pub(crate) struct Agent {
     /// Peers changed by watch events since the last reconcile, each with its lease before the
     /// first of those changes (`None`: a new peer). Applied incrementally unless a full
     /// reconcile is due anyway.
-    pub(crate) changed: BTreeMap<Ipv4Net, Option<Lease>>,
+    pub(crate) changed: BTreeMap<IpNet, Option<Lease>>,
     pub(crate) firewall: Option<Firewall>,
     /// The egress policy file's updates, until the control loop takes them.
     pub(crate) egress: Option<watch::Receiver<egress_watch::Rules>>,
@@ -151,7 +152,7 @@ pub(crate) struct Agent {
     /// The last backend setup failure logged, until setup succeeds (de-duplicates the log).
     pub(crate) setup_failure: Option<String>,
     /// Peers a re-listing no longer showed, programmed until the deadline ([`PEER_GRACE`]).
-    pub(crate) lingering: BTreeMap<Ipv4Net, (Lease, tokio::time::Instant)>,
+    pub(crate) lingering: BTreeMap<IpNet, (Lease, tokio::time::Instant)>,
 }
 
 /// What the control loop waits on, and the timers it runs.
@@ -350,8 +351,8 @@ impl Agent {
     /// notification that asked for setup, if any, with the burst's size (for the log).
     fn on_kernel_burst(&self, burst: &[Notification]) -> (Reaction, Option<(Notification, usize)>) {
         let wanted = |dst: &IpNet| match dst {
-            IpNet::V4(dst) => self.programmed(dst).is_some(),
-            IpNet::V6(dst) => self.all_programmed().any(|l| l.key.ipv6 == Some(*dst)),
+            IpNet::V4(_) => self.programmed(dst).is_some(),
+            IpNet::V6(v6) => self.all_programmed().any(|l| l.key.ipv6 == Some(*v6)),
         };
         let reactions: Vec<Reaction> = (burst.iter())
             .map(|n| decide::reaction(n, self.backend.reaction(n), wanted))
@@ -453,9 +454,9 @@ impl Agent {
             }
             added
         } else {
-            let listed: BTreeSet<Ipv4Net> = leases.iter().map(Lease::subnet).collect();
+            let listed: BTreeSet<IpNet> = leases.iter().map(Lease::id).collect();
             let missing: Vec<Lease> = (self.peers.iter())
-                .filter(|l| !listed.contains(&l.subnet()))
+                .filter(|l| !listed.contains(&l.id()))
                 .cloned()
                 .collect();
             let events = self.peers.replace_all(leases);
@@ -487,7 +488,7 @@ impl Agent {
             PEER_GRACE.as_secs()
         );
         for lease in missing {
-            self.lingering.insert(lease.subnet(), (lease, until));
+            self.lingering.insert(lease.id(), (lease, until));
         }
     }
 
@@ -510,8 +511,8 @@ impl Agent {
     fn on_events(&mut self, events: Vec<subnet::LeaseEvent>) {
         for e in events {
             let subnet = match &e {
-                subnet::LeaseEvent::Put(l) => l.subnet(),
-                subnet::LeaseEvent::Removed(k) => k.ipv4,
+                subnet::LeaseEvent::Put(l) => l.id(),
+                subnet::LeaseEvent::Removed(k) => k.id(),
             };
             let old = self.programmed(&subnet).cloned();
             // Any news of a lingering peer ends its grace period.
@@ -524,14 +525,14 @@ impl Agent {
     }
 
     /// The lease programmed for `subnet`: a peer's, or a lingering one's.
-    fn programmed(&self, subnet: &Ipv4Net) -> Option<&Lease> {
+    fn programmed(&self, subnet: &IpNet) -> Option<&Lease> {
         (self.peers.get(subnet)).or_else(|| self.lingering.get(subnet).map(|(lease, _)| lease))
     }
 
     /// Every lease to program: the peers and the lingering peers.
     fn all_programmed(&self) -> impl Iterator<Item = &Lease> {
         let lingering = self.lingering.values().map(|(lease, _)| lease);
-        (self.peers.iter()).chain(lingering.filter(|l| self.peers.get(&l.subnet()).is_none()))
+        (self.peers.iter()).chain(lingering.filter(|l| self.peers.get(&l.id()).is_none()))
     }
 
     /// Takes a new version of our own lease; returns whether the data plane must be set up
@@ -716,10 +717,13 @@ impl Agent {
         if !self.blackhole_route {
             return;
         }
+        let v4 = self
+            .networks
+            .v4
+            .and(Some(self.lease.subnet()))
+            .map(IpNet::from);
         let v6 = self.networks.v6.and(self.lease.key.ipv6).map(IpNet::from);
-        let subnets: Vec<IpNet> = std::iter::once(self.lease.subnet().into())
-            .chain(v6)
-            .collect();
+        let subnets: Vec<IpNet> = v4.into_iter().chain(v6).collect();
         let networks = self.networks.all();
         match backends::ensure_blackholes(&self.nl, &subnets, &networks).await {
             Ok(changed) => {
@@ -787,7 +791,7 @@ impl Agent {
     fn update_lease_metrics(&self) {
         let expires_in =
             (self.lease.expiration).and_then(|at| at.duration_since(SystemTime::now()).ok());
-        let (subnet, public_ip) = (self.lease.subnet(), self.lease.attrs.public_ip);
+        let (subnet, public_ip) = (self.lease.id(), self.lease.attrs.public_ip);
         self.metrics
             .set_lease(&subnet.to_string(), &public_ip.to_string(), expires_in);
         let silence = self.etcd_contact.borrow().elapsed();

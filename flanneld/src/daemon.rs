@@ -192,14 +192,15 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         mut readiness,
         metrics,
     } = start;
-    let Some((config, range)) = wait_for_config(&registry, &shutdown).await? else {
+    let Some(config) = wait_for_config(&registry, &shutdown).await? else {
         return Ok(());
     };
     let nl = Netlink::connect().context("cannot open a netlink socket")?;
     let selected = choose_interface(&opts, &nl, config.ipv6.is_some()).await?;
+    let public_ip = config.ipv4.map(|_| selected.public_ip);
     let public_ipv6 = selected.ipv6.map(|(_, public)| public);
     let ext = external(&selected);
-    let mut backend = Backend::new(&config.backend, ext, selected.public_ip, public_ipv6)?;
+    let mut backend = Backend::new(&config.backend, ext, public_ip, public_ipv6)?;
     let attrs = backend.init(&nl).await?;
     readiness.publish(&Stage::AcquiringLease);
     let Some(manager) =
@@ -213,7 +214,7 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         firewall.egress,
     );
     let networks = ClusterNetworks {
-        v4: range.network,
+        v4: config.ipv4.map(|r| r.network),
         v6: config.ipv6.map(|r| r.network),
     };
     let (firewall, first_check) = configure_data_plane(
@@ -276,7 +277,7 @@ async fn run_agent<R: Registry>(
 async fn wait_for_config<R: Registry>(
     registry: &R,
     shutdown: &CancellationToken,
-) -> Result<Option<(subnet::NetworkConfig, subnet::Ipv4Range)>> {
+) -> Result<Option<subnet::NetworkConfig>> {
     let found = retry(
         shutdown,
         "Couldn't fetch network config",
@@ -284,17 +285,19 @@ async fn wait_for_config<R: Registry>(
         || usable_config(registry),
     )
     .await?;
-    let Some((config, range)) = found else {
+    let Some(config) = found else {
         return Ok(None);
     };
-    tracing::info!(
-        "network config: Network {}, SubnetLen {}, SubnetMin {}, SubnetMax {}, backend {:?}",
-        range.network,
-        range.subnet_len,
-        range.subnet_min,
-        range.subnet_max,
-        config.backend.backend_type
-    );
+    tracing::info!("network config: backend {:?}", config.backend.backend_type);
+    if let Some(range) = &config.ipv4 {
+        tracing::info!(
+            "network config: Network {}, SubnetLen {}, SubnetMin {}, SubnetMax {}",
+            range.network,
+            range.subnet_len,
+            range.subnet_min,
+            range.subnet_max,
+        );
+    }
     if let Some(v6) = &config.ipv6 {
         tracing::info!(
             "network config: IPv6Network {}, IPv6SubnetLen {}, IPv6SubnetMin {}, IPv6SubnetMax {}",
@@ -304,7 +307,7 @@ async fn wait_for_config<R: Registry>(
             v6.subnet_max
         );
     }
-    Ok(Some((config, range)))
+    Ok(Some(config))
 }
 
 /// Step 2: chooses the external interface and public IP (`--iface`, `--iface-regex`,
@@ -351,24 +354,21 @@ pub(crate) fn lease_policy(
     lease: &subnet::Lease,
     selected: &iface::SelectedInterface,
 ) -> Result<LeasePolicy> {
-    let range = config
-        .v4()
-        .context("the network config has no IPv4 range")?;
-    let policy = LeasePolicy::new(
-        range.network,
-        range.subnet_len,
-        lease.subnet(),
-        selected.public_ip,
-    );
     let v6 = config.ipv6.zip(lease.key.ipv6).zip(selected.ipv6);
-    Ok(match v6 {
-        Some(((range, own), (_, public))) => policy.with_ipv6(subnet::FamilyPolicy::new(
-            range.network,
-            range.subnet_len,
-            own,
-            public,
-        )),
-        None => policy,
+    let v6 = v6.map(|((range, own), (_, public))| {
+        subnet::FamilyPolicy::new(range.network, range.subnet_len, own, public)
+    });
+    Ok(match (config.v4(), v6) {
+        (Some(range), v6) => {
+            let own = (range.network, range.subnet_len, lease.subnet());
+            let policy = LeasePolicy::new(own.0, own.1, own.2, selected.public_ip);
+            match v6 {
+                Some(v6) => policy.with_ipv6(v6),
+                None => policy,
+            }
+        }
+        (None, Some(v6)) => LeasePolicy::ipv6_only(v6),
+        (None, None) => anyhow::bail!("the lease {} has no subnet of the network", lease.key),
     })
 }
 
@@ -377,7 +377,7 @@ pub(crate) fn external(selected: &iface::SelectedInterface) -> backends::Externa
     backends::ExternalInterface {
         name: selected.iface.name.clone(),
         index: selected.iface.index,
-        addr: selected.iface_addr,
+        addr: Some(selected.iface_addr),
         addr6: selected.ipv6.and_then(|(iface_addr6, _)| iface_addr6),
         mtu: selected.iface.mtu,
     }
@@ -493,8 +493,6 @@ enum ConfigProblem {
     Registry(#[from] subnet::RegistryError),
     #[error("invalid Backend section: {0}")]
     Backend(#[from] backends::Error),
-    #[error("the network config has EnableIPv4=false; flanneld-rs supports IPv4 and dual-stack networks, not IPv6-only ones (set EnableIPv4 to true and Network)")]
-    NoIpv4,
 }
 
 impl ConfigProblem {
@@ -503,14 +501,11 @@ impl ConfigProblem {
     }
 }
 
-/// The network config, once it is valid including its `Backend` section, with its IPv4 range.
-async fn usable_config<R: Registry>(
-    registry: &R,
-) -> Result<(subnet::NetworkConfig, subnet::Ipv4Range), ConfigProblem> {
+/// The network config, once it is valid including its `Backend` section.
+async fn usable_config<R: Registry>(registry: &R) -> Result<subnet::NetworkConfig, ConfigProblem> {
     let config = registry.network_config().await?;
     backends::check_config(&config.backend)?;
-    let range = *config.v4().ok_or(ConfigProblem::NoIpv4)?;
-    Ok((config, range))
+    Ok(config)
 }
 
 /// Hands the heap freed after start-up back to the kernel: the lease listings and the first

@@ -88,6 +88,8 @@ impl Text {
 /// The host as the agent would see it: the config's Network, our lease, the backend attached to
 /// the kernel as it is, and the peers the agent would program.
 struct Host {
+    /// `Network` (plan reads IPv4 networks).
+    network: ipnet::Ipv4Net,
     networks: ClusterNetworks,
     backend_type: String,
     own: Lease,
@@ -123,7 +125,7 @@ async fn plan_on<R: Registry>(registry: &R, opts: &Options) -> Result<(String, u
         "device and interface",
         drift.iter().map(ToString::to_string).collect(),
     );
-    out.section("iptables rules", rule_changes(opts, host.networks.v4, own)?);
+    out.section("iptables rules", rule_changes(opts, host.network, own)?);
     let env = crate::control::subnet_env(
         host.networks,
         host.own.key,
@@ -165,9 +167,9 @@ async fn read_host<R: Registry>(registry: &R, opts: &Options, nl: &Netlink) -> R
     })?;
     let public_ipv6 = selected.ipv6.map(|(_, public)| public);
     let ext = daemon::external(&selected);
-    let mut backend = Backend::new(&config.backend, ext, public_ip, public_ipv6)?;
+    let mut backend = Backend::new(&config.backend, ext, Some(public_ip), public_ipv6)?;
     let networks = ClusterNetworks {
-        v4: range.network,
+        v4: Some(range.network),
         v6: config.ipv6.map(|r| r.network),
     };
     backend.attach(nl, &own, networks).await?;
@@ -181,6 +183,7 @@ async fn read_host<R: Registry>(registry: &R, opts: &Options, nl: &Netlink) -> R
         .filter(|l| l.subnet() != own.subnet() && policy.check(l).is_ok());
     let desired = backend.desired_for(peers);
     Ok(Host {
+        network: range.network,
         networks,
         backend_type: config.backend.backend_type.clone(),
         own,

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
 use crate::json::Fields;
@@ -46,6 +46,19 @@ impl SubnetKey {
     /// A key for an IPv4-only lease.
     pub fn v4(ipv4: Ipv4Net) -> Self {
         SubnetKey { ipv4, ipv6: None }
+    }
+
+    /// Whether the key has an IPv4 half (IPv6-only leases have `0.0.0.0-0` instead).
+    pub fn has_ipv4(&self) -> bool {
+        self.ipv4.prefix_len() > 0
+    }
+
+    /// The subnet that names the lease: see [`Lease::id`].
+    pub fn id(&self) -> IpNet {
+        match self.ipv6 {
+            Some(v6) if !self.has_ipv4() => v6.into(),
+            _ => self.ipv4.into(),
+        }
     }
 }
 
@@ -263,9 +276,15 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The leased IPv4 subnet.
+    /// The leased IPv4 subnet (`0.0.0.0/0` on an IPv6-only network).
     pub fn subnet(&self) -> Ipv4Net {
         self.key.ipv4
+    }
+
+    /// The subnet that names the lease: its IPv4 subnet, or on an IPv6-only network (whose
+    /// keys all have the IPv4 half `0.0.0.0-0`) its IPv6 subnet.
+    pub fn id(&self) -> IpNet {
+        self.key.id()
     }
 }
 

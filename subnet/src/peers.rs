@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::lease::{Lease, SubnetKey};
 use crate::validate::{LeasePolicy, Rejection};
@@ -19,15 +19,15 @@ pub enum LeaseEvent {
     Removed(SubnetKey),
 }
 
-/// Peer leases by IPv4 subnet; the agent's own subnet is never in the set. With a
+/// Peer leases by subnet ([`Lease::id`]); the agent's own subnet is never in the set. With a
 /// [`LeasePolicy`], leases that fail it are kept aside as rejected (never programmed), and the
 /// lease seen for our own subnet is remembered, so that a new policy (our lease moved, the host's
 /// networks changed) re-evaluates every lease without a new listing.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PeerSet {
-    own: Option<Ipv4Net>,
+    own: Option<IpNet>,
     policy: Option<LeasePolicy>,
-    peers: BTreeMap<Ipv4Net, Lease>,
+    peers: BTreeMap<IpNet, Lease>,
     /// The lease last seen for our own subnet (ours, or another host's that took it).
     own_lease: Option<Lease>,
     rejected: BTreeMap<SubnetKey, (Lease, Rejection)>,
@@ -37,7 +37,7 @@ pub struct PeerSet {
 
 impl PeerSet {
     /// An empty set that will ignore leases for `own` (our own subnet) and check nothing else.
-    pub fn new(own: Ipv4Net) -> Self {
+    pub fn new(own: IpNet) -> Self {
         PeerSet {
             own: Some(own),
             ..PeerSet::default()
@@ -47,7 +47,7 @@ impl PeerSet {
     /// An empty set that takes only leases passing `policy` (whose own subnet is ignored).
     pub fn with_policy(policy: LeasePolicy) -> Self {
         PeerSet {
-            own: Some(policy.v4.own_subnet),
+            own: Some(policy.own_id()),
             policy: Some(policy),
             ..PeerSet::default()
         }
@@ -64,16 +64,16 @@ impl PeerSet {
             LeaseEvent::Put(lease) => self.add(lease),
             LeaseEvent::Removed(key) => {
                 self.rejected.remove(key);
-                if Some(key.ipv4) == self.own {
+                if Some(key.id()) == self.own {
                     self.own_lease = None;
                 }
-                self.peers.remove(&key.ipv4).is_some()
+                self.peers.remove(&key.id()).is_some()
             }
         }
     }
 
     fn add(&mut self, lease: &Lease) -> bool {
-        if Some(lease.subnet()) == self.own {
+        if Some(lease.id()) == self.own {
             self.own_lease = Some(lease.clone());
             return false;
         }
@@ -83,10 +83,10 @@ impl PeerSet {
                 self.unreported.push((lease.key, why.clone()));
             }
             self.rejected.insert(lease.key, (lease.clone(), why));
-            return self.peers.remove(&lease.subnet()).is_some();
+            return self.peers.remove(&lease.id()).is_some();
         }
         self.rejected.remove(&lease.key);
-        match self.peers.insert(lease.subnet(), lease.clone()) {
+        match self.peers.insert(lease.id(), lease.clone()) {
             Some(old) => old.attrs != lease.attrs || old.key != lease.key,
             None => true,
         }
@@ -113,16 +113,14 @@ impl PeerSet {
         let mut events: Vec<LeaseEvent> = self
             .peers
             .values()
-            .filter(|old| !fresh.peers.contains_key(&old.subnet()))
+            .filter(|old| !fresh.peers.contains_key(&old.id()))
             .map(|old| LeaseEvent::Removed(old.key))
             .collect();
         events.extend(
             fresh
                 .peers
                 .values()
-                .filter(|new| {
-                    self.peers.get(&new.subnet()).map(|old| &old.attrs) != Some(&new.attrs)
-                })
+                .filter(|new| self.peers.get(&new.id()).map(|old| &old.attrs) != Some(&new.attrs))
                 .map(|new| LeaseEvent::Put(new.clone())),
         );
         *self = fresh;
@@ -138,7 +136,7 @@ impl PeerSet {
         let mut leases: Vec<Lease> = self.peers.values().cloned().collect();
         leases.extend(self.rejected.values().map(|(l, _)| l.clone()));
         leases.extend(self.own_lease.take());
-        self.own = Some(policy.v4.own_subnet);
+        self.own = Some(policy.own_id());
         self.policy = Some(policy);
         self.replace_all(leases)
     }
@@ -160,7 +158,7 @@ impl PeerSet {
     }
 
     /// The lease for `subnet`, if a peer holds it.
-    pub fn get(&self, subnet: &Ipv4Net) -> Option<&Lease> {
+    pub fn get(&self, subnet: &IpNet) -> Option<&Lease> {
         self.peers.get(subnet)
     }
 

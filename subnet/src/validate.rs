@@ -87,6 +87,9 @@ pub enum Rejection {
         /// The lease's IPv6 subnet.
         subnet: Ipv6Net,
     },
+    /// The network is IPv6-only but the lease has no IPv6 subnet.
+    #[error("it has no IPv6 subnet, and the network is IPv6-only")]
+    NoIpv6Subnet,
 }
 
 /// The facts one half (IPv4 or IPv6) of a peer lease is checked against: the config's range, our
@@ -226,8 +229,8 @@ impl<N: Subnet> FamilyPolicy<N> {
 /// IPv6 one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeasePolicy {
-    /// The IPv4 half.
-    pub v4: FamilyPolicy<Ipv4Net>,
+    /// The IPv4 half; `None` on an IPv6-only network (a lease's IPv4 half is then ignored).
+    pub v4: Option<FamilyPolicy<Ipv4Net>>,
     /// The IPv6 half; `None` when the network has no IPv6 (a lease's IPv6 half is then ignored).
     pub v6: Option<FamilyPolicy<Ipv6Net>>,
 }
@@ -241,8 +244,30 @@ impl LeasePolicy {
         own_public_ip: Ipv4Addr,
     ) -> Self {
         LeasePolicy {
-            v4: FamilyPolicy::new(network, subnet_len, own_subnet, own_public_ip),
+            v4: Some(FamilyPolicy::new(
+                network,
+                subnet_len,
+                own_subnet,
+                own_public_ip,
+            )),
             v6: None,
+        }
+    }
+
+    /// A policy for an IPv6-only network.
+    pub fn ipv6_only(v6: FamilyPolicy<Ipv6Net>) -> Self {
+        LeasePolicy {
+            v4: None,
+            v6: Some(v6),
+        }
+    }
+
+    /// The subnet that names our own lease ([`crate::Lease::id`]).
+    pub fn own_id(&self) -> IpNet {
+        match (&self.v4, &self.v6) {
+            (Some(v4), _) => v4.own_subnet.into(),
+            (None, Some(v6)) => v6.own_subnet.into(),
+            (None, None) => crate::alloc::NO_IPV4.into(),
         }
     }
 
@@ -255,7 +280,9 @@ impl LeasePolicy {
     /// The same policy for our lease moved to `key` (its subnets of both families).
     pub fn moved_to(&self, key: SubnetKey) -> LeasePolicy {
         let mut policy = self.clone();
-        policy.v4.own_subnet = key.ipv4;
+        if let Some(v4) = policy.v4.as_mut() {
+            v4.own_subnet = key.ipv4;
+        }
         if let (Some(v6), Some(subnet)) = (policy.v6.as_mut(), key.ipv6) {
             v6.own_subnet = subnet;
         }
@@ -268,11 +295,12 @@ impl LeasePolicy {
         let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = networks
             .into_iter()
             .partition(|n| matches!(n, IpNet::V4(_)));
-        self.v4
-            .set_local_networks(v4.into_iter().filter_map(|n| match n {
+        if let Some(policy) = self.v4.as_mut() {
+            policy.set_local_networks(v4.into_iter().filter_map(|n| match n {
                 IpNet::V4(n) => Some(n),
                 IpNet::V6(_) => None,
             }));
+        }
         if let Some(policy) = self.v6.as_mut() {
             policy.set_local_networks(v6.into_iter().filter_map(|n| match n {
                 IpNet::V6(n) => Some(n),
@@ -284,7 +312,10 @@ impl LeasePolicy {
 
     /// All connected networks kept, both families, for the log.
     pub fn local_networks(&self) -> Vec<IpNet> {
-        let v4 = self.v4.local_networks.iter().map(|n| IpNet::from(*n));
+        let v4 = self
+            .v4
+            .iter()
+            .flat_map(|p| p.local_networks.iter().map(|n| IpNet::from(*n)));
         let v6 = self
             .v6
             .iter()
@@ -294,18 +325,18 @@ impl LeasePolicy {
 
     /// Checks a peer lease; `Ok` when it may be programmed. On a dual-stack network a lease
     /// without an IPv6 half (an IPv4-only host) passes and is reached over IPv4 only; an IPv6
-    /// half that fails rejects the whole lease.
+    /// half that fails rejects the whole lease. On an IPv6-only network the IPv6 half is the
+    /// lease.
     pub fn check(&self, lease: &Lease) -> Result<(), Rejection> {
-        self.v4
-            .check(lease.subnet(), lease.attrs.public_ip, "PublicIP")?;
+        if let Some(v4) = &self.v4 {
+            v4.check(lease.subnet(), lease.attrs.public_ip, "PublicIP")?;
+        }
         match (&self.v6, lease.key.ipv6) {
             (Some(policy), Some(subnet)) => {
-                let ip = lease
-                    .attrs
-                    .public_ipv6
-                    .ok_or(Rejection::NoPublicIpv6 { subnet })?;
+                let ip = (lease.attrs.public_ipv6).ok_or(Rejection::NoPublicIpv6 { subnet })?;
                 policy.check(subnet, ip, "PublicIPv6")
             }
+            (Some(_), None) if self.v4.is_none() => Err(Rejection::NoIpv6Subnet),
             _ => Ok(()),
         }
     }
@@ -364,7 +395,7 @@ mod tests {
             "10.244.7.0/24".parse().unwrap(),
             "192.168.1.0/24".parse().unwrap(),
         ];
-        assert_eq!(policy().v4.local_networks, want);
+        assert_eq!(policy().v4.unwrap().local_networks, want);
     }
 
     #[test]
@@ -374,9 +405,9 @@ mod tests {
             "10.244.0.1/16".parse().unwrap(),
         ]);
         assert!(
-            flat.v4.local_networks.is_empty(),
+            flat.local_networks().is_empty(),
             "{:?}",
-            flat.v4.local_networks
+            flat.local_networks()
         );
         assert_eq!(flat.check(&lease("10.244.6.0-24", "10.1.2.3")), Ok(()));
         // A LAN inside the Network is still protected.
@@ -411,7 +442,7 @@ mod tests {
     #[test]
     fn a_lease_overlapping_our_subnet_is_rejected() {
         let mut p = policy();
-        p.v4.subnet_len = 25;
+        p.v4.as_mut().unwrap().subnet_len = 25;
         let err = p
             .check(&lease("10.244.5.128-25", "192.168.1.11"))
             .unwrap_err();
@@ -514,6 +545,16 @@ mod tests {
         assert_eq!(
             policy().check(&dual("10.244.6.0-24&fd00:99::-64", None)),
             Ok(())
+        );
+        // An IPv6-only network checks the IPv6 half alone, and a lease needs one.
+        let v6_only = LeasePolicy::ipv6_only(p.v6.clone().unwrap());
+        assert_eq!(v6_only.own_id().to_string(), "fd00:10:0:5::/64");
+        let mut only6 = dual("0.0.0.0-0&fd00:10:0:6::-64", Some("fd00:1::11"));
+        only6.attrs.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
+        assert_eq!(v6_only.check(&only6), Ok(()));
+        assert_eq!(
+            v6_only.check(&dual("10.244.6.0-24", None)),
+            Err(Rejection::NoIpv6Subnet)
         );
         let moved = p.moved_to("10.244.8.0-24&fd00:10:0:8::-64".parse().unwrap());
         assert_eq!(moved.v6.unwrap().own_subnet.to_string(), "fd00:10:0:8::/64");

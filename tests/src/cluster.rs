@@ -154,17 +154,36 @@ impl Pod {
             .expect("FLANNEL_SUBNET is a CIDR");
         let base = gw.rsplit_once('.').expect("IPv4").0;
         let ip = format!("{base}.{n}");
-        let ns = Netns::new("pod");
+        let ns = Pod::plug(host, n);
         host.sh(&format!(
-            "ip link show cni0 >/dev/null 2>&1 || {{ ip link add cni0 type bridge && ip addr add {flannel_subnet} dev cni0 && ip link set cni0 up; }}"
+            "ip -4 addr show dev cni0 | grep -q ' {flannel_subnet} ' || ip addr add {flannel_subnet} dev cni0"
         ));
-        let hostside = format!("vp{n}");
-        host.link_to(&hostside, &ns, "eth0");
-        host.sh(&format!("ip link set {hostside} master cni0"));
         ns.sh(&format!(
             "ip addr add {ip}/{len} dev eth0 && ip route add default via {gw}"
         ));
         Pod { ns, ip }
+    }
+
+    /// A pod with an IPv6 address only (an IPv6-only network): `<prefix>::<n>` behind `cni0`,
+    /// which gets FLANNEL_IPV6_SUBNET.
+    pub fn new_ipv6_only(host: &Netns, flannel_ipv6_subnet: &str, n: u8) -> Pod {
+        let ns = Pod::plug(host, n);
+        let mut pod = Pod {
+            ns,
+            ip: String::new(),
+        };
+        pod.ip = pod.add_ipv6(host, flannel_ipv6_subnet, n);
+        pod
+    }
+
+    /// A pod namespace whose `eth0` is plugged into bridge `cni0` of `host` (created, up).
+    fn plug(host: &Netns, n: u8) -> Netns {
+        let ns = Netns::new("pod");
+        host.sh("ip link show cni0 >/dev/null 2>&1 || { ip link add cni0 type bridge && ip link set cni0 up; }");
+        let hostside = format!("vp{n}");
+        host.link_to(&hostside, &ns, "eth0");
+        host.sh(&format!("ip link set {hostside} master cni0"));
+        ns
     }
 
     /// Gives the pod an IPv6 address too, from `flannel_ipv6_subnet` (FLANNEL_IPV6_SUBNET,

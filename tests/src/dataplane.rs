@@ -45,7 +45,7 @@ pub fn eth0(addr: &str) -> ExternalInterface {
     ExternalInterface {
         name: "eth0".into(),
         index: 0,
-        addr: addr.parse().expect("address"),
+        addr: Some(addr.parse().expect("address")),
         addr6: None,
         mtu: 1500,
     }
@@ -54,7 +54,7 @@ pub fn eth0(addr: &str) -> ExternalInterface {
 /// An IPv4-only cluster network.
 pub fn v4_network(cidr: &str) -> ClusterNetworks {
     ClusterNetworks {
-        v4: cidr.parse().expect("network"),
+        v4: Some(cidr.parse().expect("network")),
         v6: None,
     }
 }

@@ -16,7 +16,7 @@ fn hostgw_routes_are_reconciled_like_ip_route_shows_them() {
         let mut backend = Backend::new(
             &cfg,
             eth0("192.168.50.1"),
-            "192.168.50.1".parse().unwrap(),
+            Some("192.168.50.1".parse().unwrap()),
             None,
         )
         .unwrap();
@@ -151,7 +151,7 @@ fn hostgw_peer_not_on_link_is_reported_with_the_fix() {
         let mut backend = Backend::new(
             &cfg,
             eth0("192.168.51.1"),
-            "192.168.51.1".parse().unwrap(),
+            Some("192.168.51.1".parse().unwrap()),
             None,
         )
         .unwrap();
@@ -191,7 +191,7 @@ fn unknown_types_and_nat_are_refused_with_clear_errors() {
     let err = Backend::new(
         &backend_config(json!({"Type": "udp"})),
         eth0("192.168.52.1"),
-        "192.168.52.1".parse().unwrap(),
+        Some("192.168.52.1".parse().unwrap()),
         None,
     )
     .unwrap_err()
@@ -203,7 +203,7 @@ fn unknown_types_and_nat_are_refused_with_clear_errors() {
     let err = Backend::new(
         &backend_config(json!({"Type": "host-gw"})),
         eth0("192.168.52.1"),
-        "1.2.3.4".parse().unwrap(),
+        Some("1.2.3.4".parse().unwrap()),
         None,
     )
     .unwrap_err()

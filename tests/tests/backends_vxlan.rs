@@ -32,7 +32,7 @@ fn vtep_mac(attrs: &LeaseAttrs) -> String {
 /// Builds, inits and configures a vxlan backend on `eth0` with address `ip`.
 async fn vxlan_backend(nl: &Netlink, raw: Value, ip: &str) -> (Backend, LeaseAttrs) {
     let public = ip.parse().unwrap();
-    let mut backend = Backend::new(&backend_config(raw), eth0(ip), public, None).unwrap();
+    let mut backend = Backend::new(&backend_config(raw), eth0(ip), Some(public), None).unwrap();
     let attrs = backend.init(nl).await.unwrap();
     backend
         .configure(nl, &own_lease(OWN, public), v4_network("10.5.0.0/16"))
@@ -55,7 +55,7 @@ fn vxlan_device_and_peer_entries() {
         let mut backend = Backend::new(
             &backend_config(json!({"Type": "vxlan"})),
             eth0("192.168.60.1"),
-            public,
+            Some(public),
             None,
         )
         .unwrap();
@@ -543,7 +543,7 @@ fn vxlan_two_hosts_across_a_router_ping() {
             let mut backend = Backend::new(
                 &backend_config(json!({"Type": "vxlan", "DirectRouting": true})),
                 eth0(ip),
-                public,
+                Some(public),
                 None,
             )
             .unwrap();

@@ -261,3 +261,75 @@ fn blackhole_routes_cover_our_subnet_in_both_families() {
         });
     }
 }
+
+#[test]
+fn ipv6_only_host_gw_network() {
+    ipv6_only("host-gw", 1500);
+}
+
+#[test]
+fn ipv6_only_vxlan_network() {
+    ipv6_only("vxlan", 1430);
+}
+
+/// An IPv6-only network (`EnableIPv4: false`) with `backend`: keys without an IPv4 half as Go
+/// writes them, subnet.env with the IPv6 lines only, pods reaching each other with full-size
+/// packets and their own addresses.
+fn ipv6_only(backend: &str, mtu: usize) {
+    let config = format!(
+        r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:25::/48","Backend":{{"Type":"{backend}"}}}}"#
+    );
+    let mut c = Cluster::build(2, &config, &["--ip-masq"]);
+    c.add_ipv6();
+    for i in 0..2 {
+        c.start_agent(i);
+    }
+    let subnets6: Vec<String> = (0..2)
+        .map(|i| {
+            wait_for(
+                &format!("host {i}'s subnet.env"),
+                Duration::from_secs(15),
+                || env_value(&c.subnet_env(i), "FLANNEL_IPV6_SUBNET"),
+            )
+        })
+        .collect();
+    let env = std::fs::read_to_string(c.subnet_env(0)).unwrap();
+    assert_eq!(
+        env,
+        format!(
+            "FLANNEL_IPV6_NETWORK=fd00:25::/48\nFLANNEL_IPV6_SUBNET={}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=true\n",
+            subnets6[0]
+        )
+    );
+    let key = format!(
+        "{}/subnets/0.0.0.0-0&{}",
+        c.prefix,
+        network6_of(&subnets6[0]).replace('/', "-")
+    );
+    let value = c.etcd.get(&key).expect("host 0's IPv6-only lease");
+    assert!(
+        value.starts_with(r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:100::11""#),
+        "{value}"
+    );
+    let peer6 = network6_of(&subnets6[1]);
+    wait_for(
+        &format!("route to {peer6}"),
+        Duration::from_secs(15),
+        || c.route(0, &peer6).contains("proto 70").then_some(()),
+    );
+    let pods: Vec<Pod> = (0..2)
+        .map(|i| Pod::new_ipv6_only(&c.hosts[i], &subnets6[i], 2))
+        .collect();
+    for (a, b) in [(0, 1), (1, 0)] {
+        wait_for(
+            &format!("pod {a} to ping pod {b}"),
+            Duration::from_secs(10),
+            || pods[a].ping_full(&pods[b].ip, mtu - 48).then_some(()),
+        );
+    }
+    let _server = Whoami::start(&pods[1].ns);
+    assert_eq!(
+        wait_seen_by(&pods[0].ns, &format!("[{}]", pods[1].ip)),
+        pods[0].ip
+    );
+}

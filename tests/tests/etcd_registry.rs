@@ -368,7 +368,7 @@ async fn changed_attributes_reach_the_peers_and_survive_a_re_claim() {
     let task = tokio::spawn(manager.run());
     // A peer's view of the leases (its own subnet outside the network: it sees all of them).
     let mut peer_watch = registry.watch_leases(WatchScope::AllLeases);
-    let mut peers = PeerSet::new(net("10.99.0.0/24"));
+    let mut peers = PeerSet::new(net("10.99.0.0/24").into());
     match next(&mut peer_watch).await {
         WatchUpdate::Snapshot(leases) => {
             peers.replace_all(leases);
@@ -426,7 +426,7 @@ async fn peer_watch_reports_changes_and_skips_malformed_entries() {
     server.put(&format!("{subnets}/10.3.4.0-24"), "not json");
 
     let own = net("10.3.1.0/24");
-    let mut peers = PeerSet::new(own);
+    let mut peers = PeerSet::new(own.into());
     let mut updates = registry.watch_leases(WatchScope::AllLeases);
     let WatchUpdate::Snapshot(snapshot) = next(&mut updates).await else {
         panic!("the first update must be a snapshot")
@@ -494,7 +494,7 @@ async fn peer_watch_recovers_from_disconnects_and_compaction() {
         ..server.options(&prefix)
     };
     let registry = EtcdRegistry::connect(&options).await.unwrap();
-    let mut peers = PeerSet::new(net("10.3.9.0/24"));
+    let mut peers = PeerSet::new(net("10.3.9.0/24").into());
     let mut updates = registry.watch_leases(WatchScope::AllLeases);
     let WatchUpdate::Snapshot(snapshot) = next(&mut updates).await else {
         panic!("snapshot first")

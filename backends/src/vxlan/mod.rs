@@ -61,9 +61,9 @@ impl Vtep {
 pub(crate) struct Vxlan {
     cfg: VxlanConfig,
     ext: ExternalInterface,
-    v4: Vtep,
-    /// The IPv6 device, on a dual-stack network.
-    v6: Option<Vtep>,
+    /// The devices: `flannel.<VNI>` unless the network is IPv6-only, `flannel-v6.<VNI>` when it
+    /// has IPv6.
+    vteps: Vec<Vtep>,
     /// Subnets (both families) reachable without a gateway through the external interface.
     onlink: Vec<IpNet>,
 }
@@ -74,25 +74,30 @@ pub(crate) fn check_config(raw: &Value) -> Result<(), Error> {
 }
 
 impl Vxlan {
-    /// Decodes the vxlan keys of the `Backend` object; `public_ipv6` is given on a dual-stack
-    /// network only.
+    /// Decodes the vxlan keys of the `Backend` object; a device is set up for each family with
+    /// a public address (`public_ip` unless the network is IPv6-only, `public_ipv6` when it has
+    /// IPv6).
     pub(crate) fn new(
         raw: &Value,
         ext: ExternalInterface,
-        public_ip: Ipv4Addr,
+        public_ip: Option<Ipv4Addr>,
         public_ipv6: Option<Ipv6Addr>,
     ) -> Result<Vxlan, Error> {
+        let locals = [public_ip.map(IpAddr::V4), public_ipv6.map(IpAddr::V6)];
         Ok(Vxlan {
             cfg: VxlanConfig::parse(raw)?,
             ext,
-            v4: Vtep::new(public_ip.into()),
-            v6: public_ipv6.map(|ip| Vtep::new(ip.into())),
+            vteps: locals.into_iter().flatten().map(Vtep::new).collect(),
             onlink: Vec::new(),
         })
     }
 
     fn vteps(&self) -> impl Iterator<Item = &Vtep> {
-        std::iter::once(&self.v4).chain(&self.v6)
+        self.vteps.iter()
+    }
+
+    fn vtep(&self, family: Family) -> Option<&Vtep> {
+        self.vteps.iter().find(|v| v.family == family)
     }
 
     fn name(&self, family: Family) -> String {
@@ -157,21 +162,18 @@ impl Vxlan {
 
     pub(crate) async fn init(&mut self, nl: &Netlink) -> Result<LeaseAttrs, Error> {
         self.ext.refresh(nl).await?;
-        let spec = self.spec(&self.v4);
-        self.v4.device = Some(device::ensure(nl, &spec, self.v4.device.map(|d| d.1)).await?);
-        if let Some(v6) = &self.v6 {
-            let spec = self.spec(v6);
-            let ensured = device::ensure(nl, &spec, v6.device.map(|d| d.1)).await?;
-            if let Some(v6) = self.v6.as_mut() {
-                v6.device = Some(ensured);
-            }
+        for at in 0..self.vteps.len() {
+            let spec = self.spec(&self.vteps[at]);
+            let published = self.vteps[at].device.map(|(_, mac)| mac);
+            self.vteps[at].device = Some(device::ensure(nl, &spec, published).await?);
         }
         self.onlink = self.onlink_subnets(nl).await?;
         Ok(self.attrs())
     }
 
-    /// The lease attributes: PublicIP with the IPv4 device's VtepMAC in `BackendData` and, on a
-    /// dual-stack network, PublicIPv6 with the IPv6 device's in `BackendV6Data`, as Go HEAD.
+    /// The lease attributes: PublicIP with the IPv4 device's VtepMAC in `BackendData` and
+    /// PublicIPv6 with the IPv6 device's in `BackendV6Data`, as Go HEAD (an IPv6-only host
+    /// publishes PublicIP `0.0.0.0` and no `BackendData`).
     fn attrs(&self) -> LeaseAttrs {
         let data = |vtep: &Vtep| {
             let mac = vtep.device.map(|(_, mac)| mac)?;
@@ -183,18 +185,18 @@ impl Vxlan {
                 .to_json(),
             )
         };
-        let public_ip = match self.v4.local {
-            IpAddr::V4(ip) => ip,
-            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        };
-        let mut attrs = LeaseAttrs::new(public_ip, TYPE);
-        attrs.backend_data = data(&self.v4);
-        if let Some(v6) = &self.v6 {
-            attrs.public_ipv6 = match v6.local {
-                IpAddr::V6(ip) => Some(ip),
-                IpAddr::V4(_) => None,
-            };
-            attrs.backend_v6_data = data(v6);
+        let mut attrs = LeaseAttrs::new(Ipv4Addr::UNSPECIFIED, TYPE);
+        for vtep in self.vteps() {
+            match vtep.local {
+                IpAddr::V4(ip) => {
+                    attrs.public_ip = ip;
+                    attrs.backend_data = data(vtep);
+                }
+                IpAddr::V6(ip) => {
+                    attrs.public_ipv6 = Some(ip);
+                    attrs.backend_v6_data = data(vtep);
+                }
+            }
         }
         attrs
     }
@@ -208,25 +210,18 @@ impl Vxlan {
         networks: ClusterNetworks,
     ) -> Result<(), Error> {
         self.ext.refresh(nl).await?;
-        let published = |data: Option<&Value>| VtepData::from_json(data).ok().map(|d| d.mac);
-        let (mac4, mac6) = (
-            published(own.attrs.backend_data.as_ref()),
-            published(own.attrs.backend_v6_data.as_ref()),
-        );
-        let found4 = device::lookup(nl, &self.name(Family::V4)).await?;
-        self.v4.device = found4.and_then(|link| Some((link.index, mac4.or(link.mac)?)));
-        self.v4.configured = self
-            .v4
-            .device
-            .map(|_| (own.subnet().into(), networks.v4.into()));
-        let name6 = self.name(Family::V6);
-        if let Some(v6) = self.v6.as_mut() {
-            let found6 = device::lookup(nl, &name6).await?;
-            v6.device = found6.and_then(|link| Some((link.index, mac6.or(link.mac)?)));
-            let want = own.key.ipv6.zip(networks.v6);
-            v6.configured = want
-                .filter(|_| v6.device.is_some())
-                .map(|(o, n)| (o.into(), n.into()));
+        for at in 0..self.vteps.len() {
+            let family = self.vteps[at].family;
+            let data = match family {
+                Family::V4 => own.attrs.backend_data.as_ref(),
+                Family::V6 => own.attrs.backend_v6_data.as_ref(),
+            };
+            let published = VtepData::from_json(data).ok().map(|d| d.mac);
+            let found = device::lookup(nl, &self.name(family)).await?;
+            let vtep = &mut self.vteps[at];
+            vtep.device = found.and_then(|link| Some((link.index, published.or(link.mac)?)));
+            let want = targets(own, networks, family);
+            vtep.configured = want.filter(|_| vtep.device.is_some());
         }
         self.onlink = self.onlink_subnets(nl).await?;
         Ok(())
@@ -240,23 +235,18 @@ impl Vxlan {
         own: &Lease,
         networks: ClusterNetworks,
     ) -> Result<(), Error> {
-        let v4 = (own.subnet().into(), networks.v4.into());
-        self.v4.configured = None;
-        self.configure_vtep(nl, &self.v4, v4).await?;
-        self.v4.configured = Some(v4);
-        if let Some(v6) = &self.v6 {
-            let targets = own.key.ipv6.zip(networks.v6).ok_or_else(|| Error::Config {
-                key: "IPv6Network",
+        for at in 0..self.vteps.len() {
+            let family = self.vteps[at].family;
+            let want = targets(own, networks, family).ok_or_else(|| Error::Config {
+                key: "Network",
                 problem: format!(
-                    "IPv6 is enabled but the lease {} has no IPv6 subnet",
+                    "the lease {} has no {family} subnet for the network",
                     own.key
                 ),
             })?;
-            let targets = (targets.0.into(), targets.1.into());
-            self.configure_vtep(nl, v6, targets).await?;
-            if let Some(v6) = self.v6.as_mut() {
-                v6.configured = Some(targets);
-            }
+            self.vteps[at].configured = None;
+            self.configure_vtep(nl, &self.vteps[at], want).await?;
+            self.vteps[at].configured = Some(want);
         }
         Ok(())
     }
@@ -318,8 +308,8 @@ impl Vxlan {
 
     pub(crate) fn desired<'a>(&self, peers: impl IntoIterator<Item = &'a Lease>) -> DesiredState {
         let vteps = Vteps {
-            v4: self.v4.index(),
-            v6: self.v6.as_ref().and_then(Vtep::index),
+            v4: self.vtep(Family::V4).and_then(Vtep::index),
+            v6: self.vtep(Family::V6).and_then(Vtep::index),
         };
         desired(peers, &self.cfg, self.ext.index, vteps, &self.onlink)
     }
@@ -332,6 +322,21 @@ impl Vxlan {
         let devices: Vec<(&str, Option<u32>)> =
             names.iter().map(|(n, i)| (n.as_str(), *i)).collect();
         react(n, &self.ext, &devices)
+    }
+}
+
+/// Our subnet and the cluster network of `family`, if the lease and the config have both.
+fn targets(own: &Lease, networks: ClusterNetworks, family: Family) -> Option<(IpNet, IpNet)> {
+    match family {
+        Family::V4 => networks
+            .v4
+            .filter(|_| own.key.has_ipv4())
+            .map(|n| (own.subnet().into(), n.into())),
+        Family::V6 => own
+            .key
+            .ipv6
+            .zip(networks.v6)
+            .map(|(o, n)| (o.into(), n.into())),
     }
 }
 
@@ -378,7 +383,7 @@ fn desired<'a>(
     };
     for peer in peers {
         if let Err(why) = add_peer(&mut state, peer, cfg, ext_index, onlink) {
-            state.skipped.insert(peer.subnet(), why);
+            state.skipped.insert(peer.id(), why);
         }
     }
     state
@@ -406,11 +411,11 @@ fn add_peer(
             peer.attrs.backend_type
         ));
     }
-    let v4 = PeerHalf {
+    let v4 = (state.vteps.v4.is_some() && peer.key.has_ipv4()).then(|| PeerHalf {
         subnet: peer.subnet().into(),
         public: peer.attrs.public_ip.into(),
         data: VtepData::from_json(peer.attrs.backend_data.as_ref()),
-    };
+    });
     let v6 = (peer.key.ipv6.zip(peer.attrs.public_ipv6))
         .filter(|_| state.vteps.v6.is_some())
         .map(|(subnet, public)| PeerHalf {
@@ -421,7 +426,7 @@ fn add_peer(
         });
     // Both halves are decoded before anything is added: a bad half leaves the whole peer out.
     let mut planned = Vec::new();
-    for half in [Some(v4), v6].into_iter().flatten() {
+    for half in [v4, v6].into_iter().flatten() {
         let data = (half.data.clone()).map_err(|e| format!("Ignoring vxlan subnet: {e}"))?;
         planned.push((half, data.mac));
     }
@@ -565,7 +570,7 @@ mod tests {
         let ext = ExternalInterface {
             name: "eth0".into(),
             index: 2,
-            addr: "192.168.1.1".parse().unwrap(),
+            addr: Some("192.168.1.1".parse().unwrap()),
             addr6: None,
             mtu: 1500,
         };

@@ -65,8 +65,8 @@ pub struct EnsureTask(JoinHandle<Result<EnsureOutcome, netfilter::Error>>);
 /// network (ip6tables gets the same chains for it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Targets {
-    /// `Network` and our IPv4 subnet.
-    pub v4: (Ipv4Net, Ipv4Net),
+    /// `Network` and our IPv4 subnet; `None` on an IPv6-only network.
+    pub v4: Option<(Ipv4Net, Ipv4Net)>,
     /// `IPv6Network` and our IPv6 subnet.
     pub v6: Option<(Ipv6Net, Ipv6Net)>,
 }
@@ -75,16 +75,16 @@ impl Targets {
     /// The targets of a lease of `key` on `networks`.
     pub fn of(networks: ClusterNetworks, key: SubnetKey) -> Targets {
         Targets {
-            v4: (networks.v4, key.ipv4),
+            v4: networks.v4.map(|n| (n, key.ipv4)),
             v6: networks.v6.zip(key.ipv6),
         }
     }
 
     /// Each family's (network, subnet).
     fn each(&self) -> impl Iterator<Item = (IpNet, IpNet)> {
-        let v4 = (self.v4.0.into(), self.v4.1.into());
+        let v4 = self.v4.map(|(n, s)| (n.into(), s.into()));
         let v6 = self.v6.map(|(n, s)| (n.into(), s.into()));
-        std::iter::once(v4).chain(v6)
+        v4.into_iter().chain(v6)
     }
 }
 
@@ -150,7 +150,7 @@ impl Firewall {
             families: Vec::new(),
             options,
             targets,
-            previous: to_retire(&previous, targets.v4),
+            previous: targets.v4.and_then(|v4| to_retire(&previous, v4)),
             metrics: Arc::clone(metrics),
             reported: BTreeSet::new(),
             changes: uses_nf_tables.then(subscribe_changes).flatten(),
@@ -176,21 +176,19 @@ impl Firewall {
     }
 
     fn rebuild(&mut self) {
-        self.families = self.engines.iter().map(|e| self.family_rules(e)).collect();
+        self.families = (self.engines.iter())
+            .filter_map(|e| self.family_rules(e))
+            .collect();
         self.verified = false;
     }
 
     /// The rules `engine` (of one family) must hold for the current targets and options.
-    fn family_rules(&self, engine: &Engine) -> FamilyRules {
+    fn family_rules(&self, engine: &Engine) -> Option<FamilyRules> {
         let family = engine.family();
-        let (network, subnet) = self
-            .targets
-            .each()
-            .find(|(n, _)| IpFamily::of(n) == family)
-            .unwrap_or((self.targets.v4.0.into(), self.targets.v4.1.into()));
+        let (network, subnet) = (self.targets.each()).find(|(n, _)| IpFamily::of(n) == family)?;
         let random_fully = engine.supports_random_fully() && !self.options.random_fully_disabled;
         let config = rule_config(&self.options, random_fully, network, subnet);
-        engine.rules(&config, self.previous.as_ref())
+        Some(engine.rules(&config, self.previous.as_ref()))
     }
 
     /// Makes the kernel hold the rules (idempotent; writes only on drift) and logs what was done
@@ -259,7 +257,7 @@ fn ensure_all(families: &[FamilyRules]) -> Result<EnsureOutcome, netfilter::Erro
     Ok(all)
 }
 
-/// The detected iptables and, for an IPv6 target, the same flavour's ip6tables.
+/// The detected iptables for an IPv4 target and the same flavour's ip6tables for an IPv6 one.
 async fn iptables_engines(detection: Detection, targets: Targets) -> Result<Vec<Engine>> {
     let task = detection
         .iptables
@@ -269,11 +267,14 @@ async fn iptables_engines(detection: Detection, targets: Targets) -> Result<Vec<
         .context("iptables detection task")?
         .context("cannot use iptables")?;
     tracing::info!("iptables: {reason}");
-    let mut engines = vec![Engine::Iptables(Arc::new(iptables.clone()))];
+    let mut engines = Vec::new();
     if targets.v6.is_some() {
         engines.push(Engine::Iptables(Arc::new(
             probe_ip6tables(&iptables).await?,
         )));
+    }
+    if targets.v4.is_some() {
+        engines.insert(0, Engine::Iptables(Arc::new(iptables)));
     }
     Ok(engines)
 }
