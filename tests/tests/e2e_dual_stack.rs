@@ -233,6 +233,7 @@ fn dual_stack_vxlan_runs_a_device_per_family_and_heals_it() {
     let (pods, ip6) = dual_pods(&c, &subnets, &subnets6);
     assert_full_pings(&pods, &ip6, 1430);
     let _server = assert_pod_sources(&pods, &ip6);
+    let _outside = assert_masqueraded_outside(&c, &pods[0]);
 
     // A deleted IPv6 route and neighbour come back.
     c.hosts[0].exec("ip", &["-6", "route", "del", &peer6]);

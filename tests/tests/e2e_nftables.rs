@@ -89,6 +89,12 @@ fn nftables_mode_keeps_pod_ips_despite_dockers_masquerade_and_heals() {
         our_table(&c.hosts[0])
     });
     assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
+    // Flushed (chains kept, rules gone): refilled.
+    c.hosts[0].exec("nft", &["flush", "table", "ip", "flannel-ipv4"]);
+    wait_for("our rules to come back", Duration::from_secs(15), || {
+        our_table(&c.hosts[0]).filter(|t| t.contains("snat to ip saddr"))
+    });
+    assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
 
     // Back to iptables mode: our table goes, our chains come, docker's rule stays.
     c.etcd.put(
