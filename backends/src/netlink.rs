@@ -187,18 +187,7 @@ impl Netlink {
 
     /// All main-table unicast routes of `family`.
     pub(crate) async fn routes(&self, family: Family) -> Result<Vec<KernelRoute>, NetlinkError> {
-        let mut req = RouteMessage::default();
-        req.header.address_family = address_family(family);
-        let (handle, _conn) = Self::dump_connection()?;
-        // Converted as they arrive: thousands of full messages are never held at once.
-        let routes = handle
-            .route()
-            .get(req)
-            .execute()
-            .try_filter_map(|m| std::future::ready(Ok(kernel_route(&m))))
-            .try_collect()
-            .await?;
-        Ok(routes)
+        Self::dump_routes(family, kernel_route).await
     }
 
     /// The main table's blackhole routes of `family`: destination and protocol.
@@ -206,6 +195,19 @@ impl Netlink {
         &self,
         family: Family,
     ) -> Result<Vec<(IpNet, u8)>, NetlinkError> {
+        Self::dump_routes(family, |m| {
+            let blackhole = (m.header.kind == RouteType::BlackHole).then(|| main_table_route(m));
+            blackhole.flatten().map(|r| (r.dst, r.protocol))
+        })
+        .await
+    }
+
+    /// Dumps the routes of `family` on a connection of its own, converting each as it arrives
+    /// (thousands of full messages are never held at once) and keeping what `convert` keeps.
+    async fn dump_routes<T>(
+        family: Family,
+        convert: impl Fn(&RouteMessage) -> Option<T>,
+    ) -> Result<Vec<T>, NetlinkError> {
         let mut req = RouteMessage::default();
         req.header.address_family = address_family(family);
         let (handle, _conn) = Self::dump_connection()?;
@@ -213,13 +215,7 @@ impl Netlink {
             .route()
             .get(req)
             .execute()
-            .try_filter_map(|m| {
-                let blackhole = (m.header.kind == RouteType::BlackHole)
-                    .then(|| main_table_route(&m))
-                    .flatten()
-                    .map(|r| (r.dst, r.protocol));
-                std::future::ready(Ok(blackhole))
-            })
+            .try_filter_map(|m| std::future::ready(Ok(convert(&m))))
             .try_collect()
             .await?;
         Ok(routes)

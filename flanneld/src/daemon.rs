@@ -213,10 +213,7 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         (firewall.detection, firewall.options, &metrics),
         firewall.egress,
     );
-    let networks = ClusterNetworks {
-        v4: config.ipv4.map(|r| r.network),
-        v6: config.ipv6.map(|r| r.network),
-    };
+    let networks = cluster_networks(&config);
     let (firewall, first_check) = configure_data_plane(
         &mut backend,
         &nl,
@@ -345,6 +342,14 @@ pub(crate) async fn choose_interface(
         selected.reason
     );
     Ok(selected)
+}
+
+/// The cluster networks of the config.
+pub(crate) fn cluster_networks(config: &subnet::NetworkConfig) -> ClusterNetworks {
+    ClusterNetworks {
+        v4: config.ipv4.map(|r| r.network),
+        v6: config.ipv6.map(|r| r.network),
+    }
 }
 
 /// The policy peer leases are checked against: the config's ranges, our lease and public

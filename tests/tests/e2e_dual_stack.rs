@@ -42,13 +42,7 @@ fn dual_stack_hostgw_keeps_pod_addresses_over_both_families() {
         None
     );
     // Host 0 got a new dual lease with its PublicIPv6.
-    let key0 = format!(
-        "{}/subnets/{}&{}",
-        c.prefix,
-        Cluster::network_of(&subnets[0]).replace('/', "-"),
-        network6_of(&subnets6[0]).replace('/', "-")
-    );
-    let value0 = c.etcd.get(&key0).expect("host 0's dual-stack lease");
+    let value0 = dual_lease(&c, &subnets[0], &subnets6[0]);
     assert!(
         value0.contains(r#""PublicIPv6":"fd00:100::11""#),
         "{value0}"
@@ -89,6 +83,18 @@ fn wait_route(c: &Cluster, i: usize, dst: &str, gateway: &str) {
             (route.contains(&format!("via {gateway}")) && route.contains("proto 70")).then_some(())
         },
     );
+}
+
+/// The value of the dual-stack lease of FLANNEL_SUBNET `subnet` and FLANNEL_IPV6_SUBNET
+/// `subnet6`.
+fn dual_lease(c: &Cluster, subnet: &str, subnet6: &str) -> String {
+    let key = format!(
+        "{}/subnets/{}&{}",
+        c.prefix,
+        Cluster::network_of(subnet).replace('/', "-"),
+        network6_of(subnet6).replace('/', "-")
+    );
+    c.etcd.get(&key).expect("the dual-stack lease")
 }
 
 /// The subnet of a `FLANNEL_IPV6_SUBNET` value (`fd00:20:0:5::1/64` ⇒ `fd00:20:0:5::/64`).
@@ -212,13 +218,7 @@ fn dual_stack_vxlan_runs_a_device_per_family_and_heals_it() {
         .and_then(|rest| rest.split_whitespace().next())
         .expect("MAC of flannel-v6.1")
         .to_string();
-    let key0 = format!(
-        "{}/subnets/{}&{}",
-        c.prefix,
-        Cluster::network_of(&subnets[0]).replace('/', "-"),
-        network6_of(&subnets6[0]).replace('/', "-")
-    );
-    let value0 = c.etcd.get(&key0).expect("host 0's lease");
+    let value0 = dual_lease(&c, &subnets[0], &subnets6[0]);
     assert!(
         value0.contains(&format!(
             r#""BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}"#

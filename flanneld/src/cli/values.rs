@@ -195,37 +195,27 @@ impl FromStr for IfaceRegex {
 /// with the variable unset). An alias rather than `Option<T>`, so clap takes `""` as a value.
 pub type Unset<T> = Option<T>;
 
-/// An IPv4 address flag (`--public-ip`, `--iface-can-reach`); empty means unset.
+/// An IPv4 address flag (`--public-ip`); empty means unset.
 pub fn ipv4(value: &str) -> Result<Unset<Ipv4Addr>, String> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| "use an IPv4 address such as 10.4.7.21".into())
+    address(value, "use an IPv4 address such as 10.4.7.21")
 }
 
 /// An IPv4 or IPv6 address flag (`--iface-can-reach`); empty means unset.
 pub fn ip(value: &str) -> Result<Unset<IpAddr>, String> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| "use an IPv4 or IPv6 address such as 10.4.7.1".into())
+    address(value, "use an IPv4 or IPv6 address such as 10.4.7.1")
 }
 
 /// An IPv6 address flag (`--public-ipv6`); empty means unset.
 pub fn ipv6(value: &str) -> Result<Unset<Ipv6Addr>, String> {
+    address(value, "use an IPv6 address such as fd00:4:7::21")
+}
+
+/// An address of type `A`, or unset when empty; `hint` is the error.
+fn address<A: FromStr>(value: &str, hint: &str) -> Result<Unset<A>, String> {
     if value.is_empty() {
         return Ok(None);
     }
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| "use an IPv6 address such as fd00:4:7::21".into())
+    value.parse().map(Some).map_err(|_| hint.to_string())
 }
 
 /// A file flag (`--etcd-cafile`, ...); empty means unset.
