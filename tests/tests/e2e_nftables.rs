@@ -65,9 +65,11 @@ fn nftables_mode_keeps_pod_ips_despite_dockers_masquerade_and_heals() {
             && table.contains("ip saddr 10.23.0.0/16 ip daddr 10.23.0.0/16 snat to ip saddr"),
         "{table}"
     );
-    // The iptables engine's rules of ours are gone; docker's rule is not ours and stays.
-    let nat0 = nat(&c.hosts[0]);
-    assert!(!nat0.contains("FLANNEL-POSTRTG"), "{nat0}");
+    // The iptables engine's rules of ours go (off the start-up path); docker's rule is not ours
+    // and stays.
+    let nat0 = wait_for("our iptables chain to go", Duration::from_secs(10), || {
+        Some(nat(&c.hosts[0])).filter(|nat| !nat.contains("FLANNEL-POSTRTG"))
+    });
     assert!(nat0.contains(DOCKER_RULE), "{nat0}");
 
     let pods: Vec<Pod> = (0..2)
@@ -107,7 +109,9 @@ fn nftables_mode_keeps_pod_ips_despite_dockers_masquerade_and_heals() {
         let nat = c.hosts[0].exec("iptables-save", &["-t", "nat"]);
         nat.contains("-j FLANNEL-POSTRTG").then_some(())
     });
-    assert_eq!(our_table(&c.hosts[0]), None);
+    wait_for("our table to go", Duration::from_secs(10), || {
+        our_table(&c.hosts[0]).is_none().then_some(())
+    });
     assert!(nat(&c.hosts[0]).contains(DOCKER_RULE));
     assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
 }

@@ -138,9 +138,9 @@ impl Firewall {
                 "--ip-masq=false: the nat table is left untouched and FLANNEL_IPMASQ=false"
             );
         }
-        tokio::task::spawn_blocking(move || engine::remove_other_engine(nftables))
-            .await
-            .context("rule engine switch task")?;
+        // Off the start-up path: it touches only the other engine's rules of ours, never the
+        // ones this engine applies.
+        tokio::task::spawn_blocking(move || engine::remove_other_engine(nftables));
         let uses_nf_tables = engines.iter().any(|e| match e {
             Engine::Iptables(iptables) => iptables.uses_nf_tables(),
             Engine::Nftables(..) => true,
