@@ -104,6 +104,9 @@ pub struct Firewall {
     changes: Option<NftChanges>,
     /// Whether the last check found or put the current rules in place.
     verified: bool,
+    /// The engine mode whose other engine's rules of ours are still to be removed (done by the
+    /// first periodic check, off the start-up path: see [`engine::remove_other_engine`]).
+    switch_pending: Option<bool>,
 }
 
 impl Firewall {
@@ -138,9 +141,6 @@ impl Firewall {
                 "--ip-masq=false: the nat table is left untouched and FLANNEL_IPMASQ=false"
             );
         }
-        // Off the start-up path: it touches only the other engine's rules of ours, never the
-        // ones this engine applies.
-        tokio::task::spawn_blocking(move || engine::remove_other_engine(nftables));
         let uses_nf_tables = engines.iter().any(|e| match e {
             Engine::Iptables(iptables) => iptables.uses_nf_tables(),
             Engine::Nftables(..) => true,
@@ -155,6 +155,7 @@ impl Firewall {
             reported: BTreeSet::new(),
             changes: uses_nf_tables.then(subscribe_changes).flatten(),
             verified: false,
+            switch_pending: Some(nftables),
         };
         firewall.rebuild();
         Ok(Some(firewall))
@@ -195,6 +196,10 @@ impl Firewall {
     /// and each new foreign masquerading rule. With nft binaries the check (an `iptables-save`)
     /// is skipped while the kernel reported no nf_tables change since the last good check.
     pub async fn ensure(&mut self) -> Result<()> {
+        if let Some(nftables) = self.switch_pending.take() {
+            // It touches only the other engine's rules of ours, never the ones applied here.
+            tokio::task::spawn_blocking(move || engine::remove_other_engine(nftables));
+        }
         let unchanged = self.changes.as_mut().is_some_and(|c| !c.take());
         if self.verified && unchanged {
             return Ok(());
