@@ -38,7 +38,7 @@ const DOCKER_RULE: &str = "-A POSTROUTING -s 10.23.7.0/24 ! -o cni0 -j MASQUERAD
 
 #[test]
 fn nftables_mode_keeps_pod_ips_despite_dockers_masquerade_and_heals() {
-    let mut c = Cluster::build(2, CONFIG, &["--ip-masq"]);
+    let mut c = Cluster::build(2, CONFIG, &["--ip-masq", "--iptables-resync=1"]);
     let env = c.subnet_env(0);
     fs::create_dir_all(env.parent().unwrap()).unwrap();
     fs::write(
