@@ -31,6 +31,9 @@ const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 
 /// The pause before a watch task that stopped is started again.
 const WATCH_RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// How often readiness is assessed when nothing else wakes the loop: what only time changes
+/// (etcd's silence against its 30 s grace, the lease's expiry) is seen within this.
+const READINESS_PERIOD: Duration = Duration::from_secs(5);
 
 /// How long peers missing from a re-listing stay programmed (see [`Agent::linger`]).
 pub(crate) const PEER_GRACE: Duration = Duration::from_secs(60);
@@ -184,7 +187,7 @@ impl Inputs {
             egress: agent.egress.take(),
             resync: every(RESYNC_PERIOD),
             rule_check: every(agent.iptables_resync),
-            readiness: tokio::time::interval(Duration::from_secs(1)),
+            readiness: tokio::time::interval(READINESS_PERIOD),
         }
     }
 
