@@ -640,6 +640,15 @@ mod tests {
         );
         let why = &state.skipped[&"10.5.3.0/24".parse().unwrap()];
         assert!(why.contains("BackendV6Data"), "{why}");
+        // DirectRouting: a peer whose PublicIPv6 is on-link gets a plain IPv6 route instead.
+        let onlink = ["fd00:1::/64".parse().unwrap()];
+        let direct = desired(set.iter(), &cfg(true), 2, vteps, &onlink);
+        let r6 = direct.routes[&"fd00:5:0:2::/64".parse().unwrap()];
+        assert_eq!(
+            (r6.gateway, r6.oif, r6.onlink),
+            ("fd00:1::2".parse().unwrap(), 2, false)
+        );
+        assert!(!direct.fdb.contains_key(&m6));
         // Without the IPv6 device (IPv6 not enabled) only the IPv4 halves are programmed.
         let v4_only = desired(set.iter(), &cfg(false), 2, v4_vtep(), &[]);
         assert_eq!(v4_only.routes.len(), 2);
