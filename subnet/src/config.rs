@@ -501,7 +501,7 @@ impl NetworkConfig {
         })
     }
 
-    /// The IPv4 range. This agent leases IPv4 subnets; the daemon refuses configs without one.
+    /// The IPv4 range; `None` on an IPv6-only network (`EnableIPv4: false`).
     pub fn v4(&self) -> Option<&Ipv4Range> {
         self.ipv4.as_ref()
     }
