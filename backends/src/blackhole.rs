@@ -46,7 +46,9 @@ pub async fn ensure_blackholes(
     networks: &[IpNet],
 ) -> Result<Vec<String>, Error> {
     let mut existing = Vec::new();
-    for family in [Family::V4, Family::V6] {
+    let mut families: Vec<Family> = networks.iter().map(Family::of_net).collect();
+    families.dedup();
+    for family in families {
         let found = nl.blackholes(family).await;
         existing.extend(found.map_err(Error::netlink("list blackhole routes"))?);
     }

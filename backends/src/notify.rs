@@ -56,7 +56,7 @@ pub enum Reaction {
     Setup,
 }
 
-/// A subscription to link, address, route (IPv4 and IPv6) and neighbour changes of the calling
+/// A subscription to link, address, route and neighbour changes of the calling
 /// thread's network namespace. The kernel drops notifications when the socket buffer overflows,
 /// so the daemon must keep its periodic reconcile.
 #[derive(Debug)]
@@ -65,16 +65,19 @@ pub struct Notifications {
 }
 
 impl Notifications {
-    /// Subscribes; spawns the socket's driver task on the current tokio runtime.
-    pub fn subscribe() -> Result<Notifications, NetlinkError> {
-        let (mut conn, _, messages) = rtnetlink::new_multicast_connection(&[
+    /// Subscribes (to IPv6 address and route changes too with `ipv6`, on a network with IPv6);
+    /// spawns the socket's driver task on the current tokio runtime.
+    pub fn subscribe(ipv6: bool) -> Result<Notifications, NetlinkError> {
+        let mut groups = vec![
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Ipv4Route,
-            MulticastGroup::Ipv6Ifaddr,
-            MulticastGroup::Ipv6Route,
             MulticastGroup::Neigh,
-        ])?;
+        ];
+        if ipv6 {
+            groups.extend([MulticastGroup::Ipv6Ifaddr, MulticastGroup::Ipv6Route]);
+        }
+        let (mut conn, _, messages) = rtnetlink::new_multicast_connection(&groups)?;
         keep_only_wanted(conn.socket_mut().as_raw_fd())?;
         tokio::spawn(conn);
         Ok(Notifications { messages })

@@ -225,7 +225,7 @@ impl Inputs {
                 }
                 None => {
                     tracing::warn!("kernel notification socket closed; relying on the {}s resync", RESYNC_PERIOD.as_secs());
-                    self.notifications = Notifications::subscribe().context("cannot re-subscribe to kernel notifications")?;
+                    self.notifications = Notifications::subscribe(agent.networks.v6.is_some()).context("cannot re-subscribe to kernel notifications")?;
                     Wake::Tick
                 }
             },

@@ -450,7 +450,7 @@ async fn first_sync<R: Registry>(
 > {
     // Subscribed first: a change during the first reconcile is then not missed. The listing is
     // requested before the rule check is awaited, so both run at once.
-    let notifications = Notifications::subscribe()
+    let notifications = Notifications::subscribe(agent.networks.v6.is_some())
         .context("cannot subscribe to kernel link/route notifications")?;
     let mut peer_watch = registry.watch_leases(WatchScope::AllLeases);
     // subnet.env is true once the lease is held, the device is set up and the rules are in

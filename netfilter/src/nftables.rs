@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use crate::error::Error;
 use crate::exec;
 use crate::iptables::IpFamily;
-use crate::ruleset::{egress_steps, Config, EgressVerdict};
+use crate::ruleset::{egress_steps, multicast, Config, EgressVerdict};
 use crate::EnsureOutcome;
 
 /// The name of the table of a family.
@@ -146,13 +146,6 @@ fn chain(name: &str, hook: &str, rules: &[String], comment: &str) -> String {
     }
     out.push_str("  }\n");
     out
-}
-
-fn multicast(network: IpNet) -> &'static str {
-    match network {
-        IpNet::V4(_) => "224.0.0.0/4",
-        IpNet::V6(_) => "ff00::/8",
-    }
 }
 
 /// The `nft` binary, applying [`NftTable`]s. It remembers the listing of the table it applied

@@ -243,7 +243,7 @@ fn egress_rules(config: &Config) -> Vec<Rule> {
 }
 
 /// The multicast range of the network's family.
-fn multicast(network: IpNet) -> &'static str {
+pub(crate) fn multicast(network: IpNet) -> &'static str {
     match network {
         IpNet::V4(_) => MULTICAST,
         IpNet::V6(_) => MULTICAST_V6,

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
-use crate::config::{NetworkConfig, SubnetRange};
+use crate::config::{family_of_bits as keys, NetworkConfig, SubnetRange};
 use crate::family::Subnet;
 use crate::lease::{LeaseAttrs, SubnetKey};
 use crate::registry::StoredLease;
@@ -24,51 +24,20 @@ pub const NO_IPV4: Ipv4Net = match Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0) {
     Err(_) => panic!("0.0.0.0/0 is a valid network"),
 };
 
-/// The config key names of one family's range, for messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct RangeKeys {
-    /// `Network` or `IPv6Network`.
-    network: &'static str,
-    /// `SubnetLen` or `IPv6SubnetLen`.
-    len: &'static str,
-    /// `SubnetMin` or `IPv6SubnetMin`.
-    min: &'static str,
-    /// `SubnetMax` or `IPv6SubnetMax`.
-    max: &'static str,
-}
-
-/// The key names of the range of `family` (`IPv4` or `IPv6`).
-fn range_keys(family: &str) -> RangeKeys {
-    if family == "IPv4" {
-        RangeKeys {
-            network: "Network",
-            len: "SubnetLen",
-            min: "SubnetMin",
-            max: "SubnetMax",
-        }
-    } else {
-        RangeKeys {
-            network: "IPv6Network",
-            len: "IPv6SubnetLen",
-            min: "IPv6SubnetMin",
-            max: "IPv6SubnetMax",
-        }
-    }
-}
-
 /// No free subnet is left in the configured range of one family.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "out of {family} subnets: no free /{subnet_len} between {} {min} and {} {max} \
      ({leases} leases exist{}); delete stale leases under <prefix>/subnets/ or widen the range \
      ({}, {}, {}, {})",
-    range_keys(family).min, range_keys(family).max, holders_text(holders),
-    range_keys(family).network, range_keys(family).len, range_keys(family).min,
-    range_keys(family).max
+    keys(*bits).min_key, keys(*bits).max_key, holders_text(holders),
+    keys(*bits).network_key, keys(*bits).len_key, keys(*bits).min_key, keys(*bits).max_key
 )]
 pub struct OutOfSubnets {
     /// `IPv4` or `IPv6`.
     pub family: &'static str,
+    /// The family's address width (32 or 128), naming its config keys.
+    bits: u8,
     /// The subnet length.
     pub subnet_len: u8,
     /// The first subnet of the range.
@@ -342,6 +311,7 @@ pub fn allocate<N: Subnet>(
     if candidates.is_empty() {
         return Err(OutOfSubnets {
             family: N::FAMILY,
+            bits: N::BITS,
             subnet_len: range.subnet_len,
             min: range.subnet_min.to_string(),
             max: range.subnet_max.to_string(),

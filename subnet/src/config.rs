@@ -181,13 +181,14 @@ pub struct NetworkConfig {
     pub backend: BackendConfig,
 }
 
-/// The family-specific names and limits used by [`derive_range`].
-struct Family {
+/// The family-specific names and limits used by [`derive_range`], and the key names of a
+/// family's range in messages.
+pub(crate) struct Family {
     bits: u8,
-    network_key: &'static str,
-    len_key: &'static str,
-    min_key: &'static str,
-    max_key: &'static str,
+    pub(crate) network_key: &'static str,
+    pub(crate) len_key: &'static str,
+    pub(crate) min_key: &'static str,
+    pub(crate) max_key: &'static str,
     /// Longest useful network prefix when the subnet length is derived.
     max_network_len: u8,
     /// Networks with a prefix up to this get the default subnet length.
@@ -219,6 +220,15 @@ const V6: Family = Family {
     default_len: 64,
     example: "fd00:10:244::/56",
 };
+
+/// The names and limits of the family with `bits`-bit addresses (32 or 128).
+pub(crate) fn family_of_bits(bits: u8) -> &'static Family {
+    if bits == V4.bits {
+        &V4
+    } else {
+        &V6
+    }
+}
 
 /// One family's raw inputs as integers: network address, prefix, optional length/min/max.
 struct RawRange {

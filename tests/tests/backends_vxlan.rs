@@ -272,7 +272,7 @@ fn vxlan_device_deleted_is_noticed_and_restored_and_restart_reuses_it() {
         );
         assert!(rec.reconcile(&backend.desired(&set)).await.converged);
 
-        let mut notes = Notifications::subscribe().unwrap();
+        let mut notes = Notifications::subscribe(false).unwrap();
         host.sh("ip link del flannel.1");
         let removed = link_event(&mut notes, "flannel.1", true).await;
         assert_eq!(backend.reaction(&removed), Reaction::Setup);
@@ -368,7 +368,7 @@ fn vxlan_drift_tells_changes_under_us_from_the_echo_of_our_own_setup() {
         let mac = vtep_mac(&attrs);
         assert_eq!(backend.drift(&nl).await, Vec::<Drift>::new());
 
-        let mut notes = Notifications::subscribe().unwrap();
+        let mut notes = Notifications::subscribe(false).unwrap();
         host.sh("ip link del flannel.1");
         let removed = link_event(&mut notes, "flannel.1", true).await;
         assert_eq!(backend.reaction(&removed), Reaction::Setup);
@@ -450,7 +450,7 @@ fn vxlan_underlay_gone_and_back_is_repaired() {
         );
         assert!(rec.reconcile(&backend.desired(&set)).await.converged);
 
-        let mut notes = Notifications::subscribe().unwrap();
+        let mut notes = Notifications::subscribe(false).unwrap();
         host.sh("ip link del eth0");
         let n = link_event(&mut notes, "eth0", true).await;
         assert_eq!(backend.reaction(&n), Reaction::Setup);

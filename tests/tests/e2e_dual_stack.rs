@@ -56,6 +56,19 @@ fn dual_stack_hostgw_keeps_pod_addresses_over_both_families() {
     }
     wait_route(&c, 0, "fd00:20:0:99::/64", "fd00:100::60");
     wait_route(&c, 0, "10.20.99.0/24", "192.168.100.60");
+    // A peer gone for good: both of its routes go.
+    assert!(c
+        .etcd
+        .delete(&format!("{}/subnets/{GO_PEER_KEY}", c.prefix)));
+    wait_for(
+        "the removed peer's routes to go",
+        Duration::from_secs(10),
+        || {
+            let gone = c.route(0, "fd00:20:0:99::/64").is_empty()
+                && c.route(0, "10.20.99.0/24").is_empty();
+            gone.then_some(())
+        },
+    );
 
     let (pods, pod_ip6) = dual_pods(&c, &subnets, &subnets6);
     assert_full_pings(&pods, &pod_ip6, 1500);

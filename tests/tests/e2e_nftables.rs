@@ -10,7 +10,7 @@
 use std::fs;
 use std::time::Duration;
 
-use flanneld_tests::cluster::{wait_for, wait_seen_by, Cluster, Pod, Whoami};
+use flanneld_tests::cluster::{flanneld_bin, wait_for, wait_seen_by, Cluster, Pod, Whoami};
 use flanneld_tests::netns::Netns;
 
 const CONFIG: &str =
@@ -114,4 +114,23 @@ fn nftables_mode_keeps_pod_ips_despite_dockers_masquerade_and_heals() {
     });
     assert!(nat(&c.hosts[0]).contains(DOCKER_RULE));
     assert_eq!(wait_seen_by(&pods[0].ns, &pods[1].ip), pods[0].ip);
+
+    // `flanneld cleanup` on host 1 (still in nftables mode) removes our table and no other.
+    assert!(our_table(&c.hosts[1]).is_some());
+    c.hosts[1].exec("nft", &["add", "table", "ip", "someone-else"]);
+    assert_eq!(c.stop_agent(1), Some(0));
+    let h1 = &c.hosts[1];
+    let mut cleanup = vec!["cleanup".to_string()];
+    cleanup.extend(c.agent_args(1));
+    let out = h1.try_exec(
+        flanneld_bin().to_str().unwrap(),
+        &cleanup.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("nftables: removed nft table ip flannel-ipv4"),
+        "{text}"
+    );
+    assert_eq!(our_table(h1), None);
+    h1.exec("nft", &["list", "table", "ip", "someone-else"]);
 }

@@ -32,7 +32,6 @@ const OVERHEAD_V6: u32 = OVERHEAD + 20;
 /// One of the backend's vxlan devices.
 #[derive(Debug)]
 struct Vtep {
-    family: Family,
     /// The public address it sends from (`local`): PublicIP or PublicIPv6.
     local: IpAddr,
     /// The device's index and MAC once set up; the MAC is kept if the device is recreated.
@@ -44,7 +43,6 @@ struct Vtep {
 impl Vtep {
     fn new(local: IpAddr) -> Vtep {
         Vtep {
-            family: Family::of(&local),
             local,
             device: None,
             configured: None,
@@ -53,6 +51,11 @@ impl Vtep {
 
     fn index(&self) -> Option<u32> {
         self.device.map(|(index, _)| index)
+    }
+
+    /// The family of its overlay and underlay: that of its local address.
+    fn family(&self) -> Family {
+        Family::of(&self.local)
     }
 }
 
@@ -97,7 +100,7 @@ impl Vxlan {
     }
 
     fn vtep(&self, family: Family) -> Option<&Vtep> {
-        self.vteps.iter().find(|v| v.family == family)
+        self.vteps.iter().find(|v| v.family() == family)
     }
 
     fn name(&self, family: Family) -> String {
@@ -124,7 +127,7 @@ impl Vxlan {
     /// interface).
     pub(crate) fn mtu(&self) -> u32 {
         self.vteps()
-            .map(|v| self.device_mtu(v.family))
+            .map(|v| self.device_mtu(v.family()))
             .min()
             .unwrap_or_default()
     }
@@ -132,14 +135,14 @@ impl Vxlan {
     /// A device as the config and the external interface want it.
     fn spec(&self, vtep: &Vtep) -> VxlanSpec {
         VxlanSpec {
-            name: self.name(vtep.family),
+            name: self.name(vtep.family()),
             vni: self.cfg.vni,
             local: vtep.local,
             dev: self.ext.index,
             port: self.cfg.port,
             gbp: self.cfg.gbp,
             learning: self.cfg.learning,
-            mtu: self.device_mtu(vtep.family),
+            mtu: self.device_mtu(vtep.family()),
         }
     }
 
@@ -148,7 +151,7 @@ impl Vxlan {
         let mut onlink = Vec::new();
         for vtep in self.vteps() {
             let routes = nl
-                .routes(vtep.family)
+                .routes(vtep.family())
                 .await
                 .map_err(Error::netlink("list routes for DirectRouting"))?;
             onlink.extend(
@@ -211,7 +214,7 @@ impl Vxlan {
     ) -> Result<(), Error> {
         self.ext.refresh(nl).await?;
         for at in 0..self.vteps.len() {
-            let family = self.vteps[at].family;
+            let family = self.vteps[at].family();
             let data = match family {
                 Family::V4 => own.attrs.backend_data.as_ref(),
                 Family::V6 => own.attrs.backend_v6_data.as_ref(),
@@ -236,7 +239,7 @@ impl Vxlan {
         networks: ClusterNetworks,
     ) -> Result<(), Error> {
         for at in 0..self.vteps.len() {
-            let family = self.vteps[at].family;
+            let family = self.vteps[at].family();
             let want = targets(own, networks, family).ok_or_else(|| Error::Config {
                 key: "Network",
                 problem: format!(
@@ -285,7 +288,7 @@ impl Vxlan {
     }
 
     async fn vtep_drift(&self, nl: &Netlink, vtep: &Vtep) -> Result<Vec<Drift>, Error> {
-        let name = self.name(vtep.family);
+        let name = self.name(vtep.family());
         let (Some((index, mac)), Some((own, network))) = (vtep.device, vtep.configured) else {
             return Ok(vec![Drift::DeviceNotSetUp { name }]);
         };
@@ -317,7 +320,7 @@ impl Vxlan {
     pub(crate) fn reaction(&self, n: &Notification) -> Reaction {
         let names: Vec<(String, Option<u32>)> = self
             .vteps()
-            .map(|v| (self.name(v.family), v.index()))
+            .map(|v| (self.name(v.family()), v.index()))
             .collect();
         let devices: Vec<(&str, Option<u32>)> =
             names.iter().map(|(n, i)| (n.as_str(), *i)).collect();

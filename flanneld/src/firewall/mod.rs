@@ -114,7 +114,8 @@ impl Firewall {
     /// dual-stack network), or with `nftables` (the config's `EnableNFTables`, or
     /// `--iptables-backend=nftables`) native nftables, and builds the rules for `targets`;
     /// `None` when neither `--ip-masq` nor `--iptables-forward-rules` asks for any rule. The
-    /// other engine's rules of ours are removed. When subnet.env recorded another Network or
+    /// first periodic [`Firewall::ensure`] removes the other engine's rules of ours, off the
+    /// start-up path. When subnet.env recorded another Network or
     /// subnet, the rules Go flanneld v0.11 left for those old values are retired by the first
     /// [`Firewall::ensure`].
     pub async fn new(
