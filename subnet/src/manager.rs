@@ -143,41 +143,7 @@ async fn acquire_counted<R: Registry>(
                 .delete_lease(stale.lease.key, stale.mod_revision)
                 .await?;
         }
-        let (key, guard, lifetime, why) = match &plan.choice {
-            Choice::Reuse(stored) => (
-                stored.lease.key,
-                PutGuard::Unchanged {
-                    mod_revision: stored.mod_revision,
-                },
-                lifetime(stored, ttl),
-                format!(
-                    "reusing lease {}: it holds our PublicIP{}",
-                    stored.lease.key,
-                    if stored.reservation {
-                        " (a reservation: kept without a TTL)"
-                    } else {
-                        ""
-                    }
-                ),
-            ),
-            Choice::Create {
-                key: subnet,
-                reason,
-            } => (
-                *subnet,
-                PutGuard::Absent,
-                Some(ttl),
-                match reason {
-                    Reason::PreviousSubnet => {
-                        format!("re-claiming subnet {subnet} of the previous run (subnet.env)")
-                    }
-                    Reason::Allocated => format!(
-                        "allocated new subnet {subnet} (random among the free subnets from \
-                         SubnetMin)"
-                    ),
-                },
-            ),
-        };
+        let (key, guard, lifetime, why) = claim(&plan.choice, ttl);
         match registry.put_lease(key, attrs, guard, lifetime).await? {
             Some(expiration) => {
                 tracing::info!(decision = "subnet", subnet = %key, public_ip = %attrs.public_ip, reason = %why, "{why}; PublicIP {}", attrs.public_ip);
@@ -197,6 +163,44 @@ async fn acquire_counted<R: Registry>(
         }
     }
     Err(AcquireError::Contention(MAX_ATTEMPTS))
+}
+
+/// How to write the chosen lease: its key, the guard, the TTL and why, for the log.
+fn claim(choice: &Choice, ttl: Duration) -> (SubnetKey, PutGuard, Option<Duration>, String) {
+    match choice {
+        Choice::Reuse(stored) => (
+            stored.lease.key,
+            PutGuard::Unchanged {
+                mod_revision: stored.mod_revision,
+            },
+            lifetime(stored, ttl),
+            format!(
+                "reusing lease {}: it holds our PublicIP{}",
+                stored.lease.key,
+                if stored.reservation {
+                    " (a reservation: kept without a TTL)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        Choice::Create {
+            key: subnet,
+            reason,
+        } => (
+            *subnet,
+            PutGuard::Absent,
+            Some(ttl),
+            match reason {
+                Reason::PreviousSubnet => {
+                    format!("re-claiming subnet {subnet} of the previous run (subnet.env)")
+                }
+                Reason::Allocated => format!(
+                    "allocated new subnet {subnet} (random among the free subnets from SubnetMin)"
+                ),
+            },
+        ),
+    }
 }
 
 /// The TTL to write a stored lease of ours with: none for a reservation, so it stays one.
