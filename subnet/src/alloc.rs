@@ -326,17 +326,61 @@ pub fn allocate<N: Subnet>(
 pub fn free_subnets<N: Subnet>(range: &SubnetRange<N, N::Addr>, taken: &[N]) -> Vec<N> {
     let step = 1u128 << (N::BITS - range.subnet_len.min(N::BITS)).min(127);
     let max = N::bits_of(range.subnet_max);
+    let taken = Spans::of(taken);
     let mut addr = Some(N::bits_of(range.subnet_min));
     let mut free = Vec::new();
     while let Some(at) = addr.filter(|a| *a <= max && free.len() < MAX_CANDIDATES) {
         if let Some(subnet) = N::with_len(N::addr_of(at), range.subnet_len) {
-            if !taken.iter().any(|t| t.overlaps(&subnet)) {
+            if !taken.overlap(&subnet) {
                 free.push(subnet);
             }
         }
         addr = at.checked_add(step);
     }
     free
+}
+
+/// Address spans (first and last address) sorted by their start, with the highest end among
+/// each prefix of them: whether a subnet overlaps any takes a binary search, not a scan (with
+/// 5000 leases the scan made choosing a subnet take 26 ms).
+struct Spans {
+    starts: Vec<u128>,
+    /// `max_end[i]`: the highest last address among the spans `0..=i`.
+    max_end: Vec<u128>,
+}
+
+impl Spans {
+    fn of<N: Subnet>(subnets: &[N]) -> Spans {
+        let mut spans: Vec<(u128, u128)> = subnets.iter().map(span).collect();
+        spans.sort_unstable();
+        let mut highest = 0;
+        let max_end = (spans.iter())
+            .map(|(_, end)| {
+                highest = highest.max(*end);
+                highest
+            })
+            .collect();
+        Spans {
+            starts: spans.into_iter().map(|(start, _)| start).collect(),
+            max_end,
+        }
+    }
+
+    /// Whether `subnet` overlaps any span: one that starts at or before its end and ends at
+    /// or after its start.
+    fn overlap<N: Subnet>(&self, subnet: &N) -> bool {
+        let (start, end) = span(subnet);
+        let before_end = self.starts.partition_point(|s| *s <= end);
+        before_end > 0 && self.max_end[before_end - 1] >= start
+    }
+}
+
+/// The first and last address of `subnet` as numbers.
+fn span<N: Subnet>(subnet: &N) -> (u128, u128) {
+    let start = N::bits_of(subnet.network_addr());
+    let host_bits = u32::from(N::BITS - subnet.prefix().min(N::BITS));
+    let size_less_one = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+    (start, start.saturating_add(size_less_one))
 }
 
 /// Each enabled family's range, for messages: `/24 in 10.3.1.0..10.3.255.0`.
@@ -404,6 +448,30 @@ mod tests {
         assert!(free.is_empty());
         let r = range(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.250.0"}"#);
         assert_eq!(free_subnets(&r, &[]).len(), 6);
+    }
+
+    proptest::proptest! {
+        /// The binary search over spans finds exactly the subnets a scan of every taken
+        /// subnet finds, for taken subnets of any length, nested or not.
+        #[test]
+        fn free_subnets_agree_with_a_scan_of_every_taken_subnet(
+            taken in proptest::collection::vec((0u32..1 << 16, 16u8..=28), 0..60),
+        ) {
+            let r = range(r#"{"Network":"10.3.0.0/16","SubnetLen":26}"#);
+            let taken: Vec<Ipv4Net> = taken
+                .into_iter()
+                .map(|(low, len)| {
+                    let addr = std::net::Ipv4Addr::from(0x0a03_0000 | low);
+                    Ipv4Net::new(addr, len).unwrap().trunc()
+                })
+                .collect();
+            let scanned: Vec<Ipv4Net> = (0..1u32 << 10)
+                .map(|i| Ipv4Net::new(std::net::Ipv4Addr::from(0x0a03_0000 + (i << 6)), 26).unwrap())
+                .filter(|c| r.allows(*c) && !taken.iter().any(|t| t.overlaps(c)))
+                .take(MAX_CANDIDATES)
+                .collect();
+            proptest::prop_assert_eq!(free_subnets(&r, &taken), scanned);
+        }
     }
 
     #[test]

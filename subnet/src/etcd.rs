@@ -379,16 +379,15 @@ impl EtcdRegistry {
         Ok((leases, revision))
     }
 
-    /// Opens a watch on `scope` from `start_revision`, with previous values.
+    /// Opens a watch on `scope` from `start_revision`. Without previous values: nothing uses
+    /// them, and etcd reads each one from its backend before it sends the event.
     pub(crate) async fn open_watch(
         &self,
         scope: WatchScope,
         start_revision: i64,
     ) -> Result<WatchStream, RegistryError> {
         let (key, prefix) = self.scope_key(scope);
-        let mut options = WatchOptions::new()
-            .with_start_revision(start_revision)
-            .with_prev_key();
+        let mut options = WatchOptions::new().with_start_revision(start_revision);
         if prefix {
             options = options.with_prefix();
         }

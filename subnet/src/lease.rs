@@ -132,9 +132,11 @@ pub struct LeaseAttrs {
     /// The backend that published the lease (`BackendType`), e.g. `host-gw` or `vxlan`.
     pub backend_type: String,
     /// Backend-specific data (`BackendData`), e.g. `{"VNI":1,"VtepMAC":"..."}` for vxlan.
-    pub backend_data: Option<Value>,
+    /// Boxed, like `BackendV6Data`: most leases have neither, and a peer set of thousands of
+    /// leases then holds a pointer each instead of a JSON value's 72 bytes.
+    pub backend_data: Option<Box<Value>>,
     /// Backend-specific data for IPv6 (`BackendV6Data`).
-    pub backend_v6_data: Option<Value>,
+    pub backend_v6_data: Option<Box<Value>>,
 }
 
 impl LeaseAttrs {
@@ -166,10 +168,10 @@ impl LeaseAttrs {
             );
         }
         if let Some(data) = &self.backend_data {
-            map.insert("BackendData".into(), data.clone());
+            map.insert("BackendData".into(), Value::clone(data));
         }
         if let Some(data) = &self.backend_v6_data {
-            map.insert("BackendV6Data".into(), data.clone());
+            map.insert("BackendV6Data".into(), Value::clone(data));
         }
         Value::Object(map).to_string()
     }
@@ -178,16 +180,16 @@ impl LeaseAttrs {
     /// `BackendV6Data`, and no `VNI` in `BackendData` (v0.11's vxlan data is only `VtepMAC`).
     /// Decoding [`LeaseAttrs::to_json_v011`] yields exactly this.
     pub fn v011(&self) -> LeaseAttrs {
-        let backend_data = match &self.backend_data {
+        let backend_data = match self.backend_data.as_deref() {
             Some(Value::Object(data)) => {
                 let data: Map<String, Value> = data
                     .iter()
                     .filter(|(k, _)| !k.eq_ignore_ascii_case("VNI"))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                (!data.is_empty()).then_some(Value::Object(data))
+                (!data.is_empty()).then(|| Box::new(Value::Object(data)))
             }
-            other => other.clone(),
+            other => other.cloned().map(Box::new),
         };
         LeaseAttrs {
             public_ip: self.public_ip,
@@ -212,14 +214,29 @@ impl LeaseAttrs {
             map.insert("BackendType".into(), Value::String(attrs.backend_type));
         }
         if let Some(data) = attrs.backend_data {
-            map.insert("BackendData".into(), data);
+            map.insert("BackendData".into(), *data);
         }
         Value::Object(map).to_string()
     }
 
     /// Decodes a lease value written by any flanneld version (v0.11 without `PublicIPv6`, HEAD
     /// with `null` or a string). Field names match case-insensitively, as in Go.
+    ///
+    /// A value spelled exactly as flanneld writes it (every lease of a listing, in practice) is
+    /// decoded straight into its fields; anything else (other spellings or casing, duplicate or
+    /// unknown fields, a value that does not parse) takes the general path, which decides what
+    /// it means or what is wrong with it.
     pub fn from_json(raw: &[u8]) -> Result<Self, LeaseError> {
+        // serde would also fill the struct from a JSON array, which is no lease.
+        let object = raw.trim_ascii_start().first() == Some(&b'{');
+        match serde_json::from_slice::<Spelled>(raw) {
+            Ok(spelled) if object => spelled.attrs().map_or_else(|| Self::from_any_json(raw), Ok),
+            _ => Self::from_any_json(raw),
+        }
+    }
+
+    /// [`LeaseAttrs::from_json`]'s general path: any spelling Go's `encoding/json` accepts.
+    fn from_any_json(raw: &[u8]) -> Result<Self, LeaseError> {
         let value: Value = serde_json::from_slice(raw).map_err(|e| {
             LeaseError::NotAnObject(format!("{e}: {}", String::from_utf8_lossy(raw)))
         })?;
@@ -247,8 +264,46 @@ impl LeaseAttrs {
             public_ip,
             public_ipv6,
             backend_type,
-            backend_data: fields.get("BackendData").cloned(),
-            backend_v6_data: fields.get("BackendV6Data").cloned(),
+            backend_data: fields.get("BackendData").cloned().map(Box::new),
+            backend_v6_data: fields.get("BackendV6Data").cloned().map(Box::new),
+        })
+    }
+}
+
+/// A lease value in the exact spelling flanneld writes; `null` counts as absent, as in Go.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spelled<'a> {
+    #[serde(rename = "PublicIP", borrow, default)]
+    public_ip: Option<&'a str>,
+    #[serde(rename = "PublicIPv6", borrow, default)]
+    public_ipv6: Option<&'a str>,
+    #[serde(rename = "BackendType", default)]
+    backend_type: Option<String>,
+    #[serde(rename = "BackendData", default)]
+    backend_data: Option<Box<Value>>,
+    #[serde(rename = "BackendV6Data", default)]
+    backend_v6_data: Option<Box<Value>>,
+}
+
+impl Spelled<'_> {
+    /// The attributes, or `None` when an address does not parse (the general path then says
+    /// why).
+    fn attrs(self) -> Option<LeaseAttrs> {
+        let public_ip = match self.public_ip {
+            Some(ip) => ip.parse().ok()?,
+            None => Ipv4Addr::UNSPECIFIED,
+        };
+        let public_ipv6 = match self.public_ipv6 {
+            Some(ip) => Some(ip.parse().ok()?),
+            None => None,
+        };
+        Some(LeaseAttrs {
+            public_ip,
+            public_ipv6,
+            backend_type: self.backend_type.unwrap_or_default(),
+            backend_data: self.backend_data,
+            backend_v6_data: self.backend_v6_data,
         })
     }
 }
@@ -291,6 +346,39 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exact_spelling_decodes_as_the_general_path_does() {
+        let values = [
+            r#"{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#,
+            r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}"#,
+            r#"{"PublicIP":"10.0.0.1","PublicIPv6":"fd00::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}}"#,
+            r#" {"PublicIP":"10.0.0.1","BackendType":null,"BackendData":null}"#,
+            r#"{}"#,
+            // Taken by the general path: other casing, duplicates, unknown fields, escapes,
+            // bad addresses and types, no object.
+            r#"{"publicip":"10.0.0.2","backendtype":"host-gw"}"#,
+            r#"{"PublicIP":"10.0.0.1","PublicIP":"10.0.0.3"}"#,
+            r#"{"PublicIP":"10.0.0.1","Extra":1}"#,
+            r#"{"PublicIP":"10.0.0.\u0031"}"#,
+            r#"{"PublicIP":"10.0.0.256"}"#,
+            r#"{"PublicIP":"10.0.0.1","PublicIPv6":"nope"}"#,
+            r#"{"PublicIP":7}"#,
+            r#"{"PublicIP":"10.0.0.1","BackendType":3}"#,
+            r#"["10.0.0.1"]"#,
+            r#"{"PublicIP":"#,
+        ];
+        for raw in values {
+            assert_eq!(
+                LeaseAttrs::from_json(raw.as_bytes()),
+                LeaseAttrs::from_any_json(raw.as_bytes()),
+                "{raw}"
+            );
+        }
+        let escaped = LeaseAttrs::from_json(br#"{"PublicIP":"10.0.0.\u0031"}"#).unwrap();
+        assert_eq!(escaped.public_ip, Ipv4Addr::new(10, 0, 0, 1));
+        assert!(LeaseAttrs::from_json(br#"["10.0.0.1"]"#).is_err());
+    }
 
     #[test]
     fn key_round_trip_v4_and_dual_stack() {
@@ -374,7 +462,7 @@ mod tests {
         );
         assert_eq!(hostgw.v011(), hostgw);
         let only_vni = LeaseAttrs {
-            backend_data: Some(serde_json::json!({"VNI": 7})),
+            backend_data: Some(Box::new(serde_json::json!({"VNI": 7}))),
             ..hostgw.clone()
         };
         assert_eq!(only_vni.v011(), hostgw, "an emptied BackendData is omitted");

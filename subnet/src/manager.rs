@@ -922,7 +922,9 @@ mod tests {
         tokio::task::yield_now().await;
 
         let mut new = old.clone();
-        new.backend_data = Some(serde_json::json!({"VtepMAC": "02:00:00:00:00:02"}));
+        new.backend_data = Some(Box::new(
+            serde_json::json!({"VtepMAC": "02:00:00:00:00:02"}),
+        ));
         handle.set_attrs(new.clone());
         wait_for(&mut current, "the new attributes are published", |l| {
             l.key == key && l.attrs == new && is_valid(l, SystemTime::now())

@@ -67,7 +67,7 @@ mod tests {
             mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
         };
         let mut attrs = LeaseAttrs::new("192.168.64.3".parse().unwrap(), "vxlan");
-        attrs.backend_data = Some(data.to_json());
+        attrs.backend_data = Some(Box::new(data.to_json()));
         assert_eq!(
             attrs.to_json(),
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
@@ -81,7 +81,7 @@ mod tests {
             br#"{"PublicIP":"10.37.7.195","BackendType":"vxlan","BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}"#,
         )
         .unwrap();
-        let data = VtepData::from_json(v011.backend_data.as_ref()).unwrap();
+        let data = VtepData::from_json(v011.backend_data.as_deref()).unwrap();
         assert_eq!(data.vni, None);
         assert_eq!(data.mac.to_string(), "82:4b:b6:2f:54:4e");
         let lower = serde_json::json!({"vni": 3, "vtepmac": "82:4b:b6:2f:54:4e"});

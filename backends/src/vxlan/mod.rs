@@ -193,11 +193,11 @@ impl Vxlan {
             match vtep.local {
                 IpAddr::V4(ip) => {
                     attrs.public_ip = ip;
-                    attrs.backend_data = data(vtep);
+                    attrs.backend_data = data(vtep).map(Box::new);
                 }
                 IpAddr::V6(ip) => {
                     attrs.public_ipv6 = Some(ip);
-                    attrs.backend_v6_data = data(vtep);
+                    attrs.backend_v6_data = data(vtep).map(Box::new);
                 }
             }
         }
@@ -216,8 +216,8 @@ impl Vxlan {
         for at in 0..self.vteps.len() {
             let family = self.vteps[at].family();
             let data = match family {
-                Family::V4 => own.attrs.backend_data.as_ref(),
-                Family::V6 => own.attrs.backend_v6_data.as_ref(),
+                Family::V4 => own.attrs.backend_data.as_deref(),
+                Family::V6 => own.attrs.backend_v6_data.as_deref(),
             };
             let published = VtepData::from_json(data).ok().map(|d| d.mac);
             let found = device::lookup(nl, &self.name(family)).await?;
@@ -417,14 +417,14 @@ fn add_peer(
     let v4 = (state.vteps.v4.is_some() && peer.key.has_ipv4()).then(|| PeerHalf {
         subnet: peer.subnet().into(),
         public: peer.attrs.public_ip.into(),
-        data: VtepData::from_json(peer.attrs.backend_data.as_ref()),
+        data: VtepData::from_json(peer.attrs.backend_data.as_deref()),
     });
     let v6 = (peer.key.ipv6.zip(peer.attrs.public_ipv6))
         .filter(|_| state.vteps.v6.is_some())
         .map(|(subnet, public)| PeerHalf {
             subnet: subnet.into(),
             public: public.into(),
-            data: VtepData::from_json(peer.attrs.backend_v6_data.as_ref())
+            data: VtepData::from_json(peer.attrs.backend_v6_data.as_deref())
                 .map_err(|e| e.replace("BackendData", "BackendV6Data")),
         });
     // Both halves are decoded before anything is added: a bad half leaves the whole peer out.
@@ -478,7 +478,7 @@ mod tests {
 
     fn peer(subnet: &str, ip: &str, kind: &str, data: Option<Value>) -> LeaseEvent {
         let mut attrs = LeaseAttrs::new(ip.parse().unwrap(), kind);
-        attrs.backend_data = data;
+        attrs.backend_data = data.map(Box::new);
         LeaseEvent::Put(Lease {
             key: SubnetKey::v4(subnet.parse().unwrap()),
             attrs,
@@ -596,9 +596,9 @@ mod tests {
 
     fn dual_peer(key: &str, ip: &str, ip6: &str, data6: Option<Value>) -> LeaseEvent {
         let mut attrs = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
-        attrs.backend_data = Some(json!({"VNI":1,"VtepMAC":"02:00:00:00:04:02"}));
+        attrs.backend_data = Some(Box::new(json!({"VNI":1,"VtepMAC":"02:00:00:00:04:02"})));
         attrs.public_ipv6 = Some(ip6.parse().unwrap());
-        attrs.backend_v6_data = data6;
+        attrs.backend_v6_data = data6.map(Box::new);
         LeaseEvent::Put(Lease {
             key: key.parse().unwrap(),
             attrs,
