@@ -15,6 +15,7 @@ mod doctor;
 mod egress_watch;
 mod explain;
 mod firewall;
+mod footprint;
 mod healthz;
 mod iface;
 mod metrics;
@@ -27,7 +28,9 @@ mod sdnotify;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -101,29 +104,41 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 /// `-v N` maps to levels like Go flanneld's glog verbosity: 0-1 info, 2-4 debug, 5+ trace;
-/// `RUST_LOG` overrides. Logs go to stderr, as text or (`--log-format=json`) one JSON object per
-/// line with each event's fields.
+/// `RUST_LOG` (`level` and `target=level` items, comma-separated) overrides. Logs go to stderr,
+/// as text or (`--log-format=json`) one JSON object per line with each event's fields.
 fn init_logging(v: i32, format: cli::values::LogFormat) {
-    let level = match v {
-        i32::MIN..=1 => "info",
-        2..=4 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "warn,flanneld={level},subnet={level},backends={level},netfilter={level}"
-        ))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = log_filter(v, std::env::var("RUST_LOG").ok().as_deref());
+    // The filter is a layer of its own: the subscriber's level hint is then the filter's, and
+    // the `log` records of dependencies (netlink-proto logs every message at debug and trace)
+    // are dropped at the call site instead of being formatted and matched.
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        cli::values::LogFormat::Json => builder.json().flatten_event(true).init(),
-        cli::values::LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        cli::values::LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+        cli::values::LogFormat::Text => registry
+            .with(fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .init(),
     }
+}
+
+/// Which events are logged: `rust_log` when it parses, else the agent's crates at the level of
+/// `-v` and everything else at warn.
+fn log_filter(v: i32, rust_log: Option<&str>) -> Targets {
+    if let Some(filter) = rust_log.and_then(|spec| spec.parse().ok()) {
+        return filter;
+    }
+    let level = match v {
+        i32::MIN..=1 => Level::INFO,
+        2..=4 => Level::DEBUG,
+        _ => Level::TRACE,
+    };
+    ["flanneld", "subnet", "backends", "netfilter"]
+        .into_iter()
+        .fold(Targets::new().with_default(Level::WARN), |t, krate| {
+            t.with_target(krate, level)
+        })
 }
 
 /// First SIGTERM, SIGINT or SIGQUIT (which Go flanneld's supervisor programs use): clean
@@ -154,4 +169,39 @@ async fn watch_signals(shutdown: CancellationToken) {
     }
     tracing::warn!("second signal: exiting immediately");
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_global_level_hint_is_the_filters_so_debug_logs_of_dependencies_cost_nothing() {
+        init_logging(0, cli::values::LogFormat::Text);
+        // A subscriber whose hint were TRACE would make every `log::debug!` of netlink-proto
+        // reach the filter (a tenth of an idle agent's CPU).
+        assert_eq!(
+            tracing::level_filters::LevelFilter::current(),
+            tracing::level_filters::LevelFilter::INFO
+        );
+    }
+
+    #[test]
+    fn v_maps_to_the_level_of_the_agents_crates_and_rust_log_overrides() {
+        let info = log_filter(0, None);
+        assert!(info.would_enable("flanneld::control", &Level::INFO));
+        assert!(!info.would_enable("flanneld::control", &Level::DEBUG));
+        assert!(!info.would_enable("h2::proto", &Level::INFO));
+        assert!(info.would_enable("h2::proto", &Level::WARN));
+        let debug = log_filter(2, None);
+        assert!(debug.would_enable("subnet::manager", &Level::DEBUG));
+        assert!(!debug.would_enable("subnet::manager", &Level::TRACE));
+        assert!(log_filter(5, None).would_enable("backends", &Level::TRACE));
+        let custom = log_filter(0, Some("error,netfilter=trace"));
+        assert!(custom.would_enable("netfilter::plan", &Level::TRACE));
+        assert!(!custom.would_enable("flanneld", &Level::WARN));
+        // A RUST_LOG that does not parse is ignored.
+        let bad = log_filter(2, Some("flanneld=loud"));
+        assert!(bad.would_enable("flanneld", &Level::DEBUG));
+    }
 }
