@@ -223,17 +223,13 @@ impl Netlink {
 
     /// Adds `blackhole <dst>` tagged ours (fails if a route with its key exists).
     pub(crate) async fn add_blackhole(&self, dst: IpNet) -> Result<(), NetlinkError> {
-        let mut msg = route_message(dst, ROUTE_PROTOCOL);
-        msg.header.scope = RouteScope::Universe;
-        msg.header.kind = RouteType::BlackHole;
+        let msg = blackhole_message(dst, RouteScope::Universe);
         Ok(self.handle.route().add(msg).execute().await?)
     }
 
     /// Deletes our `blackhole <dst>`.
     pub(crate) async fn del_blackhole(&self, dst: IpNet) -> Result<(), NetlinkError> {
-        let mut msg = route_message(dst, ROUTE_PROTOCOL);
-        msg.header.scope = RouteScope::NoWhere;
-        msg.header.kind = RouteType::BlackHole;
+        let msg = blackhole_message(dst, RouteScope::NoWhere);
         Ok(self.handle.route().del(msg).execute().await?)
     }
 
@@ -556,6 +552,14 @@ fn route_message(dst: IpNet, protocol: u8) -> RouteMessage {
 /// Converts a dumped route; `None` unless it is a main-table IPv4 or IPv6 unicast route.
 pub(crate) fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
     main_table_route(msg).filter(|_| msg.header.kind == RouteType::Unicast)
+}
+
+/// Our `blackhole <dst>` route with `scope` (universe to add, nowhere to delete any scope).
+fn blackhole_message(dst: IpNet, scope: RouteScope) -> RouteMessage {
+    let mut msg = route_message(dst, ROUTE_PROTOCOL);
+    msg.header.scope = scope;
+    msg.header.kind = RouteType::BlackHole;
+    msg
 }
 
 /// Converts a dumped main-table IPv4 or IPv6 route of any type; `None` for other tables.

@@ -12,7 +12,7 @@ use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::sys::SocketAddr;
 use rtnetlink::MulticastGroup;
 
-use crate::netlink::{kernel_route, link_name, NetlinkError};
+use crate::netlink::{kernel_route, link_name, main_table_route, NetlinkError};
 use crate::ExternalInterface;
 
 /// A kernel change that may concern the data plane.
@@ -34,6 +34,12 @@ pub enum Notification {
     },
     /// A route tagged [`crate::ROUTE_PROTOCOL`] was removed.
     RouteRemoved {
+        /// Its destination.
+        dst: IpNet,
+    },
+    /// A route of another protocol was added or replaced one (perhaps ours: `ip route
+    /// replace` reports only the new route).
+    ForeignRoute {
         /// Its destination.
         dst: IpNet,
     },
@@ -119,29 +125,41 @@ const WANTED: [u16; 6] = [
     libc::RTM_DELNEIGH,
 ];
 
-/// Attaches a socket filter that drops every other message type in the kernel: programming
-/// thousands of routes then queues no thousands of RTM_NEWROUTE notifications to parse (or to
-/// overflow the socket with).
+/// Where `rtm_protocol` is in an RTM_NEWROUTE message: after the 16-byte netlink header, the
+/// sixth byte of `struct rtmsg`.
+const RTM_PROTOCOL_OFFSET: u32 = 16 + 5;
+
+/// Attaches a socket filter that drops, in the kernel, every message type but the wanted ones
+/// and RTM_NEWROUTE for routes of another protocol than ours: programming thousands of routes
+/// then queues no thousands of notifications to parse (or to overflow the socket with), while a
+/// route that replaces one of ours is still reported.
 fn keep_only_wanted(fd: RawFd) -> Result<(), NetlinkError> {
     /// `SO_ATTACH_FILTER` (asm-generic; the libc crate does not export it for every target).
     const SO_ATTACH_FILTER: libc::c_int = 26;
-    let insn = |code: u32, jt: usize, k: u32| libc::sock_filter {
+    let insn = |code: u32, jt: usize, jf: usize, k: u32| libc::sock_filter {
         code: code as u16,
         jt: jt as u8,
-        jf: 0,
+        jf: jf as u8,
         k,
     };
-    // 0: load nlmsg_type; 1..=n: accept if it is a wanted one; n+1: drop; n+2: accept.
-    let accept = WANTED.len() + 2;
-    let mut prog = vec![insn(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 0, 4)];
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    // Absolute loads read big-endian; nlmsg_type is in host byte order.
+    let message_type = |kind: u16| u32::from(u16::from_be_bytes(kind.to_ne_bytes()));
+    // 0: load nlmsg_type; 1..=n: accept a wanted one; n+1: not RTM_NEWROUTE, drop;
+    // n+2: load rtm_protocol; n+3: ours, drop; n+4: drop; n+5: accept.
+    let n = WANTED.len();
+    let (drop, accept) = (n + 4, n + 5);
+    let mut prog = vec![insn(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 0, 0, 4)];
     for (i, kind) in WANTED.iter().enumerate() {
-        // Absolute loads read big-endian; nlmsg_type is in host byte order.
-        let k = u32::from(u16::from_be_bytes(kind.to_ne_bytes()));
-        let jump = accept - (i + 1) - 1;
-        prog.push(insn(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, jump, k));
+        prog.push(insn(jeq, accept - (i + 1) - 1, 0, message_type(*kind)));
     }
-    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, 0));
-    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, u32::MAX));
+    let new_route = message_type(libc::RTM_NEWROUTE);
+    prog.push(insn(jeq, 0, drop - (n + 1) - 1, new_route));
+    let load_protocol = libc::BPF_LD | libc::BPF_B | libc::BPF_ABS;
+    prog.push(insn(load_protocol, 0, 0, RTM_PROTOCOL_OFFSET));
+    prog.push(insn(jeq, 0, 1, u32::from(crate::ROUTE_PROTOCOL)));
+    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, 0, 0));
+    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX));
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_mut_ptr(),
@@ -181,6 +199,10 @@ fn convert(msg: RouteNetlinkMessage) -> Option<Notification> {
         M::DelRoute(r) => kernel_route(&r)
             .filter(|k| k.is_ours())
             .map(|k| Notification::RouteRemoved { dst: k.dst }),
+        // The socket filter lets through only routes of other protocols.
+        M::NewRoute(r) => main_table_route(&r)
+            .filter(|k| !k.is_ours())
+            .map(|k| Notification::ForeignRoute { dst: k.dst }),
         M::DelNeighbour(n) => Some(Notification::NeighbourRemoved {
             index: n.header.ifindex,
         }),
@@ -216,7 +238,9 @@ pub(crate) fn react(
                 Reaction::Ignore
             }
         }
-        Notification::RouteRemoved { .. } => Reaction::Reconcile,
+        Notification::RouteRemoved { .. } | Notification::ForeignRoute { .. } => {
+            Reaction::Reconcile
+        }
         Notification::NeighbourRemoved { index } => {
             if is_vtep(*index, None) {
                 Reaction::Reconcile

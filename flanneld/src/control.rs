@@ -26,7 +26,8 @@ use crate::firewall::{Firewall, Targets};
 use crate::metrics::{Metrics, PeerCounts};
 use crate::readiness::{Facts, ReadinessWriter, Stage};
 
-/// How often the whole data plane is reconciled even without events (Go flanneld's route check).
+/// How often the resync tick comes: the whole data plane is reconciled then (Go flanneld's route
+/// check) unless [`decide::resync_needs_dump`] says every change would have been notified.
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 
 /// The pause before a watch task that stopped is started again.
@@ -131,6 +132,10 @@ pub(crate) struct Agent {
     pub(crate) egress: Option<watch::Receiver<egress_watch::Rules>>,
     pub(crate) firewall_ok: bool,
     pub(crate) converged: bool,
+    /// When the last full reconcile converged.
+    pub(crate) last_converged_dump: tokio::time::Instant,
+    /// The peer metrics predate incremental reconciles (refreshed on the readiness tick).
+    pub(crate) peer_metrics_stale: bool,
     pub(crate) env_written: bool,
     pub(crate) subnet_file: PathBuf,
     pub(crate) ip_masq: bool,
@@ -236,7 +241,7 @@ impl Inputs {
                 }
                 None => Wake::Tick,
             },
-            _ = self.resync.tick() => Wake::Resync,
+            _ = self.resync.tick() => Wake::Resync { dump: agent.resync_needs_dump() },
             _ = self.rule_check.tick() => Wake::RuleCheck,
             _ = self.readiness.tick() => Wake::Tick,
         })
@@ -296,6 +301,8 @@ impl Agent {
             egress: parts.egress,
             firewall_ok: true,
             converged: false,
+            last_converged_dump: tokio::time::Instant::now(),
+            peer_metrics_stale: false,
             env_written: false,
             subnet_file: parts.subnet_file,
             ip_masq: parts.ip_masq,
@@ -337,6 +344,9 @@ impl Agent {
                 changed_peers: !self.changed.is_empty(),
             };
             let cause = wake.label();
+            if wake == Wake::Tick {
+                self.refresh_peer_metrics();
+            }
             pending_setup = self
                 .run_turn(decide(wake, pending), cause, kernel_cause)
                 .await;
@@ -613,6 +623,7 @@ impl Agent {
         if let Some(report) = &outcome {
             self.metrics
                 .record_reconcile("peer_events", report, started.elapsed());
+            self.peer_metrics_stale = true;
         }
         match outcome {
             Some(report) if report.converged => {
@@ -680,6 +691,7 @@ impl Agent {
         self.metrics
             .record_reconcile(cause, &report, started.elapsed());
         self.metrics.set_peers(&self.peer_counts(&desired));
+        self.peer_metrics_stale = false;
         if report.writes() > 0 {
             tracing::info!(
                 "data plane: {} added, {} replaced, {} deleted for {} peers",
@@ -690,6 +702,28 @@ impl Agent {
             );
         }
         self.converged = report.converged;
+        if report.converged {
+            self.last_converged_dump = started;
+        }
+    }
+
+    /// Sets the peer metrics again after incremental reconciles (a full one sets them): they
+    /// count every peer, which watch events alone do not justify computing on each event.
+    fn refresh_peer_metrics(&mut self) {
+        if self.peer_metrics_stale {
+            let desired = self.backend.desired_for(self.all_programmed());
+            self.metrics.set_peers(&self.peer_counts(&desired));
+            self.peer_metrics_stale = false;
+        }
+    }
+
+    /// Whether this resync tick dumps and reconciles everything ([`decide::resync_needs_dump`]).
+    pub(crate) fn resync_needs_dump(&self) -> bool {
+        decide::resync_needs_dump(
+            self.converged,
+            self.backend.drift_is_notified(),
+            self.last_converged_dump.elapsed(),
+        )
     }
 
     /// Runs the firewall check; errors are logged once per distinct message.

@@ -1,8 +1,14 @@
 //! The control loop's decision: from what woke it and what earlier turns left pending, which steps
 //! to run this turn. Pure; [`crate::control`] runs the steps in the order of [`Turn`]'s fields.
 
+use std::time::Duration;
+
 use backends::{Notification, Reaction};
 use ipnet::IpNet;
+
+/// How often a converged data plane whose every change is notified (host-gw's routes) is still
+/// dumped and reconciled: the safety net for notifications the kernel dropped.
+pub(crate) const NOTIFIED_RESYNC_PERIOD: Duration = Duration::from_secs(60);
 
 /// What woke the control loop (after the loop applied what came with it, e.g. peer updates to the
 /// peer set).
@@ -16,8 +22,9 @@ pub(crate) enum Wake {
     /// A burst of kernel notifications, by its strongest reaction (`Setup` > `Reconcile` >
     /// `Ignore`).
     Kernel(Reaction),
-    /// The periodic full reconcile (every 10 s).
-    Resync,
+    /// The periodic resync (every 10 s): `dump` when a full reconcile is due (see
+    /// [`resync_needs_dump`]).
+    Resync { dump: bool },
     /// The periodic rule check (`--iptables-resync`).
     RuleCheck,
     /// The egress policy file changed (`--ip-masq-config`): the rules are checked at once.
@@ -33,7 +40,7 @@ impl Wake {
             Wake::Peers { .. } => "listing",
             Wake::Lease { .. } => "lease",
             Wake::Kernel(_) => "kernel",
-            Wake::Resync => "resync",
+            Wake::Resync { .. } => "resync",
             Wake::RuleCheck => "rule_check",
             Wake::EgressPolicy => "egress_policy",
             Wake::Tick => "tick",
@@ -84,7 +91,7 @@ pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
         Wake::Peers { listing_changed } => listing_changed,
         Wake::Lease { moved } => moved,
         Wake::Kernel(reaction) => reaction != Reaction::Ignore,
-        Wake::Resync => true,
+        Wake::Resync { dump } => dump,
         Wake::RuleCheck | Wake::EgressPolicy | Wake::Tick => false,
     };
     let setup = pending.setup || wake == (Wake::Lease { moved: true });
@@ -96,7 +103,7 @@ pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
         Reconcile::Nothing
     };
     Turn {
-        expire_lingering: wake == Wake::Resync,
+        expire_lingering: matches!(wake, Wake::Resync { .. }),
         check_rules: matches!(wake, Wake::RuleCheck | Wake::EgressPolicy),
         check_drift: wake == Wake::Kernel(Reaction::Setup) && !setup,
         setup,
@@ -104,16 +111,32 @@ pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
     }
 }
 
-/// The reaction to one kernel notification: the backend's, except that the removal of a route no
-/// peer wants needs nothing. That is mostly the echo of the reconciler's own delete, which used
-/// to cost a full reconcile (a dump of every route) per removed peer.
+/// Whether a resync tick dumps and reconciles everything: always while the kernel does not
+/// match (`converged` false) or when the backend's objects can change unnoticed (vxlan's
+/// neighbour and FDB entries), else once [`NOTIFIED_RESYNC_PERIOD`] has passed since the last
+/// converged dump (a removed or replaced route of ours is reported and reconciled at once). An
+/// idle host-gw agent dumps its routes once a minute, not six times.
+pub(crate) fn resync_needs_dump(
+    converged: bool,
+    drift_is_notified: bool,
+    since_converged_dump: Duration,
+) -> bool {
+    !converged || !drift_is_notified || since_converged_dump >= NOTIFIED_RESYNC_PERIOD
+}
+
+/// The reaction to one kernel notification: the backend's, except that the removal (or the
+/// replacement by a route of another protocol) of a route no peer wants needs nothing. A removal
+/// is mostly the echo of the reconciler's own delete, which used to cost a full reconcile (a dump
+/// of every route) per removed peer.
 pub(crate) fn reaction(
     n: &Notification,
     backend: Reaction,
     wanted: impl Fn(&IpNet) -> bool,
 ) -> Reaction {
     match n {
-        Notification::RouteRemoved { dst } if !wanted(dst) => Reaction::Ignore,
+        Notification::RouteRemoved { dst } | Notification::ForeignRoute { dst } if !wanted(dst) => {
+            Reaction::Ignore
+        }
         _ => backend,
     }
 }
@@ -134,6 +157,22 @@ pub(crate) fn strongest(reactions: impl IntoIterator<Item = Reaction>) -> Reacti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_notified_converged_data_plane_is_dumped_once_a_minute_others_every_tick() {
+        let tick = Duration::from_secs(10);
+        // host-gw, converged: skipped until the safety-net period has passed.
+        assert!(!resync_needs_dump(true, true, tick));
+        assert!(!resync_needs_dump(
+            true,
+            true,
+            NOTIFIED_RESYNC_PERIOD - tick
+        ));
+        assert!(resync_needs_dump(true, true, NOTIFIED_RESYNC_PERIOD));
+        // Not converged, or a backend whose changes can go unnoticed (vxlan): every tick.
+        assert!(resync_needs_dump(false, true, tick));
+        assert!(resync_needs_dump(true, false, tick));
+    }
 
     const NOTHING: Pending = Pending {
         setup: false,
@@ -184,10 +223,17 @@ mod tests {
                 },
             ),
             (
-                Wake::Resync,
+                Wake::Resync { dump: true },
                 Turn {
                     expire_lingering: true,
                     ..turn(Full)
+                },
+            ),
+            (
+                Wake::Resync { dump: false },
+                Turn {
+                    expire_lingering: true,
+                    ..turn(Nothing)
                 },
             ),
             (
@@ -230,7 +276,7 @@ mod tests {
             Reconcile::ChangedPeers
         );
         for wake in [
-            Wake::Resync,
+            Wake::Resync { dump: true },
             Wake::Kernel(Reaction::Reconcile),
             Wake::Lease { moved: true },
         ] {

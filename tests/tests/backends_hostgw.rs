@@ -213,3 +213,58 @@ fn unknown_types_and_nat_are_refused_with_clear_errors() {
         "{err}"
     );
 }
+
+/// Notifications until none came for 300 ms.
+async fn drain(notes: &mut backends::Notifications) -> Vec<backends::Notification> {
+    let mut seen = Vec::new();
+    while let Ok(Some(n)) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), notes.next()).await
+    {
+        seen.push(n);
+    }
+    seen
+}
+
+#[test]
+fn route_notifications_report_removals_of_ours_and_routes_of_others_not_our_own_adds() {
+    use backends::Notification;
+    let host = &host_with_eth0("hgn", "192.168.52.1/24");
+    in_ns(host, |nl| async move {
+        let cfg = backend_config(json!({"Type": "host-gw"}));
+        let public = Some("192.168.52.1".parse().unwrap());
+        let mut backend = Backend::new(&cfg, eth0("192.168.52.1"), public, None).unwrap();
+        backend.init(&nl).await.unwrap();
+        let mut notes = backends::Notifications::subscribe(false).unwrap();
+        let set = peers(
+            OWN,
+            &[
+                peer("10.5.2.0/24", "192.168.52.2", "host-gw", None),
+                peer("10.5.3.0/24", "192.168.52.3", "host-gw", None),
+            ],
+        );
+        let report = Reconciler::new(nl).reconcile(&backend.desired(&set)).await;
+        assert!(report.converged, "{report:?}");
+        // Our own adds (protocol 70) are dropped by the socket filter.
+        assert_eq!(drain(&mut notes).await, vec![]);
+
+        // `ip route replace` with another protocol reports only the new route.
+        host.sh("ip route replace 10.5.2.0/24 via 192.168.52.9 dev eth0");
+        host.sh("ip route del 10.5.3.0/24");
+        let dst = |s: &str| s.parse().unwrap();
+        assert_eq!(
+            drain(&mut notes).await,
+            vec![
+                Notification::ForeignRoute {
+                    dst: dst("10.5.2.0/24")
+                },
+                Notification::RouteRemoved {
+                    dst: dst("10.5.3.0/24")
+                },
+            ]
+        );
+        let replaced = Notification::ForeignRoute {
+            dst: dst("10.5.2.0/24"),
+        };
+        assert_eq!(backend.reaction(&replaced), backends::Reaction::Reconcile);
+    });
+}

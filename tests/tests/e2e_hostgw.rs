@@ -58,7 +58,7 @@ fn hostgw_three_hosts_connect_repair_restart_and_forget_peers() {
     c.wait_ready(0);
     assert_eq!(c.healthz(0, "/healthz"), 200);
 
-    // A route deleted by hand comes back (netlink notification or the 10 s resync).
+    // A route deleted by hand comes back (netlink notification, or the resync).
     c.hosts[0].exec("ip", &["route", "del", &nets[1]]);
     wait_for(
         "deleted route to come back",
@@ -71,33 +71,17 @@ fn hostgw_three_hosts_connect_repair_restart_and_forget_peers() {
     );
     assert!(pods[0].ping(&pods[1].ip));
 
-    // A stale route of ours (a peer that vanished while we were down) is removed; a foreign
-    // route is kept.
-    c.hosts[0].exec(
-        "ip",
-        &[
-            "route",
-            "add",
-            "10.10.250.0/24",
-            "via",
-            &c.host_ip(2),
-            "proto",
-            "70",
-        ],
-    );
-    c.hosts[0].exec(
-        "ip",
-        &["route", "add", "10.10.251.0/24", "via", &c.host_ip(2)],
-    );
+    // A route of ours replaced by an identical one of another protocol (`ip route replace`
+    // reports only the new route) is adopted back on that notification, well before the 60 s
+    // safety-net resync of host-gw.
+    let untagged = format!("{} via {} dev eth0", nets[1], c.host_ip(1));
+    c.hosts[0].sh(&format!("ip route replace {untagged} proto boot"));
     wait_for(
-        "stale tagged route to be removed",
-        Duration::from_secs(15),
-        || c.route(0, "10.10.250.0/24").is_empty().then_some(()),
+        "replaced route to be adopted",
+        Duration::from_secs(20),
+        || c.route(0, &nets[1]).contains("proto 70").then_some(()),
     );
-    assert!(
-        !c.route(0, "10.10.251.0/24").is_empty(),
-        "foreign route must be kept"
-    );
+    assert!(pods[0].ping(&pods[1].ip));
 
     // SIGTERM: exit 0, routes and subnet.env stay; a restart keeps the subnet and the routes
     // never disappear meanwhile.
@@ -116,6 +100,13 @@ fn hostgw_three_hosts_connect_repair_restart_and_forget_peers() {
         pods[2].ping(&pods[0].ip),
         "data plane keeps working while the agent is down"
     );
+    // While it is down, a peer vanishes (its tagged route stays behind) and someone adds a
+    // route of their own.
+    c.hosts[2].sh(&format!(
+        "ip route add 10.10.250.0/24 via {} proto 70",
+        c.host_ip(0)
+    ));
+    c.hosts[2].sh(&format!("ip route add 10.10.251.0/24 via {}", c.host_ip(0)));
     let monitor_log = c.dir.path().join("h2-route-monitor.log");
     let mut monitor = c.hosts[2]
         .command("ip")
@@ -135,6 +126,16 @@ fn hostgw_three_hosts_connect_repair_restart_and_forget_peers() {
             .lines()
             .any(|l| nets.iter().any(|n| l.contains(n.as_str()))),
         "the restart must not touch peer routes (no flap):\n{changes}"
+    );
+    // The restart removes the stale route of ours and keeps the foreign one.
+    wait_for(
+        "stale tagged route to be removed",
+        Duration::from_secs(15),
+        || c.route(2, "10.10.250.0/24").is_empty().then_some(()),
+    );
+    assert!(
+        !c.route(2, "10.10.251.0/24").is_empty(),
+        "foreign route must be kept"
     );
 
     // A peer that is gone for good: stop it, delete its lease; every other host drops its route.
