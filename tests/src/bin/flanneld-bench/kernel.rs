@@ -1,7 +1,7 @@
 //! A passive observer of one namespace's data plane: a netlink socket subscribed to route and
 //! neighbour notifications, read on its own thread, that keeps the flanneld-owned objects
-//! (routes with protocol 70, permanent neighbours, FDB entries with a remote) and the time each
-//! first appeared. It never dumps, so watching costs the agent nothing.
+//! (routes with protocol 70, or `boot` as Go flanneld v0.11 adds them, permanent neighbours, FDB
+//! entries with a remote) and the time each first appeared. It never dumps, so watching costs the agent nothing.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,6 +16,8 @@ use anyhow::{bail, Context, Result};
 
 /// The route protocol flanneld-rs tags its routes with (`backends::ROUTE_PROTOCOL`).
 const OURS: u8 = backends::ROUTE_PROTOCOL;
+/// The protocol of Go flanneld v0.11's routes (netlink's default, `RTPROT_BOOT`).
+const GO_V011: u8 = 3;
 
 /// A flanneld-owned kernel object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -315,7 +317,7 @@ fn parse(mut data: &[u8], out: &mut Vec<(Object, Option<Target>)>) {
         match kind {
             RTM_NEWROUTE | RTM_DELROUTE if body.len() >= 12 => {
                 let (family, dst_len, table, protocol) = (body[0], body[1], body[4], body[5]);
-                if i32::from(family) != libc::AF_INET || protocol != OURS {
+                if i32::from(family) != libc::AF_INET || (protocol != OURS && protocol != GO_V011) {
                     continue;
                 }
                 let mut dst = Ipv4Addr::UNSPECIFIED;

@@ -5,21 +5,30 @@
 //! cargo build --release -p flanneld
 //! cargo run --release -p flanneld-tests --bin flanneld-bench -- [--quick] [--runs N]
 //!     [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf]
+//!     [--go GO_FLANNELD [--ours-v2]]
 //! ```
 //!
-//! The agent is `$FLANNELD_BIN`, else `flanneld` next to this binary (`target/release/`). etcd
+//! The agent is `$FLANNELD_BIN`, else `flanneld` next to this binary (`target/release/`). With
+//! `--go`, a Go flanneld v0.11 binary runs beside it: etcd serves the v2 API too, Go's config
+//! and leases are written in the v2 keyspace (ours stay in v3), the two agents alternate run by
+//! run in the cold start, propagation and idle sections, and a side-by-side table with the
+//! ratios (Go ÷ ours) ends the report; `--ours-v2` adds our agent on the v2 keyspace, the same
+//! etcd path as Go's, to the alternation. etcd
 //! (plain HTTP, data on tmpfs unless `TMPDIR` says otherwise) runs in its own namespace on a
 //! bridge; every agent run gets a fresh host namespace plugged into that bridge. Kernel state is
 //! observed passively through netlink notifications ([`kernel::KernelWatch`]), so measuring does
 //! not load the agent. Results are printed as markdown (and written to `--out`).
 
 mod kernel;
+mod probe;
+mod v2;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +41,8 @@ use flanneld_tests::etcd::{EtcdServer, EtcdSpec};
 use flanneld_tests::netns::{Netns, Switch};
 use futures::StreamExt;
 use kernel::{ip_target, mac_target, KernelWatch, Object, Target};
+use probe::WatchProbe;
+use v2::V2Conn;
 
 /// etcd's address on the benchmark LAN (192.168.0.0/16; peers' PublicIPs are 192.168.1.1 on).
 const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
@@ -39,6 +50,8 @@ const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
 const WRITE_DEPTH: usize = 64;
 /// Longest wait for the agent to converge.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// etcd's client port.
+const ETCD_PORT: u16 = 2379;
 
 /// Command-line options.
 struct Opts {
@@ -47,6 +60,10 @@ struct Opts {
     out: Option<PathBuf>,
     only: Vec<String>,
     logs: Option<PathBuf>,
+    /// A Go flanneld v0.11 binary to measure beside ours.
+    go: Option<PathBuf>,
+    /// Also run ours on the v2 keyspace (where Go v0.11 runs).
+    ours_v2: bool,
 }
 
 impl Opts {
@@ -57,6 +74,8 @@ impl Opts {
             out: None,
             only: Vec::new(),
             logs: None,
+            go: None,
+            ours_v2: false,
         };
         let mut runs = None;
         let mut args = std::env::args().skip(1);
@@ -66,6 +85,8 @@ impl Opts {
                 "--runs" => runs = Some(args.next().context("--runs N")?.parse()?),
                 "--out" => opts.out = Some(args.next().context("--out FILE")?.into()),
                 "--logs" => opts.logs = Some(args.next().context("--logs DIR")?.into()),
+                "--go" => opts.go = Some(args.next().context("--go GO_FLANNELD")?.into()),
+                "--ours-v2" => opts.ours_v2 = true,
                 "--only" => {
                     opts.only = args
                         .next()
@@ -75,7 +96,7 @@ impl Opts {
                         .collect()
                 }
                 "-h" | "--help" => {
-                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf]");
+                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf] [--go GO_FLANNELD [--ours-v2]]");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other:?} (see --help)"),
@@ -113,6 +134,22 @@ impl Kind {
             Kind::Vxlan => "vxlan",
         }
     }
+}
+
+/// Which etcd keyspace an agent reads: v3 (ours) or v2 (Go flanneld v0.11).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keyspace {
+    V3,
+    V2,
+}
+
+/// An agent binary under test.
+#[derive(Clone)]
+struct Agent {
+    /// How the report names it.
+    name: &'static str,
+    bin: PathBuf,
+    keyspace: Keyspace,
 }
 
 /// Peer `i`: subnet `10.(1+i/256).(i%256).0/24`.
@@ -252,12 +289,13 @@ impl Drop for AgentProc {
 
 /// etcd in its namespace on a bridge, and the client the benchmark writes leases with.
 struct Lab {
-    bin: PathBuf,
     switch: Switch,
     etcd_ns: Netns,
     etcd: EtcdServer,
     rt: tokio::runtime::Runtime,
     client: etcd_client::Client,
+    /// The v2 connection for the Go runs (`--go`).
+    v2: Option<RefCell<V2Conn>>,
     /// Per-run directories (subnet.env, flanneld.log); kept when `--logs` names it.
     work: PathBuf,
     /// The namespace this thread was in before entering etcd's, re-entered on drop (a process
@@ -280,12 +318,14 @@ struct Run {
     watch: KernelWatch,
     subnet_env: PathBuf,
     prefix: String,
+    keyspace: Keyspace,
     /// Declared last: the namespace goes after the agent and the observer.
     _host: Netns,
 }
 
 impl Lab {
-    fn start(bin: PathBuf, logs: Option<&Path>) -> Result<Lab> {
+    /// etcd on the bridge; with `v2` it serves the v2 API too.
+    fn start(logs: Option<&Path>, v2: bool) -> Result<Lab> {
         let (work, temp) = match logs {
             Some(dir) => (dir.to_path_buf(), None),
             None => {
@@ -300,6 +340,7 @@ impl Lab {
             tls: false,
             ip: ETCD_IP,
             netns: Some(etcd_ns.name().to_string()),
+            enable_v2: v2,
             ..EtcdSpec::default()
         });
         // The etcd client (and the /metrics reader) live in etcd's namespace.
@@ -309,13 +350,18 @@ impl Lab {
             .enable_all()
             .build()?;
         let client = rt.block_on(etcd_client::Client::connect([etcd.endpoint()], None))?;
+        let v2 = if v2 {
+            Some(RefCell::new(V2Conn::connect(etcd_addr())?))
+        } else {
+            None
+        };
         Ok(Lab {
-            bin,
             switch,
             etcd_ns,
             etcd,
             rt,
             client,
+            v2,
             work,
             home,
             _temp: temp,
@@ -323,9 +369,21 @@ impl Lab {
         })
     }
 
+    /// The v2 connection; an error without `--go`.
+    fn v2(&self) -> Result<std::cell::RefMut<'_, V2Conn>> {
+        Ok(self
+            .v2
+            .as_ref()
+            .context("etcd v2 not enabled")?
+            .borrow_mut())
+    }
+
     /// Writes `(key, value)` pairs with [`WRITE_DEPTH`] requests in flight; returns how long
     /// etcd took.
-    fn put_all(&self, kvs: Vec<(String, String)>) -> Result<Duration> {
+    fn put_all(&self, keyspace: Keyspace, kvs: Vec<(String, String)>) -> Result<Duration> {
+        if keyspace == Keyspace::V2 {
+            return put_all_v2(kvs);
+        }
         let kv = self.client.kv_client();
         let start = Instant::now();
         self.rt.block_on(async {
@@ -343,19 +401,28 @@ impl Lab {
         Ok(start.elapsed())
     }
 
-    fn put(&self, key: String, value: String) -> Result<()> {
+    fn put(&self, keyspace: Keyspace, key: String, value: String) -> Result<()> {
+        if keyspace == Keyspace::V2 {
+            return self.v2()?.set(&key, &value);
+        }
         let mut kv = self.client.kv_client();
         self.rt.block_on(kv.put(key, value, None))?;
         Ok(())
     }
 
-    fn delete(&self, key: &str) -> Result<()> {
+    fn delete(&self, keyspace: Keyspace, key: &str) -> Result<()> {
+        if keyspace == Keyspace::V2 {
+            return self.v2()?.delete(key, false);
+        }
         let mut kv = self.client.kv_client();
         self.rt.block_on(kv.delete(key, None))?;
         Ok(())
     }
 
-    fn delete_prefix(&self, prefix: &str) -> Result<()> {
+    fn delete_prefix(&self, keyspace: Keyspace, prefix: &str) -> Result<()> {
+        if keyspace == Keyspace::V2 {
+            return self.v2()?.delete(prefix, true);
+        }
         let mut kv = self.client.kv_client();
         let opts = etcd_client::DeleteOptions::new().with_prefix();
         self.rt
@@ -364,23 +431,30 @@ impl Lab {
     }
 
     /// A fresh prefix with the config for `kind` and peers `0..n`.
-    fn load(&self, kind: Kind, n: usize) -> Result<String> {
+    fn load(&self, keyspace: Keyspace, kind: Kind, n: usize) -> Result<String> {
         let prefix = EtcdServer::unique_prefix();
         let config = format!(
             r#"{{"Network":"10.0.0.0/8","Backend":{{"Type":"{}"}}}}"#,
             kind.name()
         );
-        self.put(format!("{prefix}/config"), config)?;
+        self.put(keyspace, format!("{prefix}/config"), config)?;
         let leases = (0..n)
             .map(|i| (Peer::new(i).key(&prefix), Peer::new(i).value(kind)))
             .collect();
-        self.put_all(leases)?;
+        self.put_all(keyspace, leases)?;
         Ok(prefix)
     }
 
     /// A fresh host namespace on the LAN with its observer expecting peers `0..n`, then the
     /// agent started in it.
-    fn start_agent(&mut self, kind: Kind, n: usize, prefix: &str, extra: &[&str]) -> Result<Run> {
+    fn start_agent(
+        &mut self,
+        agent: &Agent,
+        kind: Kind,
+        n: usize,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Result<Run> {
         self.hosts += 1;
         // A new address each run, and no stale ARP entry in etcd's namespace for it.
         let host_ip = Ipv4Addr::new(192, 168, 0, 10 + (self.hosts % 240) as u8);
@@ -397,7 +471,7 @@ impl Lab {
         std::fs::create_dir_all(&dir)?;
         let subnet_env = dir.join("subnet.env");
         let log = File::create(dir.join("flanneld.log"))?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = Command::new(&agent.bin);
         cmd.arg(format!("--etcd-endpoints={}", self.etcd.endpoint()))
             .arg(format!("--etcd-prefix={prefix}"))
             .arg("--iface=eth0")
@@ -420,22 +494,31 @@ impl Lab {
             });
         }
         let started = Instant::now();
-        let child = cmd.spawn().context("spawn flanneld")?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", agent.bin.display()))?;
         drop(ns);
         Ok(Run {
             agent: AgentProc { child, started },
             watch,
             subnet_env,
             prefix: prefix.to_string(),
+            keyspace: agent.keyspace,
             _host: host,
         })
     }
 
     /// Runs the agent against `n` peers until it is ready; returns the run and its start-up
     /// times.
-    fn ready_agent(&mut self, kind: Kind, n: usize, extra: &[&str]) -> Result<(Run, Startup)> {
-        let prefix = self.load(kind, n)?;
-        let mut run = self.start_agent(kind, n, &prefix, extra)?;
+    fn ready_agent(
+        &mut self,
+        agent: &Agent,
+        kind: Kind,
+        n: usize,
+        extra: &[&str],
+    ) -> Result<(Run, Startup)> {
+        let prefix = self.load(agent.keyspace, kind, n)?;
+        let mut run = self.start_agent(agent, kind, n, &prefix, extra)?;
         let t0 = run.agent.started;
         let deadline = t0 + CONVERGE_TIMEOUT;
         let env_at = loop {
@@ -462,15 +545,15 @@ impl Lab {
     }
 
     fn finish(&self, run: Run) -> Result<()> {
-        let prefix = run.prefix.clone();
+        let (prefix, keyspace) = (run.prefix.clone(), run.keyspace);
         drop(run);
-        self.delete_prefix(&prefix)
+        self.delete_prefix(keyspace, &prefix)
     }
 
     /// The sum of etcd's `grpc_server_msg_received_total` (every unary request and every
     /// message on a stream).
     fn etcd_requests(&self) -> Result<f64> {
-        let mut s = TcpStream::connect((ETCD_IP, 2379))?;
+        let mut s = TcpStream::connect(etcd_addr())?;
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;
@@ -480,6 +563,34 @@ impl Lab {
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum())
     }
+}
+
+fn etcd_addr() -> SocketAddr {
+    SocketAddr::from((ETCD_IP, ETCD_PORT))
+}
+
+/// [`Lab::put_all`] in the v2 keyspace: [`WRITE_DEPTH`] connections, one thread each, opened
+/// from this thread (in etcd's namespace).
+fn put_all_v2(kvs: Vec<(String, String)>) -> Result<Duration> {
+    let conns = (0..WRITE_DEPTH)
+        .map(|_| V2Conn::connect(etcd_addr()))
+        .collect::<Result<Vec<_>>>()?;
+    let per_conn = kvs.len().div_ceil(WRITE_DEPTH).max(1);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = conns
+            .into_iter()
+            .zip(kvs.chunks(per_conn))
+            .map(|(mut conn, chunk)| {
+                scope.spawn(move || chunk.iter().try_for_each(|(k, v)| conn.set(k, v)))
+            })
+            .collect();
+        writers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("v2 writer panicked"))?
+        })
+    })?;
+    Ok(start.elapsed())
 }
 
 /// Start-up times of one run, from exec.
@@ -519,6 +630,9 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 
 /// "median (min–max)" of a series.
 fn spread(v: &[f64], digits: usize) -> String {
+    if v.iter().all(|x| x.is_nan()) {
+        return "–".into();
+    }
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if v.len() == 1 {
@@ -536,14 +650,158 @@ fn spread(v: &[f64], digits: usize) -> String {
     }
 }
 
-fn cold_start(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
+/// Side-by-side figures (`--go`): per figure the median of each agent's series, in the order of
+/// the agents (Go last); printed with the ratio Go ÷ each of ours (lower is better for every
+/// figure).
+struct Comparison {
+    names: Vec<&'static str>,
+    rows: Vec<(String, Vec<f64>)>,
+}
+
+impl Comparison {
+    fn new(agents: &[Agent]) -> Comparison {
+        Comparison {
+            names: agents.iter().map(|a| a.name).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Records one figure from per-agent series, by median; nothing without Go.
+    fn add(&mut self, label: String, series: &[Vec<f64>]) {
+        if self.names.len() > 1 {
+            let medians = series.iter().map(|s| median(s.clone())).collect();
+            self.rows.push((label, medians));
+        }
+    }
+
+    fn render(&self, out: &mut String) -> Result<()> {
+        let Some((go, ours)) = self.names.split_last() else {
+            return Ok(());
+        };
+        writeln!(out, "### Side by side with {go}\n")?;
+        writeln!(out, "Medians from the sections above (same runs, agents alternating); ratio = {go} ÷ ours, so > 1 means ours is faster or smaller.\n")?;
+        let ratios: Vec<String> = ours.iter().map(|o| format!(" ratio ({o}) |")).collect();
+        writeln!(
+            out,
+            "| figure | {} | {go} |{}",
+            self.names[..ours.len()].join(" | "),
+            ratios.concat()
+        )?;
+        writeln!(out, "|---|{}", "---:|".repeat(2 * ours.len() + 1))?;
+        for (label, values) in &self.rows {
+            let Some((go, ours)) = values.split_last() else {
+                continue;
+            };
+            let cells: String = values.iter().map(|v| format!(" {v:.2} |")).collect();
+            // A zero (idle CPU below the 10 ms resolution) has no ratio.
+            let ratio = |o: &f64| match *o > 0.0 {
+                true => format!(" {:.2} |", go / o),
+                false => " – |".to_string(),
+            };
+            let ratios: String = ours.iter().map(ratio).collect();
+            writeln!(out, "| {label} |{cells}{ratios}")?;
+        }
+        out.push('\n');
+        Ok(())
+    }
+}
+
+/// Runs `run` `runs` times for each agent, alternating the agents run by run (so a change of
+/// the machine's load shows in both); returns what each agent's runs gathered.
+fn alternate<S: Default>(
+    agents: &[Agent],
+    runs: usize,
+    mut run: impl FnMut(&Agent, &mut S) -> Result<()>,
+) -> Result<Vec<S>> {
+    let mut gathered: Vec<S> = agents.iter().map(|_| S::default()).collect();
+    for _ in 0..runs {
+        for (agent, s) in agents.iter().zip(&mut gathered) {
+            run(agent, s)?;
+        }
+    }
+    Ok(gathered)
+}
+
+/// One agent's cold-start series for one case.
+#[derive(Default)]
+struct ColdSeries {
+    env: Vec<f64>,
+    kernel: Vec<f64>,
+    ready: Vec<f64>,
+    peak: Vec<f64>,
+    rss: Vec<f64>,
+    anon: Vec<f64>,
+    file: Vec<f64>,
+}
+
+impl ColdSeries {
+    /// One run: the agent ready, then its memory 1 s later.
+    fn measure(&mut self, lab: &mut Lab, agent: &Agent, kind: Kind, n: usize) -> Result<()> {
+        let (run, s) = lab.ready_agent(agent, kind, n, &[])?;
+        std::thread::sleep(Duration::from_secs(1));
+        let pid = run.agent.pid();
+        self.peak.push(vm_mib(pid, "VmHWM:")?);
+        self.rss.push(vm_mib(pid, "VmRSS:")?);
+        self.anon.push(vm_mib(pid, "RssAnon:")?);
+        self.file.push(vm_mib(pid, "RssFile:")?);
+        self.env.push(s.env_ms);
+        self.kernel.push(s.kernel_ms);
+        self.ready.push(s.ready_ms());
+        lab.finish(run)
+    }
+
+    fn row(&self, agent: &Agent, kind: Kind, n: usize) -> String {
+        format!(
+            "| {} | {} | {n} | {} | {} | {} | {} | {} | {:.1} / {:.1} |",
+            agent.name,
+            kind.name(),
+            spread(&self.env, 1),
+            spread(&self.kernel, 1),
+            spread(&self.ready, 1),
+            spread(&self.peak, 1),
+            spread(&self.rss, 1),
+            median(self.anon.clone()),
+            median(self.file.clone())
+        )
+    }
+}
+
+/// The side-by-side rows of one cold-start case.
+fn compare_cold(cmp: &mut Comparison, kind: Kind, n: usize, series: &[ColdSeries]) {
+    let pick =
+        |f: fn(&ColdSeries) -> &Vec<f64>| series.iter().map(|s| f(s).clone()).collect::<Vec<_>>();
+    let objects = match kind {
+        Kind::HostGw => "all routes",
+        Kind::Vxlan => "all neigh+FDB+routes",
+    };
+    let what = format!("{}, {n} peers", kind.name());
+    if n > 0 {
+        cmp.add(
+            format!("exec → {objects} (ms), {what}"),
+            &pick(|s| &s.kernel),
+        );
+    }
+    cmp.add(format!("exec → subnet.env (ms), {what}"), &pick(|s| &s.env));
+    cmp.add(
+        format!("RSS 1 s after ready (MiB), {what}"),
+        &pick(|s| &s.rss),
+    );
+}
+
+fn cold_start(bench: &mut Bench, out: &mut String) -> Result<()> {
+    let Bench {
+        lab,
+        agents,
+        opts,
+        cmp,
+    } = bench;
     writeln!(out, "### 1. Cold start\n")?;
-    writeln!(out, "Time from exec to subnet.env written and to every peer object in the kernel (ready = the later of the two), peak RSS (VmHWM) and the anonymous and file-backed parts of the RSS (RssAnon, RssFile) 1 s after ready. Median (min–max) of {} runs.\n", opts.runs)?;
+    writeln!(out, "Time from exec to subnet.env written and to every peer object in the kernel (ready = the later of the two), peak RSS (VmHWM), and the RSS (VmRSS) with its anonymous and file-backed parts (RssAnon, RssFile) 1 s after ready. Median (min–max) of {} runs.\n", opts.runs)?;
     writeln!(
         out,
-        "| backend | peers | subnet.env (ms) | kernel complete (ms) | ready (ms) | peak RSS (MiB) | anon / file (MiB) |"
+        "| agent | backend | peers | subnet.env (ms) | kernel complete (ms) | ready (ms) | peak RSS (MiB) | RSS (MiB) | anon / file (MiB) |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
     let cases = [
         (Kind::HostGw, 0),
         (Kind::HostGw, 1),
@@ -552,48 +810,35 @@ fn cold_start(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
         (Kind::Vxlan, 1000),
     ];
     for (kind, n) in cases {
-        let (mut env, mut kernel, mut ready, mut rss) = (vec![], vec![], vec![], vec![]);
-        let (mut anon, mut file) = (vec![], vec![]);
-        for _ in 0..opts.runs {
-            let (run, s) = lab.ready_agent(kind, n, &[])?;
-            std::thread::sleep(Duration::from_secs(1));
-            rss.push(vm_mib(run.agent.pid(), "VmHWM:")?);
-            anon.push(vm_mib(run.agent.pid(), "RssAnon:")?);
-            file.push(vm_mib(run.agent.pid(), "RssFile:")?);
-            env.push(s.env_ms);
-            kernel.push(s.kernel_ms);
-            ready.push(s.ready_ms());
-            lab.finish(run)?;
+        let series = alternate(agents, opts.runs, |agent, s: &mut ColdSeries| {
+            s.measure(lab, agent, kind, n)
+        })?;
+        for (agent, s) in agents.iter().zip(&series) {
+            writeln!(out, "{}", s.row(agent, kind, n))?;
+            eprintln!(
+                "cold start {} {} {n}: ready {}",
+                agent.name,
+                kind.name(),
+                spread(&s.ready, 1)
+            );
         }
-        writeln!(
-            out,
-            "| {} | {n} | {} | {} | {} | {} | {:.1} / {:.1} |",
-            kind.name(),
-            spread(&env, 1),
-            spread(&kernel, 1),
-            spread(&ready, 1),
-            spread(&rss, 1),
-            median(anon),
-            median(file)
-        )?;
-        eprintln!(
-            "cold start {} {n}: ready {}",
-            kind.name(),
-            spread(&ready, 1)
-        );
+        compare_cold(cmp, kind, n, &series);
     }
     writeln!(out)?;
     Ok(())
 }
 
-/// One run's latencies (ms): lease PUT → route in the kernel, lease DELETE → route gone, and the
-/// etcd round trips of the PUTs and DELETEs alone.
+/// One run's latencies (ms): lease PUT → route in the kernel, lease DELETE → route gone, the
+/// etcd round trips of the PUTs and DELETEs alone, and (v3 only) per event what the change took
+/// after the event reached a second watcher (the agent's and the kernel's share).
 #[derive(Default)]
 struct Latencies {
     add: Vec<f64>,
     delete: Vec<f64>,
     put: Vec<f64>,
     del: Vec<f64>,
+    add_after_watch: Vec<f64>,
+    delete_after_watch: Vec<f64>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -601,92 +846,129 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Writes `events` new leases one at a time, then deletes them one at a time, timing each.
-fn propagation_run(lab: &mut Lab, n: usize, events: usize) -> Result<Latencies> {
-    let (run, _) = lab.ready_agent(Kind::HostGw, n, &[])?;
+fn propagation_run(lab: &mut Lab, agent: &Agent, n: usize, events: usize) -> Result<Latencies> {
+    let (run, _) = lab.ready_agent(agent, Kind::HostGw, n, &[])?;
     std::thread::sleep(Duration::from_secs(1));
+    let ks = agent.keyspace;
+    let probe = match ks {
+        Keyspace::V3 => Some(WatchProbe::start(etcd_addr(), &run.prefix)?),
+        Keyspace::V2 => None,
+    };
+    // What the change took after a second watcher saw its event (ms).
+    let after_watch =
+        |key: &str, delete: bool, t0: Instant, done: Instant| -> Result<Option<f64>> {
+            let Some(probe) = &probe else { return Ok(None) };
+            let arrived = probe.arrival(key, delete, Duration::from_secs(10))?;
+            Ok(Some(
+                ms(done.saturating_duration_since(t0)) - ms(arrived.saturating_duration_since(t0)),
+            ))
+        };
     let mut l = Latencies::default();
     let route = |e: usize| Object::Route(peer_subnet(n + e), 24);
     for e in 0..events {
         let peer = Peer::new(n + e);
         let t0 = Instant::now();
-        lab.put(peer.key(&run.prefix), peer.value(Kind::HostGw))?;
+        lab.put(ks, peer.key(&run.prefix), peer.value(Kind::HostGw))?;
         l.put.push(ms(t0.elapsed()));
         let seen = run.watch.wait_present(route(e), Duration::from_secs(10))?;
         l.add.push(ms(seen.saturating_duration_since(t0)));
+        l.add_after_watch
+            .extend(after_watch(&peer.key(&run.prefix), false, t0, seen)?);
         std::thread::sleep(Duration::from_millis(10));
     }
     for e in 0..events {
         let t0 = Instant::now();
-        lab.delete(&Peer::new(n + e).key(&run.prefix))?;
+        let key = Peer::new(n + e).key(&run.prefix);
+        lab.delete(ks, &key)?;
         l.del.push(ms(t0.elapsed()));
         let gone = run.watch.wait_absent(route(e), Duration::from_secs(10))?;
         l.delete.push(ms(gone.saturating_duration_since(t0)));
+        l.delete_after_watch
+            .extend(after_watch(&key, true, t0, gone)?);
         std::thread::sleep(Duration::from_millis(10));
     }
+    drop(probe);
     lab.finish(run)?;
     Ok(l)
 }
 
-fn propagation(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
+/// Picks one series out of a run's latencies.
+type Pick = fn(&Latencies) -> &Vec<f64>;
+
+/// Per run, percentile `p` of the picked series.
+fn per_run(runs: &[Latencies], pick: Pick, p: f64) -> Vec<f64> {
+    runs.iter()
+        .map(|l| percentile(pick(l).clone(), p))
+        .collect()
+}
+
+fn propagation(bench: &mut Bench, out: &mut String) -> Result<()> {
+    let Bench {
+        lab,
+        agents,
+        opts,
+        cmp,
+    } = bench;
     let n = 1000;
     let events = opts.size(200, 50);
     writeln!(out, "### 2. Propagation latency\n")?;
-    writeln!(out, "host-gw agent with {n} peers; {events} new leases written one at a time (10 ms apart), then deleted one at a time; latency = lease PUT (DELETE) sent → route in (gone from) the kernel. The etcd round trip alone is shown beside it. Median (min–max) over {} runs of each run's percentile.\n", opts.runs)?;
-    let runs: Vec<Latencies> = (0..opts.runs)
-        .map(|_| propagation_run(lab, n, events))
-        .collect::<Result<_>>()?;
-    let stat = |pick: fn(&Latencies) -> &Vec<f64>, p: f64| -> String {
-        spread(
-            &runs
-                .iter()
-                .map(|l| percentile(pick(l).clone(), p))
-                .collect::<Vec<_>>(),
-            2,
-        )
-    };
+    writeln!(out, "host-gw agent with {n} peers; {events} new leases written one at a time (10 ms apart), then deleted one at a time; latency = lease PUT (DELETE) sent → route in (gone from) the kernel. The etcd round trip alone is shown beside it, and, for the v3 keyspace, what each change took after its event reached a second watcher of the prefix (the agent's and the kernel's share, without etcd's delivery of the event). Median (min–max) over {} runs of each run's percentile.\n", opts.runs)?;
+    let runs = alternate(agents, opts.runs, |agent, r: &mut Vec<Latencies>| {
+        r.push(propagation_run(lab, agent, n, events)?);
+        Ok(())
+    })?;
     writeln!(
         out,
-        "| change | peers | events | p50 (ms) | p99 (ms) | max (ms) | etcd round trip p50 (ms) |"
+        "| agent | change | peers | events | p50 (ms) | p99 (ms) | max (ms) | etcd round trip p50 / p99 (ms) | after the watch event p50 / p99 (ms) |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
-    for (name, lat, rtt) in [
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    let changes: [(&str, Pick, Pick, Pick); 2] = [
         (
             "PUT → route",
-            (|l: &Latencies| &l.add) as fn(&Latencies) -> &Vec<f64>,
-            (|l: &Latencies| &l.put) as fn(&Latencies) -> &Vec<f64>,
+            |l| &l.add,
+            |l| &l.put,
+            |l| &l.add_after_watch,
         ),
         (
             "DELETE → route gone",
-            |l: &Latencies| &l.delete,
-            |l: &Latencies| &l.del,
+            |l| &l.delete,
+            |l| &l.del,
+            |l| &l.delete_after_watch,
         ),
-    ] {
-        writeln!(
-            out,
-            "| {name} | {n} | {events} | {} | {} | {} | {} |",
-            stat(lat, 50.0),
-            stat(lat, 99.0),
-            stat(lat, 100.0),
-            stat(rtt, 50.0)
-        )?;
+    ];
+    for (name, lat, rtt, after_watch) in changes {
+        for (agent, r) in agents.iter().zip(&runs) {
+            let cell = |pick: Pick, p: f64| spread(&per_run(r, pick, p), 2);
+            let (agent, p99) = (agent.name, cell(lat, 99.0));
+            writeln!(
+                out,
+                "| {agent} | {name} | {n} | {events} | {} | {p99} | {} | {} / {} | {} / {} |",
+                cell(lat, 50.0),
+                cell(lat, 100.0),
+                cell(rtt, 50.0),
+                cell(rtt, 99.0),
+                cell(after_watch, 50.0),
+                cell(after_watch, 99.0)
+            )?;
+            eprintln!("propagation {agent} {name}: p99 {p99}");
+        }
+        for p in [50.0, 99.0] {
+            let series: Vec<Vec<f64>> = runs.iter().map(|r| per_run(r, lat, p)).collect();
+            cmp.add(format!("lease {name} p{p} (ms), {n} peers"), &series);
+        }
     }
     out.push('\n');
-    eprintln!(
-        "propagation add p99 {}, delete p99 {}",
-        stat(|l| &l.add, 99.0),
-        stat(|l| &l.delete, 99.0)
-    );
     Ok(())
 }
 
-fn churn(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
+fn churn(lab: &mut Lab, agent: &Agent, opts: &Opts, out: &mut String) -> Result<()> {
     let n = 1000;
     let changes = opts.size(5000, 1000);
     writeln!(out, "### 3. Churn\n")?;
     writeln!(out, "host-gw agent with {n} peers; {changes} lease writes ({WRITE_DEPTH} in flight): every other one a new peer, the others move an existing peer to a new PublicIP. Time from the first write until the kernel holds exactly the final routes; agent CPU (user+system, children included) from the first write to 1 s after convergence. Median (min–max) of {} runs.\n", opts.runs)?;
     let (mut written, mut converged, mut cpu) = (vec![], vec![], vec![]);
     for _ in 0..opts.runs {
-        let (run, _) = lab.ready_agent(Kind::HostGw, n, &[])?;
+        let (run, _) = lab.ready_agent(agent, Kind::HostGw, n, &[])?;
         std::thread::sleep(Duration::from_secs(1));
         let mut peers: Vec<Peer> = (0..n).map(Peer::new).collect();
         let mut writes = Vec::with_capacity(changes);
@@ -709,7 +991,7 @@ fn churn(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
         let pid = run.agent.pid();
         let cpu0 = cpu_seconds(pid)?.1;
         let t0 = Instant::now();
-        let took = lab.put_all(writes)?;
+        let took = lab.put_all(agent.keyspace, writes)?;
         let done = run.watch.wait_matched(CONVERGE_TIMEOUT)?;
         std::thread::sleep(Duration::from_secs(1));
         cpu.push((cpu_seconds(pid)?.1 - cpu0) * 1000.0);
@@ -733,16 +1015,20 @@ fn churn(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
     Ok(())
 }
 
-fn idle(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
-    let n = 1000;
-    let secs = opts.size(60, 15) as u64;
-    let runs = opts.runs.min(3);
-    writeln!(out, "### 4. Idle\n")?;
-    writeln!(out, "host-gw agent with {n} peers and `--ip-masq` (default `--iptables-resync=5`), measured over {secs} s starting 5 s after ready. CPU per minute of the agent alone and including its children (iptables-save/-restore), RSS at the end, and etcd requests per minute (etcd's `grpc_server_msg_received_total`, every unary request and stream message; the agent is etcd's only client then). Median (min–max) of {runs} runs.\n")?;
-    let (mut own, mut all, mut rss, mut reqs) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..runs {
-        let (run, _) = lab.ready_agent(Kind::HostGw, n, &["--ip-masq"])?;
-        std::thread::sleep(Duration::from_secs(5));
+/// One agent's idle series.
+#[derive(Default)]
+struct IdleSeries {
+    own: Vec<f64>,
+    all: Vec<f64>,
+    rss: Vec<f64>,
+    requests: Vec<f64>,
+}
+
+impl IdleSeries {
+    /// One run: `secs` of idling measured from [`IDLE_SETTLE`] after ready.
+    fn measure(&mut self, lab: &mut Lab, agent: &Agent, n: usize, secs: u64) -> Result<()> {
+        let (run, _) = lab.ready_agent(agent, Kind::HostGw, n, &["--ip-masq"])?;
+        std::thread::sleep(IDLE_SETTLE);
         let pid = run.agent.pid();
         let (own0, all0) = cpu_seconds(pid)?;
         let req0 = lab.etcd_requests()?;
@@ -750,27 +1036,62 @@ fn idle(lab: &mut Lab, opts: &Opts, out: &mut String) -> Result<()> {
         let (own1, all1) = cpu_seconds(pid)?;
         let req1 = lab.etcd_requests()?;
         let per_min = 60.0 / secs as f64;
-        own.push((own1 - own0) * 1000.0 * per_min);
-        all.push((all1 - all0) * 1000.0 * per_min);
+        self.own.push((own1 - own0) * 1000.0 * per_min);
+        self.all.push((all1 - all0) * 1000.0 * per_min);
         // The benchmark's own /metrics GET is plain HTTP, not gRPC: not counted.
-        reqs.push((req1 - req0) * per_min);
-        rss.push(vm_mib(pid, "VmRSS:")?);
-        lab.finish(run)?;
+        self.requests.push((req1 - req0) * per_min);
+        self.rss.push(vm_mib(pid, "VmRSS:")?);
+        lab.finish(run)
     }
+}
+
+/// How long after ready the idle measurement starts: past the first periodic rule check
+/// (`--iptables-resync`, 5 s), which carries start-up work moved off the start-up path (the
+/// other rule engine's leftovers are looked for then).
+const IDLE_SETTLE: Duration = Duration::from_secs(12);
+
+fn idle(bench: &mut Bench, out: &mut String) -> Result<()> {
+    let Bench {
+        lab,
+        agents,
+        opts,
+        cmp,
+    } = bench;
+    let n = 1000;
+    let secs = opts.size(60, 15) as u64;
+    let runs = opts.runs.min(3);
+    writeln!(out, "### 4. Idle\n")?;
+    writeln!(out, "host-gw agent with {n} peers and `--ip-masq` (default `--iptables-resync=5`), measured over {secs} s starting {} s after ready (past the first periodic rule check, which carries deferred start-up work). CPU per minute of the agent alone and including its children (iptables), RSS at the end, and etcd v3 requests per minute (etcd's `grpc_server_msg_received_total`, every unary request and stream message; the agent is etcd's only client then; a v2 agent's HTTP requests are not counted). Median (min–max) of {runs} runs.\n", IDLE_SETTLE.as_secs())?;
+    let series = alternate(agents, runs, |agent, s: &mut IdleSeries| {
+        s.measure(lab, agent, n, secs)
+    })?;
     writeln!(
         out,
-        "| peers | agent CPU (ms/min) | incl. iptables (ms/min) | RSS (MiB) | etcd requests/min |"
+        "| agent | peers | agent CPU (ms/min) | incl. iptables (ms/min) | RSS (MiB) | etcd v3 requests/min |"
     )?;
-    writeln!(out, "|---:|---:|---:|---:|---:|")?;
-    writeln!(
-        out,
-        "| {n} | {} | {} | {} | {} |\n",
-        spread(&own, 1),
-        spread(&all, 1),
-        spread(&rss, 1),
-        spread(&reqs, 1)
-    )?;
-    eprintln!("idle: cpu incl. children {} ms/min", spread(&all, 1));
+    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    for (agent, s) in agents.iter().zip(&series) {
+        let requests = match agent.keyspace {
+            Keyspace::V3 => spread(&s.requests, 1),
+            Keyspace::V2 => "–".to_string(),
+        };
+        writeln!(
+            out,
+            "| {} | {n} | {} | {} | {} | {requests} |",
+            agent.name,
+            spread(&s.own, 1),
+            spread(&s.all, 1),
+            spread(&s.rss, 1),
+        )?;
+        eprintln!(
+            "idle {}: cpu incl. children {} ms/min",
+            agent.name,
+            spread(&s.all, 1)
+        );
+    }
+    let all: Vec<Vec<f64>> = series.iter().map(|s| s.all.clone()).collect();
+    cmp.add(format!("idle CPU incl. children (ms/min), {n} peers"), &all);
+    out.push('\n');
     Ok(())
 }
 
@@ -898,9 +1219,88 @@ fn agent_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The agents to measure: ours, then with `--ours-v2` ours on the v2 keyspace, then with `--go`
+/// Go flanneld v0.11 (always last: the side-by-side ratios are against it).
+fn agents(opts: &Opts, bin: &Path) -> Vec<Agent> {
+    let ours = |name, keyspace| Agent {
+        name,
+        bin: bin.to_path_buf(),
+        keyspace,
+    };
+    let mut agents = vec![ours("ours", Keyspace::V3)];
+    if opts.ours_v2 {
+        agents.push(ours("ours (v2 keyspace)", Keyspace::V2));
+    }
+    if let Some(go) = &opts.go {
+        agents.push(Agent {
+            name: "Go v0.11",
+            bin: go.clone(),
+            keyspace: Keyspace::V2,
+        });
+    }
+    agents
+}
+
+/// What the sections that compare agents share: the lab, the agents, the options and the
+/// side-by-side figures gathered so far.
+struct Bench<'a> {
+    lab: Lab,
+    agents: &'a [Agent],
+    opts: &'a Opts,
+    cmp: Comparison,
+}
+
+/// Runs the sections `opts` asks for, printing each as soon as it is done.
+fn run_sections(opts: &Opts, agents: &[Agent], out: &mut String) -> Result<()> {
+    let mut printed = 0;
+    let mut flush = |out: &str| {
+        print!("{}", &out[printed..]);
+        let _ = std::io::stdout().flush();
+        printed = out.len();
+    };
+    flush(out);
+    let v2 = agents.iter().any(|a| a.keyspace == Keyspace::V2);
+    let mut bench = Bench {
+        lab: Lab::start(opts.logs.as_deref(), v2)?,
+        agents,
+        opts,
+        cmp: Comparison::new(agents),
+    };
+    if opts.wants("cold") {
+        cold_start(&mut bench, out)?;
+        flush(out);
+    }
+    if opts.wants("propagation") {
+        propagation(&mut bench, out)?;
+        flush(out);
+    }
+    if opts.wants("churn") {
+        churn(&mut bench.lab, &agents[0], opts, out)?;
+        flush(out);
+    }
+    if opts.wants("idle") {
+        idle(&mut bench, out)?;
+        flush(out);
+    }
+    if !bench.cmp.rows.is_empty() {
+        bench.cmp.render(out)?;
+        flush(out);
+    }
+    if opts.wants("iperf") {
+        data_plane(opts, out)?;
+        flush(out);
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    writeln!(out, "Load average at the end: {}", load.join(" "))?;
+    flush(out);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let opts = Opts::parse()?;
     let bin = agent_binary()?;
+    let agents = agents(&opts, &bin);
     // Before any thread exists: the harness (Cluster) and etcd's data directory read these.
     if std::env::var_os("TMPDIR").is_none() && Path::new("/dev/shm").is_dir() {
         std::env::set_var("TMPDIR", "/dev/shm");
@@ -911,49 +1311,15 @@ fn main() -> Result<()> {
     out.push_str(&machine());
     writeln!(
         out,
-        "- agent: {}\n- command: `{}`\n",
+        "- agent: {}{}\n- command: `{}`\n",
         bin.display(),
+        opts.go.as_ref().map_or(String::new(), |go| format!(
+            ", Go flanneld: {}",
+            go.display()
+        )),
         std::env::args().collect::<Vec<_>>().join(" ")
     )?;
-    // Each section is printed as soon as it is done.
-    let mut printed = 0;
-    let mut flush = |out: &str| {
-        print!("{}", &out[printed..]);
-        let _ = std::io::stdout().flush();
-        printed = out.len();
-    };
-    flush(&out);
-    let mut lab = Lab::start(bin, opts.logs.as_deref())?;
-    if opts.wants("cold") {
-        cold_start(&mut lab, &opts, &mut out)?;
-        flush(&out);
-    }
-    if opts.wants("propagation") {
-        propagation(&mut lab, &opts, &mut out)?;
-        flush(&out);
-    }
-    if opts.wants("churn") {
-        churn(&mut lab, &opts, &mut out)?;
-        flush(&out);
-    }
-    if opts.wants("idle") {
-        idle(&mut lab, &opts, &mut out)?;
-        flush(&out);
-    }
-    if opts.wants("iperf") {
-        data_plane(&opts, &mut out)?;
-        flush(&out);
-    }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    writeln!(
-        out,
-        "Load average at the end: {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    )?;
-    flush(&out);
+    run_sections(&opts, &agents, &mut out)?;
     if let Some(path) = &opts.out {
         std::fs::write(path, &out).with_context(|| format!("write {}", path.display()))?;
     }
