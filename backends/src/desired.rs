@@ -59,6 +59,64 @@ pub struct Route {
     pub oif: u32,
     /// Whether the next hop is declared on-link (vxlan routes).
     pub onlink: bool,
+    /// With [`RouteStyle::Nexthop`]: the nexthop object (in [`DesiredState::nexthops`]) the
+    /// route points to instead of carrying `gateway`, `oif` and `onlink` itself.
+    pub nexthop: Option<u32>,
+}
+
+/// How peer routes are installed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RouteStyle {
+    /// `<subnet> via <gateway> dev <oif>`, like Go flanneld.
+    #[default]
+    Classic,
+    /// IPv4 routes point to a nexthop object per gateway (`<subnet> nhid <id>`): the kernel
+    /// then inserts them in linear time (classic IPv4 routes through one device share a
+    /// `fib_info` hash bucket, which makes inserting N of them O(N²)). IPv6 routes stay classic.
+    Nexthop,
+}
+
+/// A nexthop object (`ip nexthop`), tagged [`crate::ROUTE_PROTOCOL`]. Its id is its IPv4
+/// gateway address as a number, so it is the same on every run and readable in `ip route`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nexthop {
+    /// The id routes refer to (`nhid`).
+    pub id: u32,
+    /// The next hop.
+    pub gateway: IpAddr,
+    /// The output interface index.
+    pub oif: u32,
+    /// Whether the next hop is declared on-link.
+    pub onlink: bool,
+}
+
+impl Nexthop {
+    /// The nexthop object for a classic IPv4 route's next hop; `None` for IPv6.
+    pub fn for_route(route: &Route) -> Option<Nexthop> {
+        match route.gateway {
+            IpAddr::V4(v4) => Some(Nexthop {
+                id: u32::from(v4),
+                gateway: route.gateway,
+                oif: route.oif,
+                onlink: route.onlink,
+            }),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Nexthop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "nexthop id {} via {} dev #{}",
+            self.id, self.gateway, self.oif
+        )?;
+        if self.onlink {
+            f.write_str(" onlink")?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Route {
@@ -70,6 +128,9 @@ impl fmt::Display for Route {
         )?;
         if self.onlink {
             f.write_str(" onlink")?;
+        }
+        if let Some(id) = self.nexthop {
+            write!(f, " nhid {id}")?;
         }
         Ok(())
     }
@@ -120,6 +181,9 @@ pub struct DesiredState {
     /// Permanent FDB entries: VTEP MAC to the peer's public address, on the vtep of the
     /// remote's family.
     pub fdb: BTreeMap<Mac, IpAddr>,
+    /// The nexthop objects the routes point to, by id ([`RouteStyle::Nexthop`]; empty
+    /// otherwise).
+    pub nexthops: BTreeMap<u32, Nexthop>,
     /// The vxlan devices; none for host-gw.
     pub vteps: Vteps,
     /// Peers left out on purpose, by [`subnet::Lease::id`], with the reason (logged once by
@@ -142,8 +206,28 @@ impl DesiredState {
                 gateway: public_ip,
                 oif,
                 onlink: false,
+                nexthop: None,
             },
         );
+    }
+
+    /// Makes the IPv4 routes point to nexthop objects with [`RouteStyle::Nexthop`]. Routes that
+    /// share a next hop share its object; a route whose gateway already names an object with
+    /// another device or onlink flag (two peers' leases claiming one address) stays classic.
+    pub fn with_route_style(mut self, style: RouteStyle) -> DesiredState {
+        if style == RouteStyle::Classic {
+            return self;
+        }
+        for route in self.routes.values_mut() {
+            let Some(nexthop) = Nexthop::for_route(route) else {
+                continue;
+            };
+            let taken = self.nexthops.entry(nexthop.id).or_insert(nexthop);
+            if *taken == nexthop {
+                route.nexthop = Some(nexthop.id);
+            }
+        }
+        self
     }
 
     /// The families whose routes the reconciler must list: IPv4 always, IPv6 when the state

@@ -144,7 +144,8 @@ mod tests {
                 dst,
                 gateway: Ipv4Addr::new(192, 168, 1, 2).into(),
                 oif: 2,
-                onlink: false
+                onlink: false,
+                nexthop: None,
             }]
         );
         assert_eq!(state.vteps, crate::Vteps::default());

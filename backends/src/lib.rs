@@ -23,6 +23,7 @@ mod host;
 mod hostgw;
 mod mac;
 mod netlink;
+mod nexthop;
 mod notify;
 mod reconcile;
 mod vxlan;
@@ -33,7 +34,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet::{BackendConfig, Lease, LeaseAttrs, PeerSet};
 
 pub use blackhole::ensure_blackholes;
-pub use desired::{DesiredState, Family, Route, Vteps};
+pub use desired::{DesiredState, Family, Nexthop, Route, RouteStyle, Vteps};
 pub use drift::{DeviceChange, Drift, Mismatch};
 pub use host::{HostInterface, HostRoute, HostView};
 pub use mac::{BadMac, Mac};
@@ -175,6 +176,8 @@ pub struct Backend {
     kind: Kind,
     /// The cluster networks, known after [`Backend::configure`].
     networks: Option<ClusterNetworks>,
+    /// How peer routes are installed.
+    route_style: RouteStyle,
 }
 
 /// The cluster networks of the config: IPv4, and IPv6 on a dual-stack network.
@@ -230,7 +233,14 @@ impl Backend {
         Ok(Backend {
             kind,
             networks: None,
+            route_style: RouteStyle::Classic,
         })
+    }
+
+    /// Installs peer routes in `style` (classic unless told).
+    pub fn with_route_style(mut self, style: RouteStyle) -> Backend {
+        self.route_style = style;
+        self
     }
 
     /// Prepares the kernel before the lease is acquired and returns the lease attributes to
@@ -280,9 +290,10 @@ impl Backend {
     /// Whether every change to this backend's kernel objects made by others is reported by
     /// [`Notifications`]: true for host-gw (a route of ours removed, or replaced by a route of
     /// another protocol); false for vxlan, whose neighbour and FDB entries can be replaced
-    /// (RTM_NEWNEIGH, which its own writes cause too) without a notification it can tell apart.
+    /// (RTM_NEWNEIGH, which its own writes cause too) without a notification it can tell apart,
+    /// and false with nexthop objects, whose removal takes their routes without a notification.
     pub fn drift_is_notified(&self) -> bool {
-        matches!(self.kind, Kind::HostGw(_))
+        matches!(self.kind, Kind::HostGw(_)) && self.route_style == RouteStyle::Classic
     }
 
     /// The MTU for FLANNEL_MTU: host-gw the interface MTU, vxlan (config `MTU` or interface
@@ -308,7 +319,7 @@ impl Backend {
             Kind::Vxlan(b) => b.desired(peers),
         };
         state.networks = self.networks.map(|n| n.all()).unwrap_or_default();
-        state
+        state.with_route_style(self.route_style)
     }
 
     /// How the kernel differs from what the last [`Backend::init`] and [`Backend::configure`]

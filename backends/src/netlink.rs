@@ -22,6 +22,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
 use crate::desired::{Family, Route};
 use crate::mac::Mac;
+use crate::nexthop::NexthopSocket;
 use crate::ROUTE_PROTOCOL;
 
 /// A failed netlink request: the kernel's errno (when it sent one) and a readable message.
@@ -77,6 +78,9 @@ pub(crate) struct KernelRoute {
     pub protocol: u8,
     pub priority: u32,
     pub tos: u8,
+    /// The nexthop object the route points to (`nhid`); the kernel reports its gateway and
+    /// device as the route's too.
+    pub nh_id: Option<u32>,
 }
 
 /// The metric the kernel gives a route added without one: 0 for IPv4, 1024 for IPv6
@@ -99,6 +103,7 @@ impl KernelRoute {
             protocol: ROUTE_PROTOCOL,
             priority: default_priority(&route.dst),
             tos: 0,
+            nh_id: route.nexthop,
         }
     }
 
@@ -113,10 +118,23 @@ impl KernelRoute {
         self.protocol == ROUTE_PROTOCOL
     }
 
-    /// Whether the route is exactly `route` (destination, next hop, device, onlink).
+    /// Whether the route is exactly `route`: destination and next hop, device and onlink, or
+    /// destination and nexthop object (whose own next hop is checked as an object of its own;
+    /// with `net.ipv4.nexthop_compat_mode=0` the kernel reports no gateway for such a route).
     pub fn matches(&self, route: &Route) -> bool {
         self.dst == route.dst
-            && self.gateway == Some(route.gateway)
+            && self.nh_id == route.nexthop
+            && (route.nexthop.is_some() || self.same_next_hop(route))
+    }
+
+    /// Whether an untagged route leads where `route` does (destination, next hop, device,
+    /// onlink), as Go flanneld's do: it is adopted, in either route style.
+    pub fn adoptable(&self, route: &Route) -> bool {
+        self.dst == route.dst && self.same_next_hop(route)
+    }
+
+    fn same_next_hop(&self, route: &Route) -> bool {
+        self.gateway == Some(route.gateway)
             && self.oif == Some(route.oif)
             && self.onlink == route.onlink
     }
@@ -162,6 +180,7 @@ pub(crate) struct VxlanSpec {
 #[derive(Clone, Debug)]
 pub struct Netlink {
     handle: Handle,
+    nexthops: NexthopSocket,
 }
 
 impl Netlink {
@@ -170,7 +189,13 @@ impl Netlink {
     pub fn connect() -> Result<Netlink, NetlinkError> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let nexthops = NexthopSocket::connect()?;
+        Ok(Netlink { handle, nexthops })
+    }
+
+    /// The connection for nexthop objects.
+    pub(crate) fn nexthops(&self) -> &NexthopSocket {
+        &self.nexthops
     }
 
     /// The rtnetlink handle, for the other kernel readers of this crate.
@@ -238,12 +263,17 @@ impl Netlink {
         let mut msg = route_message(route.dst, ROUTE_PROTOCOL);
         msg.header.scope = RouteScope::Universe;
         msg.header.kind = RouteType::Unicast;
-        if route.onlink {
-            msg.header.flags |= RouteFlags::Onlink;
+        if let Some(id) = route.nexthop {
+            // The kernel takes a nexthop id or a next hop, never both.
+            msg.attributes.push(RouteAttribute::NhId(id));
+        } else {
+            if route.onlink {
+                msg.header.flags |= RouteFlags::Onlink;
+            }
+            msg.attributes
+                .push(RouteAttribute::Gateway(route_address(route.gateway)));
+            msg.attributes.push(RouteAttribute::Oif(route.oif));
         }
-        msg.attributes
-            .push(RouteAttribute::Gateway(route_address(route.gateway)));
-        msg.attributes.push(RouteAttribute::Oif(route.oif));
         let req = self.handle.route().add(msg);
         let req = if replace { req.replace() } else { req };
         Ok(req.execute().await?)
@@ -255,12 +285,17 @@ impl Netlink {
         msg.header.scope = RouteScope::NoWhere;
         msg.header.kind = RouteType::Unspec;
         msg.header.tos = route.tos;
-        if let Some(gw) = route.gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(route_address(gw)));
-        }
-        if let Some(oif) = route.oif {
-            msg.attributes.push(RouteAttribute::Oif(oif));
+        if let Some(id) = route.nh_id {
+            // A route through a nexthop object matches a delete only by that id.
+            msg.attributes.push(RouteAttribute::NhId(id));
+        } else {
+            if let Some(gw) = route.gateway {
+                msg.attributes
+                    .push(RouteAttribute::Gateway(route_address(gw)));
+            }
+            if let Some(oif) = route.oif {
+                msg.attributes.push(RouteAttribute::Oif(oif));
+            }
         }
         if route.priority != 0 {
             msg.attributes
@@ -574,6 +609,7 @@ pub(crate) fn main_table_route(msg: &RouteMessage) -> Option<KernelRoute> {
     let mut gateway = None;
     let mut oif = None;
     let mut priority = 0;
+    let mut nh_id = None;
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
@@ -583,6 +619,7 @@ pub(crate) fn main_table_route(msg: &RouteMessage) -> Option<KernelRoute> {
             RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(*a)),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Priority(p) => priority = *p,
+            RouteAttribute::NhId(id) => nh_id = Some(*id),
             _ => {}
         }
     }
@@ -597,6 +634,7 @@ pub(crate) fn main_table_route(msg: &RouteMessage) -> Option<KernelRoute> {
         protocol: u8::from(h.protocol),
         priority,
         tos: h.tos,
+        nh_id,
     })
 }
 
@@ -721,12 +759,20 @@ mod tests {
         ))
         .unwrap();
         assert!(k.is_ours() && k.onlink);
-        assert!(k.matches(&Route {
+        let mut wanted = Route {
             dst: "10.5.2.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 5, 2, 0).into(),
             oif: 9,
             onlink: true,
-        }));
+            nexthop: None,
+        };
+        assert!(k.matches(&wanted));
+        wanted.nexthop = Some(7);
+        assert!(
+            !k.matches(&wanted),
+            "a classic route is not one through a nexthop object"
+        );
+        assert!(k.adoptable(&wanted));
         assert!(
             !kernel_route(&route(RouteHeader::RT_TABLE_MAIN, RouteType::Unicast, 3))
                 .unwrap()

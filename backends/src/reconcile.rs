@@ -19,9 +19,10 @@ use std::net::IpAddr;
 use futures::StreamExt;
 use ipnet::IpNet;
 
-use crate::desired::{DesiredState, Family, Route};
+use crate::desired::{DesiredState, Family, Nexthop, Route};
 use crate::mac::Mac;
 use crate::netlink::{KernelRoute, Netlink, NetlinkError, ENETUNREACH, ENOENT, ESRCH};
+use crate::nexthop::KernelNexthop;
 
 /// One kernel write the reconciler decided on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,12 +41,16 @@ pub(crate) enum Op {
         remote: IpAddr,
         existed: bool,
     },
+    /// Create or replace a nexthop object of ours.
+    SetNexthop { nexthop: Nexthop, existed: bool },
     /// Create a route that has no counterpart in the kernel.
     AddRoute(Route),
     /// Replace a wrong route of ours, or adopt an identical untagged one.
     ReplaceRoute(Route),
     /// Delete a tagged route no lease wants.
     DelRoute(KernelRoute),
+    /// Delete a nexthop object of ours no route wants.
+    DelNexthop(KernelNexthop),
     /// Delete an FDB entry no lease wants.
     DelFdb { link: u32, mac: Mac, remote: IpAddr },
     /// Delete a neighbour no lease wants.
@@ -75,6 +80,8 @@ pub enum ObjectKind {
     Neighbour,
     /// A permanent FDB entry on the vxlan device.
     Fdb,
+    /// A nexthop object (`--route-style=nexthop`).
+    Nexthop,
 }
 
 impl Change {
@@ -95,20 +102,24 @@ impl ObjectKind {
             ObjectKind::Route => "route",
             ObjectKind::Neighbour => "neighbour",
             ObjectKind::Fdb => "fdb",
+            ObjectKind::Nexthop => "nexthop",
         }
     }
 }
 
 impl Op {
     /// The ordering phase: ops of one phase are independent and may run concurrently; phases
-    /// run in this order (neighbours, FDB entries, routes, then the deletes in reverse).
+    /// run in this order (neighbours, FDB entries, nexthops, routes, then the deletes in
+    /// reverse).
     fn phase(&self) -> u8 {
         match self {
             Op::SetNeighbour { .. } => 0,
             Op::SetFdb { .. } => 1,
-            Op::AddRoute(_) | Op::ReplaceRoute(_) | Op::DelRoute(_) => 2,
-            Op::DelFdb { .. } => 3,
-            Op::DelNeighbour { .. } => 4,
+            Op::SetNexthop { .. } => 2,
+            Op::AddRoute(_) | Op::ReplaceRoute(_) | Op::DelRoute(_) => 3,
+            Op::DelNexthop(_) => 4,
+            Op::DelFdb { .. } => 5,
+            Op::DelNeighbour { .. } => 6,
         }
     }
 
@@ -117,6 +128,7 @@ impl Op {
             Op::SetNeighbour { .. } | Op::DelNeighbour { .. } => ObjectKind::Neighbour,
             Op::SetFdb { .. } | Op::DelFdb { .. } => ObjectKind::Fdb,
             Op::AddRoute(_) | Op::ReplaceRoute(_) | Op::DelRoute(_) => ObjectKind::Route,
+            Op::SetNexthop { .. } | Op::DelNexthop(_) => ObjectKind::Nexthop,
         }
     }
 
@@ -124,9 +136,15 @@ impl Op {
         match self {
             Op::AddRoute(_)
             | Op::SetNeighbour { existed: false, .. }
-            | Op::SetFdb { existed: false, .. } => Change::Added,
-            Op::ReplaceRoute(_) | Op::SetNeighbour { .. } | Op::SetFdb { .. } => Change::Replaced,
-            Op::DelRoute(_) | Op::DelFdb { .. } | Op::DelNeighbour { .. } => Change::Deleted,
+            | Op::SetFdb { existed: false, .. }
+            | Op::SetNexthop { existed: false, .. } => Change::Added,
+            Op::ReplaceRoute(_)
+            | Op::SetNeighbour { .. }
+            | Op::SetFdb { .. }
+            | Op::SetNexthop { .. } => Change::Replaced,
+            Op::DelRoute(_) | Op::DelFdb { .. } | Op::DelNeighbour { .. } | Op::DelNexthop(_) => {
+                Change::Deleted
+            }
         }
     }
 
@@ -145,6 +163,8 @@ impl Op {
             Op::AddRoute(r) | Op::ReplaceRoute(r) => r.to_string(),
             Op::DelRoute(k) => format!("tagged route {}", k.dst),
             Op::DelNeighbour { link, ip } => format!("neighbour {ip} dev #{link}"),
+            Op::SetNexthop { nexthop, .. } => nexthop.to_string(),
+            Op::DelNexthop(k) => format!("tagged nexthop id {}", k.id),
         }
     }
 
@@ -225,6 +245,10 @@ pub(crate) struct KernelState {
     pub routes: BTreeMap<IpNet, Vec<KernelRoute>>,
     pub neighbours: BTreeMap<IpAddr, Mac>,
     pub fdb: BTreeMap<Mac, BTreeSet<IpAddr>>,
+    /// Every nexthop object, ours or not, by id.
+    pub nexthops: BTreeMap<u32, KernelNexthop>,
+    /// Nexthop ids that routes outside a [`KernelState::scoped`] part use: never deleted there.
+    pub pinned: BTreeSet<u32>,
 }
 
 impl KernelState {
@@ -251,6 +275,12 @@ impl KernelState {
         snap
     }
 
+    /// Adds the dumped nexthop objects.
+    pub fn with_nexthops(mut self, nexthops: Vec<KernelNexthop>) -> KernelState {
+        self.nexthops = nexthops.into_iter().map(|k| (k.id, k)).collect();
+        self
+    }
+
     /// The part of the kernel state with the keys `desired` states use: their route destinations,
     /// neighbour addresses and FDB MACs.
     fn scoped(&self, states: &[&DesiredState]) -> KernelState {
@@ -271,8 +301,26 @@ impl KernelState {
                     out.fdb.insert(*mac, remotes.clone());
                 }
             }
+            for id in state.nexthops.keys() {
+                if let Some(k) = self.nexthops.get(id) {
+                    out.nexthops.insert(*id, *k);
+                }
+            }
+        }
+        if !out.nexthops.is_empty() {
+            out.pinned = self.nexthop_users_outside(&out);
         }
         out
+    }
+
+    /// The ids of `part`'s nexthops that routes outside `part` point to.
+    fn nexthop_users_outside(&self, part: &KernelState) -> BTreeSet<u32> {
+        self.routes
+            .iter()
+            .filter(|(dst, _)| !part.routes.contains_key(dst))
+            .flat_map(|(_, same)| same.iter().filter_map(|k| k.nh_id))
+            .filter(|id| part.nexthops.contains_key(id))
+            .collect()
     }
 
     /// Follows a write the kernel acknowledged; `false` when the outcome cannot be modelled
@@ -316,6 +364,18 @@ impl KernelState {
                     }
                 }
             }
+            Op::SetNexthop { nexthop, .. } => {
+                self.nexthops
+                    .insert(nexthop.id, KernelNexthop::ours(nexthop));
+            }
+            Op::DelNexthop(k) => {
+                // The kernel deletes the routes pointing to a deleted nexthop object.
+                self.nexthops.remove(&k.id);
+                for same in self.routes.values_mut() {
+                    same.retain(|r| r.nh_id != Some(k.id));
+                }
+                self.routes.retain(|_, same| !same.is_empty());
+            }
         }
         true
     }
@@ -341,6 +401,8 @@ pub(crate) trait Kernel {
     ) -> Result<Vec<(IpAddr, Mac)>, NetlinkError>;
     /// Permanent FDB entries with a remote on `link`.
     async fn fdb(&self, link: u32) -> Result<Vec<(Mac, IpAddr)>, NetlinkError>;
+    /// Every nexthop object.
+    async fn nexthops(&self) -> Result<Vec<KernelNexthop>, NetlinkError>;
     /// Performs one write.
     async fn apply(&self, op: &Op) -> Result<(), NetlinkError>;
 }
@@ -362,6 +424,10 @@ impl Kernel for Netlink {
         Netlink::fdb(self, link).await
     }
 
+    async fn nexthops(&self) -> Result<Vec<KernelNexthop>, NetlinkError> {
+        self.nexthops().dump().await
+    }
+
     async fn apply(&self, op: &Op) -> Result<(), NetlinkError> {
         match op {
             Op::SetNeighbour { link, ip, mac, .. } => self.set_neighbour(*link, *ip, *mac).await,
@@ -373,6 +439,8 @@ impl Kernel for Netlink {
             Op::DelRoute(k) => self.del_route(k).await,
             Op::DelFdb { link, mac, remote } => self.del_fdb(*link, *mac, *remote).await,
             Op::DelNeighbour { link, ip } => self.del_neighbour(*link, *ip).await,
+            Op::SetNexthop { nexthop, .. } => self.nexthops().set(nexthop).await,
+            Op::DelNexthop(k) => self.nexthops().del(k.id).await,
         }
     }
 }
@@ -388,7 +456,9 @@ pub(crate) fn plan(desired: &DesiredState, snap: &KernelState) -> Plan {
     let mut out = Plan::default();
     plan_neighbours(desired, snap, &mut out);
     let fdb_deletes = plan_fdb(desired, snap, &mut out);
-    plan_routes(desired, snap, &mut out);
+    let blocked = plan_nexthops(desired, snap, &mut out);
+    plan_routes(desired, snap, &blocked, &mut out);
+    out.ops.extend(nexthop_deletes(desired, snap));
     out.ops.extend(fdb_deletes);
     for ip in snap.neighbours.keys() {
         let link = desired.vteps.of(Family::of(ip));
@@ -472,7 +542,62 @@ fn conflict_message(route: &Route, other: &KernelRoute) -> String {
     }
 }
 
-fn plan_routes(desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
+/// Pushes the nexthop objects to create or replace; returns the ids held by an object that is
+/// not ours (the routes that would point to it are conflicts).
+fn plan_nexthops(desired: &DesiredState, snap: &KernelState, out: &mut Plan) -> BTreeSet<u32> {
+    let mut blocked = BTreeSet::new();
+    for nexthop in desired.nexthops.values() {
+        match snap.nexthops.get(&nexthop.id) {
+            Some(have) if have.matches(nexthop) => {}
+            Some(have) if !have.is_ours() => {
+                blocked.insert(nexthop.id);
+            }
+            have => out.ops.push(Op::SetNexthop {
+                nexthop: *nexthop,
+                existed: have.is_some(),
+            }),
+        }
+    }
+    blocked
+}
+
+/// Our nexthop objects that no desired route wants and no route left in place points to
+/// (a route of another protocol, or of another flanneld-rs instance's network).
+fn nexthop_deletes(desired: &DesiredState, snap: &KernelState) -> Vec<Op> {
+    let kept_routes = snap
+        .routes
+        .values()
+        .flatten()
+        .filter(|k| !k.is_ours() || !desired.owns_route(&k.dst, k.oif));
+    let used: BTreeSet<u32> = kept_routes.filter_map(|k| k.nh_id).collect();
+    snap.nexthops
+        .values()
+        .filter(|k| k.is_ours() && !desired.nexthops.contains_key(&k.id))
+        .filter(|k| !used.contains(&k.id) && !snap.pinned.contains(&k.id))
+        .map(|k| Op::DelNexthop(*k))
+        .collect()
+}
+
+/// Why a route cannot point to nexthop `id`: another program's object holds the id.
+fn nexthop_conflict(route: &Route, id: u32, other: Option<&KernelNexthop>) -> ObjectError {
+    let (protocol, via) = other.map_or((0, None), |k| (k.protocol, k.gateway));
+    ObjectError {
+        object: route.to_string(),
+        message: format!(
+            "nexthop id {id} is held by an object flanneld-rs does not own (proto {protocol}, \
+             via {}); it is left alone: delete it (`ip nexthop del id {id}`) if it is stale, or \
+             run with --route-style=classic",
+            via.map_or("-".into(), |g| g.to_string())
+        ),
+    }
+}
+
+fn plan_routes(
+    desired: &DesiredState,
+    snap: &KernelState,
+    blocked: &BTreeSet<u32>,
+    out: &mut Plan,
+) {
     // Only routes with the key of ours (default metric, tos 0) can collide with ours.
     let same_key = |dst: IpNet| {
         snap.routes
@@ -482,12 +607,17 @@ fn plan_routes(desired: &DesiredState, snap: &KernelState, out: &mut Plan) {
             .filter(|k| k.has_our_key())
     };
     for route in desired.routes.values() {
+        if let Some(id) = route.nexthop.filter(|id| blocked.contains(id)) {
+            out.conflicts
+                .push(nexthop_conflict(route, id, snap.nexthops.get(&id)));
+            continue;
+        }
         let ours = same_key(route.dst).filter(|k| k.is_ours());
         let foreign = same_key(route.dst).filter(|k| !k.is_ours());
         if ours.clone().any(|k| k.matches(route)) {
             continue;
         }
-        if ours.count() > 0 || foreign.clone().any(|k| k.matches(route)) {
+        if ours.count() > 0 || foreign.clone().any(|k| k.adoptable(route)) {
             out.ops.push(Op::ReplaceRoute(*route));
         } else if let Some(other) = foreign.clone().next() {
             out.conflicts.push(ObjectError {
@@ -530,7 +660,14 @@ async fn dump_state<K: Kernel>(
         neighbours.extend(kernel.neighbours(link, family).await?);
         fdb.extend(kernel.fdb(link).await?);
     }
-    Ok(KernelState::new(routes, neighbours, fdb))
+    // Listed in both route styles, so that switching back to classic removes our objects. A
+    // kernel without nexthop objects (before Linux 5.3) refuses the dump: none, unless wanted.
+    let nexthops = match kernel.nexthops().await {
+        Ok(found) => found,
+        Err(_) if desired.nexthops.is_empty() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(KernelState::new(routes, neighbours, fdb).with_nexthops(nexthops))
 }
 
 /// Applies `ops` phase by phase, pipelined within a phase; returns each op's outcome, in order.
@@ -821,6 +958,7 @@ mod tests {
             gateway: ip(gw),
             oif: 2,
             onlink: false,
+            nexthop: None,
         }
     }
 
@@ -833,6 +971,7 @@ mod tests {
             protocol,
             priority: 0,
             tos: 0,
+            nh_id: r.nexthop,
         }
     }
 
@@ -962,6 +1101,7 @@ mod tests {
                 gateway: subnet.network(),
                 oif: 9,
                 onlink: true,
+                nexthop: None,
             },
         );
     }
@@ -1060,10 +1200,11 @@ mod tests {
         );
     }
 
-    /// A kernel in memory: routes only, enough to drive [`run`].
+    /// A kernel in memory: routes and nexthop objects, enough to drive [`run`].
     #[derive(Default)]
     struct FakeKernel {
         routes: RefCell<Vec<KernelRoute>>,
+        nexthops: RefCell<BTreeMap<u32, KernelNexthop>>,
         unreachable: Vec<IpAddr>,
         writes: RefCell<usize>,
     }
@@ -1080,10 +1221,21 @@ mod tests {
         async fn fdb(&self, _: u32) -> Result<Vec<(Mac, IpAddr)>, NetlinkError> {
             Ok(Vec::new())
         }
+        async fn nexthops(&self) -> Result<Vec<KernelNexthop>, NetlinkError> {
+            Ok(self.nexthops.borrow().values().copied().collect())
+        }
         async fn apply(&self, op: &Op) -> Result<(), NetlinkError> {
             *self.writes.borrow_mut() += 1;
             let mut routes = self.routes.borrow_mut();
+            let mut nexthops = self.nexthops.borrow_mut();
             match op {
+                Op::SetNexthop { nexthop, .. } => {
+                    nexthops.insert(nexthop.id, KernelNexthop::ours(nexthop));
+                }
+                Op::DelNexthop(k) => {
+                    nexthops.remove(&k.id);
+                    routes.retain(|r| r.nh_id != Some(k.id));
+                }
                 Op::AddRoute(r) | Op::ReplaceRoute(r) => {
                     if self.unreachable.contains(&r.gateway) {
                         return Err(NetlinkError {
@@ -1092,7 +1244,7 @@ mod tests {
                         });
                     }
                     routes.retain(|k| k.dst != r.dst);
-                    routes.push(kroute(r, ROUTE_PROTOCOL));
+                    routes.push(KernelRoute::ours(r));
                 }
                 Op::DelRoute(k) => routes.retain(|x| x != k),
                 _ => unreachable!("routes only"),
@@ -1165,6 +1317,112 @@ mod tests {
         assert!(!conflict.converged);
         assert_eq!(conflict.writes(), 0);
         assert!(kernel.routes.borrow().contains(&foreign));
+    }
+
+    fn nexthop_style(routes: &[Route]) -> DesiredState {
+        desired(routes).with_route_style(crate::RouteStyle::Nexthop)
+    }
+
+    #[test]
+    fn nexthop_style_creates_objects_before_routes_and_a_second_run_writes_nothing() {
+        let a = hostgw("10.5.2.0/24", "192.168.1.2");
+        let v6 = hostgw("fd00:5:0:2::/64", "fd00:1::2");
+        let want = nexthop_style(&[a, v6]);
+        let id = u32::from(std::net::Ipv4Addr::new(192, 168, 1, 2));
+        assert_eq!(want.routes[&a.dst].nexthop, Some(id));
+        assert_eq!(
+            want.routes[&v6.dst].nexthop, None,
+            "IPv6 routes stay classic"
+        );
+        let kernel = FakeKernel::default();
+        let first = block_on(run(&kernel, &want)).0;
+        assert!(first.converged, "{first:?}");
+        assert_eq!(first.changed[&(ObjectKind::Nexthop, Change::Added)], 1);
+        assert_eq!(first.changed[&(ObjectKind::Route, Change::Added)], 2);
+        let p = plan(&want, &KernelState::default());
+        assert!(matches!(p.ops[0], Op::SetNexthop { .. }), "{:?}", p.ops);
+        let writes = *kernel.writes.borrow();
+        let second = block_on(run(&kernel, &want)).0;
+        assert!(second.converged && second.writes() == 0, "{second:?}");
+        assert_eq!(*kernel.writes.borrow(), writes);
+    }
+
+    #[test]
+    fn switching_route_style_replaces_the_routes_and_collects_the_objects() {
+        let a = hostgw("10.5.2.0/24", "192.168.1.2");
+        let kernel = FakeKernel::default();
+        assert!(block_on(run(&kernel, &desired(&[a]))).0.converged);
+        let to_nexthops = block_on(run(&kernel, &nexthop_style(&[a]))).0;
+        assert_eq!(to_nexthops.replaced, 1, "{to_nexthops:?}");
+        assert_eq!(kernel.nexthops.borrow().len(), 1);
+        let back = block_on(run(&kernel, &desired(&[a]))).0;
+        assert_eq!((back.replaced, back.deleted), (1, 1), "{back:?}");
+        assert!(kernel.nexthops.borrow().is_empty());
+        assert_eq!(
+            kernel.routes.borrow().clone(),
+            vec![kroute(&a, ROUTE_PROTOCOL)]
+        );
+    }
+
+    #[test]
+    fn a_removed_peers_object_goes_unless_another_route_still_points_to_it() {
+        let a = hostgw("10.5.2.0/24", "192.168.1.2");
+        let b = hostgw("10.5.3.0/24", "192.168.1.3");
+        let twin = hostgw("10.5.4.0/24", "192.168.1.3");
+        let kernel = FakeKernel::default();
+        let (_, model) = block_on(run(&kernel, &nexthop_style(&[a, b, twin])));
+        let mut model = model.unwrap();
+        assert_eq!(kernel.nexthops.borrow().len(), 2, "b and twin share one");
+        let none = desired(&[]);
+        let (gone, exact) = block_on(run_changes(
+            &kernel,
+            &mut model,
+            &nexthop_style(&[b]),
+            &none,
+        ));
+        assert_eq!((gone.deleted, exact), (1, true), "only b's route: {gone:?}");
+        assert_eq!(kernel.nexthops.borrow().len(), 2);
+        let (last, _) = block_on(run_changes(
+            &kernel,
+            &mut model,
+            &nexthop_style(&[twin]),
+            &none,
+        ));
+        assert_eq!(last.deleted, 2, "twin's route and the object: {last:?}");
+        assert_eq!(kernel.nexthops.borrow().len(), 1);
+        assert_eq!(
+            model,
+            block_on(dump_state(&kernel, &nexthop_style(&[a]))).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_object_of_another_program_with_our_id_is_a_conflict_and_left_alone() {
+        let a = hostgw("10.5.2.0/24", "192.168.1.2");
+        let want = nexthop_style(&[a]);
+        let id = want.routes[&a.dst].nexthop.unwrap();
+        let foreign = KernelNexthop {
+            protocol: 4,
+            ..KernelNexthop::ours(&want.nexthops[&id])
+        };
+        let snap = KernelState::default().with_nexthops(vec![foreign]);
+        let p = plan(&want, &snap);
+        assert!(p.ops.is_empty(), "{:?}", p.ops);
+        assert!(p.conflicts[0]
+            .message
+            .contains(&format!("ip nexthop del id {id}")));
+        let other_network = KernelRoute {
+            dst: net("10.6.0.0/24"),
+            ..kroute(&want.routes[&a.dst], ROUTE_PROTOCOL)
+        };
+        let mut scoped = desired(&[]);
+        scoped.networks = vec![net("10.5.0.0/16")];
+        let theirs = KernelState::new(vec![other_network], vec![], vec![])
+            .with_nexthops(vec![KernelNexthop::ours(&want.nexthops[&id])]);
+        assert!(
+            plan(&scoped, &theirs).ops.is_empty(),
+            "in use by another network"
+        );
     }
 
     #[test]

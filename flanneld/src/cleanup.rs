@@ -1,7 +1,7 @@
 //! `flanneld cleanup [--release-lease] [agent flags]`: removes everything the agent owns on this
-//! host, and nothing else, and says what it removed: the routes tagged `proto 70` (inside the
-//! Network of subnet.env, or all of them without one), the `flannel.<VNI>` vxlan devices (their
-//! neighbours and FDB entries go with them), the `FLANNEL-POSTRTG` and `FLANNEL-FWD` chains and
+//! host, and nothing else, and says what it removed: the routes and nexthop objects tagged
+//! `proto 70` (routes inside the Network of subnet.env, or all of them without one), the
+//! `flannel.<VNI>` vxlan devices (their neighbours and FDB entries go with them), the `FLANNEL-POSTRTG` and `FLANNEL-FWD` chains and
 //! their jumps in both iptables flavours, subnet.env, and with `--release-lease` this host's lease
 //! in etcd. Stop the agent first: a running agent puts everything back. Exit status 0 when
 //! everything went, 1 when something could not be removed.

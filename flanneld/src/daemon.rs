@@ -201,7 +201,8 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
     let public_ip = config.ipv4.map(|_| selected.public_ip);
     let public_ipv6 = selected.ipv6.map(|(_, public)| public);
     let ext = external(&selected);
-    let mut backend = Backend::new(&config.backend, ext, public_ip, public_ipv6)?;
+    let mut backend = Backend::new(&config.backend, ext, public_ip, public_ipv6)?
+        .with_route_style(opts.route_style);
     let attrs = backend.init(&nl).await?;
     readiness.publish(&Stage::AcquiringLease);
     let Some(manager) =

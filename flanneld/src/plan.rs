@@ -167,7 +167,8 @@ async fn read_host<R: Registry>(registry: &R, opts: &Options, nl: &Netlink) -> R
     })?;
     let public_ipv6 = selected.ipv6.map(|(_, public)| public);
     let ext = daemon::external(&selected);
-    let mut backend = Backend::new(&config.backend, ext, Some(public_ip), public_ipv6)?;
+    let mut backend = Backend::new(&config.backend, ext, Some(public_ip), public_ipv6)?
+        .with_route_style(opts.route_style);
     let networks = daemon::cluster_networks(&config);
     backend.attach(nl, &own, networks).await?;
     let local = nl

@@ -465,6 +465,7 @@ fn add_half(
             gateway,
             oif: vtep,
             onlink: true,
+            nexthop: None,
         },
     );
     Ok(())

@@ -207,6 +207,9 @@ pub struct Options {
     /// add a blackhole route for the node's own subnet
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     pub ip_blackhole_route: bool,
+    /// how peer routes are installed: classic (<subnet> via <gateway>, like Go flanneld) or nexthop (IPv4 routes point to a nexthop object per gateway, inserted in linear time with thousands of peers; Linux 5.3+) (flanneld-rs only)
+    #[arg(long, default_value = "classic", value_parser = values::route_style)]
+    pub route_style: backends::RouteStyle,
     /// the IP address for healthz server to listen
     #[arg(long, default_value = "0.0.0.0")]
     pub healthz_ip: IpAddr,

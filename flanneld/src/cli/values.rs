@@ -50,6 +50,15 @@ pub fn port(value: &str) -> Result<u16, String> {
     u16::try_from(number).map_err(|_| "use a port from 0 (disabled) to 65535, such as 2401".into())
 }
 
+/// `--route-style`: `classic` or `nexthop`.
+pub fn route_style(value: &str) -> Result<backends::RouteStyle, String> {
+    match value {
+        "classic" => Ok(backends::RouteStyle::Classic),
+        "nexthop" => Ok(backends::RouteStyle::Nexthop),
+        _ => Err("use classic or nexthop".into()),
+    }
+}
+
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
