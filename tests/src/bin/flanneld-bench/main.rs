@@ -5,7 +5,7 @@
 //! cargo build --release -p flanneld
 //! cargo run --release -p flanneld-tests --bin flanneld-bench -- [--quick] [--runs N]
 //!     [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf]
-//!     [--go GO_FLANNELD [--ours-v2]]
+//!     [--go GO_FLANNELD [--ours-v2]] [--nexthop]
 //! ```
 //!
 //! The agent is `$FLANNELD_BIN`, else `flanneld` next to this binary (`target/release/`). With
@@ -13,7 +13,8 @@
 //! and leases are written in the v2 keyspace (ours stay in v3), the two agents alternate run by
 //! run in the cold start, propagation and idle sections, and a side-by-side table with the
 //! ratios (Go ÷ ours) ends the report; `--ours-v2` adds our agent on the v2 keyspace, the same
-//! etcd path as Go's, to the alternation. etcd
+//! etcd path as Go's, to the alternation; `--nexthop` adds our agent with
+//! `--route-style=nexthop`, and the cold start then also has a 10000-peer case (ours only). etcd
 //! (plain HTTP, data on tmpfs unless `TMPDIR` says otherwise) runs in its own namespace on a
 //! bridge; every agent run gets a fresh host namespace plugged into that bridge. Kernel state is
 //! observed passively through netlink notifications ([`kernel::KernelWatch`]), so measuring does
@@ -64,6 +65,8 @@ struct Opts {
     go: Option<PathBuf>,
     /// Also run ours on the v2 keyspace (where Go v0.11 runs).
     ours_v2: bool,
+    /// Also run ours with `--route-style=nexthop`.
+    nexthop: bool,
 }
 
 impl Opts {
@@ -76,6 +79,7 @@ impl Opts {
             logs: None,
             go: None,
             ours_v2: false,
+            nexthop: false,
         };
         let mut runs = None;
         let mut args = std::env::args().skip(1);
@@ -87,6 +91,7 @@ impl Opts {
                 "--logs" => opts.logs = Some(args.next().context("--logs DIR")?.into()),
                 "--go" => opts.go = Some(args.next().context("--go GO_FLANNELD")?.into()),
                 "--ours-v2" => opts.ours_v2 = true,
+                "--nexthop" => opts.nexthop = true,
                 "--only" => {
                     opts.only = args
                         .next()
@@ -96,7 +101,7 @@ impl Opts {
                         .collect()
                 }
                 "-h" | "--help" => {
-                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf] [--go GO_FLANNELD [--ours-v2]]");
+                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf] [--go GO_FLANNELD [--ours-v2]] [--nexthop]");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other:?} (see --help)"),
@@ -150,6 +155,10 @@ struct Agent {
     name: &'static str,
     bin: PathBuf,
     keyspace: Keyspace,
+    /// Flags of this variant, before each section's own.
+    args: &'static [&'static str],
+    /// Go flanneld (the side-by-side reference).
+    go: bool,
 }
 
 /// Peer `i`: subnet `10.(1+i/256).(i%256).0/24`.
@@ -476,6 +485,7 @@ impl Lab {
             .arg(format!("--etcd-prefix={prefix}"))
             .arg("--iface=eth0")
             .arg(format!("--subnet-file={}", subnet_env.display()))
+            .args(agent.args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -660,15 +670,19 @@ struct Comparison {
 
 impl Comparison {
     fn new(agents: &[Agent]) -> Comparison {
+        let with_go = agents.last().is_some_and(|a| a.go);
         Comparison {
-            names: agents.iter().map(|a| a.name).collect(),
+            names: with_go
+                .then(|| agents.iter().map(|a| a.name).collect())
+                .unwrap_or_default(),
             rows: Vec::new(),
         }
     }
 
-    /// Records one figure from per-agent series, by median; nothing without Go.
+    /// Records one figure from per-agent series (one per agent, Go last), by median; nothing
+    /// without Go.
     fn add(&mut self, label: String, series: &[Vec<f64>]) {
-        if self.names.len() > 1 {
+        if self.names.len() > 1 && series.len() == self.names.len() {
             let medians = series.iter().map(|s| median(s.clone())).collect();
             self.rows.push((label, medians));
         }
@@ -807,13 +821,20 @@ fn cold_start(bench: &mut Bench, out: &mut String) -> Result<()> {
         (Kind::HostGw, 1),
         (Kind::HostGw, 1000),
         (Kind::HostGw, 5000),
+        (Kind::HostGw, 10000),
         (Kind::Vxlan, 1000),
     ];
     for (kind, n) in cases {
-        let series = alternate(agents, opts.runs, |agent, s: &mut ColdSeries| {
+        // 10000 peers only to compare the route styles: Go would take minutes per run.
+        let runners: Vec<Agent> = match n > 5000 {
+            true if !opts.nexthop || opts.quick => continue,
+            true => agents.iter().filter(|a| !a.go).cloned().collect(),
+            false => agents.to_vec(),
+        };
+        let series = alternate(&runners, opts.runs, |agent, s: &mut ColdSeries| {
             s.measure(lab, agent, kind, n)
         })?;
-        for (agent, s) in agents.iter().zip(&series) {
+        for (agent, s) in runners.iter().zip(&series) {
             writeln!(out, "{}", s.row(agent, kind, n))?;
             eprintln!(
                 "cold start {} {} {n}: ready {}",
@@ -1222,20 +1243,31 @@ fn agent_binary() -> Result<PathBuf> {
 /// The agents to measure: ours, then with `--ours-v2` ours on the v2 keyspace, then with `--go`
 /// Go flanneld v0.11 (always last: the side-by-side ratios are against it).
 fn agents(opts: &Opts, bin: &Path) -> Vec<Agent> {
-    let ours = |name, keyspace| Agent {
+    let ours = |name, keyspace, args| Agent {
         name,
         bin: bin.to_path_buf(),
         keyspace,
+        args,
+        go: false,
     };
-    let mut agents = vec![ours("ours", Keyspace::V3)];
+    let mut agents = vec![ours("ours", Keyspace::V3, &[])];
     if opts.ours_v2 {
-        agents.push(ours("ours (v2 keyspace)", Keyspace::V2));
+        agents.push(ours("ours (v2 keyspace)", Keyspace::V2, &[]));
+    }
+    if opts.nexthop {
+        agents.push(ours(
+            "ours (nexthop)",
+            Keyspace::V3,
+            &["--route-style=nexthop"],
+        ));
     }
     if let Some(go) = &opts.go {
         agents.push(Agent {
             name: "Go v0.11",
             bin: go.clone(),
             keyspace: Keyspace::V2,
+            args: &[],
+            go: true,
         });
     }
     agents
