@@ -1,7 +1,8 @@
 //! End to end, `--route-style=nexthop`: host-gw routes that point to nexthop objects. What a
 //! user sees: `ip route` shows `nhid <id> via <peer>`, `ip nexthop` one object per peer tagged
-//! `proto 70`, pods ping across hosts, an object deleted by hand comes back, a removed peer's
-//! route and object go, and switching back to classic routes leaves no object behind.
+//! `proto 70`, pods ping across hosts, an object deleted by hand or flushed by a link flap comes
+//! back, a removed peer's route and object go, and switching back to classic routes leaves no
+//! object behind.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -50,6 +51,14 @@ fn nexthop_routes_connect_hosts_are_repaired_and_collected() {
         c.route(0, &nets[1])
             .contains(&format!("nhid {id}"))
             .then_some(())
+    });
+    assert!(pods[0].ping(&pods[1].ip));
+
+    // The kernel flushes a device's objects, with their routes, when it goes down; the agent
+    // re-creates them once the link is up again.
+    c.hosts[0].sh("ip link set eth0 down && ip link set eth0 up");
+    wait_for("objects back after a link flap", Duration::from_secs(25), || {
+        c.route(0, &nets[1]).contains(&format!("nhid {id}")).then_some(())
     });
     assert!(pods[0].ping(&pods[1].ip));
 
