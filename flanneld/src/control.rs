@@ -841,11 +841,9 @@ impl Agent {
         for why in desired.skipped.values() {
             *skipped.entry(skip_reason(why)).or_default() += 1;
         }
-        let mut by_backend: BTreeMap<String, usize> = BTreeMap::new();
+        let mut by_backend: BTreeMap<&str, usize> = BTreeMap::new();
         for lease in self.peers.iter() {
-            *by_backend
-                .entry(lease.attrs.backend_type.clone())
-                .or_default() += 1;
+            *by_backend.entry(&lease.attrs.backend_type).or_default() += 1;
         }
         let known = self.peers.len();
         PeerCounts {
@@ -853,7 +851,10 @@ impl Agent {
             programmed: known.saturating_sub(desired.skipped.len()),
             rejected: self.peers.rejected().count(),
             skipped: skipped.into_iter().collect(),
-            by_backend: by_backend.into_iter().collect(),
+            by_backend: by_backend
+                .into_iter()
+                .map(|(name, n)| (name.to_string(), n))
+                .collect(),
         }
     }
 }

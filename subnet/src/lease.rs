@@ -4,6 +4,7 @@
 //! `A.B.C.D-LEN&<ipv6>-LEN6`) and the value is the compact JSON of [`LeaseAttrs`] in Go's field
 //! order, e.g. `{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -129,8 +130,9 @@ pub struct LeaseAttrs {
     pub public_ip: Ipv4Addr,
     /// The IPv6 public address (`PublicIPv6`), written as `null` when absent.
     pub public_ipv6: Option<Ipv6Addr>,
-    /// The backend that published the lease (`BackendType`), e.g. `host-gw` or `vxlan`.
-    pub backend_type: String,
+    /// The backend that published the lease (`BackendType`), e.g. `host-gw` or `vxlan`; the
+    /// names flanneld knows are shared, not allocated for each lease.
+    pub backend_type: Cow<'static, str>,
     /// Backend-specific data (`BackendData`), e.g. `{"VNI":1,"VtepMAC":"..."}` for vxlan.
     /// Boxed, like `BackendV6Data`: most leases have neither, and a peer set of thousands of
     /// leases then holds a pointer each instead of a JSON value's 72 bytes.
@@ -145,7 +147,7 @@ impl LeaseAttrs {
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
-            backend_type: backend_type.to_string(),
+            backend_type: backend_type_of(backend_type),
             backend_data: None,
             backend_v6_data: None,
         }
@@ -164,7 +166,7 @@ impl LeaseAttrs {
         if !self.backend_type.is_empty() {
             map.insert(
                 "BackendType".into(),
-                Value::String(self.backend_type.clone()),
+                Value::String(self.backend_type.to_string()),
             );
         }
         if let Some(data) = &self.backend_data {
@@ -211,7 +213,10 @@ impl LeaseAttrs {
             Value::String(attrs.public_ip.to_string()),
         );
         if !attrs.backend_type.is_empty() {
-            map.insert("BackendType".into(), Value::String(attrs.backend_type));
+            map.insert(
+                "BackendType".into(),
+                Value::String(attrs.backend_type.into_owned()),
+            );
         }
         if let Some(data) = attrs.backend_data {
             map.insert("BackendData".into(), *data);
@@ -251,8 +256,8 @@ impl LeaseAttrs {
             .map(|v| parse_ip_field::<Ipv6Addr>("PublicIPv6", v))
             .transpose()?;
         let backend_type = match fields.get("BackendType") {
-            None => String::new(),
-            Some(Value::String(s)) => s.clone(),
+            None => Cow::Borrowed(""),
+            Some(Value::String(s)) => backend_type_of(s),
             Some(other) => {
                 return Err(LeaseError::BadField {
                     field: "BackendType",
@@ -270,6 +275,30 @@ impl LeaseAttrs {
     }
 }
 
+/// The backend types flanneld versions write; a lease naming one of them shares the name.
+const KNOWN_BACKEND_TYPES: [&str; 8] = [
+    "",
+    "host-gw",
+    "vxlan",
+    "udp",
+    "ipip",
+    "wireguard",
+    "alloc",
+    "extension",
+];
+
+/// `name` as a lease's backend type: borrowed from [`KNOWN_BACKEND_TYPES`] when it is one of
+/// them (no allocation for each of thousands of leases), else owned.
+pub(crate) fn backend_type_of(name: &str) -> Cow<'static, str> {
+    KNOWN_BACKEND_TYPES
+        .iter()
+        .find(|known| **known == name)
+        .map_or_else(
+            || Cow::Owned(name.to_string()),
+            |known| Cow::Borrowed(*known),
+        )
+}
+
 /// A lease value in the exact spelling flanneld writes; `null` counts as absent, as in Go.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -278,8 +307,8 @@ struct Spelled<'a> {
     public_ip: Option<&'a str>,
     #[serde(rename = "PublicIPv6", borrow, default)]
     public_ipv6: Option<&'a str>,
-    #[serde(rename = "BackendType", default)]
-    backend_type: Option<String>,
+    #[serde(rename = "BackendType", borrow, default)]
+    backend_type: Option<&'a str>,
     #[serde(rename = "BackendData", default)]
     backend_data: Option<Box<Value>>,
     #[serde(rename = "BackendV6Data", default)]
@@ -301,7 +330,7 @@ impl Spelled<'_> {
         Some(LeaseAttrs {
             public_ip,
             public_ipv6,
-            backend_type: self.backend_type.unwrap_or_default(),
+            backend_type: backend_type_of(self.backend_type.unwrap_or_default()),
             backend_data: self.backend_data,
             backend_v6_data: self.backend_v6_data,
         })
@@ -346,6 +375,26 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_backend_types_are_shared_and_others_kept_as_written() {
+        let hostgw = LeaseAttrs::from_json(br#"{"PublicIP":"10.0.0.1","BackendType":"host-gw"}"#);
+        assert!(matches!(
+            hostgw.unwrap().backend_type,
+            Cow::Borrowed("host-gw")
+        ));
+        let general = LeaseAttrs::from_json(br#"{"publicip":"10.0.0.1","backendtype":"vxlan"}"#);
+        assert!(matches!(
+            general.unwrap().backend_type,
+            Cow::Borrowed("vxlan")
+        ));
+        let other = LeaseAttrs::from_json(br#"{"PublicIP":"10.0.0.1","BackendType":"gre"}"#);
+        assert!(matches!(other.unwrap().backend_type, Cow::Owned(ref s) if s == "gre"));
+        assert!(matches!(
+            LeaseAttrs::new(Ipv4Addr::LOCALHOST, "udp").backend_type,
+            Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn the_exact_spelling_decodes_as_the_general_path_does() {

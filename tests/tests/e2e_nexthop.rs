@@ -57,9 +57,15 @@ fn nexthop_routes_connect_hosts_are_repaired_and_collected() {
     // The kernel flushes a device's objects, with their routes, when it goes down; the agent
     // re-creates them once the link is up again.
     c.hosts[0].sh("ip link set eth0 down && ip link set eth0 up");
-    wait_for("objects back after a link flap", Duration::from_secs(25), || {
-        c.route(0, &nets[1]).contains(&format!("nhid {id}")).then_some(())
-    });
+    wait_for(
+        "objects back after a link flap",
+        Duration::from_secs(25),
+        || {
+            c.route(0, &nets[1])
+                .contains(&format!("nhid {id}"))
+                .then_some(())
+        },
+    );
     assert!(pods[0].ping(&pods[1].ip));
 
     // A peer gone for good: its route and its object go.

@@ -671,10 +671,9 @@ struct Comparison {
 impl Comparison {
     fn new(agents: &[Agent]) -> Comparison {
         let with_go = agents.last().is_some_and(|a| a.go);
+        let names = agents.iter().filter(|_| with_go).map(|a| a.name);
         Comparison {
-            names: with_go
-                .then(|| agents.iter().map(|a| a.name).collect())
-                .unwrap_or_default(),
+            names: names.collect(),
             rows: Vec::new(),
         }
     }
