@@ -198,12 +198,7 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
     };
     let nl = Netlink::connect().context("cannot open a netlink socket")?;
     let selected = choose_interface(&opts, &nl, config.ipv6.is_some()).await?;
-    let public_ip = config.ipv4.map(|_| selected.public_ip);
-    let public_ipv6 = selected.ipv6.map(|(_, public)| public);
-    let ext = external(&selected);
-    let mut backend = Backend::new(&config.backend, ext, public_ip, public_ipv6)?
-        .with_route_style(opts.route_style);
-    let attrs = backend.init(&nl).await?;
+    let (mut backend, attrs) = init_backend(&opts, &config, &nl, &selected).await?;
     readiness.publish(&Stage::AcquiringLease);
     let Some(manager) =
         acquire_lease(&registry, &config, attrs, previous.key(), &opts, &shutdown).await?
@@ -245,6 +240,22 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         config_note: crate::config_watch::spawn(registry.clone(), config.clone()),
     });
     run_agent(agent, manager, &registry, first_check, &shutdown).await
+}
+
+/// The backend for the chosen interface, set up before the lease (vxlan: the device); returns
+/// it with the lease attributes to publish.
+async fn init_backend(
+    opts: &Options,
+    config: &subnet::NetworkConfig,
+    nl: &Netlink,
+    selected: &iface::SelectedInterface,
+) -> Result<(Backend, subnet::LeaseAttrs)> {
+    let public_ip = config.ipv4.map(|_| selected.public_ip);
+    let public_ipv6 = selected.ipv6.map(|(_, public)| public);
+    let mut backend = Backend::new(&config.backend, external(selected), public_ip, public_ipv6)?
+        .with_route_style(opts.route_style);
+    let attrs = backend.init(nl).await?;
+    Ok((backend, attrs))
 }
 
 /// Step 6: keeps the lease in a task, programs the first listing ([`first_sync`]) and runs the
@@ -493,12 +504,7 @@ async fn first_sync<R: Registry>(
     if !listed {
         return Ok(None);
     }
-    footprint::release_freed_heap();
-    let unmapped = footprint::release_startup_pages();
-    tracing::debug!(
-        "start-up done: {} KiB of start-up code unmapped (it stays in the page cache)",
-        unmapped / 1024
-    );
+    footprint::release_startup();
     agent.publish_readiness();
     Ok(Some((peer_watch, notifications)))
 }

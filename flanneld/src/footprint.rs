@@ -10,9 +10,20 @@
 
 use std::fs;
 
+/// Gives back what start-up held ([`release_freed_heap`], [`release_startup_pages`]) and logs
+/// how much of the binary was unmapped.
+pub(crate) fn release_startup() {
+    release_freed_heap();
+    let unmapped = release_startup_pages();
+    tracing::debug!(
+        "start-up done: {} KiB of start-up code unmapped (it stays in the page cache)",
+        unmapped / 1024
+    );
+}
+
 /// Hands the heap freed after start-up back to the kernel: the lease listings and the first
 /// kernel dump of thousands of peers are transient, and glibc would otherwise keep their pages.
-pub(crate) fn release_freed_heap() {
+fn release_freed_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
     unsafe {
@@ -23,7 +34,7 @@ pub(crate) fn release_freed_heap() {
 /// Drops this process's mappings of read-only file pages that hold no private copy (the code
 /// and constants of the binary and its libraries); returns how many of their bytes were
 /// resident. Nothing is lost: the pages come back from the page cache when touched again.
-pub(crate) fn release_startup_pages() -> usize {
+fn release_startup_pages() -> usize {
     let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
         return 0;
     };

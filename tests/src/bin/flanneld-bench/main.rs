@@ -490,24 +490,7 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let ns = File::open(format!("/run/netns/{}", host.name()))?;
-        let ns_fd = ns.as_raw_fd();
-        // SAFETY: setns and prctl are async-signal-safe; the child enters the host namespace
-        // and dies with this process.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let started = Instant::now();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", agent.bin.display()))?;
-        drop(ns);
+        let (child, started) = spawn_in(&host, cmd)?;
         Ok(Run {
             agent: AgentProc { child, started },
             watch,
@@ -717,6 +700,29 @@ impl Comparison {
         out.push('\n');
         Ok(())
     }
+}
+
+/// Starts `cmd` inside `host`'s network namespace (entered between fork and exec, so no
+/// `ip netns exec` is timed); the child dies with this process. Returns it and when it started.
+fn spawn_in(host: &Netns, mut cmd: Command) -> Result<(Child, Instant)> {
+    let ns = File::open(format!("/run/netns/{}", host.name()))?;
+    let ns_fd = ns.as_raw_fd();
+    // SAFETY: setns and prctl are async-signal-safe; the child enters the host namespace and
+    // dies with this process.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {:?}", cmd.get_program()))?;
+    Ok((child, started))
 }
 
 /// Runs `run` `runs` times for each agent, alternating the agents run by run (so a change of
