@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::{Stream, StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
     NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::proto::{new_connection, ConnectionHandle};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, SocketAddr};
@@ -211,35 +211,48 @@ pub(crate) struct NexthopSocket {
 
 impl NexthopSocket {
     /// Opens a connection in the calling thread's network namespace; its driver task runs on
-    /// the current tokio runtime until the last clone is dropped.
+    /// the current tokio runtime.
     pub fn connect() -> Result<NexthopSocket, NetlinkError> {
-        let (conn, handle, _) = new_connection::<NexthopMessage>(NETLINK_ROUTE)?;
-        tokio::spawn(conn);
-        Ok(NexthopSocket { handle })
+        Ok(NexthopSocket::open()?.0)
     }
 
-    /// Every nexthop object of the namespace.
-    pub async fn dump(&self) -> Result<Vec<KernelNexthop>, NetlinkError> {
+    fn open() -> Result<(NexthopSocket, tokio::task::JoinHandle<()>), NetlinkError> {
+        let (conn, handle, _) = new_connection::<NexthopMessage>(NETLINK_ROUTE)?;
+        Ok((NexthopSocket { handle }, tokio::spawn(conn)))
+    }
+
+    /// Every nexthop object of the namespace, read on a connection of its own that is closed
+    /// afterwards (netlink-proto keeps the queue a dump of thousands grew to for the life of
+    /// its connection).
+    pub async fn dump() -> Result<Vec<KernelNexthop>, NetlinkError> {
+        let (socket, driver) = NexthopSocket::open()?;
         let request = NexthopMessage {
             kind: RTM_GETNEXTHOP,
             body: empty_body(0),
         };
-        self.request(request, NLM_F_REQUEST | NLM_F_DUMP)?
-            .try_filter_map(|m| {
-                std::future::ready(Ok((m.kind == RTM_NEWNEXTHOP).then_some(m.body)))
-            })
-            .try_collect()
-            .await
+        let found: Result<Vec<KernelNexthop>, NetlinkError> = async {
+            socket
+                .request(request, NLM_F_REQUEST | NLM_F_DUMP)?
+                .try_filter_map(|m| {
+                    std::future::ready(Ok((m.kind == RTM_NEWNEXTHOP).then_some(m.body)))
+                })
+                .try_collect()
+                .await
+        }
+        .await;
+        driver.abort();
+        found
     }
 
-    /// Creates `nexthop` tagged ours, or replaces the object with its id (routes pointing to
-    /// it follow at once).
-    pub async fn set(&self, nexthop: &Nexthop) -> Result<(), NetlinkError> {
+    /// Creates `nexthop` tagged ours (failing if its id is taken), or with `replace` replaces
+    /// the object with its id (routes pointing to it follow at once).
+    pub async fn set(&self, nexthop: &Nexthop, replace: bool) -> Result<(), NetlinkError> {
         let request = NexthopMessage {
             kind: RTM_NEWNEXTHOP,
             body: KernelNexthop::ours(nexthop),
         };
-        let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        let exclusive = if replace { NLM_F_REPLACE } else { NLM_F_EXCL };
+        let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | exclusive;
         self.request(request, flags)?
             .try_collect::<Vec<_>>()
             .await?;

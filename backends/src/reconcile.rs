@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use crate::desired::{DesiredState, Family, Nexthop, Route};
 use crate::mac::Mac;
 use crate::netlink::{KernelRoute, Netlink, NetlinkError, ENETUNREACH, ENOENT, ESRCH};
-use crate::nexthop::KernelNexthop;
+use crate::nexthop::{KernelNexthop, NexthopSocket};
 
 /// One kernel write the reconciler decided on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -425,7 +425,7 @@ impl Kernel for Netlink {
     }
 
     async fn nexthops(&self) -> Result<Vec<KernelNexthop>, NetlinkError> {
-        self.nexthops().dump().await
+        NexthopSocket::dump().await
     }
 
     async fn apply(&self, op: &Op) -> Result<(), NetlinkError> {
@@ -439,7 +439,7 @@ impl Kernel for Netlink {
             Op::DelRoute(k) => self.del_route(k).await,
             Op::DelFdb { link, mac, remote } => self.del_fdb(*link, *mac, *remote).await,
             Op::DelNeighbour { link, ip } => self.del_neighbour(*link, *ip).await,
-            Op::SetNexthop { nexthop, .. } => self.nexthops().set(nexthop).await,
+            Op::SetNexthop { nexthop, existed } => self.nexthops().set(nexthop, *existed).await,
             Op::DelNexthop(k) => self.nexthops().del(k.id).await,
         }
     }
