@@ -289,11 +289,11 @@ impl Backend {
 
     /// Whether every change to this backend's kernel objects made by others is reported by
     /// [`Notifications`]: true for host-gw (a route of ours removed, or replaced by a route of
-    /// another protocol); false for vxlan, whose neighbour and FDB entries can be replaced
-    /// (RTM_NEWNEIGH, which its own writes cause too) without a notification it can tell apart,
-    /// and false with nexthop objects, whose removal takes their routes without a notification.
+    /// another protocol, or a nexthop object of ours removed); false for vxlan, whose neighbour
+    /// and FDB entries can be replaced (RTM_NEWNEIGH, which its own writes cause too) without a
+    /// notification it can tell apart.
     pub fn drift_is_notified(&self) -> bool {
-        matches!(self.kind, Kind::HostGw(_)) && self.route_style == RouteStyle::Classic
+        matches!(self.kind, Kind::HostGw(_))
     }
 
     /// The MTU for FLANNEL_MTU: host-gw the interface MTU, vxlan (config `MTU` or interface

@@ -5,14 +5,16 @@
 //! acknowledges requests like rtnetlink's.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
 
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
     NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::proto::{new_connection, ConnectionHandle};
-use rtnetlink::sys::{protocols::NETLINK_ROUTE, SocketAddr};
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, AsyncSocket, SocketAddr};
 
 use crate::desired::Nexthop;
 use crate::netlink::NetlinkError;
@@ -27,6 +29,8 @@ const NHA_BLACKHOLE: u16 = 4;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
 const NHA_FDB: u16 = 11;
+/// The multicast group of nexthop changes (`RTNLGRP_NEXTHOP`).
+const RTNLGRP_NEXTHOP: u32 = 32;
 /// `RTNH_F_ONLINK` in `nh_flags`.
 const RTNH_F_ONLINK: u32 = 4;
 const AF_UNSPEC: u8 = 0;
@@ -34,6 +38,9 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// `struct nhmsg`: family, scope, protocol, reserved, flags (u32).
 const NHMSG_LEN: usize = 8;
+/// Where `nh_protocol` is in a nexthop message: after the 16-byte netlink header, the third
+/// byte of `struct nhmsg`.
+const NH_PROTOCOL_OFFSET: u32 = 16 + 2;
 
 /// A nexthop object as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -300,6 +307,46 @@ impl NexthopSocket {
                 _ => None,
             })
         }))
+    }
+}
+
+/// A subscription to the removal of our nexthop objects (by hand, or flushed with their
+/// device: the kernel removes the routes that use one without a route notification), and to
+/// objects of other protocols that may have replaced ours.
+#[derive(Debug)]
+pub(crate) struct NexthopRemovals {
+    messages: UnboundedReceiver<(NetlinkMessage<NexthopMessage>, SocketAddr)>,
+}
+
+impl NexthopRemovals {
+    /// Subscribes in the calling thread's network namespace; only `RTM_DELNEXTHOP` and the
+    /// `RTM_NEWNEXTHOP` of other protocols pass the socket's filter (our own thousands of
+    /// creations do not). Spawns the socket's driver on the current tokio runtime.
+    pub fn subscribe() -> Result<NexthopRemovals, NetlinkError> {
+        let (mut conn, _, messages) = new_connection::<NexthopMessage>(NETLINK_ROUTE)?;
+        let socket = conn.socket_mut().socket_mut();
+        socket.bind(&SocketAddr::new(0, 0))?;
+        socket.add_membership(RTNLGRP_NEXTHOP)?;
+        let foreign = (RTM_NEWNEXTHOP, NH_PROTOCOL_OFFSET);
+        crate::notify::keep_wanted_and_foreign(socket.as_raw_fd(), &[RTM_DELNEXTHOP], foreign)?;
+        tokio::spawn(conn);
+        Ok(NexthopRemovals { messages })
+    }
+
+    /// The id of the next removed object tagged ours, or of another protocol's new object;
+    /// `None` when the socket closed. Cancel-safe.
+    pub async fn next(&mut self) -> Option<u32> {
+        loop {
+            let (msg, _) = self.messages.next().await?;
+            if let NetlinkPayload::InnerMessage(m) = msg.payload {
+                let ours = m.body.is_ours();
+                let lost =
+                    (m.kind == RTM_DELNEXTHOP && ours) || (m.kind == RTM_NEWNEXTHOP && !ours);
+                if lost {
+                    return Some(m.body.id);
+                }
+            }
+        }
     }
 }
 

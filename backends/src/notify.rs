@@ -13,6 +13,7 @@ use rtnetlink::sys::SocketAddr;
 use rtnetlink::MulticastGroup;
 
 use crate::netlink::{kernel_route, link_name, main_table_route, NetlinkError};
+use crate::nexthop::NexthopRemovals;
 use crate::ExternalInterface;
 
 /// A kernel change that may concern the data plane.
@@ -48,6 +49,12 @@ pub enum Notification {
         /// The link.
         index: u32,
     },
+    /// A nexthop object tagged ours was removed (with the routes that use it), or one of
+    /// another protocol was added or replaced one (perhaps ours).
+    NexthopChanged {
+        /// Its id.
+        id: u32,
+    },
 }
 
 /// What the daemon should do about a [`Notification`].
@@ -68,6 +75,8 @@ pub enum Reaction {
 #[derive(Debug)]
 pub struct Notifications {
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    /// `None` on a kernel without nexthop objects.
+    nexthops: Option<NexthopRemovals>,
 }
 
 impl Notifications {
@@ -86,7 +95,10 @@ impl Notifications {
         let (mut conn, _, messages) = rtnetlink::new_multicast_connection(&groups)?;
         keep_only_wanted(conn.socket_mut().as_raw_fd())?;
         tokio::spawn(conn);
-        Ok(Notifications { messages })
+        let nexthops = NexthopRemovals::subscribe()
+            .inspect_err(|e| tracing::debug!("no nexthop notifications: {e}"))
+            .ok();
+        Ok(Notifications { messages, nexthops })
     }
 
     /// The next relevant notification and those already queued behind it; `None` when the
@@ -104,12 +116,27 @@ impl Notifications {
 
     /// The next relevant notification; `None` when the socket closed.
     pub async fn next(&mut self) -> Option<Notification> {
+        let Notifications { messages, nexthops } = self;
         loop {
-            let (msg, _) = self.messages.next().await?;
-            if let NetlinkPayload::InnerMessage(inner) = msg.payload {
-                if let Some(n) = convert(inner) {
-                    return Some(n);
+            let removed = async {
+                match nexthops.as_mut() {
+                    Some(subscription) => subscription.next().await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                message = messages.next() => {
+                    let (msg, _) = message?;
+                    if let NetlinkPayload::InnerMessage(inner) = msg.payload {
+                        if let Some(n) = convert(inner) {
+                            return Some(n);
+                        }
+                    }
+                }
+                id = removed => match id {
+                    Some(id) => return Some(Notification::NexthopChanged { id }),
+                    None => *nexthops = None,
+                },
             }
         }
     }
@@ -129,37 +156,61 @@ const WANTED: [u16; 6] = [
 /// sixth byte of `struct rtmsg`.
 const RTM_PROTOCOL_OFFSET: u32 = 16 + 5;
 
-/// Attaches a socket filter that drops, in the kernel, every message type but the wanted ones
-/// and RTM_NEWROUTE for routes of another protocol than ours: programming thousands of routes
-/// then queues no thousands of notifications to parse (or to overflow the socket with), while a
-/// route that replaces one of ours is still reported.
+/// The route socket's filter ([`keep_wanted_and_foreign`]): the wanted types, and RTM_NEWROUTE
+/// for routes of another protocol than ours.
 fn keep_only_wanted(fd: RawFd) -> Result<(), NetlinkError> {
-    /// `SO_ATTACH_FILTER` (asm-generic; the libc crate does not export it for every target).
-    const SO_ATTACH_FILTER: libc::c_int = 26;
-    let insn = |code: u32, jt: usize, jf: usize, k: u32| libc::sock_filter {
+    keep_wanted_and_foreign(fd, &WANTED, (libc::RTM_NEWROUTE, RTM_PROTOCOL_OFFSET))
+}
+
+/// Attaches a socket filter that drops, in the kernel, every message but those of a `wanted`
+/// type and those of type `new` whose protocol byte (at `protocol_offset`) is not ours:
+/// programming thousands of objects then queues no thousands of notifications to parse (or to
+/// overflow the socket with), while an object that replaces one of ours is still reported.
+pub(crate) fn keep_wanted_and_foreign(
+    fd: RawFd,
+    wanted: &[u16],
+    (new, protocol_offset): (u16, u32),
+) -> Result<(), NetlinkError> {
+    // 0: load nlmsg_type; 1..=n: accept a wanted one; n+1: not `new`, drop;
+    // n+2: load the protocol; n+3: ours, drop; n+4: drop; n+5: accept.
+    let n = wanted.len();
+    let (drop, accept) = (n + 4, n + 5);
+    let mut prog = vec![insn(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 0, 0, 4)];
+    for (i, kind) in wanted.iter().enumerate() {
+        prog.push(insn(JEQ, accept - (i + 1) - 1, 0, message_type(*kind)));
+    }
+    prog.push(insn(JEQ, 0, drop - (n + 1) - 1, message_type(new)));
+    let load_protocol = libc::BPF_LD | libc::BPF_B | libc::BPF_ABS;
+    prog.push(insn(load_protocol, 0, 0, protocol_offset));
+    prog.push(insn(JEQ, 0, 1, u32::from(crate::ROUTE_PROTOCOL)));
+    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, 0, 0));
+    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX));
+    attach_filter(fd, prog)
+}
+
+/// A classic BPF instruction.
+fn insn(code: u32, jt: usize, jf: usize, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
         code: code as u16,
         jt: jt as u8,
         jf: jf as u8,
         k,
-    };
-    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
-    // Absolute loads read big-endian; nlmsg_type is in host byte order.
-    let message_type = |kind: u16| u32::from(u16::from_be_bytes(kind.to_ne_bytes()));
-    // 0: load nlmsg_type; 1..=n: accept a wanted one; n+1: not RTM_NEWROUTE, drop;
-    // n+2: load rtm_protocol; n+3: ours, drop; n+4: drop; n+5: accept.
-    let n = WANTED.len();
-    let (drop, accept) = (n + 4, n + 5);
-    let mut prog = vec![insn(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 0, 0, 4)];
-    for (i, kind) in WANTED.iter().enumerate() {
-        prog.push(insn(jeq, accept - (i + 1) - 1, 0, message_type(*kind)));
     }
-    let new_route = message_type(libc::RTM_NEWROUTE);
-    prog.push(insn(jeq, 0, drop - (n + 1) - 1, new_route));
-    let load_protocol = libc::BPF_LD | libc::BPF_B | libc::BPF_ABS;
-    prog.push(insn(load_protocol, 0, 0, RTM_PROTOCOL_OFFSET));
-    prog.push(insn(jeq, 0, 1, u32::from(crate::ROUTE_PROTOCOL)));
-    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, 0, 0));
-    prog.push(insn(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX));
+}
+
+/// Jump if the accumulator equals `k`.
+const JEQ: u32 = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+
+/// `kind` as an absolute load of `nlmsg_type` reads it: such loads are big-endian, the field is
+/// in host byte order.
+fn message_type(kind: u16) -> u32 {
+    u32::from(u16::from_be_bytes(kind.to_ne_bytes()))
+}
+
+/// Attaches `prog` to the socket `fd`.
+fn attach_filter(fd: RawFd, mut prog: Vec<libc::sock_filter>) -> Result<(), NetlinkError> {
+    /// `SO_ATTACH_FILTER` (asm-generic; the libc crate does not export it for every target).
+    const SO_ATTACH_FILTER: libc::c_int = 26;
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_mut_ptr(),
@@ -238,9 +289,9 @@ pub(crate) fn react(
                 Reaction::Ignore
             }
         }
-        Notification::RouteRemoved { .. } | Notification::ForeignRoute { .. } => {
-            Reaction::Reconcile
-        }
+        Notification::RouteRemoved { .. }
+        | Notification::ForeignRoute { .. }
+        | Notification::NexthopChanged { .. } => Reaction::Reconcile,
         Notification::NeighbourRemoved { index } => {
             if is_vtep(*index, None) {
                 Reaction::Reconcile

@@ -827,6 +827,15 @@ impl Reconciler {
         report
     }
 
+    /// Whether nexthop object `id` is one the reconciler knows it put in the kernel and has
+    /// not deleted since (true too while it has no model): its removal is then drift, not the
+    /// echo of its own delete.
+    pub fn holds_nexthop(&self, id: u32) -> bool {
+        self.model
+            .as_ref()
+            .is_none_or(|model| model.nexthops.contains_key(&id))
+    }
+
     /// What [`Reconciler::reconcile`] would write for `desired`, without writing anything:
     /// the kernel is dumped and planned against, and each planned write is returned typed.
     pub async fn preview(&self, desired: &DesiredState) -> Result<Preview, NetlinkError> {

@@ -367,8 +367,9 @@ impl Agent {
             IpNet::V4(_) => self.programmed(dst).is_some(),
             IpNet::V6(v6) => self.all_programmed().any(|l| l.key.ipv6 == Some(*v6)),
         };
+        let held = |id: u32| self.reconciler.holds_nexthop(id);
         let reactions: Vec<Reaction> = (burst.iter())
-            .map(|n| decide::reaction(n, self.backend.reaction(n), wanted))
+            .map(|n| decide::reaction(n, self.backend.reaction(n), (wanted, held)))
             .collect();
         let cause = burst
             .iter()

@@ -125,18 +125,20 @@ pub(crate) fn resync_needs_dump(
 }
 
 /// The reaction to one kernel notification: the backend's, except that the removal (or the
-/// replacement by a route of another protocol) of a route no peer wants needs nothing. A removal
-/// is mostly the echo of the reconciler's own delete, which used to cost a full reconcile (a dump
-/// of every route) per removed peer.
+/// replacement by a route of another protocol) of a route no peer wants, and the removal of a
+/// nexthop object the reconciler does not hold, need nothing. A removal is mostly the echo of
+/// the reconciler's own delete, which used to cost a full reconcile (a dump of every route) per
+/// removed peer.
 pub(crate) fn reaction(
     n: &Notification,
     backend: Reaction,
-    wanted: impl Fn(&IpNet) -> bool,
+    (wanted, held): (impl Fn(&IpNet) -> bool, impl Fn(u32) -> bool),
 ) -> Reaction {
     match n {
         Notification::RouteRemoved { dst } | Notification::ForeignRoute { dst } if !wanted(dst) => {
             Reaction::Ignore
         }
+        Notification::NexthopChanged { id } if !held(*id) => Reaction::Ignore,
         _ => backend,
     }
 }
@@ -313,21 +315,30 @@ mod tests {
     }
 
     #[test]
-    fn only_the_removal_of_a_wanted_route_needs_a_reconcile() {
+    fn only_the_removal_of_a_wanted_route_or_a_held_object_needs_a_reconcile() {
         let wanted: IpNet = "10.5.2.0/24".parse().unwrap();
-        let is_wanted = |dst: &IpNet| *dst == wanted;
+        let known = (|dst: &IpNet| *dst == wanted, |id: u32| id == 7);
         let removed = |dst: &str| Notification::RouteRemoved {
             dst: dst.parse().unwrap(),
         };
-        let ours = reaction(&removed("10.5.2.0/24"), Reaction::Reconcile, is_wanted);
+        let ours = reaction(&removed("10.5.2.0/24"), Reaction::Reconcile, known);
         assert_eq!(ours, Reaction::Reconcile, "someone removed a route we want");
-        let echo = reaction(&removed("10.5.3.0/24"), Reaction::Reconcile, is_wanted);
+        let echo = reaction(&removed("10.5.3.0/24"), Reaction::Reconcile, known);
         assert_eq!(echo, Reaction::Ignore, "the route of a removed peer");
+        let object = |id| Notification::NexthopChanged { id };
+        let held = reaction(&object(7), Reaction::Reconcile, known);
+        assert_eq!(
+            held,
+            Reaction::Reconcile,
+            "someone removed an object we hold"
+        );
+        let collected = reaction(&object(8), Reaction::Reconcile, known);
+        assert_eq!(collected, Reaction::Ignore, "the echo of our own delete");
         let link = Notification::Link {
             index: 2,
             name: None,
             removed: true,
         };
-        assert_eq!(reaction(&link, Reaction::Setup, is_wanted), Reaction::Setup);
+        assert_eq!(reaction(&link, Reaction::Setup, known), Reaction::Setup);
     }
 }

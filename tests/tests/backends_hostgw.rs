@@ -268,3 +268,38 @@ fn route_notifications_report_removals_of_ours_and_routes_of_others_not_our_own_
         assert_eq!(backend.reaction(&replaced), backends::Reaction::Reconcile);
     });
 }
+
+#[test]
+fn nexthop_notifications_report_removed_objects_of_ours_and_objects_of_others() {
+    use backends::Notification;
+    let host = &host_with_eth0("hgx", "192.168.53.1/24");
+    in_ns(host, |nl| async move {
+        let cfg = backend_config(json!({"Type": "host-gw"}));
+        let public = Some("192.168.53.1".parse().unwrap());
+        let mut backend = Backend::new(&cfg, eth0("192.168.53.1"), public, None)
+            .unwrap()
+            .with_route_style(backends::RouteStyle::Nexthop);
+        backend.init(&nl).await.unwrap();
+        let mut notes = backends::Notifications::subscribe(false).unwrap();
+        let set = peers(OWN, &[peer("10.5.2.0/24", "192.168.53.2", "host-gw", None)]);
+        let report = Reconciler::new(nl).reconcile(&backend.desired(&set)).await;
+        assert!(report.converged, "{report:?}");
+        // Our own objects and routes (protocol 70) are dropped by the socket filters.
+        assert_eq!(drain(&mut notes).await, vec![]);
+
+        // Deleting the object takes its route without a route notification: the object's
+        // removal is what reports it.
+        let id = u32::from("192.168.53.2".parse::<std::net::Ipv4Addr>().unwrap());
+        host.sh(&format!("ip nexthop del id {id}"));
+        host.sh("ip nexthop add id 99 via 192.168.53.9 dev eth0");
+        assert_eq!(
+            drain(&mut notes).await,
+            vec![
+                Notification::NexthopChanged { id },
+                Notification::NexthopChanged { id: 99 },
+            ]
+        );
+        let removed = Notification::NexthopChanged { id };
+        assert_eq!(backend.reaction(&removed), backends::Reaction::Reconcile);
+    });
+}
