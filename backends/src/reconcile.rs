@@ -177,6 +177,15 @@ impl Op {
                  or vxlan with \"DirectRouting\": true to route directly only where possible",
                 r.dst, r.gateway
             ),
+            Op::SetNexthop { .. } if e.errno == Some(libc::EOPNOTSUPP) => format!(
+                "this kernel has no nexthop objects ({e}): they need Linux 5.3 or later; run \
+                 with --route-style=classic"
+            ),
+            Op::SetNexthop { nexthop, .. } if e.errno == Some(libc::ENETDOWN) => format!(
+                "device #{} is down or has no carrier, and the kernel refuses nexthop objects \
+                 on it ({e}); they are created when the link is up again",
+                nexthop.oif
+            ),
             _ => e.to_string(),
         }
     }
@@ -1432,6 +1441,22 @@ mod tests {
             plan(&scoped, &theirs).ops.is_empty(),
             "in use by another network"
         );
+    }
+
+    #[test]
+    fn nexthop_failures_name_the_kernel_or_the_link() {
+        let set = Op::SetNexthop {
+            nexthop: Nexthop::for_route(&hostgw("10.5.2.0/24", "192.168.1.2")).unwrap(),
+            existed: false,
+        };
+        let failed = |errno| NetlinkError {
+            errno: Some(errno),
+            message: "refused".into(),
+        };
+        let old_kernel = set.explain(&failed(libc::EOPNOTSUPP));
+        assert!(old_kernel.contains("--route-style=classic"), "{old_kernel}");
+        let no_carrier = set.explain(&failed(libc::ENETDOWN));
+        assert!(no_carrier.contains("carrier"), "{no_carrier}");
     }
 
     #[test]
