@@ -1,6 +1,6 @@
 //! host-gw backend and reconciler against the real kernel, in a network namespace.
 
-use backends::{Backend, Reconciler};
+use backends::{Backend, Reconciler, RouteStyle};
 use flanneld_tests::dataplane::{
     backend_config, eth0, gone, host_with_eth0, in_ns, own_lease, peer, peers, route_of, v4_network,
 };
@@ -214,6 +214,17 @@ fn unknown_types_and_nat_are_refused_with_clear_errors() {
     );
 }
 
+/// A host-gw backend on eth0 with address `ip`, initialised, installing routes in `style`.
+async fn hostgw_on_eth0(nl: &backends::Netlink, ip: &str, style: RouteStyle) -> Backend {
+    let cfg = backend_config(json!({"Type": "host-gw"}));
+    let public = Some(ip.parse().unwrap());
+    let mut backend = Backend::new(&cfg, eth0(ip), public, None)
+        .unwrap()
+        .with_route_style(style);
+    backend.init(nl).await.unwrap();
+    backend
+}
+
 /// Notifications until none came for 300 ms.
 async fn drain(notes: &mut backends::Notifications) -> Vec<backends::Notification> {
     let mut seen = Vec::new();
@@ -230,10 +241,7 @@ fn route_notifications_report_removals_of_ours_and_routes_of_others_not_our_own_
     use backends::Notification;
     let host = &host_with_eth0("hgn", "192.168.52.1/24");
     in_ns(host, |nl| async move {
-        let cfg = backend_config(json!({"Type": "host-gw"}));
-        let public = Some("192.168.52.1".parse().unwrap());
-        let mut backend = Backend::new(&cfg, eth0("192.168.52.1"), public, None).unwrap();
-        backend.init(&nl).await.unwrap();
+        let backend = hostgw_on_eth0(&nl, "192.168.52.1", RouteStyle::Classic).await;
         let mut notes = backends::Notifications::subscribe(false).unwrap();
         let set = peers(
             OWN,
@@ -274,12 +282,7 @@ fn nexthop_notifications_report_removed_objects_of_ours_and_objects_of_others() 
     use backends::Notification;
     let host = &host_with_eth0("hgx", "192.168.53.1/24");
     in_ns(host, |nl| async move {
-        let cfg = backend_config(json!({"Type": "host-gw"}));
-        let public = Some("192.168.53.1".parse().unwrap());
-        let mut backend = Backend::new(&cfg, eth0("192.168.53.1"), public, None)
-            .unwrap()
-            .with_route_style(backends::RouteStyle::Nexthop);
-        backend.init(&nl).await.unwrap();
+        let backend = hostgw_on_eth0(&nl, "192.168.53.1", RouteStyle::Nexthop).await;
         let mut notes = backends::Notifications::subscribe(false).unwrap();
         let set = peers(OWN, &[peer("10.5.2.0/24", "192.168.53.2", "host-gw", None)]);
         let report = Reconciler::new(nl).reconcile(&backend.desired(&set)).await;
