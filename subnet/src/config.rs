@@ -330,6 +330,125 @@ fn derive_range(
     Ok((subnet_len, min, max))
 }
 
+/// `Network` and the IPv4 subnet range.
+fn parse_ipv4(f: &Fields) -> Result<Ipv4Range, ConfigError> {
+    let network: Ipv4Net = get_network(f, &V4)?;
+    let raw = RawRange {
+        network: u32::from(network.network()).into(),
+        prefix: network.prefix_len(),
+        subnet_len: get_len(f, V4.len_key)?,
+        min: get_addr::<Ipv4Addr>(f, V4.min_key, "IPv4")?.map(|a| u32::from(a).into()),
+        max: get_addr::<Ipv4Addr>(f, V4.max_key, "IPv4")?.map(|a| u32::from(a).into()),
+    };
+    let show = |a: u128| Ipv4Addr::from(a as u32).to_string();
+    let (subnet_len, min, max) = derive_range(&V4, &raw, &show)?;
+    Ok(Ipv4Range {
+        network,
+        subnet_len,
+        subnet_min: Ipv4Addr::from(min as u32),
+        subnet_max: Ipv4Addr::from(max as u32),
+    })
+}
+
+/// `IPv6Network` and the IPv6 subnet range.
+fn parse_ipv6(f: &Fields) -> Result<Ipv6Range, ConfigError> {
+    let network: Ipv6Net = get_network(f, &V6)?;
+    let raw = RawRange {
+        network: u128::from(network.network()),
+        prefix: network.prefix_len(),
+        subnet_len: get_len(f, V6.len_key)?,
+        min: get_addr::<Ipv6Addr>(f, V6.min_key, "IPv6")?.map(u128::from),
+        max: get_addr::<Ipv6Addr>(f, V6.max_key, "IPv6")?.map(u128::from),
+    };
+    let show = |a: u128| Ipv6Addr::from(a).to_string();
+    let (subnet_len, min, max) = derive_range(&V6, &raw, &show)?;
+    Ok(Ipv6Range {
+        network,
+        subnet_len,
+        subnet_min: Ipv6Addr::from(min),
+        subnet_max: Ipv6Addr::from(max),
+    })
+}
+
+/// What reading a network needs of `Ipv4Net` and `Ipv6Net`.
+trait Cidr: std::str::FromStr + std::fmt::Display {
+    fn prefix(&self) -> u8;
+    fn truncated(&self) -> Self;
+}
+
+impl Cidr for Ipv4Net {
+    fn prefix(&self) -> u8 {
+        self.prefix_len()
+    }
+    fn truncated(&self) -> Self {
+        self.trunc()
+    }
+}
+
+impl Cidr for Ipv6Net {
+    fn prefix(&self) -> u8 {
+        self.prefix_len()
+    }
+    fn truncated(&self) -> Self {
+        self.trunc()
+    }
+}
+
+/// The network at `fam.network_key`, truncated to its prefix; refused when missing, not a
+/// CIDR of the family, or `/0`.
+fn get_network<N: Cidr>(f: &Fields, fam: &Family) -> Result<N, ConfigError> {
+    let label = if fam.bits == V4.bits { "IPv4" } else { "IPv6" };
+    let invalid = |s: &str| {
+        let example = fam.example;
+        bad(
+            fam.network_key,
+            format!("invalid {label} CIDR format: {s:?}; e.g. \"{example}\""),
+        )
+    };
+    let parsed = get_str(f, fam.network_key)?
+        .map(|s| s.parse::<N>().map_err(|_| invalid(s)))
+        .transpose()?;
+    match parsed {
+        Some(n) if n.prefix() > 0 => Ok(n.truncated()),
+        other => Err(ConfigError::MissingNetwork {
+            key: fam.network_key,
+            value: other.map_or("nothing".into(), |n| n.to_string()),
+            example: fam.example,
+        }),
+    }
+}
+
+/// The `Backend` section: its `Type` (lower case) and the whole object; `udp` when absent, as
+/// Go flanneld defaults.
+fn parse_backend(f: &Fields) -> Result<BackendConfig, ConfigError> {
+    match f.get("Backend") {
+        None => Ok(BackendConfig {
+            backend_type: "udp".into(),
+            raw: Value::Null,
+        }),
+        Some(b @ Value::Object(_)) => {
+            let bf = Fields::new(b).ok_or_else(|| bad("Backend", "expected an object"))?;
+            let backend_type = get_str(&bf, "Type")
+                .map_err(|_| {
+                    bad(
+                        "Backend",
+                        "\"Type\" must be a string such as \"host-gw\" or \"vxlan\"",
+                    )
+                })?
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            Ok(BackendConfig {
+                backend_type,
+                raw: b.clone(),
+            })
+        }
+        Some(v) => Err(bad(
+            "Backend",
+            format!("expected an object such as {{\"Type\":\"vxlan\"}}, got {v}"),
+        )),
+    }
+}
+
 fn bad(key: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::BadValue {
         key,
@@ -386,128 +505,19 @@ impl NetworkConfig {
         let enable_ipv4 = get_bool(&f, "EnableIPv4", true)?;
         let enable_ipv6 = get_bool(&f, "EnableIPv6", false)?;
         let enable_nftables = get_bool(&f, "EnableNFTables", false)?;
-
-        let ipv4 = if enable_ipv4 {
-            let network: Option<Ipv4Net> = get_str(&f, "Network")?
-                .map(|s| {
-                    s.parse::<Ipv4Net>().map_err(|_| {
-                        bad(
-                            "Network",
-                            format!("invalid IPv4 CIDR format: {s:?}; e.g. \"10.244.0.0/16\""),
-                        )
-                    })
-                })
-                .transpose()?;
-            let network = match network {
-                Some(n) if n.prefix_len() > 0 => n.trunc(),
-                other => {
-                    return Err(ConfigError::MissingNetwork {
-                        key: "Network",
-                        value: other.map_or("nothing".into(), |n| n.to_string()),
-                        example: V4.example,
-                    })
-                }
-            };
-            let raw = RawRange {
-                network: u32::from(network.network()).into(),
-                prefix: network.prefix_len(),
-                subnet_len: get_len(&f, "SubnetLen")?,
-                min: get_addr::<Ipv4Addr>(&f, "SubnetMin", "IPv4")?.map(|a| u32::from(a).into()),
-                max: get_addr::<Ipv4Addr>(&f, "SubnetMax", "IPv4")?.map(|a| u32::from(a).into()),
-            };
-            let show = |a: u128| Ipv4Addr::from(a as u32).to_string();
-            let (subnet_len, min, max) = derive_range(&V4, &raw, &show)?;
-            Some(Ipv4Range {
-                network,
-                subnet_len,
-                subnet_min: Ipv4Addr::from(min as u32),
-                subnet_max: Ipv4Addr::from(max as u32),
-            })
-        } else {
-            None
-        };
-
-        let ipv6 = if enable_ipv6 {
-            let network: Option<Ipv6Net> = get_str(&f, "IPv6Network")?
-                .map(|s| {
-                    s.parse::<Ipv6Net>().map_err(|_| {
-                        bad(
-                            "IPv6Network",
-                            format!("invalid IPv6 CIDR format: {s:?}; e.g. \"fd00:10:244::/56\""),
-                        )
-                    })
-                })
-                .transpose()?;
-            let network = match network {
-                Some(n) if n.prefix_len() > 0 => n.trunc(),
-                other => {
-                    return Err(ConfigError::MissingNetwork {
-                        key: "IPv6Network",
-                        value: other.map_or("nothing".into(), |n| n.to_string()),
-                        example: V6.example,
-                    })
-                }
-            };
-            let raw = RawRange {
-                network: u128::from(network.network()),
-                prefix: network.prefix_len(),
-                subnet_len: get_len(&f, "IPv6SubnetLen")?,
-                min: get_addr::<Ipv6Addr>(&f, "IPv6SubnetMin", "IPv6")?.map(u128::from),
-                max: get_addr::<Ipv6Addr>(&f, "IPv6SubnetMax", "IPv6")?.map(u128::from),
-            };
-            let show = |a: u128| Ipv6Addr::from(a).to_string();
-            let (subnet_len, min, max) = derive_range(&V6, &raw, &show)?;
-            Some(Ipv6Range {
-                network,
-                subnet_len,
-                subnet_min: Ipv6Addr::from(min),
-                subnet_max: Ipv6Addr::from(max),
-            })
-        } else {
-            None
-        };
-
+        let ipv4 = enable_ipv4.then(|| parse_ipv4(&f)).transpose()?;
+        let ipv6 = enable_ipv6.then(|| parse_ipv6(&f)).transpose()?;
         if ipv4.is_none() && ipv6.is_none() {
             return Err(bad(
                 "EnableIPv4",
                 "both EnableIPv4 and EnableIPv6 are false; enable at least one family",
             ));
         }
-
-        let backend = match f.get("Backend") {
-            None => BackendConfig {
-                backend_type: "udp".into(),
-                raw: Value::Null,
-            },
-            Some(b @ Value::Object(_)) => {
-                let bf = Fields::new(b).ok_or_else(|| bad("Backend", "expected an object"))?;
-                let backend_type = get_str(&bf, "Type")
-                    .map_err(|_| {
-                        bad(
-                            "Backend",
-                            "\"Type\" must be a string such as \"host-gw\" or \"vxlan\"",
-                        )
-                    })?
-                    .unwrap_or("")
-                    .to_ascii_lowercase();
-                BackendConfig {
-                    backend_type,
-                    raw: b.clone(),
-                }
-            }
-            Some(v) => {
-                return Err(bad(
-                    "Backend",
-                    format!("expected an object such as {{\"Type\":\"vxlan\"}}, got {v}"),
-                ))
-            }
-        };
-
         Ok(NetworkConfig {
             ipv4,
             ipv6,
             enable_nftables,
-            backend,
+            backend: parse_backend(&f)?,
         })
     }
 
