@@ -254,41 +254,7 @@ fn derive_range(
         }
     };
     let network_str = format!("{}/{}", show(raw.network), raw.prefix);
-    let subnet_len = match raw.subnet_len {
-        Some(len) if len > 0 => {
-            if len > bits - 2 {
-                return Err(ConfigError::SubnetLenTooLong {
-                    key: fam.len_key,
-                    value: len,
-                    limit: bits - 1,
-                    max: bits - 2,
-                });
-            }
-            if len < raw.prefix + 2 {
-                return Err(ConfigError::TooFewSubnets {
-                    key: fam.len_key,
-                    value: len,
-                    network_len: raw.prefix,
-                    min: raw.prefix + 2,
-                });
-            }
-            len
-        }
-        _ => {
-            if raw.prefix > fam.max_network_len {
-                return Err(ConfigError::NetworkTooSmall {
-                    key: fam.network_key,
-                    value: network_str,
-                    max: fam.max_network_len,
-                });
-            }
-            if raw.prefix <= fam.default_threshold {
-                fam.default_len
-            } else {
-                raw.prefix + 2
-            }
-        }
-    };
+    let subnet_len = subnet_len_of(fam, raw, &network_str)?;
     let size: u128 = 1u128 << (bits - subnet_len);
     let net_mask = mask(raw.prefix);
     let contains = |a: u128| a & net_mask == raw.network;
@@ -328,6 +294,47 @@ fn derive_range(
         });
     }
     Ok((subnet_len, min, max))
+}
+
+/// The subnet length: `SubnetLen` when set (at most `bits - 2`, at least the network's prefix
+/// + 2), else the family's default for a large network or the network's prefix + 2.
+fn subnet_len_of(fam: &Family, raw: &RawRange, network_str: &str) -> Result<u8, ConfigError> {
+    let bits = fam.bits;
+    match raw.subnet_len {
+        Some(len) if len > 0 => {
+            if len > bits - 2 {
+                return Err(ConfigError::SubnetLenTooLong {
+                    key: fam.len_key,
+                    value: len,
+                    limit: bits - 1,
+                    max: bits - 2,
+                });
+            }
+            if len < raw.prefix + 2 {
+                return Err(ConfigError::TooFewSubnets {
+                    key: fam.len_key,
+                    value: len,
+                    network_len: raw.prefix,
+                    min: raw.prefix + 2,
+                });
+            }
+            Ok(len)
+        }
+        _ => {
+            if raw.prefix > fam.max_network_len {
+                return Err(ConfigError::NetworkTooSmall {
+                    key: fam.network_key,
+                    value: network_str.to_string(),
+                    max: fam.max_network_len,
+                });
+            }
+            if raw.prefix <= fam.default_threshold {
+                Ok(fam.default_len)
+            } else {
+                Ok(raw.prefix + 2)
+            }
+        }
+    }
 }
 
 /// `Network` and the IPv4 subnet range.
