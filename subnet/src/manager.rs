@@ -512,46 +512,14 @@ impl<R: Registry> LeaseManager<R> {
                 );
                 (next, retry)
             }
-            Ok(Refresh::Refreshed(expiration)) => {
-                match next {
-                    Next::Renew => {
-                        count(&self.counters.renewals);
-                        tracing::info!("renewed lease {key}")
-                    }
-                    Next::Update => tracing::info!("published lease {key} with the new attributes"),
-                    Next::Reclaim | Next::Conflict => {
-                        count(&self.counters.reclaims);
-                        tracing::warn!("re-claimed lease {key}: same subnet as before")
-                    }
-                }
-                self.publish(Lease {
-                    key,
-                    attrs: self.attrs.clone(),
-                    expiration: Some(expiration),
-                });
-                (Next::Renew, self.renewal_time())
-            }
+            Ok(Refresh::Refreshed(expiration)) => self.refreshed(next, key, expiration),
             Ok(Refresh::HeldBy(attrs)) if next == Next::Reclaim => {
                 tracing::error!(
                     "our subnet {key} was taken by {} while our lease was gone; acquiring a \
                      new subnet",
                     attrs.public_ip
                 );
-                match self.reacquire().await {
-                    Ok(lease) => {
-                        tracing::error!(
-                            "SUBNET CHANGED from {key} to {}: local pods keep addresses from \
-                             the old subnet until the node's containers are restarted",
-                            lease.key
-                        );
-                        self.publish(lease);
-                        (Next::Renew, self.renewal_time())
-                    }
-                    Err(e) => {
-                        tracing::warn!("{e}; retrying in {:?}", self.timing.retry_interval);
-                        (Next::Reclaim, retry)
-                    }
-                }
+                self.move_to_new_subnet(key, retry).await
             }
             Ok(Refresh::HeldBy(attrs)) => {
                 self.report_conflict(key, &attrs);
@@ -568,6 +536,48 @@ impl<R: Registry> LeaseManager<R> {
                     self.timing.retry_interval
                 );
                 (next, retry)
+            }
+        }
+    }
+
+    /// Counts and logs a successful renewal, update or re-claim of `key` and publishes the
+    /// lease with its new `expiration`.
+    fn refreshed(&self, done: Next, key: SubnetKey, expiration: SystemTime) -> (Next, Instant) {
+        match done {
+            Next::Renew => {
+                count(&self.counters.renewals);
+                tracing::info!("renewed lease {key}")
+            }
+            Next::Update => tracing::info!("published lease {key} with the new attributes"),
+            Next::Reclaim | Next::Conflict => {
+                count(&self.counters.reclaims);
+                tracing::warn!("re-claimed lease {key}: same subnet as before")
+            }
+        }
+        self.publish(Lease {
+            key,
+            attrs: self.attrs.clone(),
+            expiration: Some(expiration),
+        });
+        (Next::Renew, self.renewal_time())
+    }
+
+    /// Acquires a new subnet after another host took `old` while our lease was gone; on failure
+    /// tries again at `retry`.
+    async fn move_to_new_subnet(&self, old: SubnetKey, retry: Instant) -> (Next, Instant) {
+        match self.reacquire().await {
+            Ok(lease) => {
+                tracing::error!(
+                    "SUBNET CHANGED from {old} to {}: local pods keep addresses from the old \
+                     subnet until the node's containers are restarted",
+                    lease.key
+                );
+                self.publish(lease);
+                (Next::Renew, self.renewal_time())
+            }
+            Err(e) => {
+                tracing::warn!("{e}; retrying in {:?}", self.timing.retry_interval);
+                (Next::Reclaim, retry)
             }
         }
     }
