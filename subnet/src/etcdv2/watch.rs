@@ -81,59 +81,17 @@ impl EtcdV2Registry {
     ) -> Ended {
         let (key, dir) = self.scope_key(scope);
         let mut next = u64::try_from(start).unwrap_or(0);
-        let broken = |next: u64, error: String| Ended::Broken {
-            resume_from: i64::try_from(next).unwrap_or(i64::MAX),
-            error,
-        };
         loop {
-            let query = format!(
-                "wait=true&waitIndex={next}{}",
-                if dir { "&recursive=true" } else { "" }
-            );
-            let pending = match self
-                .client
-                .open("watch leases", Method::GET, &Self::path(&key, &query), None)
-                .await
-            {
-                Ok(pending) => pending,
-                Err(e) => return broken(next, e.to_string()),
-            };
-            let (status, started_at) = (pending.status, pending.index);
-            // A store behind the index we wait for was restored or replaced (see v3's check).
-            if let Some(now) = started_at.filter(|now| now + 1 < next) {
-                return Ended::Rewound {
-                    from: i64::try_from(next - 1).unwrap_or(i64::MAX),
-                    now: i64::try_from(now).unwrap_or(0),
-                };
-            }
-            let body = match tokio::time::timeout(POLL, pending.body()).await {
-                Ok(Ok(body)) => body,
-                Ok(Err(e)) => return broken(next, format!("the long poll broke: {e}")),
-                Err(_) => {
+            let answer = match self.poll(&key, dir, next).await {
+                Ok(Polled::Answer(answer)) => answer,
+                Ok(Polled::Quiet(started_at)) => {
                     // No event in scope up to the index the poll started at.
                     if let Some(index) = started_at {
                         next = next.max(index + 1);
                     }
                     continue;
                 }
-            };
-            let outcome = match self.decode_reply("watch leases", status, started_at, &body) {
-                Ok(outcome) => outcome,
-                Err(e) => return broken(next, e.to_string()),
-            };
-            let answer = match outcome {
-                Outcome::Done(answer, _) => answer,
-                Outcome::Failed(e) if e.code == EVENT_INDEX_CLEARED => {
-                    return Ended::Compacted(i64::try_from(e.index).unwrap_or(i64::MAX))
-                }
-                Outcome::Failed(e) => {
-                    let error = RegistryError::Refused {
-                        endpoints: self.client.endpoints().to_string(),
-                        operation: "watch leases",
-                        detail: e.to_string(),
-                    };
-                    return broken(next, error.to_string());
-                }
+                Err(ended) => return ended,
             };
             next = next.max(answer.node.modified_index + 1);
             match self.change(scope, answer) {
@@ -147,6 +105,60 @@ impl EtcdV2Registry {
             }
         }
     }
+
+    /// One long poll of `key` (recursive for a directory) from index `next`: the event it
+    /// brought, none within [`POLL`], or why following must end.
+    async fn poll(&self, key: &str, dir: bool, next: u64) -> Result<Polled, Ended> {
+        let broken = |error: String| Ended::Broken {
+            resume_from: i64::try_from(next).unwrap_or(i64::MAX),
+            error,
+        };
+        let recursive = if dir { "&recursive=true" } else { "" };
+        let query = format!("wait=true&waitIndex={next}{recursive}");
+        let path = Self::path(key, &query);
+        let pending = (self
+            .client
+            .open("watch leases", Method::GET, &path, None)
+            .await)
+            .map_err(|e| broken(e.to_string()))?;
+        let (status, started_at) = (pending.status, pending.index);
+        // A store behind the index we wait for was restored or replaced (see v3's check).
+        if let Some(now) = started_at.filter(|now| now + 1 < next) {
+            return Err(Ended::Rewound {
+                from: i64::try_from(next - 1).unwrap_or(i64::MAX),
+                now: i64::try_from(now).unwrap_or(0),
+            });
+        }
+        let body = match tokio::time::timeout(POLL, pending.body()).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) => return Err(broken(format!("the long poll broke: {e}"))),
+            Err(_) => return Ok(Polled::Quiet(started_at)),
+        };
+        let outcome = (self.decode_reply("watch leases", status, started_at, &body))
+            .map_err(|e| broken(e.to_string()))?;
+        match outcome {
+            Outcome::Done(answer, _) => Ok(Polled::Answer(answer)),
+            Outcome::Failed(e) if e.code == EVENT_INDEX_CLEARED => {
+                Err(Ended::Compacted(i64::try_from(e.index).unwrap_or(i64::MAX)))
+            }
+            Outcome::Failed(e) => {
+                let error = RegistryError::Refused {
+                    endpoints: self.client.endpoints().to_string(),
+                    operation: "watch leases",
+                    detail: e.to_string(),
+                };
+                Err(broken(error.to_string()))
+            }
+        }
+    }
+}
+
+/// What one long poll brought.
+enum Polled {
+    /// An event.
+    Answer(Answer),
+    /// None within [`POLL`]; the index the server was at when the poll started.
+    Quiet(Option<u64>),
 }
 
 impl WatchSource for EtcdV2Registry {
