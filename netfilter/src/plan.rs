@@ -53,32 +53,7 @@ fn tolerated_above(rule: &Rule) -> bool {
 
 /// The reasons the chain needs repair, and the rules of the built-in chain to delete then.
 fn check_chain<'a>(chain: &OwnedChain, table: &'a SavedTable) -> (Vec<String>, Vec<&'a Rule>) {
-    let mut reasons = Vec::new();
-    let owned = format!("{}/{}", chain.table, chain.name);
-    if !table.has_chain(chain.name) {
-        reasons.push(format!("chain {owned} is missing"));
-    } else {
-        let actual: Vec<&Rule> = table.chain_rules(chain.name).collect();
-        let first_difference = actual
-            .iter()
-            .zip(&chain.rules)
-            .position(|(have, want)| *have != want);
-        if let Some(at) = first_difference {
-            reasons.push(format!(
-                "chain {owned} differs: rule {} is `{}`, want `{}`",
-                at + 1,
-                actual[at],
-                chain.rules[at]
-            ));
-        } else if actual.len() != chain.rules.len() {
-            reasons.push(format!(
-                "chain {owned} has {} rules, want {}",
-                actual.len(),
-                chain.rules.len()
-            ));
-        }
-    }
-
+    let mut reasons: Vec<String> = body_problem(chain, table).into_iter().collect();
     let hook: Vec<&Rule> = table.chain_rules(&chain.jump.chain).collect();
     let builtin = format!("{}/{}", chain.table, chain.jump.chain);
     let jumps: Vec<&Rule> = hook
@@ -86,33 +61,7 @@ fn check_chain<'a>(chain: &OwnedChain, table: &'a SavedTable) -> (Vec<String>, V
         .copied()
         .filter(|r| r.target() == Some(chain.name))
         .collect();
-    match jumps.as_slice() {
-        [] => reasons.push(format!(
-            "the jump from {builtin} to {} is missing",
-            chain.name
-        )),
-        [jump] if **jump != chain.jump => reasons.push(format!(
-            "the jump `{jump}` in {builtin} differs from the desired"
-        )),
-        [_] => {
-            let above = hook
-                .iter()
-                .take_while(|r| r.target() != Some(chain.name))
-                .find(|r| !tolerated_above(r));
-            if let Some(rule) = above {
-                reasons.push(format!(
-                    "`{rule}` sits above the jump to {} in {builtin}",
-                    chain.name
-                ));
-            }
-        }
-        many => reasons.push(format!(
-            "{} jumps to {} in {builtin}, want one",
-            many.len(),
-            chain.name
-        )),
-    }
-
+    reasons.extend(jump_problem(chain, &builtin, &hook, &jumps));
     let retire: Vec<&Rule> = hook
         .iter()
         .copied()
@@ -123,13 +72,77 @@ fn check_chain<'a>(chain: &OwnedChain, table: &'a SavedTable) -> (Vec<String>, V
             "`{rule}` in {builtin} belongs to the previous network"
         ));
     }
-
     let delete = if reasons.is_empty() {
         Vec::new()
     } else {
         jumps.into_iter().chain(retire).collect()
     };
     (reasons, delete)
+}
+
+/// What is wrong with the owned chain's own rules: missing, a rule that differs, or a count
+/// that differs.
+fn body_problem(chain: &OwnedChain, table: &SavedTable) -> Option<String> {
+    let owned = format!("{}/{}", chain.table, chain.name);
+    if !table.has_chain(chain.name) {
+        return Some(format!("chain {owned} is missing"));
+    }
+    let actual: Vec<&Rule> = table.chain_rules(chain.name).collect();
+    let first_difference = actual
+        .iter()
+        .zip(&chain.rules)
+        .position(|(have, want)| *have != want);
+    if let Some(at) = first_difference {
+        return Some(format!(
+            "chain {owned} differs: rule {} is `{}`, want `{}`",
+            at + 1,
+            actual[at],
+            chain.rules[at]
+        ));
+    }
+    (actual.len() != chain.rules.len()).then(|| {
+        format!(
+            "chain {owned} has {} rules, want {}",
+            actual.len(),
+            chain.rules.len()
+        )
+    })
+}
+
+/// What is wrong with the jump into the owned chain from the built-in chain `hook`: missing,
+/// different, not first (rules other than kube-proxy's above it), or more than one.
+fn jump_problem(
+    chain: &OwnedChain,
+    builtin: &str,
+    hook: &[&Rule],
+    jumps: &[&Rule],
+) -> Option<String> {
+    match jumps {
+        [] => Some(format!(
+            "the jump from {builtin} to {} is missing",
+            chain.name
+        )),
+        [jump] if **jump != chain.jump => Some(format!(
+            "the jump `{jump}` in {builtin} differs from the desired"
+        )),
+        [_] => {
+            let above = hook
+                .iter()
+                .take_while(|r| r.target() != Some(chain.name))
+                .find(|r| !tolerated_above(r));
+            above.map(|rule| {
+                format!(
+                    "`{rule}` sits above the jump to {} in {builtin}",
+                    chain.name
+                )
+            })
+        }
+        many => Some(format!(
+            "{} jumps to {} in {builtin}, want one",
+            many.len(),
+            chain.name
+        )),
+    }
 }
 
 fn foreign_masquerades(chain: &OwnedChain, table: &SavedTable, network: IpNet) -> Vec<String> {
