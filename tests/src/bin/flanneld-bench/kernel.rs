@@ -299,13 +299,13 @@ fn ipv4(v: &[u8]) -> Option<Ipv4Addr> {
     <[u8; 4]>::try_from(v).ok().map(Ipv4Addr::from)
 }
 
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+
 /// Decodes the messages of one datagram into object changes (`None`: the object is gone).
 fn parse(mut data: &[u8], out: &mut Vec<(Object, Option<Target>)>) {
-    const RTM_NEWROUTE: u16 = 24;
-    const RTM_DELROUTE: u16 = 25;
-    const RTM_NEWNEIGH: u16 = 28;
-    const RTM_DELNEIGH: u16 = 29;
-    const NUD_PERMANENT: u16 = 0x80;
     while data.len() >= 16 {
         let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
         let kind = u16::from_ne_bytes([data[4], data[5]]);
@@ -314,54 +314,62 @@ fn parse(mut data: &[u8], out: &mut Vec<(Object, Option<Target>)>) {
         }
         let body = &data[16..len];
         data = data.get((len + 3) & !3..).unwrap_or_default();
-        match kind {
-            RTM_NEWROUTE | RTM_DELROUTE if body.len() >= 12 => {
-                let (family, dst_len, table, protocol) = (body[0], body[1], body[4], body[5]);
-                if i32::from(family) != libc::AF_INET || (protocol != OURS && protocol != GO_V011) {
-                    continue;
-                }
-                let mut dst = Ipv4Addr::UNSPECIFIED;
-                let mut gateway = None;
-                let mut table = u32::from(table);
-                for (t, v) in attributes(body, 12) {
-                    match t {
-                        1 => dst = ipv4(v).unwrap_or(dst),
-                        5 => gateway = ipv4(v),
-                        15 => table = v.try_into().map_or(table, u32::from_ne_bytes),
-                        _ => {}
-                    }
-                }
-                if table != u32::from(libc::RT_TABLE_MAIN) {
-                    continue;
-                }
-                let target = (kind == RTM_NEWROUTE).then(|| gateway.map_or(0, ip_target));
-                out.push((Object::Route(dst, dst_len), target));
-            }
-            RTM_NEWNEIGH | RTM_DELNEIGH if body.len() >= 12 => {
-                let family = i32::from(body[0]);
-                let state = u16::from_ne_bytes([body[8], body[9]]);
-                let mut dst = None;
-                let mut mac = None;
-                for (t, v) in attributes(body, 12) {
-                    match t {
-                        1 => dst = ipv4(v),
-                        2 => mac = <[u8; 6]>::try_from(v).ok(),
-                        _ => {}
-                    }
-                }
-                let present = kind == RTM_NEWNEIGH && state & NUD_PERMANENT != 0;
-                match (family, dst, mac) {
-                    (libc::AF_INET, Some(ip), mac) => out.push((
-                        Object::Neighbour(ip),
-                        mac.filter(|_| present).map(mac_target),
-                    )),
-                    (libc::AF_BRIDGE, Some(remote), Some(mac)) => {
-                        out.push((Object::Fdb(mac), present.then(|| ip_target(remote))))
-                    }
-                    _ => {}
-                }
-            }
+        let change = match kind {
+            RTM_NEWROUTE | RTM_DELROUTE if body.len() >= 12 => route_change(kind, body),
+            RTM_NEWNEIGH | RTM_DELNEIGH if body.len() >= 12 => neighbour_change(kind, body),
+            _ => None,
+        };
+        out.extend(change);
+    }
+}
+
+/// A main-table IPv4 route of ours (or Go flanneld's) added or removed.
+fn route_change(kind: u16, body: &[u8]) -> Option<(Object, Option<Target>)> {
+    let (family, dst_len, table, protocol) = (body[0], body[1], body[4], body[5]);
+    if i32::from(family) != libc::AF_INET || (protocol != OURS && protocol != GO_V011) {
+        return None;
+    }
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut table = u32::from(table);
+    for (t, v) in attributes(body, 12) {
+        match t {
+            1 => dst = ipv4(v).unwrap_or(dst),
+            5 => gateway = ipv4(v),
+            15 => table = v.try_into().map_or(table, u32::from_ne_bytes),
             _ => {}
         }
+    }
+    if table != u32::from(libc::RT_TABLE_MAIN) {
+        return None;
+    }
+    let target = (kind == RTM_NEWROUTE).then(|| gateway.map_or(0, ip_target));
+    Some((Object::Route(dst, dst_len), target))
+}
+
+/// A neighbour (IPv4) or FDB entry (bridge family) added, made permanent, or removed.
+fn neighbour_change(kind: u16, body: &[u8]) -> Option<(Object, Option<Target>)> {
+    const NUD_PERMANENT: u16 = 0x80;
+    let family = i32::from(body[0]);
+    let state = u16::from_ne_bytes([body[8], body[9]]);
+    let mut dst = None;
+    let mut mac = None;
+    for (t, v) in attributes(body, 12) {
+        match t {
+            1 => dst = ipv4(v),
+            2 => mac = <[u8; 6]>::try_from(v).ok(),
+            _ => {}
+        }
+    }
+    let present = kind == RTM_NEWNEIGH && state & NUD_PERMANENT != 0;
+    match (family, dst, mac) {
+        (libc::AF_INET, Some(ip), mac) => Some((
+            Object::Neighbour(ip),
+            mac.filter(|_| present).map(mac_target),
+        )),
+        (libc::AF_BRIDGE, Some(remote), Some(mac)) => {
+            Some((Object::Fdb(mac), present.then(|| ip_target(remote))))
+        }
+        _ => None,
     }
 }
