@@ -51,6 +51,16 @@ pub struct Agent {
 impl Agent {
     /// Starts `flanneld args...` inside `host`, logging to `log`.
     pub fn start(host: &Netns, args: &[String], log: &Path) -> Agent {
+        Agent::start_with_env(host, args, log, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (e.g. a `PATH` with wrapped tools).
+    pub fn start_with_env(
+        host: &Netns,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let started = std::time::SystemTime::now();
         let out = fs::OpenOptions::new()
             .create(true)
@@ -62,6 +72,7 @@ impl Agent {
             .command(flanneld_bin().to_str().expect("utf-8 path"))
             .args(args)
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
