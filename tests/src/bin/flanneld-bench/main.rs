@@ -808,12 +808,7 @@ fn compare_cold(cmp: &mut Comparison, kind: Kind, n: usize, series: &[ColdSeries
 }
 
 fn cold_start(bench: &mut Bench, out: &mut String) -> Result<()> {
-    let Bench {
-        lab,
-        agents,
-        opts,
-        cmp,
-    } = bench;
+    let (lab, agents, opts, cmp) = bench.parts();
     writeln!(out, "### 1. Cold start\n")?;
     writeln!(out, "Time from exec to subnet.env written and to every peer object in the kernel (ready = the later of the two), peak RSS (VmHWM), and the RSS (VmRSS) with its anonymous and file-backed parts (RssAnon, RssFile) 1 s after ready. Median (min–max) of {} runs.\n", opts.runs)?;
     writeln!(
@@ -929,12 +924,7 @@ fn per_run(runs: &[Latencies], pick: Pick, p: f64) -> Vec<f64> {
 }
 
 fn propagation(bench: &mut Bench, out: &mut String) -> Result<()> {
-    let Bench {
-        lab,
-        agents,
-        opts,
-        cmp,
-    } = bench;
+    let (lab, agents, opts, cmp) = bench.parts();
     let n = 1000;
     let events = opts.size(200, 50);
     writeln!(out, "### 2. Propagation latency\n")?;
@@ -1077,12 +1067,7 @@ impl IdleSeries {
 const IDLE_SETTLE: Duration = Duration::from_secs(12);
 
 fn idle(bench: &mut Bench, out: &mut String) -> Result<()> {
-    let Bench {
-        lab,
-        agents,
-        opts,
-        cmp,
-    } = bench;
+    let (lab, agents, opts, cmp) = bench.parts();
     let n = 1000;
     let secs = opts.size(60, 15) as u64;
     let runs = opts.runs.min(3);
@@ -1285,6 +1270,13 @@ struct Bench<'a> {
     agents: &'a [Agent],
     opts: &'a Opts,
     cmp: Comparison,
+}
+
+impl<'a> Bench<'a> {
+    /// The lab, the agents, the options and the figures, borrowed apart for one section.
+    fn parts(&mut self) -> (&mut Lab, &'a [Agent], &'a Opts, &mut Comparison) {
+        (&mut self.lab, self.agents, self.opts, &mut self.cmp)
+    }
 }
 
 /// Runs the sections `opts` asks for, printing each as soon as it is done.
