@@ -314,15 +314,15 @@ impl NexthopSocket {
 /// device: the kernel removes the routes that use one without a route notification), and to
 /// objects of other protocols that may have replaced ours.
 #[derive(Debug)]
-pub(crate) struct NexthopRemovals {
+pub(crate) struct NexthopChanges {
     messages: UnboundedReceiver<(NetlinkMessage<NexthopMessage>, SocketAddr)>,
 }
 
-impl NexthopRemovals {
+impl NexthopChanges {
     /// Subscribes in the calling thread's network namespace; only `RTM_DELNEXTHOP` and the
     /// `RTM_NEWNEXTHOP` of other protocols pass the socket's filter (our own thousands of
     /// creations do not). Spawns the socket's driver on the current tokio runtime.
-    pub fn subscribe() -> Result<NexthopRemovals, NetlinkError> {
+    pub fn subscribe() -> Result<NexthopChanges, NetlinkError> {
         let (mut conn, _, messages) = new_connection::<NexthopMessage>(NETLINK_ROUTE)?;
         let socket = conn.socket_mut().socket_mut();
         socket.bind(&SocketAddr::new(0, 0))?;
@@ -330,7 +330,7 @@ impl NexthopRemovals {
         let foreign = (RTM_NEWNEXTHOP, NH_PROTOCOL_OFFSET);
         crate::notify::keep_wanted_and_foreign(socket.as_raw_fd(), &[RTM_DELNEXTHOP], foreign)?;
         tokio::spawn(conn);
-        Ok(NexthopRemovals { messages })
+        Ok(NexthopChanges { messages })
     }
 
     /// The id of the next removed object tagged ours, or of another protocol's new object;

@@ -13,7 +13,7 @@ use rtnetlink::sys::SocketAddr;
 use rtnetlink::MulticastGroup;
 
 use crate::netlink::{kernel_route, link_name, main_table_route, NetlinkError};
-use crate::nexthop::NexthopRemovals;
+use crate::nexthop::NexthopChanges;
 use crate::ExternalInterface;
 
 /// A kernel change that may concern the data plane.
@@ -76,7 +76,7 @@ pub enum Reaction {
 pub struct Notifications {
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
     /// `None` on a kernel without nexthop objects.
-    nexthops: Option<NexthopRemovals>,
+    nexthops: Option<NexthopChanges>,
 }
 
 impl Notifications {
@@ -95,7 +95,7 @@ impl Notifications {
         let (mut conn, _, messages) = rtnetlink::new_multicast_connection(&groups)?;
         keep_only_wanted(conn.socket_mut().as_raw_fd())?;
         tokio::spawn(conn);
-        let nexthops = NexthopRemovals::subscribe()
+        let nexthops = NexthopChanges::subscribe()
             .inspect_err(|e| tracing::debug!("no nexthop notifications: {e}"))
             .ok();
         Ok(Notifications { messages, nexthops })
@@ -118,7 +118,7 @@ impl Notifications {
     pub async fn next(&mut self) -> Option<Notification> {
         let Notifications { messages, nexthops } = self;
         loop {
-            let removed = async {
+            let changed = async {
                 match nexthops.as_mut() {
                     Some(subscription) => subscription.next().await,
                     None => std::future::pending().await,
@@ -133,7 +133,7 @@ impl Notifications {
                         }
                     }
                 }
-                id = removed => match id {
+                id = changed => match id {
                     Some(id) => return Some(Notification::NexthopChanged { id }),
                     None => *nexthops = None,
                 },
