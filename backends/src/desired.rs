@@ -91,16 +91,17 @@ pub struct Nexthop {
 }
 
 impl Nexthop {
-    /// The nexthop object for a classic IPv4 route's next hop; `None` for IPv6.
+    /// The nexthop object for a classic IPv4 route's next hop; `None` for IPv6, and for
+    /// 0.0.0.0, whose id would be 0 (which asks the kernel to choose one).
     pub fn for_route(route: &Route) -> Option<Nexthop> {
         match route.gateway {
-            IpAddr::V4(v4) => Some(Nexthop {
+            IpAddr::V4(v4) if !v4.is_unspecified() => Some(Nexthop {
                 id: u32::from(v4),
                 gateway: route.gateway,
                 oif: route.oif,
                 onlink: route.onlink,
             }),
-            IpAddr::V6(_) => None,
+            IpAddr::V4(_) | IpAddr::V6(_) => None,
         }
     }
 }
