@@ -1352,6 +1352,11 @@ mod tests {
             want.routes[&v6.dst].nexthop, None,
             "IPv6 routes stay classic"
         );
+        let unspecified = nexthop_style(&[hostgw("10.5.9.0/24", "0.0.0.0")]);
+        assert!(
+            unspecified.nexthops.is_empty(),
+            "id 0: the kernel's to choose"
+        );
         let kernel = FakeKernel::default();
         let first = block_on(run(&kernel, &want)).0;
         assert!(first.converged, "{first:?}");
