@@ -120,11 +120,26 @@ impl Agent {
     }
 }
 
+/// How many of an agent's last log lines a failing test prints.
+const LOG_TAIL_ON_FAILURE: usize = 100;
+
 impl Drop for Agent {
+    /// Stops the agent; when the test is failing, prints the end of its log (the directory
+    /// holding it is removed with the test, and the log is what says why).
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_ON_FAILURE)..];
+            eprintln!(
+                "--- the end of {} ---\n{}",
+                self.log.display(),
+                tail.join("\n")
+            );
         }
     }
 }
