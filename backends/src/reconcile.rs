@@ -674,7 +674,15 @@ async fn dump_state<K: Kernel>(
     let nexthops = match kernel.nexthops().await {
         Ok(found) => found,
         Err(_) if desired.nexthops.is_empty() => Vec::new(),
-        Err(e) => return Err(e),
+        Err(e) => {
+            return Err(NetlinkError {
+                message: format!(
+                    "nexthop objects cannot be listed ({e}); --route-style=nexthop needs Linux \
+                     5.3 or later, else run with --route-style=classic"
+                ),
+                ..e
+            })
+        }
     };
     Ok(KernelState::new(routes, neighbours, fdb).with_nexthops(nexthops))
 }
