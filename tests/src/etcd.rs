@@ -218,17 +218,19 @@ impl EtcdServer {
         servers
     }
 
-    /// Runs `etcdctl args` until it succeeds, for up to 30 s; panics with its last error.
-    fn etcdctl_until_ok(&self, args: &[&str]) {
+    /// Runs `etcdctl args` until it succeeds (or fails saying `done`, the sign that an earlier
+    /// attempt took effect), for up to 30 s; panics with its last error.
+    fn etcdctl_until_ok(&self, args: &[&str], done: Option<&str>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = (self.etcdctl_command("5s").args(args).output())
                 .unwrap_or_else(|e| panic!("cannot run etcdctl: {e}"));
-            if out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() || done.is_some_and(|sign| stderr.contains(sign)) {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                panic!("etcdctl {args:?}: {stderr}");
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -255,8 +257,12 @@ impl EtcdServer {
         let peer = format!("--peer-urls=http://{}:{}", self.spec.ip, self.peer_port);
         // etcd refuses membership changes while a member is still catching up ("unhealthy
         // cluster"): each is retried for a while.
-        via.etcdctl_until_ok(&["member", "remove", &format!("{id:x}")]);
-        via.etcdctl_until_ok(&["member", "add", &membership.name, &peer]);
+        // A change that timed out on the client may have been applied: then "member not
+        // found" (or "already exists") on the retry means it is done.
+        let remove = ["member", "remove", &format!("{id:x}")];
+        via.etcdctl_until_ok(&remove, Some("member not found"));
+        let add = ["member", "add", &membership.name, &peer];
+        via.etcdctl_until_ok(&add, Some("Peer URLs already exists"));
         self.spec.membership = Some(Membership {
             state: "existing",
             ..membership
