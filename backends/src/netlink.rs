@@ -194,7 +194,7 @@ impl Netlink {
     }
 
     /// The connection for nexthop objects.
-    pub(crate) fn nexthops(&self) -> &NexthopSocket {
+    pub(crate) fn nexthop_socket(&self) -> &NexthopSocket {
         &self.nexthops
     }
 

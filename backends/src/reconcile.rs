@@ -448,8 +448,10 @@ impl Kernel for Netlink {
             Op::DelRoute(k) => self.del_route(k).await,
             Op::DelFdb { link, mac, remote } => self.del_fdb(*link, *mac, *remote).await,
             Op::DelNeighbour { link, ip } => self.del_neighbour(*link, *ip).await,
-            Op::SetNexthop { nexthop, existed } => self.nexthops().set(nexthop, *existed).await,
-            Op::DelNexthop(k) => self.nexthops().del(k.id).await,
+            Op::SetNexthop { nexthop, existed } => {
+                self.nexthop_socket().set(nexthop, *existed).await
+            }
+            Op::DelNexthop(k) => self.nexthop_socket().del(k.id).await,
         }
     }
 }
