@@ -57,15 +57,15 @@ fn nexthop_routes_connect_hosts_are_repaired_and_collected() {
     assert!(pods[0].ping(&pods[1].ip));
 
     // The kernel flushes a device's objects, with their routes, when it goes down; the agent
-    // re-creates them once the link is up again.
+    // re-creates them once the link is up again (a new write in its log proves it did).
+    let before = writes(&c);
     c.hosts[0].sh("ip link set eth0 down && ip link set eth0 up");
     wait_for(
         "objects back after a link flap",
         Duration::from_secs(25),
         || {
-            c.route(0, &nets[1])
-                .contains(&format!("nhid {id}"))
-                .then_some(())
+            let back = c.route(0, &nets[1]).contains(&format!("nhid {id}"));
+            (back && writes(&c) > before).then_some(())
         },
     );
     assert!(pods[0].ping(&pods[1].ip));
