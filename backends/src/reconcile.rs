@@ -1381,6 +1381,29 @@ mod tests {
     }
 
     #[test]
+    fn a_vxlan_route_points_to_an_onlink_object_on_the_vtep() {
+        let mut want = DesiredState {
+            vteps: vtep9(),
+            ..DesiredState::default()
+        };
+        vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:02", "192.168.1.2");
+        let want = want.with_route_style(crate::RouteStyle::Nexthop);
+        let id = want.routes[&net("10.5.2.0/24")].nexthop.unwrap();
+        let object = want.nexthops[&id];
+        assert_eq!(
+            (object.gateway, object.oif, object.onlink),
+            (ip("10.5.2.0"), 9, true)
+        );
+        let ops = plan(&want, &KernelState::default()).ops;
+        let phases: Vec<u8> = ops.iter().map(Op::phase).collect();
+        assert_eq!(
+            phases,
+            [0, 1, 2, 3],
+            "neighbour, FDB entry, object, route: {ops:?}"
+        );
+    }
+
+    #[test]
     fn switching_route_style_replaces_the_routes_and_collects_the_objects() {
         let a = hostgw("10.5.2.0/24", "192.168.1.2");
         let kernel = FakeKernel::default();
