@@ -43,31 +43,17 @@ fn nexthop_routes_connect_hosts_are_repaired_and_collected() {
 
     // Deleting the object takes its route with it (no route notification); the object's own
     // notification makes the agent put both back at once.
-    let writes = |c: &Cluster| c.log(0).matches("data plane: ").count();
-    let before = writes(&c);
-    c.hosts[0].exec("ip", &["nexthop", "del", "id", &id.to_string()]);
-    wait_for(
-        "object and route written again",
-        Duration::from_secs(5),
-        || {
-            let back = c.route(0, &nets[1]).contains(&format!("nhid {id}"));
-            (back && writes(&c) > before).then_some(())
-        },
-    );
+    let to_peer = (nets[1].as_str(), id);
+    rewritten_after(&c, to_peer, Duration::from_secs(5), || {
+        c.hosts[0].exec("ip", &["nexthop", "del", "id", &id.to_string()]);
+    });
     assert!(pods[0].ping(&pods[1].ip));
 
     // The kernel flushes a device's objects, with their routes, when it goes down; the agent
-    // re-creates them once the link is up again (a new write in its log proves it did).
-    let before = writes(&c);
-    c.hosts[0].sh("ip link set eth0 down && ip link set eth0 up");
-    wait_for(
-        "objects back after a link flap",
-        Duration::from_secs(25),
-        || {
-            let back = c.route(0, &nets[1]).contains(&format!("nhid {id}"));
-            (back && writes(&c) > before).then_some(())
-        },
-    );
+    // re-creates them once the link is up again.
+    rewritten_after(&c, to_peer, Duration::from_secs(25), || {
+        c.hosts[0].sh("ip link set eth0 down && ip link set eth0 up");
+    });
     assert!(pods[0].ping(&pods[1].ip));
 
     // A peer gone for good: its route and its object go.
@@ -102,4 +88,16 @@ fn nexthop_routes_connect_hosts_are_repaired_and_collected() {
         },
     );
     assert!(pods[0].ping(&pods[1].ip));
+}
+
+/// Runs `break_it` on host 0, then waits until the route to `net` points to object `id` again
+/// and the agent logged a new write (so a step that changed nothing cannot pass).
+fn rewritten_after(c: &Cluster, (net, id): (&str, u32), within: Duration, break_it: impl FnOnce()) {
+    let writes = || c.log(0).matches("data plane: ").count();
+    let before = writes();
+    break_it();
+    wait_for("object and route written again", within, || {
+        let back = c.route(0, net).contains(&format!("nhid {id}"));
+        (back && writes() > before).then_some(())
+    });
 }
