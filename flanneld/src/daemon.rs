@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::Options;
 use crate::control::{Agent, Parts};
 use crate::egress_watch;
-use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions, Targets};
+use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions, FirstRules, Targets};
 use crate::footprint;
 use crate::healthz::{self, Readiness};
 use crate::iface::{self, Selection};
@@ -196,6 +196,16 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
     let Some(config) = wait_for_config(&registry, &shutdown).await? else {
         return Ok(());
     };
+    let networks = cluster_networks(&config);
+    let FirewallStart {
+        detection,
+        options: fw_options,
+        egress,
+    } = firewall;
+    // The rules are checked while the interface is chosen and the lease acquired.
+    let nftables = config.enable_nftables;
+    let rules = (fw_options, detection);
+    let first_rules = FirstRules::start(rules, (networks, nftables), previous, &metrics);
     let nl = Netlink::connect().context("cannot open a netlink socket")?;
     let selected = choose_interface(&opts, &nl, config.ipv6.is_some()).await?;
     let (mut backend, attrs) = init_backend(&opts, &config, &nl, &selected).await?;
@@ -206,17 +216,11 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         return Ok(());
     };
     let lease = manager.lease();
-    let (firewall, egress) = (
-        (firewall.detection, firewall.options, &metrics),
-        firewall.egress,
-    );
-    let networks = cluster_networks(&config);
     let (firewall, first_check) = configure_data_plane(
         &mut backend,
         &nl,
-        (&lease, networks, config.enable_nftables),
-        firewall,
-        previous,
+        (&lease, networks),
+        (first_rules, previous, &metrics),
     )
     .await?;
     let policy = lease_policy(&config, &lease, &selected)?;
@@ -431,20 +435,18 @@ async fn acquire_lease<R: Registry>(
     Ok(acquired)
 }
 
-/// Step 4: the data plane for our lease (the vxlan device's address, up) and the iptables rules;
-/// the first rule check starts and runs while the peers are listed and programmed.
+/// Step 4: the data plane for our lease (the vxlan device's address, up) and the iptables rules
+/// for it; the first rule check (started before the lease when its rules could be known then)
+/// runs on while the peers are listed and programmed.
 async fn configure_data_plane(
     backend: &mut Backend,
     nl: &Netlink,
-    (lease, networks, nftables): (&subnet::Lease, ClusterNetworks, bool),
-    (detection, fw_options, metrics): (Detection, FirewallOptions, &Arc<Metrics>),
-    previous: PreviousEnv,
+    (lease, networks): (&subnet::Lease, ClusterNetworks),
+    (first_rules, previous, metrics): (FirstRules, PreviousEnv, &Arc<Metrics>),
 ) -> Result<(Option<Firewall>, Option<EnsureTask>)> {
     backend.configure(nl, lease, networks).await?;
-    let targets = (Targets::of(networks, lease.key), nftables);
-    let firewall = Firewall::new(fw_options, detection, targets, previous, metrics).await?;
-    let first_check = firewall.as_ref().map(Firewall::start_ensure);
-    Ok((firewall, first_check))
+    let targets = Targets::of(networks, lease.key);
+    first_rules.finish(targets, previous, metrics).await
 }
 
 /// Step 5: subscribes to kernel notifications; finishes the first rule check and writes

@@ -304,3 +304,42 @@ fn ip_masq_false_leaves_the_nat_table_byte_for_byte() {
     }
     assert_eq!(seen_by(&pods[0].ns, &pods[1].ip), Some(c.host_ip(0)));
 }
+
+/// subnet.env records a subnet another host holds now. The rules, checked before the lease for
+/// the recorded subnet, are checked again for the leased one before subnet.env is written, and
+/// Go flanneld v0.11's rule for the recorded subnet is retired.
+#[test]
+fn rules_follow_the_lease_when_the_recorded_subnet_is_taken() {
+    let flavour = Flavour::Nft;
+    let mut c = Cluster::build(1, CONFIG, &["--ip-masq"]);
+    let taken = format!("{}/subnets/10.20.7.0-24", c.prefix);
+    c.etcd.put(
+        &taken,
+        r#"{"PublicIP":"192.168.100.99","BackendType":"host-gw"}"#,
+    );
+    seed_subnet_env(&c, 0, "10.20.0.0/16", "10.20.7.1/24", true);
+    let go_v011 = [
+        "POSTROUTING",
+        "!",
+        "-s",
+        "10.20.0.0/16",
+        "-d",
+        SUBNET0,
+        "-j",
+        "RETURN",
+    ];
+    iptables(flavour, &c.hosts[0], "nat", "-A", &go_v011);
+
+    c.start_agent(0);
+    let leased = Cluster::network_of(&wait_rewritten(&mut c, 0, true));
+    assert_ne!(leased, SUBNET0, "the recorded subnet is another host's");
+    let ours = chain(flavour, &c.hosts[0], "nat", "FLANNEL-POSTRTG");
+    let log = c.log(0);
+    assert!(
+        ours.iter().any(|r| r.contains(&format!("-d {leased} "))),
+        "{ours:#?}\n{log}"
+    );
+    let nat = save(flavour, &c.hosts[0], "nat");
+    assert!(!nat.contains(SUBNET0), "{nat}\n{log}");
+    assert!(log.contains("the rules are checked again for it"), "{log}");
+}

@@ -72,6 +72,27 @@ impl FamilyRules {
         }
     }
 
+    /// Whether `other` holds the same rules for the same engine.
+    pub(crate) fn same_rules(&self, other: &FamilyRules) -> bool {
+        match (self, other) {
+            (
+                FamilyRules::Iptables { iptables, rules },
+                FamilyRules::Iptables {
+                    iptables: other_iptables,
+                    rules: other_rules,
+                },
+            ) => Arc::ptr_eq(iptables, other_iptables) && rules == other_rules,
+            (
+                FamilyRules::Nftables { nft, table },
+                FamilyRules::Nftables {
+                    nft: other_nft,
+                    table: other_table,
+                },
+            ) => Arc::ptr_eq(nft, other_nft) && table == other_table,
+            _ => false,
+        }
+    }
+
     /// What applies them, for the log: `iptables`, `ip6tables-nft`, `nft table ip flannel-ipv4`.
     pub(crate) fn label(&self) -> String {
         match self {

@@ -3,6 +3,7 @@
 //! blocking thread, and logs each foreign masquerading rule once.
 
 mod engine;
+mod first;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use netfilter::{
 
 pub(crate) use engine::remove_iptables_rules;
 use engine::{Engine, FamilyRules};
+pub use first::FirstRules;
 
 use crate::egress_watch::Rules as EgressRules;
 use crate::metrics::Metrics;
@@ -77,6 +79,36 @@ impl Targets {
         Targets {
             v4: networks.v4.map(|n| (n, key.ipv4)),
             v6: networks.v6.zip(key.ipv6),
+        }
+    }
+
+    /// The targets expected before the lease is known, from the network config and subnet.env:
+    /// the subnets subnet.env recorded (a host renews the lease it still holds), or, where no
+    /// rule names the subnet (`--ip-masq` off), the Network itself as a stand-in. `None` when a
+    /// rule needs a subnet and subnet.env records none within the Network.
+    pub fn expected(
+        networks: ClusterNetworks,
+        previous: &PreviousEnv,
+        ip_masq: bool,
+    ) -> Option<Targets> {
+        let v4 = networks.v4.map(|network| {
+            let recorded = previous.subnet.filter(|s| network.contains(s));
+            recorded
+                .or((!ip_masq).then_some(network))
+                .map(|s| (network, s))
+        });
+        let v6 = networks.v6.map(|network| {
+            let recorded = previous.ipv6_subnet.filter(|s| network.contains(s));
+            recorded
+                .or((!ip_masq).then_some(network))
+                .map(|s| (network, s))
+        });
+        match (v4, v6) {
+            (Some(None), _) | (_, Some(None)) => None,
+            (v4, v6) => Some(Targets {
+                v4: v4.flatten(),
+                v6: v6.flatten(),
+            }),
         }
     }
 
@@ -151,15 +183,42 @@ impl Firewall {
             families: Vec::new(),
             options,
             targets,
-            previous: targets.v4.and_then(|v4| to_retire(&previous, v4)),
+            previous: None,
             metrics: Arc::clone(metrics),
             reported: BTreeSet::new(),
             changes: uses_nf_tables.then(subscribe_changes).flatten(),
             verified: false,
             switch_pending: Some(nftables),
         };
+        firewall.retire_from(&previous);
         firewall.rebuild();
         Ok(Some(firewall))
+    }
+
+    /// Re-targets rules built for [`Targets::expected`] at the lease's subnets; returns whether
+    /// that changed the rules (a check started for the expected ones then checked the wrong
+    /// rules).
+    pub fn settle(&mut self, targets: Targets, previous: &PreviousEnv) -> bool {
+        let checked = std::mem::take(&mut self.families);
+        self.targets = targets;
+        self.retire_from(previous);
+        self.rebuild();
+        let same = |(a, b): (&FamilyRules, &FamilyRules)| a.same_rules(b);
+        checked.len() != self.families.len() || !checked.iter().zip(&self.families).all(same)
+    }
+
+    /// Sets the values whose Go flanneld v0.11 rules are retired: the previous run's, when they
+    /// differ from the targets'.
+    fn retire_from(&mut self, previous: &PreviousEnv) {
+        let retired = self.targets.v4.and_then(|v4| to_retire(previous, v4));
+        if let Some(old) = retired.filter(|_| retired != self.previous) {
+            tracing::info!(
+                "Network/subnet changed since the last run (it had {}, {}): retiring Go flanneld v0.11's rules for the old values",
+                old.network,
+                old.subnet
+            );
+        }
+        self.previous = retired;
     }
 
     /// Re-targets the rules after the lease moved to another subnet; the old subnet's rules go
@@ -329,9 +388,6 @@ fn subscribe_changes() -> Option<NftChanges> {
 fn to_retire(previous: &PreviousEnv, (network, subnet): (Ipv4Net, Ipv4Net)) -> Option<Previous> {
     match (previous.network, previous.subnet) {
         (Some(old_net), Some(old_sub)) if (old_net, old_sub) != (network, subnet) => {
-            tracing::info!(
-                "Network/subnet changed since the last run ({old_net}, {old_sub} -> {network}, {subnet}): retiring rules for the old values"
-            );
             Some(Previous {
                 network: old_net,
                 subnet: old_sub,
@@ -355,5 +411,55 @@ pub(crate) fn rule_config(
         random_fully,
         forward_rules: options.forward_rules,
         egress: options.egress.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn networks(v6: bool) -> ClusterNetworks {
+        ClusterNetworks {
+            v4: Some("10.20.0.0/16".parse().unwrap()),
+            v6: v6.then(|| "fd00:20::/56".parse().unwrap()),
+        }
+    }
+
+    fn recorded(subnet: &str) -> PreviousEnv {
+        PreviousEnv {
+            network: Some("10.20.0.0/16".parse().unwrap()),
+            subnet: Some(subnet.parse().unwrap()),
+            ..PreviousEnv::default()
+        }
+    }
+
+    #[test]
+    fn expects_the_recorded_subnet_within_the_network() {
+        let expected = Targets::expected(networks(false), &recorded("10.20.7.0/24"), true);
+        let v4 = Some((
+            "10.20.0.0/16".parse().unwrap(),
+            "10.20.7.0/24".parse().unwrap(),
+        ));
+        assert_eq!(expected, Some(Targets { v4, v6: None }));
+    }
+
+    #[test]
+    fn masquerade_rules_wait_for_the_lease_without_a_recorded_subnet_inside_the_network() {
+        let none = PreviousEnv::default();
+        assert_eq!(Targets::expected(networks(false), &none, true), None);
+        let elsewhere = recorded("10.9.3.0/24");
+        assert_eq!(Targets::expected(networks(false), &elsewhere, true), None);
+        // An IPv6 subnet is needed too on a dual-stack network.
+        let v4_only = recorded("10.20.7.0/24");
+        assert_eq!(Targets::expected(networks(true), &v4_only, true), None);
+    }
+
+    #[test]
+    fn without_masquerade_the_network_stands_in_for_the_subnet() {
+        let expected = Targets::expected(networks(true), &PreviousEnv::default(), false);
+        let net = networks(true);
+        let targets = expected.expect("no rule names the subnet");
+        assert_eq!(targets.v4, net.v4.map(|n| (n, n)));
+        assert_eq!(targets.v6, net.v6.map(|n| (n, n)));
     }
 }

@@ -67,6 +67,10 @@ struct Opts {
     ours_v2: bool,
     /// Also run ours with `--route-style=nexthop`.
     nexthop: bool,
+    /// Another build of ours (an earlier commit) to measure beside this one.
+    baseline: Option<PathBuf>,
+    /// The cold-start cases to run (`host-gw:1`, `vxlan:1000`); all when empty.
+    cases: Vec<String>,
 }
 
 impl Opts {
@@ -80,6 +84,8 @@ impl Opts {
             go: None,
             ours_v2: false,
             nexthop: false,
+            baseline: None,
+            cases: Vec::new(),
         };
         let mut runs = None;
         let mut args = std::env::args().skip(1);
@@ -92,6 +98,11 @@ impl Opts {
                 "--go" => opts.go = Some(args.next().context("--go GO_FLANNELD")?.into()),
                 "--ours-v2" => opts.ours_v2 = true,
                 "--nexthop" => opts.nexthop = true,
+                "--baseline" => opts.baseline = Some(args.next().context("--baseline BIN")?.into()),
+                "--cases" => {
+                    let list = args.next().context("--cases LIST")?;
+                    opts.cases = list.split(',').map(str::to_string).collect()
+                }
                 "--only" => {
                     opts.only = args
                         .next()
@@ -101,7 +112,7 @@ impl Opts {
                         .collect()
                 }
                 "-h" | "--help" => {
-                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf] [--go GO_FLANNELD [--ours-v2]] [--nexthop]");
+                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf] [--go GO_FLANNELD [--ours-v2]] [--nexthop] [--baseline EARLIER_FLANNELD] [--cases host-gw:1,vxlan:1000]");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other:?} (see --help)"),
@@ -113,6 +124,12 @@ impl Opts {
 
     fn wants(&self, bench: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == bench)
+    }
+
+    /// Whether `--cases` leaves the cold-start case of `kind` with `n` peers in.
+    fn wants_case(&self, kind: Kind, n: usize) -> bool {
+        let case = format!("{}:{n}", kind.name());
+        self.cases.is_empty() || self.cases.contains(&case)
     }
 
     /// Full size, or the `--quick` size.
@@ -824,7 +841,7 @@ fn cold_start(bench: &mut Bench, out: &mut String) -> Result<()> {
         (Kind::HostGw, 10000),
         (Kind::Vxlan, 1000),
     ];
-    for (kind, n) in cases {
+    for (kind, n) in cases.into_iter().filter(|&(k, n)| opts.wants_case(k, n)) {
         // 10000 peers only to compare the route styles: Go would take minutes per run.
         let runners: Vec<Agent> = match n > 5000 {
             true if !opts.nexthop || opts.quick => continue,
@@ -1241,6 +1258,12 @@ fn agents(opts: &Opts, bin: &Path) -> Vec<Agent> {
         go: false,
     };
     let mut agents = vec![ours("ours", Keyspace::V3, &[])];
+    if let Some(baseline) = &opts.baseline {
+        agents.push(Agent {
+            bin: baseline.clone(),
+            ..ours("ours (baseline)", Keyspace::V3, &[])
+        });
+    }
     if opts.ours_v2 {
         agents.push(ours("ours (v2 keyspace)", Keyspace::V2, &[]));
     }
