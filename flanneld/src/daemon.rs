@@ -1,9 +1,12 @@
 //! The agent's lifecycle (reference §9); the control loop it ends in is [`crate::control`].
 //!
 //! Start-up: health server → etcd → network config (retried every second) → interface →
-//! backend init → lease → backend configure → iptables rules, first peer listing and reconcile
-//! (the rule check runs alongside; iptables detection already ran alongside the etcd steps) →
-//! subnet.env → ready. Then one task owns all state (DESIGN principle 4) and reacts to peer
+//! backend init → lease → backend configure → subnet.env once the rules are in place → first
+//! reconcile of the peers (listed meanwhile) → ready. The iptables work needs no lease and runs
+//! alongside the etcd steps: the detection from the start, the first rule check from the
+//! network config on (for the subnet expected, checked again if the lease gives another). The
+//! peers are listed after the lease, not during it: at 5000 peers decoding the listing beside
+//! the lease and the rules delayed subnet.env by 17 ms (63.5 against 46.8 ms). Then one task owns all state (DESIGN principle 4) and reacts to peer
 //! lease updates, lease changes, kernel notifications and timers; every path ends in the same
 //! level-triggered reconcile: peer events apply just the changed peers' objects, everything else
 //! (and any change that did not apply cleanly) runs a full one. SIGTERM/SIGINT leave routes,
