@@ -144,25 +144,50 @@ async fn acquire_counted<R: Registry>(
                 .await?;
         }
         let (key, guard, lifetime, why) = claim(&plan.choice, ttl);
-        match registry.put_lease(key, attrs, guard, lifetime).await? {
-            Some(expiration) => {
-                tracing::info!(decision = "subnet", subnet = %key, public_ip = %attrs.public_ip, reason = %why, "{why}; PublicIP {}", attrs.public_ip);
-                return Ok(Lease {
-                    key,
-                    attrs: attrs.clone(),
-                    expiration: Some(expiration),
-                });
-            }
-            None => {
-                count(&counters.races_lost);
-                tracing::info!(
-                    "subnet {key} changed in etcd while we claimed it (another host was faster); \
-                     choosing again"
-                )
-            }
+        let Some(expiration) = registry.put_lease(key, attrs, guard, lifetime).await? else {
+            count(&counters.races_lost);
+            tracing::info!(
+                "subnet {key} changed in etcd while we claimed it (another host was faster); \
+                 choosing again"
+            );
+            continue;
+        };
+        if guard == PutGuard::Absent && gave_way(registry, config, key).await? {
+            count(&counters.races_lost);
+            continue;
         }
+        tracing::info!(decision = "subnet", subnet = %key, public_ip = %attrs.public_ip, reason = %why, "{why}; PublicIP {}", attrs.public_ip);
+        return Ok(Lease {
+            key,
+            attrs: attrs.clone(),
+            expiration: Some(expiration),
+        });
     }
     Err(AcquireError::Contention(MAX_ATTEMPTS))
+}
+
+/// After creating the dual-stack lease `key`: gives it up (deletes it) when a lease written
+/// just before it shares one of its halves ([`alloc::earlier_clash`]); returns whether it did.
+/// A single-stack key needs no check: etcd created it only if no host holds that very key.
+async fn gave_way<R: Registry>(
+    registry: &R,
+    config: &NetworkConfig,
+    key: SubnetKey,
+) -> Result<bool, AcquireError> {
+    if config.ipv4.is_none() || key.ipv6.is_none() {
+        return Ok(false);
+    }
+    let leases = registry.list_leases().await?;
+    let Some((ours, earlier)) = alloc::earlier_clash(config, key, &leases) else {
+        return Ok(false);
+    };
+    tracing::warn!(
+        "subnet {key} overlaps {} of {}, written just before ours by a host that chose at the same time: giving ours up and choosing again",
+        earlier.lease.key,
+        earlier.lease.attrs.public_ip
+    );
+    registry.delete_lease(key, ours.mod_revision).await?;
+    Ok(true)
 }
 
 /// How to write the chosen lease: its key, the guard, the TTL and why, for the log.
@@ -680,6 +705,9 @@ mod tests {
         watches: Vec<(WatchScope, mpsc::Sender<WatchUpdate>)>,
         /// Another host that creates the key just before our next create (a lost race).
         thief: Option<LeaseAttrs>,
+        /// Another dual-stack host that creates a key with the same IPv4 half and IPv6 half
+        /// `fd00:3:0:ff::/64` just before our next create.
+        twin: Option<LeaseAttrs>,
         /// Keys written without a TTL (reservations).
         untimed: std::collections::BTreeSet<SubnetKey>,
     }
@@ -693,6 +721,7 @@ mod tests {
                     revision: 1,
                     watches: Vec::new(),
                     thief: None,
+                    twin: None,
                     untimed: Default::default(),
                 })),
             }
@@ -751,6 +780,15 @@ mod tests {
                 state.revision += 1;
                 let revision = state.revision;
                 state.leases.insert(key, (thief, revision));
+            }
+            if let (PutGuard::Absent, Some(twin)) = (guard, state.twin.take()) {
+                state.revision += 1;
+                let revision = state.revision;
+                let ipv6 = Some("fd00:3:0:ff::/64".parse().unwrap());
+                let ipv4 = key.ipv4;
+                state
+                    .leases
+                    .insert(SubnetKey { ipv4, ipv6 }, (twin, revision));
             }
             let current = state.leases.get(&key).map(|(_, rev)| *rev);
             let holds = match guard {
@@ -997,6 +1035,33 @@ mod tests {
         assert!(matches!(renewed, Refresh::Refreshed(t) if t == crate::lease::never()));
         assert!(fake.state().untimed.contains(&reserved), "renewal keeps it");
         assert!(manager.renewal_time() <= Instant::now() + timing.ttl);
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_lease_sharing_a_half_with_an_earlier_one_is_given_up() {
+        let fake = Fake::new(
+            r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.0","SubnetMax":"10.3.2.0",
+                "EnableIPv6":true,"IPv6Network":"fd00:3::/48",
+                "IPv6SubnetMin":"fd00:3:0:1::","IPv6SubnetMax":"fd00:3:0:4::"}"#,
+        );
+        let config = fake.state().config.clone();
+        fake.state().twin = Some(attrs(9));
+        let counters = LeaseCounters::default();
+        let ttl = Duration::from_secs(60);
+        let lease = acquire_counted(&fake, &config, &attrs(1), None, ttl, &counters)
+            .await
+            .unwrap();
+        let leases = fake.state().leases.clone();
+        assert_eq!(leases.len(), 2, "the twin's and ours: {leases:?}");
+        let (twin, _) = (leases.iter())
+            .find(|(_, (a, _))| *a == attrs(9))
+            .expect("the twin's lease stays");
+        assert_ne!(
+            lease.key.ipv4, twin.ipv4,
+            "ours moved to the other IPv4 subnet"
+        );
+        assert_eq!(leases[&lease.key].0, attrs(1));
+        assert_eq!(counters.races_lost.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -241,6 +241,34 @@ async fn racing_agents_get_different_subnets() {
     }
 }
 
+/// Two dual-stack agents choosing at once from two IPv4 and eight IPv6 subnets: etcd creates
+/// both keys when they differ in one half only, so the later writer must notice the shared half
+/// and choose again. Each round would clash on IPv4 about every other time without that.
+#[tokio::test]
+async fn racing_dual_stack_agents_share_no_half() {
+    let server = EtcdServer::start();
+    let config = r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.0","SubnetMax":"10.3.2.0",
+        "EnableIPv6":true,"IPv6Network":"fd00:3::/48",
+        "IPv6SubnetMin":"fd00:3:0:1::","IPv6SubnetMax":"fd00:3:0:8::"}"#;
+    for round in 0..8 {
+        let (registry, _) = setup(&server, config).await;
+        let config = registry.network_config().await.unwrap();
+        let hosts = [host(1), host(2)];
+        let (a, b) = tokio::join!(
+            acquire(&registry, &config, &hosts[0], None, DAY),
+            acquire(&registry, &config, &hosts[1], None, DAY),
+        );
+        let (a, b) = (a.unwrap().key, b.unwrap().key);
+        assert_ne!(a.ipv4, b.ipv4, "round {round}: {a} and {b}");
+        assert_ne!(a.ipv6, b.ipv6, "round {round}: {a} and {b}");
+        assert_eq!(
+            registry.list_leases().await.unwrap().len(),
+            2,
+            "round {round}"
+        );
+    }
+}
+
 fn short_timing() -> LeaseTiming {
     LeaseTiming {
         ttl: Duration::from_secs(10),
