@@ -152,9 +152,16 @@ async fn acquire_counted<R: Registry>(
             );
             continue;
         };
-        if guard == PutGuard::Absent && gave_way(registry, config, key).await? {
-            count(&counters.races_lost);
-            continue;
+        if guard == PutGuard::Absent {
+            if let Some(earlier) = give_way(registry, config, key).await? {
+                count(&counters.races_lost);
+                tracing::warn!(
+                    "subnet {key} overlaps {} of {}, written just before ours by a host that chose at the same time: gave ours up, choosing again",
+                    earlier.key,
+                    earlier.attrs.public_ip
+                );
+                continue;
+            }
         }
         tracing::info!(decision = "subnet", subnet = %key, public_ip = %attrs.public_ip, reason = %why, "{why}; PublicIP {}", attrs.public_ip);
         return Ok(Lease {
@@ -167,27 +174,22 @@ async fn acquire_counted<R: Registry>(
 }
 
 /// After creating the dual-stack lease `key`: gives it up (deletes it) when a lease written
-/// just before it shares one of its halves ([`alloc::earlier_clash`]); returns whether it did.
-/// A single-stack key needs no check: etcd created it only if no host holds that very key.
-async fn gave_way<R: Registry>(
+/// before it shares one of its halves ([`alloc::earlier_clash`]), and returns that lease. A
+/// single-stack key needs no check: etcd created it only if no host holds that very key.
+async fn give_way<R: Registry>(
     registry: &R,
     config: &NetworkConfig,
     key: SubnetKey,
-) -> Result<bool, AcquireError> {
+) -> Result<Option<Lease>, RegistryError> {
     if config.ipv4.is_none() || key.ipv6.is_none() {
-        return Ok(false);
+        return Ok(None);
     }
     let leases = registry.list_leases().await?;
     let Some((ours, earlier)) = alloc::earlier_clash(config, key, &leases) else {
-        return Ok(false);
+        return Ok(None);
     };
-    tracing::warn!(
-        "subnet {key} overlaps {} of {}, written just before ours by a host that chose at the same time: giving ours up and choosing again",
-        earlier.lease.key,
-        earlier.lease.attrs.public_ip
-    );
     registry.delete_lease(key, ours.mod_revision).await?;
-    Ok(true)
+    Ok(Some(earlier.lease.clone()))
 }
 
 /// How to write the chosen lease: its key, the guard, the TTL and why, for the log.
@@ -239,6 +241,9 @@ enum Refresh {
     Refreshed(SystemTime),
     /// Another host holds the key.
     HeldBy(LeaseAttrs),
+    /// Re-created, the key shared a half with this lease, written while ours was gone: ours was
+    /// given up ([`give_way`]).
+    Overlapped(Lease),
     /// The key kept changing between our read and our guarded write; try again later.
     Contended,
 }
@@ -550,6 +555,15 @@ impl<R: Registry> LeaseManager<R> {
                 self.report_conflict(key, &attrs);
                 (Next::Conflict, retry)
             }
+            Ok(Refresh::Overlapped(earlier)) => {
+                tracing::error!(
+                    "our subnet {key} overlaps {} of {}, written while our lease was gone; \
+                     acquiring a new subnet",
+                    earlier.key,
+                    earlier.attrs.public_ip
+                );
+                self.move_to_new_subnet(key, retry).await
+            }
             Err(e) => {
                 let what = match next {
                     Next::Renew => "renew",
@@ -613,9 +627,16 @@ impl<R: Registry> LeaseManager<R> {
         for _ in 0..MAX_REFRESH_RACES {
             let written = match self.registry.get_lease(key).await? {
                 None => {
-                    self.registry
+                    let created = (self.registry)
                         .put_lease(key, &self.attrs, PutGuard::Absent, Some(ttl))
-                        .await?
+                        .await?;
+                    if created.is_some() {
+                        let config = self.registry.network_config().await?;
+                        if let Some(earlier) = give_way(&self.registry, &config, key).await? {
+                            return Ok(Refresh::Overlapped(earlier));
+                        }
+                    }
+                    created
                 }
                 Some(stored) if stored.lease.attrs.public_ip == self.attrs.public_ip => {
                     let guard = PutGuard::Unchanged {
@@ -848,6 +869,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_re_created_dual_stack_lease_sharing_a_half_moves_us_to_a_new_subnet() {
+        let fake = Fake::new(DUAL);
+        let config = fake.state().config.clone();
+        let timing = LeaseTiming::default();
+        let manager = LeaseManager::start(fake.clone(), &config, attrs(1), None, timing)
+            .await
+            .unwrap();
+        let first = manager.lease().key;
+        let mut current = manager.subscribe();
+        let task = tokio::spawn(manager.run());
+        tokio::task::yield_now().await;
+
+        // Our lease vanishes; re-creating it, we find a twin with our IPv4 half written first.
+        let own_watch = {
+            let mut state = fake.state();
+            state.leases.remove(&first);
+            state.twin = Some(attrs(9));
+            state.watches.last().cloned().unwrap().1
+        };
+        let removed = LeaseEvent::Removed(first);
+        own_watch
+            .send(WatchUpdate::Events(vec![removed]))
+            .await
+            .unwrap();
+
+        wait_for(&mut current, "we move to the other IPv4 subnet", |l| {
+            l.key.ipv4 != first.ipv4 && is_valid(l, SystemTime::now())
+        })
+        .await;
+        let state = fake.state();
+        assert!(!state.leases.contains_key(&first), "ours was given up");
+        let twins = state
+            .leases
+            .values()
+            .filter(|(a, _)| *a == attrs(9))
+            .count();
+        assert_eq!(twins, 1, "{:?}", state.leases);
+        drop(state);
+        task.abort();
+    }
+
+    #[tokio::test]
     async fn a_vanished_lease_taken_by_another_host_moves_us_to_a_new_subnet() {
         let fake =
             Fake::new(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.0","SubnetMax":"10.3.2.0"}"#);
@@ -1037,13 +1100,14 @@ mod tests {
         assert!(manager.renewal_time() <= Instant::now() + timing.ttl);
     }
 
+    /// A dual-stack network of two IPv4 and four IPv6 subnets.
+    const DUAL: &str = r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.0","SubnetMax":"10.3.2.0",
+        "EnableIPv6":true,"IPv6Network":"fd00:3::/48",
+        "IPv6SubnetMin":"fd00:3:0:1::","IPv6SubnetMax":"fd00:3:0:4::"}"#;
+
     #[tokio::test]
     async fn a_dual_stack_lease_sharing_a_half_with_an_earlier_one_is_given_up() {
-        let fake = Fake::new(
-            r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.0","SubnetMax":"10.3.2.0",
-                "EnableIPv6":true,"IPv6Network":"fd00:3::/48",
-                "IPv6SubnetMin":"fd00:3:0:1::","IPv6SubnetMax":"fd00:3:0:4::"}"#,
-        );
+        let fake = Fake::new(DUAL);
         let config = fake.state().config.clone();
         fake.state().twin = Some(attrs(9));
         let counters = LeaseCounters::default();
