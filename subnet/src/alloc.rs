@@ -281,7 +281,7 @@ fn previous_is_free(
         ));
         return false;
     }
-    let clash = (occupied.holders.iter()).find(|l| clashes(config, l.lease.key, previous));
+    let clash = (occupied.holders.iter()).find(|l| clashes(l.lease.key, previous));
     if let Some(holder) = clash {
         notes.push(format!(
             "previous subnet {previous} (subnet.env) is held by {} ({})",
@@ -292,10 +292,10 @@ fn previous_is_free(
     true
 }
 
-/// Whether two lease keys share addresses in a family the config enables (an IPv6-only
-/// network's keys all carry the same `0.0.0.0/0` IPv4 half, which is no clash).
-fn clashes(config: &NetworkConfig, a: SubnetKey, b: SubnetKey) -> bool {
-    let v4 = config.ipv4.is_some() && a.ipv4.overlaps(&b.ipv4);
+/// Whether two lease keys share addresses (an IPv6-only lease's `0.0.0.0/0` IPv4 half is no
+/// subnet, so no clash).
+fn clashes(a: SubnetKey, b: SubnetKey) -> bool {
+    let v4 = a.has_ipv4() && b.has_ipv4() && a.ipv4.overlaps(&b.ipv4);
     let v6 = a.ipv6.zip(b.ipv6).is_some_and(|(a, b)| a.overlaps(&b));
     v4 || v6
 }
@@ -306,16 +306,13 @@ fn clashes(config: &NetworkConfig, a: SubnetKey, b: SubnetKey) -> bool {
 /// keys, and a dual-stack key (`10.5.1.0-24&fd00:5:0:1::-64`) differs from another with the
 /// same IPv4 half and another IPv6 half. The later writer gives way, so every host that sees
 /// both decides the same.
-pub fn earlier_clash<'a>(
-    config: &NetworkConfig,
+pub fn earlier_clash(
     ours: SubnetKey,
-    leases: &'a [StoredLease],
-) -> Option<(&'a StoredLease, &'a StoredLease)> {
+    leases: &[StoredLease],
+) -> Option<(&StoredLease, &StoredLease)> {
     let stored = leases.iter().find(|l| l.lease.key == ours)?;
     let earlier = leases.iter().find(|l| {
-        l.lease.key != ours
-            && l.mod_revision < stored.mod_revision
-            && clashes(config, l.lease.key, ours)
+        l.lease.key != ours && l.mod_revision < stored.mod_revision && clashes(l.lease.key, ours)
     })?;
     Some((stored, earlier))
 }
@@ -466,8 +463,6 @@ mod tests {
 
     #[test]
     fn the_later_of_two_dual_stack_leases_sharing_a_half_gives_way() {
-        let dual =
-            config(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48"}"#);
         let ours = key("10.5.1.0-24&fd00:5:0:1::-64");
         let same_v4 = written("10.5.1.0-24&fd00:5:0:2::-64", 10);
         let same_v6 = written("10.5.2.0-24&fd00:5:0:1::-64", 10);
@@ -478,28 +473,26 @@ mod tests {
                 earlier.clone(),
                 written(&ours.to_string(), 11),
             ];
-            let (stored, clash) = earlier_clash(&dual, ours, &leases).expect("a clash");
+            let (stored, clash) = earlier_clash(ours, &leases).expect("a clash");
             assert_eq!(
                 (stored.mod_revision, clash.lease.key),
                 (11, earlier.lease.key)
             );
             // Seen from the other host, whose lease was written first: it keeps its own.
-            assert!(earlier_clash(&dual, earlier.lease.key, &leases).is_none());
+            assert!(earlier_clash(earlier.lease.key, &leases).is_none());
         }
         let leases = [apart, written(&ours.to_string(), 11)];
-        assert!(earlier_clash(&dual, ours, &leases).is_none());
+        assert!(earlier_clash(ours, &leases).is_none());
     }
 
     #[test]
     fn ipv6_only_keys_do_not_clash_by_their_common_ipv4_half() {
-        let v6_only =
-            config(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48"}"#);
         let ours = key("0.0.0.0-0&fd00:5:0:1::-64");
         let leases = [
             written("0.0.0.0-0&fd00:5:0:2::-64", 10),
             written(&ours.to_string(), 11),
         ];
-        assert!(earlier_clash(&v6_only, ours, &leases).is_none());
+        assert!(earlier_clash(ours, &leases).is_none());
     }
 
     #[test]

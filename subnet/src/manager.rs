@@ -153,7 +153,7 @@ async fn acquire_counted<R: Registry>(
             continue;
         };
         if guard == PutGuard::Absent {
-            if let Some(earlier) = give_way(registry, config, key).await? {
+            if let Some(earlier) = give_way(registry, key).await? {
                 count(&counters.races_lost);
                 tracing::warn!(
                     "subnet {key} overlaps {} of {}, written just before ours by a host that chose at the same time: gave ours up, choosing again",
@@ -178,14 +178,13 @@ async fn acquire_counted<R: Registry>(
 /// single-stack key needs no check: etcd created it only if no host holds that very key.
 async fn give_way<R: Registry>(
     registry: &R,
-    config: &NetworkConfig,
     key: SubnetKey,
 ) -> Result<Option<Lease>, RegistryError> {
-    if config.ipv4.is_none() || key.ipv6.is_none() {
+    if !key.has_ipv4() || key.ipv6.is_none() {
         return Ok(None);
     }
     let leases = registry.list_leases().await?;
-    let Some((ours, earlier)) = alloc::earlier_clash(config, key, &leases) else {
+    let Some((ours, earlier)) = alloc::earlier_clash(key, &leases) else {
         return Ok(None);
     };
     registry.delete_lease(key, ours.mod_revision).await?;
@@ -631,8 +630,7 @@ impl<R: Registry> LeaseManager<R> {
                         .put_lease(key, &self.attrs, PutGuard::Absent, Some(ttl))
                         .await?;
                     if created.is_some() {
-                        let config = self.registry.network_config().await?;
-                        if let Some(earlier) = give_way(&self.registry, &config, key).await? {
+                        if let Some(earlier) = give_way(&self.registry, key).await? {
                             return Ok(Refresh::Overlapped(earlier));
                         }
                     }
