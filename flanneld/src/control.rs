@@ -535,6 +535,9 @@ impl Agent {
                 tracing::info!("{}", describe(&e));
                 self.changed.entry(subnet).or_insert(old);
             }
+            for admitted in self.peers.take_admitted() {
+                self.changed.entry(admitted).or_insert(None);
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 
 use crate::lease::{Lease, SubnetKey};
 use crate::validate::{LeasePolicy, Rejection};
@@ -28,9 +28,14 @@ pub struct PeerSet {
     own: Option<IpNet>,
     policy: Option<LeasePolicy>,
     peers: BTreeMap<IpNet, Lease>,
+    /// The peer holding each IPv6 half of a dual-stack lease, by its [`Lease::id`].
+    ipv6_holders: BTreeMap<Ipv6Net, IpNet>,
     /// The lease last seen for our own subnet (ours, or another host's that took it).
     own_lease: Option<Lease>,
     rejected: BTreeMap<SubnetKey, (Lease, Rejection)>,
+    /// Peers admitted because the lease sharing their subnet went, not yet handed out by
+    /// [`PeerSet::take_admitted`].
+    admitted: Vec<IpNet>,
     /// Rejections not yet handed out by [`PeerSet::take_new_rejections`].
     unreported: Vec<(SubnetKey, Rejection)>,
 }
@@ -67,7 +72,13 @@ impl PeerSet {
                 if Some(key.id()) == self.own {
                     self.own_lease = None;
                 }
-                self.peers.remove(&key.id()).is_some()
+                // Only the lease of this very key: another host's lease may hold the subnet.
+                if self.peers.get(&key.id()).is_none_or(|p| p.key != *key) {
+                    return false;
+                }
+                self.remove_peer(key.id());
+                self.admit_sharers_of(*key);
+                true
             }
         }
     }
@@ -77,18 +88,91 @@ impl PeerSet {
             self.own_lease = Some(lease.clone());
             return false;
         }
-        if let Some(why) = self.policy.as_ref().and_then(|p| p.check(lease).err()) {
+        let why = (self.policy.as_ref().and_then(|p| p.check(lease).err()))
+            .or_else(|| self.shared_with_another_host(lease));
+        if let Some(why) = why {
             let known = self.rejected.get(&lease.key).map(|(_, r)| r);
             if known != Some(&why) {
                 self.unreported.push((lease.key, why.clone()));
             }
             self.rejected.insert(lease.key, (lease.clone(), why));
-            return self.peers.remove(&lease.id()).is_some();
+            return self
+                .peers
+                .get(&lease.id())
+                .is_some_and(|p| p.key == lease.key)
+                && self.remove_peer(lease.id()).is_some();
         }
         self.rejected.remove(&lease.key);
-        match self.peers.insert(lease.id(), lease.clone()) {
+        match self.insert_peer(lease.clone()) {
             Some(old) => old.attrs != lease.attrs || old.key != lease.key,
             None => true,
+        }
+    }
+
+    /// A subnet of `lease` that another host's peer lease, seen first, holds: two hosts that
+    /// chose at the same time (the later one gives way). The same host's lease under a new key
+    /// (it gained or changed its IPv6 half) replaces its old one instead.
+    fn shared_with_another_host(&self, lease: &Lease) -> Option<Rejection> {
+        let same_host = |p: &Lease| {
+            (p.attrs.public_ip, p.attrs.public_ipv6)
+                == (lease.attrs.public_ip, lease.attrs.public_ipv6)
+        };
+        let by_id = self.peers.get(&lease.id());
+        let by_ipv6 = (lease.key.ipv6)
+            .and_then(|v6| self.ipv6_holders.get(&v6))
+            .and_then(|id| self.peers.get(id));
+        let holder = [by_id, by_ipv6]
+            .into_iter()
+            .flatten()
+            .find(|p| p.key != lease.key && !same_host(p))?;
+        let subnet = match by_id {
+            Some(p) if p.key == holder.key => lease.id(),
+            _ => lease.key.ipv6?.into(),
+        };
+        Some(Rejection::SubnetShared {
+            subnet,
+            holder: holder.key,
+        })
+    }
+
+    /// Admits the leases rejected for sharing a subnet with `gone`, now that it went.
+    fn admit_sharers_of(&mut self, gone: SubnetKey) {
+        let waiting: Vec<Lease> = (self.rejected.values())
+            .filter(
+                |(_, why)| matches!(why, Rejection::SubnetShared { holder, .. } if *holder == gone),
+            )
+            .map(|(lease, _)| lease.clone())
+            .collect();
+        for lease in waiting {
+            if self.add(&lease) {
+                self.admitted.push(lease.id());
+            }
+        }
+    }
+
+    fn insert_peer(&mut self, lease: Lease) -> Option<Lease> {
+        let id = lease.id();
+        if let Some(v6) = lease.key.ipv6.filter(|_| lease.key.has_ipv4()) {
+            self.ipv6_holders.insert(v6, id);
+        }
+        let old = self.peers.insert(id, lease)?;
+        self.forget_ipv6(&old, id);
+        Some(old)
+    }
+
+    fn remove_peer(&mut self, id: IpNet) -> Option<Lease> {
+        let old = self.peers.remove(&id)?;
+        self.forget_ipv6(&old, id);
+        Some(old)
+    }
+
+    /// Drops the IPv6 index entry of `old` (replaced or removed at `id`) unless the peer now at
+    /// `id` holds the same IPv6 half.
+    fn forget_ipv6(&mut self, old: &Lease, id: IpNet) {
+        let Some(v6) = old.key.ipv6 else { return };
+        let kept = self.peers.get(&id).and_then(|p| p.key.ipv6) == Some(v6);
+        if !kept && self.ipv6_holders.get(&v6) == Some(&id) {
+            self.ipv6_holders.remove(&v6);
         }
     }
 
@@ -147,6 +231,12 @@ impl PeerSet {
         std::mem::take(&mut self.unreported)
     }
 
+    /// The subnets ([`Lease::id`]) of peers admitted by [`PeerSet::apply`] besides the event's
+    /// own: leases that waited for the removed one, which shared a subnet with them.
+    pub fn take_admitted(&mut self) -> Vec<IpNet> {
+        std::mem::take(&mut self.admitted)
+    }
+
     /// The leases rejected by the policy, with the reason.
     pub fn rejected(&self) -> impl Iterator<Item = (&SubnetKey, &Rejection)> {
         self.rejected.iter().map(|(k, (_, r))| (k, r))
@@ -185,6 +275,56 @@ mod tests {
             attrs: LeaseAttrs::new(Ipv4Addr::from(ip), "host-gw"),
             expiration: None,
         }
+    }
+
+    /// A dual-stack lease of `key` (`10.0.2.0-24&fd00::2:0:0:0-64`) for host `ip`.
+    fn dual(key: &str, ip: [u8; 4]) -> Lease {
+        Lease {
+            key: key.parse().unwrap(),
+            ..lease("10.0.9.0/24", ip)
+        }
+    }
+
+    #[test]
+    fn a_lease_sharing_a_half_with_another_hosts_waits_until_that_one_goes() {
+        let mut set = PeerSet::new("10.0.1.0/24".parse().unwrap());
+        let first = dual("10.0.2.0-24&fd00:0:0:2::-64", [1, 1, 1, 2]);
+        let same_v4 = dual("10.0.2.0-24&fd00:0:0:3::-64", [1, 1, 1, 3]);
+        let same_v6 = dual("10.0.4.0-24&fd00:0:0:2::-64", [1, 1, 1, 4]);
+        assert!(set.apply(&LeaseEvent::Put(first.clone())));
+        assert!(!set.apply(&LeaseEvent::Put(same_v4.clone())));
+        assert!(!set.apply(&LeaseEvent::Put(same_v6.clone())));
+        assert_eq!(set.iter().collect::<Vec<_>>(), [&first]);
+        let rejected: Vec<String> = set.rejected().map(|(_, why)| why.to_string()).collect();
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        assert!(
+            rejected[0].contains("also in lease 10.0.2.0-24&fd00:0:0:2::-64"),
+            "{rejected:?}"
+        );
+
+        // The later writer gives way: its removal leaves the first one programmed.
+        assert!(!set.apply(&LeaseEvent::Removed(same_v4.key)));
+        assert_eq!(set.iter().collect::<Vec<_>>(), [&first]);
+        assert!(set.take_admitted().is_empty());
+
+        // Had the first one gone instead, the one sharing its IPv6 half would take its place.
+        assert!(set.apply(&LeaseEvent::Removed(first.key)));
+        assert_eq!(set.iter().collect::<Vec<_>>(), [&same_v6]);
+        assert_eq!(set.take_admitted(), [same_v6.id()]);
+        assert_eq!(set.rejected().count(), 0);
+    }
+
+    #[test]
+    fn the_same_hosts_lease_under_a_new_key_replaces_its_old_one() {
+        let mut set = PeerSet::new("10.0.1.0/24".parse().unwrap());
+        let old = lease("10.0.2.0/24", [1, 1, 1, 2]);
+        let new = dual("10.0.2.0-24&fd00:0:0:2::-64", [1, 1, 1, 2]);
+        assert!(set.apply(&LeaseEvent::Put(old.clone())));
+        assert!(set.apply(&LeaseEvent::Put(new.clone())));
+        // The old key's removal (or expiry) does not take the new lease with it.
+        assert!(!set.apply(&LeaseEvent::Removed(old.key)));
+        assert_eq!(set.iter().collect::<Vec<_>>(), [&new]);
+        assert_eq!(set.rejected().count(), 0);
     }
 
     #[test]

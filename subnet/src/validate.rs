@@ -45,6 +45,15 @@ pub enum Rejection {
         /// Our own lease's subnet.
         own: IpNet,
     },
+    /// Another host's lease, seen first, holds the same subnet (two hosts that chose at the same
+    /// time; the later one gives way and its lease goes).
+    #[error("its subnet {subnet} is also in lease {holder} of another host, seen first")]
+    SubnetShared {
+        /// The subnet both leases hold.
+        subnet: IpNet,
+        /// The lease that holds it and is programmed.
+        holder: SubnetKey,
+    },
     /// The subnet overlaps a network this host is directly connected to.
     #[error("its subnet {subnet} overlaps {local}, a network this host is connected to")]
     OverlapsLocalNetwork {
