@@ -101,13 +101,20 @@ fn wait_route(c: &Cluster, i: usize, dst: &str, gateway: &str) {
 /// The value of the dual-stack lease of FLANNEL_SUBNET `subnet` and FLANNEL_IPV6_SUBNET
 /// `subnet6`.
 fn dual_lease(c: &Cluster, subnet: &str, subnet6: &str) -> String {
-    let key = format!(
+    c.etcd
+        .get(&dual_key(c, subnet, subnet6))
+        .expect("the dual-stack lease")
+}
+
+/// The etcd key of the dual-stack lease of FLANNEL_SUBNET `subnet` and FLANNEL_IPV6_SUBNET
+/// `subnet6`.
+fn dual_key(c: &Cluster, subnet: &str, subnet6: &str) -> String {
+    format!(
         "{}/subnets/{}&{}",
         c.prefix,
         Cluster::network_of(subnet).replace('/', "-"),
         network6_of(subnet6).replace('/', "-")
-    );
-    c.etcd.get(&key).expect("the dual-stack lease")
+    )
 }
 
 /// The subnet of a `FLANNEL_IPV6_SUBNET` value (`fd00:20:0:5::1/64` ⇒ `fd00:20:0:5::/64`).
@@ -346,4 +353,40 @@ fn ipv6_only(backend: &str, mtu: usize) {
         wait_seen_by(&pods[0].ns, &format!("[{}]", pods[1].ip)),
         pods[0].ip
     );
+}
+
+/// Two dual-stack hosts starting together in a network of two IPv4 and four IPv6 subnets: they
+/// often choose the same half at once, under two different keys. Every round ends with
+/// different subnets in both families and, on each host, the routes to the other's.
+#[test]
+fn hosts_starting_together_never_share_a_subnet() {
+    let config = r#"{"Network":"10.22.0.0/16","SubnetMin":"10.22.1.0","SubnetMax":"10.22.2.0",
+        "EnableIPv6":true,"IPv6Network":"fd00:22::/48",
+        "IPv6SubnetMin":"fd00:22:0:1::","IPv6SubnetMax":"fd00:22:0:4::",
+        "Backend":{"Type":"host-gw"}}"#;
+    let mut c = Cluster::build(2, config, &[]);
+    c.add_ipv6();
+    for round in 0..4 {
+        for i in 0..2 {
+            c.start_agent(i);
+        }
+        let subnets: Vec<String> = (0..2).map(|i| c.wait_subnet(i)).collect();
+        let subnets6: Vec<String> = (0..2)
+            .map(|i| env_value(&c.subnet_env(i), "FLANNEL_IPV6_SUBNET").expect("IPv6 subnet"))
+            .collect();
+        let logs = format!("{}\n{}", c.log(0), c.log(1));
+        assert_ne!(subnets[0], subnets[1], "round {round}:\n{logs}");
+        assert_ne!(subnets6[0], subnets6[1], "round {round}:\n{logs}");
+        for (i, j) in [(0, 1), (1, 0)] {
+            wait_route(&c, i, &Cluster::network_of(&subnets[j]), &c.host_ip(j));
+            wait_route(&c, i, &network6_of(&subnets6[j]), &c.host_ip6(j));
+        }
+        // Next round: both leases and subnet.env files go, so both hosts choose afresh.
+        for i in 0..2 {
+            c.stop_agent(i);
+            let key = dual_key(&c, &subnets[i], &subnets6[i]);
+            assert!(c.etcd.delete(&key), "{key}");
+            std::fs::remove_file(c.subnet_env(i)).unwrap();
+        }
+    }
 }
