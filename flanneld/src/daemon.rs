@@ -210,7 +210,7 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
     let rules = (fw_options, detection);
     let first_rules = FirstRules::start(rules, (networks, nftables), previous, &metrics);
     let nl = Netlink::connect().context("cannot open a netlink socket")?;
-    let selected = choose_interface(&opts, &nl, config.ipv6.is_some()).await?;
+    let selected = choose_interface(&opts, &nl, &config).await?;
     let (mut backend, attrs) = init_backend(&opts, &config, &nl, &selected).await?;
     readiness.publish(&Stage::AcquiringLease);
     let Some(manager) =
@@ -328,11 +328,11 @@ async fn wait_for_config<R: Registry>(
 }
 
 /// Step 2: chooses the external interface and public IP (`--iface`, `--iface-regex`,
-/// `--iface-can-reach`, `--public-ip`) and logs why.
+/// `--iface-can-reach`, `--public-ip`) for the config's address families and logs why.
 pub(crate) async fn choose_interface(
     opts: &Options,
     nl: &Netlink,
-    ipv6: bool,
+    config: &subnet::NetworkConfig,
 ) -> Result<iface::SelectedInterface> {
     let host = nl
         .host_view(opts.iface_can_reach)
@@ -343,22 +343,31 @@ pub(crate) async fn choose_interface(
         iface_regex: &opts.iface_regex,
         can_reach: opts.iface_can_reach,
         public_ip: opts.public_ip,
+        ipv6_only: config.ipv4.is_none(),
     };
     let mut selected = iface::select(&host, &selection)?;
-    if ipv6 {
+    if config.ipv6.is_some() {
         selected.ipv6 = Some(iface::ipv6_side(&selected, opts.public_ipv6)?);
     }
+    let (addr, public) = match (config.ipv4, selected.ipv6) {
+        (None, Some((addr6, public6))) => {
+            let addr6 = addr6.map_or("none".to_string(), |a| a.to_string());
+            (addr6, format!("public IPv6 {public6}"))
+        }
+        _ => (
+            selected.iface_addr.to_string(),
+            format!("public IP {}", selected.public_ip),
+        ),
+    };
     tracing::info!(
         decision = "interface",
         iface = %selected.iface.name,
         public_ip = %selected.public_ip,
         reason = %selected.reason,
-        "using interface {} (index {}, MTU {}) address {}, public IP {}: {}",
+        "using interface {} (index {}, MTU {}) address {addr}, {public}: {}",
         selected.iface.name,
         selected.iface.index,
         selected.iface.mtu,
-        selected.iface_addr,
-        selected.public_ip,
         selected.reason
     );
     Ok(selected)
@@ -402,7 +411,7 @@ pub(crate) fn external(selected: &iface::SelectedInterface) -> backends::Externa
     backends::ExternalInterface {
         name: selected.iface.name.clone(),
         index: selected.iface.index,
-        addr: Some(selected.iface_addr),
+        addr: Some(selected.iface_addr).filter(|a| !a.is_unspecified()),
         addr6: selected.ipv6.and_then(|(iface_addr6, _)| iface_addr6),
         mtu: selected.iface.mtu,
     }

@@ -2,6 +2,8 @@
 //! order, then `--iface-regex` (addresses first, then names), then `--iface-can-reach`, else the
 //! interface of the default route. `--public-ip` overrides the advertised address; alone, it
 //! selects the interface that owns it. The decision is returned with the reason, for the log.
+//! On an IPv6-only network the interface needs no IPv4 address (`0.0.0.0` then stands for
+//! none), `--iface-regex` also matches IPv6 addresses, and the IPv6 default route comes first.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -20,6 +22,8 @@ pub struct Selection<'a> {
     pub can_reach: Option<IpAddr>,
     /// `--public-ip`.
     pub public_ip: Option<Ipv4Addr>,
+    /// The network is IPv6-only (`EnableIPv4: false`).
+    pub ipv6_only: bool,
 }
 
 /// The chosen interface.
@@ -27,7 +31,8 @@ pub struct Selection<'a> {
 pub struct SelectedInterface {
     /// The interface.
     pub iface: HostInterface,
-    /// Its address used for inter-host traffic.
+    /// Its IPv4 address used for inter-host traffic (`0.0.0.0` on an IPv6-only network when it
+    /// has none).
     pub iface_addr: Ipv4Addr,
     /// The address advertised to peers (`--public-ip` or `iface_addr`).
     pub public_ip: Ipv4Addr,
@@ -70,12 +75,24 @@ fn with_addr(
     })
 }
 
-fn first_addr(iface: &HostInterface, what: &str) -> Result<Ipv4Addr, IfaceError> {
-    iface
-        .addrs
-        .first()
-        .copied()
-        .ok_or_else(|| IfaceError::NotFound(format!("{what} {} has no IPv4 address", iface.name)))
+/// The interface's first IPv4 address; on an IPv6-only network, `0.0.0.0` when it has none.
+fn first_addr(iface: &HostInterface, what: &str, sel: &Selection) -> Result<Ipv4Addr, IfaceError> {
+    match iface.addrs.first() {
+        Some(addr) => Ok(*addr),
+        None if sel.ipv6_only => Ok(Ipv4Addr::UNSPECIFIED),
+        None => Err(IfaceError::NotFound(format!(
+            "{what} {} has no IPv4 address (for a network without IPv4, set \"EnableIPv4\": false in the network config)",
+            iface.name
+        ))),
+    }
+}
+
+/// `addr` for the log, or on an interface without IPv4 its first IPv6 address.
+fn shown(iface: &HostInterface, addr: Ipv4Addr) -> String {
+    match iface.addrs6.first() {
+        Some(v6) if addr.is_unspecified() => v6.to_string(),
+        _ => addr.to_string(),
+    }
 }
 
 /// The interface with kernel index `index`; `what` names who pointed at it, for the error.
@@ -123,7 +140,7 @@ pub fn select(view: &HostView, sel: &Selection) -> Result<SelectedInterface, Ifa
         )));
     }
     if let Some(target) = sel.can_reach {
-        return by_can_reach(view, target, sel.public_ip);
+        return by_can_reach(view, target, sel);
     }
     if let Some(ip) = sel.public_ip {
         if let Some(i) = view.interfaces.iter().find(|i| i.addrs.contains(&ip)) {
@@ -131,7 +148,7 @@ pub fn select(view: &HostView, sel: &Selection) -> Result<SelectedInterface, Ifa
             return with_addr(i, ip, None, reason);
         }
     }
-    by_default_route(view, sel.public_ip)
+    by_default_route(view, sel)
 }
 
 /// The values of a repeated flag, comma separated.
@@ -160,20 +177,23 @@ fn by_iface(view: &HostView, sel: &Selection) -> Result<Option<SelectedInterface
                 }),
             IfaceSpec::Addr6(ip) => match view.interfaces.iter().find(|i| i.addrs6.contains(ip)) {
                 Some(i) => {
-                    let addr = first_addr(i, "--iface interface")?;
+                    let i = preferring(i, *ip);
+                    let addr = first_addr(&i, "--iface interface", sel)?;
                     let reason = format!(
-                        "--iface {ip}: interface {} owns this address, using its IPv4 address {addr}",
-                        i.name
+                        "--iface {ip}: interface {} owns this address, using its address {}",
+                        i.name,
+                        shown(&i, addr)
                     );
-                    return with_addr(&preferring(i, *ip), addr, sel.public_ip, reason).map(Some);
+                    return with_addr(&i, addr, sel.public_ip, reason).map(Some);
                 }
                 None => None,
             },
             IfaceSpec::Name(name) => match view.interfaces.iter().find(|i| &i.name == name) {
                 Some(i) => {
-                    let addr = first_addr(i, "--iface interface")?;
+                    let addr = first_addr(i, "--iface interface", sel)?;
+                    let shown = shown(i, addr);
                     let reason =
-                        format!("--iface {name}: matched by name, using its address {addr}");
+                        format!("--iface {name}: matched by name, using its address {shown}");
                     Some((i, addr, reason))
                 }
                 None => None,
@@ -199,8 +219,11 @@ fn by_regex(view: &HostView, sel: &Selection) -> Result<Option<SelectedInterface
                 return with_addr(i, *addr, sel.public_ip, reason).map(Some);
             }
         }
+        if let Some(found) = by_regex_on_ipv6(view, sel, re)? {
+            return Ok(Some(found));
+        }
         if let Some(i) = view.interfaces.iter().find(|i| re.is_match(&i.name)) {
-            let addr = first_addr(i, "--iface-regex interface")?;
+            let addr = first_addr(i, "--iface-regex interface", sel)?;
             let reason = format!(
                 "--iface-regex {:?} matched interface name {}",
                 re.to_string(),
@@ -212,11 +235,35 @@ fn by_regex(view: &HostView, sel: &Selection) -> Result<Option<SelectedInterface
     Ok(None)
 }
 
+/// On an IPv6-only network, an `--iface-regex` pattern tried against every IPv6 address.
+fn by_regex_on_ipv6(
+    view: &HostView,
+    sel: &Selection,
+    re: &IfaceRegex,
+) -> Result<Option<SelectedInterface>, IfaceError> {
+    if !sel.ipv6_only {
+        return Ok(None);
+    }
+    for i in &view.interfaces {
+        if let Some(v6) = i.addrs6.iter().find(|a| re.is_match(&a.to_string())) {
+            let i = preferring(i, *v6);
+            let addr = first_addr(&i, "--iface-regex interface", sel)?;
+            let reason = format!(
+                "--iface-regex {:?} matched address {v6} of {}",
+                re.to_string(),
+                i.name
+            );
+            return with_addr(&i, addr, sel.public_ip, reason).map(Some);
+        }
+    }
+    Ok(None)
+}
+
 /// `--iface-can-reach`: the interface and source address of the kernel's route to `target`.
 fn by_can_reach(
     view: &HostView,
     target: IpAddr,
-    public: Option<Ipv4Addr>,
+    sel: &Selection,
 ) -> Result<SelectedInterface, IfaceError> {
     let (index, src) = view.can_reach.ok_or_else(|| {
         IfaceError::NotFound(format!(
@@ -224,20 +271,19 @@ fn by_can_reach(
         ))
     })?;
     let i = by_index(view, index, &format!("--iface-can-reach {target}: route"))?;
+    let what = "--iface-can-reach interface";
     let (addr, i) = match src {
         Some(IpAddr::V4(a)) => (a, i.clone()),
-        Some(IpAddr::V6(a)) => (
-            first_addr(i, "--iface-can-reach interface")?,
-            preferring(i, a),
-        ),
-        None => (first_addr(i, "--iface-can-reach interface")?, i.clone()),
+        Some(IpAddr::V6(a)) => (first_addr(i, what, sel)?, preferring(i, a)),
+        None => (first_addr(i, what, sel)?, i.clone()),
     };
     let via = src.map_or(String::new(), |s| format!(" from {s}"));
     let reason = format!(
-        "--iface-can-reach {target}: the kernel routes it via {}{via}; using its address {addr}",
-        i.name
+        "--iface-can-reach {target}: the kernel routes it via {}{via}; using its address {}",
+        i.name,
+        shown(&i, addr)
     );
-    with_addr(&i, addr, public, reason)
+    with_addr(&i, addr, sel.public_ip, reason)
 }
 
 /// The interface with `v6` first among its IPv6 addresses (the one it was chosen by).
@@ -248,18 +294,21 @@ fn preferring(iface: &HostInterface, v6: Ipv6Addr) -> HostInterface {
     iface
 }
 
-/// The interface of the default route, when nothing else chose one.
-fn by_default_route(
-    view: &HostView,
-    public: Option<Ipv4Addr>,
-) -> Result<SelectedInterface, IfaceError> {
-    let index = view.default_route_index.ok_or_else(|| {
+/// The interface of the default route (on an IPv6-only network the IPv6 one first), when
+/// nothing else chose one.
+fn by_default_route(view: &HostView, sel: &Selection) -> Result<SelectedInterface, IfaceError> {
+    let index = match sel.ipv6_only {
+        true => view.default_route6_index.or(view.default_route_index),
+        false => view.default_route_index,
+    };
+    let index = index.ok_or_else(|| {
         IfaceError::NotFound(
             "no default route and no --iface given; use --iface=<name or IP>".into(),
         )
     })?;
     let i = by_index(view, index, "default route")?;
-    let addr = first_addr(i, "default-route interface")?;
+    let addr = first_addr(i, "default-route interface", sel)?;
+    let public = sel.public_ip;
     let reason = match public {
         Some(p) => format!(
             "interface of the default route ({}); --public-ip {p} is not assigned locally (NAT?)",
@@ -332,8 +381,55 @@ mod tests {
                 iface("empty0", 4, 1500, &[]),
             ],
             default_route_index: Some(2),
+            default_route6_index: None,
             can_reach: Some((3, Some(Ipv4Addr::new(192, 168, 10, 5).into()))),
         }
+    }
+
+    #[test]
+    fn on_an_ipv6_only_network_an_interface_without_ipv4_can_be_chosen() {
+        let mut host = view();
+        let v6: Ipv6Addr = "fd00:200::11".parse().unwrap();
+        host.interfaces[3].addrs6 = vec![v6];
+        host.default_route6_index = Some(4);
+        let by_name = ["empty0".parse().unwrap()];
+        let by_addr = [IfaceSpec::Addr6(v6)];
+        let by_regex = ["^fd00:200:".parse().unwrap()];
+        let name = Selection {
+            iface: &by_name,
+            ..Selection::default()
+        };
+        let addr = Selection {
+            iface: &by_addr,
+            ..Selection::default()
+        };
+        let regex = Selection {
+            iface_regex: &by_regex,
+            ..Selection::default()
+        };
+        for sel in [&name, &addr, &regex, &Selection::default()] {
+            let v6_only = Selection {
+                ipv6_only: true,
+                ..sel.clone()
+            };
+            let selected = select(&host, &v6_only).unwrap();
+            assert_eq!(selected.iface.name, "empty0", "{}", selected.reason);
+            assert_eq!(selected.iface_addr, Ipv4Addr::UNSPECIFIED);
+            assert_eq!(ipv6_side(&selected, None).unwrap(), (Some(v6), v6));
+        }
+        // On a network with IPv4 the interface needs an IPv4 address, and the error says what
+        // to set otherwise; the regex looks at IPv4 addresses and names only; the IPv4 default
+        // route chooses.
+        for sel in [&name, &addr] {
+            let err = select(&host, sel).unwrap_err().to_string();
+            assert!(err.contains(r#"set "EnableIPv4": false"#), "{err}");
+        }
+        let err = select(&host, &regex).unwrap_err().to_string();
+        assert!(err.starts_with("no interface matches"), "{err}");
+        assert_eq!(
+            select(&host, &Selection::default()).unwrap().iface.name,
+            "eth0"
+        );
     }
 
     /// Selects with `--iface`/`--iface-regex` values, `--iface-can-reach` and `--public-ip`.
@@ -350,6 +446,7 @@ mod tests {
             iface_regex: &iface_regex,
             can_reach: (!can_reach.is_empty()).then(|| can_reach.parse().unwrap()),
             public_ip: (!public_ip.is_empty()).then(|| ip(public_ip)),
+            ipv6_only: false,
         };
         select(&view(), &sel)
     }

@@ -150,7 +150,7 @@ async fn read_host<R: Registry>(registry: &R, opts: &Options, nl: &Netlink) -> R
     let range = config
         .v4()
         .ok_or_else(|| anyhow!("the config has no IPv4 Network"))?;
-    let selected = daemon::choose_interface(opts, nl, config.ipv6.is_some()).await?;
+    let selected = daemon::choose_interface(opts, nl, &config).await?;
     let public_ip = selected.public_ip;
     let leases: Vec<Lease> = (registry.list_leases().await?)
         .into_iter()

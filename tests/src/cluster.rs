@@ -541,6 +541,16 @@ impl Cluster {
         }
     }
 
+    /// Makes every host's `eth0` IPv6-only: its IPv4 LAN address moves to a second port on the
+    /// LAN (`mgmt0`), which keeps reaching etcd. Call after [`Cluster::add_ipv6`], before the
+    /// agents start.
+    pub fn move_ipv4_off_eth0(&self) {
+        for (host, ip) in self.hosts.iter().zip(&self.host_ips) {
+            host.sh(&format!("ip addr del {ip}/24 dev eth0"));
+            self.switch.plug(host, "mgmt0", &format!("{ip}/24"));
+        }
+    }
+
     /// Host `i`'s IPv6 LAN address after [`Cluster::add_ipv6`].
     pub fn host_ip6(&self, i: usize) -> String {
         format!("fd00:100::{}", 11 + i)

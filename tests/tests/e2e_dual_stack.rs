@@ -283,25 +283,29 @@ fn blackhole_routes_cover_our_subnet_in_both_families() {
     }
 }
 
+/// The hosts' `eth0` (`--iface=eth0`) has no IPv4 address: etcd is reached over another port.
 #[test]
-fn ipv6_only_host_gw_network() {
-    ipv6_only("host-gw", 1500);
+fn ipv6_only_host_gw_network_on_interfaces_without_ipv4() {
+    ipv6_only("host-gw", 1500, true);
 }
 
 #[test]
 fn ipv6_only_vxlan_network() {
-    ipv6_only("vxlan", 1430);
+    ipv6_only("vxlan", 1430, false);
 }
 
 /// An IPv6-only network (`EnableIPv4: false`) with `backend`: keys without an IPv4 half as Go
 /// writes them, subnet.env with the IPv6 lines only, pods reaching each other with full-size
-/// packets and their own addresses.
-fn ipv6_only(backend: &str, mtu: usize) {
+/// packets and their own addresses. With `no_ipv4`, the hosts' flannel interface has only IPv6.
+fn ipv6_only(backend: &str, mtu: usize, no_ipv4: bool) {
     let config = format!(
         r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:25::/48","Backend":{{"Type":"{backend}"}}}}"#
     );
     let mut c = Cluster::build(2, &config, &["--ip-masq"]);
     c.add_ipv6();
+    if no_ipv4 {
+        c.move_ipv4_off_eth0();
+    }
     for i in 0..2 {
         c.start_agent(i);
     }
@@ -353,6 +357,11 @@ fn ipv6_only(backend: &str, mtu: usize) {
         wait_seen_by(&pods[0].ns, &format!("[{}]", pods[1].ip)),
         pods[0].ip
     );
+    if no_ipv4 {
+        let log = c.log(0);
+        let chosen = "--iface eth0: matched by name, using its address fd00:100::11";
+        assert!(log.contains(chosen), "{log}");
+    }
 }
 
 /// Two dual-stack hosts starting together in a network of two IPv4 and four IPv6 subnets: they
