@@ -123,12 +123,18 @@ impl PolicySource {
 /// Follows the file in a task; the receiver holds the rules in force.
 pub(crate) fn spawn(source: PolicySource) -> watch::Receiver<Rules> {
     let (tx, rx) = watch::channel(source.rules());
-    tokio::spawn(follow(source, tx));
+    let changes = DirChanges::watch(&source.path);
+    tokio::spawn(follow(source, tx, changes));
     rx
 }
 
-async fn follow(mut source: PolicySource, tx: watch::Sender<Rules>) {
-    let mut changes = DirChanges::watch(&source.path);
+/// Re-reads the file on each change `changes` reports and every resyncInterval (only then
+/// without `changes`), sending each new policy's rules.
+async fn follow(
+    mut source: PolicySource,
+    tx: watch::Sender<Rules>,
+    mut changes: Option<DirChanges>,
+) {
     loop {
         let interval = source.resync_interval();
         match &mut changes {
@@ -246,6 +252,31 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(source.reload());
         assert_eq!(source.policy, Some(EgressPolicy::default()));
+    }
+
+    #[tokio::test]
+    async fn without_change_notifications_the_file_is_read_every_resync_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ip-masq-agent");
+        let policy = |cidr: &str| format!("nonMasqueradeCIDRs: [{cidr}]\nresyncInterval: 50ms\n");
+        std::fs::write(&path, policy("10.0.0.0/8")).unwrap();
+        let source = PolicySource::load(&path);
+        let (tx, mut rx) = watch::channel(source.rules());
+        let task = tokio::spawn(follow(source, tx, None));
+        std::fs::write(&path, policy("10.9.0.0/16")).unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
+        assert!(
+            changed.is_ok_and(|sent| sent.is_ok()),
+            "no re-read within 5 s"
+        );
+        let rules = rx.borrow().clone().unwrap_or_default();
+        let dsts: Vec<String> = rules.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(
+            dsts,
+            ["10.9.0.0/16", "169.254.0.0/16"],
+            "link-local stays exempt"
+        );
+        task.abort();
     }
 
     #[test]
