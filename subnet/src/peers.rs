@@ -72,13 +72,7 @@ impl PeerSet {
                 if Some(key.id()) == self.own {
                     self.own_lease = None;
                 }
-                // Only the lease of this very key: another host's lease may hold the subnet.
-                if self.peers.get(&key.id()).is_none_or(|p| p.key != *key) {
-                    return false;
-                }
-                self.remove_peer(key.id());
-                self.admit_sharers_of(*key);
-                true
+                self.remove_own_key(*key)
             }
         }
     }
@@ -96,11 +90,7 @@ impl PeerSet {
                 self.unreported.push((lease.key, why.clone()));
             }
             self.rejected.insert(lease.key, (lease.clone(), why));
-            return self
-                .peers
-                .get(&lease.id())
-                .is_some_and(|p| p.key == lease.key)
-                && self.remove_peer(lease.id()).is_some();
+            return self.remove_own_key(lease.key);
         }
         self.rejected.remove(&lease.key);
         match self.insert_peer(lease.clone()) {
@@ -133,6 +123,17 @@ impl PeerSet {
             subnet,
             holder: holder.key,
         })
+    }
+
+    /// Removes the peer of `key`, if that very key is the peer (another host's lease may hold
+    /// the subnet), and admits the leases that waited for it; returns whether it was a peer.
+    fn remove_own_key(&mut self, key: SubnetKey) -> bool {
+        if self.peers.get(&key.id()).is_none_or(|p| p.key != key) {
+            return false;
+        }
+        self.remove_peer(key.id());
+        self.admit_sharers_of(key);
+        true
     }
 
     /// Admits the leases rejected for sharing a subnet with `gone`, now that it went.
@@ -307,7 +308,21 @@ mod tests {
         assert_eq!(set.iter().collect::<Vec<_>>(), [&first]);
         assert!(set.take_admitted().is_empty());
 
-        // Had the first one gone instead, the one sharing its IPv6 half would take its place.
+        // Had the first one turned hostile or gone instead, the one sharing its IPv6 half would
+        // take its place.
+        let mut hostile = first.clone();
+        hostile.attrs.public_ip = Ipv4Addr::LOCALHOST;
+        let mut turned = set.clone();
+        let policy = LeasePolicy::new(
+            "10.0.0.0/16".parse().unwrap(),
+            24,
+            "10.0.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(1, 1, 1, 1),
+        );
+        turned.policy = Some(policy);
+        assert!(turned.apply(&LeaseEvent::Put(hostile)));
+        assert_eq!(turned.iter().collect::<Vec<_>>(), [&same_v6]);
+        assert_eq!(turned.take_admitted(), [same_v6.id()]);
         assert!(set.apply(&LeaseEvent::Removed(first.key)));
         assert_eq!(set.iter().collect::<Vec<_>>(), [&same_v6]);
         assert_eq!(set.take_admitted(), [same_v6.id()]);
