@@ -31,7 +31,7 @@ pub struct Finding {
 
 /// Every id a finding can have (each has a section in `docs/troubleshooting.md`, see the test).
 #[cfg(test)]
-pub const IDS: [&str; 16] = [
+pub const IDS: [&str; 17] = [
     "ip-forward-off",
     "br-netfilter",
     "foreign-masquerade",
@@ -41,6 +41,7 @@ pub const IDS: [&str; 16] = [
     "docker-bip",
     "peer-without-route",
     "route-without-lease",
+    "subnet-shared",
     "vxlan-tx-checksum",
     "iptables-mixed",
     "subnet-env-missing",
@@ -296,9 +297,20 @@ fn store(facts: &Facts, out: &mut Vec<Finding>) {
         out.push(finding("subnet-env-stale", Severity::Problem, format!("subnet.env says Network {} and subnet {own}; etcd has Network {} and {} that lease", v4.network, etcd.network, if etcd.leases.contains(&own) { "holds" } else { "no longer holds" }), "restart the agent: it re-claims the subnet or takes a new one and rewrites subnet.env; then restart the pods of this host"));
     }
     routes_vs_leases(facts, v4.network, etcd, own, out);
+    shared_subnets(etcd, out);
     if let Some((ahead, by)) = etcd.skew.filter(|(_, by)| *by > SKEW_LIMIT) {
         let side = if ahead { "ahead of" } else { "behind" };
         out.push(finding("clock-skew", Severity::Problem, format!("etcd's clock is {}s {side} this host's: lease expirations (etcd's clock in the v2 keyspace) are misjudged by that much", by.as_secs()), "synchronise the clocks (chrony or systemd-timesyncd on every host and etcd member)"));
+    }
+}
+
+/// Two leases in etcd with one IPv4 subnet (dual-stack keys that differ in the IPv6 half).
+fn shared_subnets(etcd: &EtcdFacts, out: &mut Vec<Finding>) {
+    let mut subnets = etcd.leases.clone();
+    subnets.sort();
+    let shared = subnets.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]);
+    for subnet in shared.collect::<std::collections::BTreeSet<_>>() {
+        out.push(finding("subnet-shared", Severity::Problem, format!("several leases in etcd hold {subnet}: their hosts cut each other off, and every agent programs only the first it saw"), "delete the lease of the host that should move (`etcdctl get --prefix <prefix>/subnets/` shows both keys and their PublicIP) and restart its agent; flanneld-rs agents that chose at the same time settle it themselves within a second"));
     }
 }
 
@@ -430,6 +442,22 @@ mod tests {
             assert!(found.contains(&(id, Severity::Note)), "{id}: {found:?}");
         }
         assert!(found.iter().all(|(id, _)| IDS.contains(id)));
+    }
+
+    #[test]
+    fn two_leases_of_one_subnet_are_a_problem() {
+        let mut facts = healthy();
+        if let Some(Ok(etcd)) = facts.etcd.as_mut() {
+            etcd.leases.push("10.5.2.0/24".parse().unwrap());
+        }
+        let found = diagnose(&facts);
+        let shared: Vec<&Finding> = found.iter().filter(|f| f.id == "subnet-shared").collect();
+        assert_eq!(shared.len(), 1, "{found:?}");
+        assert!(
+            shared[0].summary.contains("10.5.2.0/24"),
+            "{}",
+            shared[0].summary
+        );
     }
 
     #[test]
