@@ -131,6 +131,12 @@ fn start_dual(config: &str, leases: &[(&str, &str)]) -> (Cluster, Vec<String>, V
     for (key, value) in leases {
         c.etcd.put(&format!("{}/subnets/{key}", c.prefix), value);
     }
+    let (subnets, subnets6) = start_both(&mut c);
+    (c, subnets, subnets6)
+}
+
+/// Starts both agents at once; returns each host's FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET.
+fn start_both(c: &mut Cluster) -> (Vec<String>, Vec<String>) {
     for i in 0..2 {
         c.start_agent(i);
     }
@@ -138,7 +144,7 @@ fn start_dual(config: &str, leases: &[(&str, &str)]) -> (Cluster, Vec<String>, V
     let subnets6: Vec<String> = (0..2)
         .map(|i| env_value(&c.subnet_env(i), "FLANNEL_IPV6_SUBNET").expect("IPv6 subnet"))
         .collect();
-    (c, subnets, subnets6)
+    (subnets, subnets6)
 }
 
 /// A dual-stack pod on each host; returns the pods and their IPv6 addresses.
@@ -376,13 +382,7 @@ fn hosts_starting_together_never_share_a_subnet() {
     let mut c = Cluster::build(2, config, &[]);
     c.add_ipv6();
     for round in 0..4 {
-        for i in 0..2 {
-            c.start_agent(i);
-        }
-        let subnets: Vec<String> = (0..2).map(|i| c.wait_subnet(i)).collect();
-        let subnets6: Vec<String> = (0..2)
-            .map(|i| env_value(&c.subnet_env(i), "FLANNEL_IPV6_SUBNET").expect("IPv6 subnet"))
-            .collect();
+        let (subnets, subnets6) = start_both(&mut c);
         let logs = format!("{}\n{}", c.log(0), c.log(1));
         assert_ne!(subnets[0], subnets[1], "round {round}:\n{logs}");
         assert_ne!(subnets6[0], subnets6[1], "round {round}:\n{logs}");
