@@ -36,7 +36,8 @@ pub struct HostView {
     pub interfaces: Vec<HostInterface>,
     /// The interface index of the first IPv4 default route in the main table.
     pub default_route_index: Option<u32>,
-    /// The interface index of the first IPv6 default route in the main table.
+    /// The interface index of the first IPv6 default route in the main table, once read with
+    /// [`Netlink::default_route6_index`] (`None` from [`Netlink::host_view`]).
     pub default_route6_index: Option<u32>,
     /// For `--iface-can-reach`: the interface index and source address the kernel would use.
     pub can_reach: Option<(u32, Option<IpAddr>)>,
@@ -67,15 +68,13 @@ impl Netlink {
             .collect())
     }
 
-    /// Reads links, addresses, the default routes and (for `--iface-can-reach`) the route the
-    /// kernel would take to `can_reach`.
+    /// Reads links, addresses, the IPv4 default route and (for `--iface-can-reach`) the route
+    /// the kernel would take to `can_reach`.
     pub async fn host_view(&self, can_reach: Option<IpAddr>) -> Result<HostView, NetlinkError> {
         let mut interfaces = self.interfaces().await?;
         self.add_addresses(&mut interfaces).await?;
         let v4 = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let default_route_index = self.default_route_index(v4).await?;
-        let v6 = RouteMessageBuilder::<Ipv6Addr>::new().build();
-        let default_route6_index = self.default_route_index(v6).await?;
         let can_reach = match can_reach {
             None => None,
             Some(dst) => self.route_to(dst).await?,
@@ -83,7 +82,7 @@ impl Netlink {
         Ok(HostView {
             interfaces,
             default_route_index,
-            default_route6_index,
+            default_route6_index: None,
             can_reach,
         })
     }
@@ -151,7 +150,14 @@ impl Netlink {
         Ok(())
     }
 
-    /// The output interface of the first default route in the main table.
+    /// The output interface of the first IPv6 default route in the main table (a dump of the
+    /// IPv6 routes, read only where an IPv6-only network needs it).
+    pub async fn default_route6_index(&self) -> Result<Option<u32>, NetlinkError> {
+        let v6 = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        self.default_route_index(v6).await
+    }
+
+    /// The output interface of the first default route of `family`'s dump in the main table.
     async fn default_route_index(&self, family: RouteMessage) -> Result<Option<u32>, NetlinkError> {
         let mut routes = (self.handle().route()).get(family).execute();
         // The whole dump is read (not dropped half way on the shared connection).

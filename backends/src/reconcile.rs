@@ -976,6 +976,14 @@ mod tests {
         }
     }
 
+    /// A desired state with the IPv4 vtep at index 9 and nothing else yet.
+    fn on_vtep9() -> DesiredState {
+        DesiredState {
+            vteps: vtep9(),
+            ..DesiredState::default()
+        }
+    }
+
     fn mac(s: &str) -> Mac {
         s.parse().unwrap()
     }
@@ -1136,10 +1144,7 @@ mod tests {
 
     #[test]
     fn vxlan_peer_is_programmed_neighbour_fdb_route_and_removed_in_reverse() {
-        let mut want = DesiredState {
-            vteps: vtep9(),
-            ..DesiredState::default()
-        };
+        let mut want = on_vtep9();
         vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:02", "192.168.1.2");
         let p = plan(&want, &KernelState::default());
         let route = want.routes[&net("10.5.2.0/24")];
@@ -1167,10 +1172,7 @@ mod tests {
             vec![(mac("02:00:00:00:00:02"), ip("192.168.1.2"))],
         );
         assert_eq!(plan(&want, &snap), Plan::default());
-        let empty = DesiredState {
-            vteps: vtep9(),
-            ..DesiredState::default()
-        };
+        let empty = on_vtep9();
         assert_eq!(
             plan(&empty, &snap).ops,
             vec![
@@ -1190,10 +1192,7 @@ mod tests {
 
     #[test]
     fn changed_vtep_mac_replaces_neighbour_and_drops_old_fdb() {
-        let mut want = DesiredState {
-            vteps: vtep9(),
-            ..DesiredState::default()
-        };
+        let mut want = on_vtep9();
         vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:03", "192.168.1.2");
         let route = want.routes[&net("10.5.2.0/24")];
         let snap = KernelState::new(
@@ -1382,10 +1381,7 @@ mod tests {
 
     #[test]
     fn a_vxlan_route_points_to_an_onlink_object_on_the_vtep() {
-        let mut want = DesiredState {
-            vteps: vtep9(),
-            ..DesiredState::default()
-        };
+        let mut want = on_vtep9();
         vxlan_peer(&mut want, "10.5.2.0/24", "02:00:00:00:00:02", "192.168.1.2");
         let want = want.with_route_style(crate::RouteStyle::Nexthop);
         let id = want.routes[&net("10.5.2.0/24")].nexthop.unwrap();

@@ -5,10 +5,10 @@
 //! reconcile of the peers (listed meanwhile) → ready. The iptables work needs no lease and runs
 //! alongside the etcd steps: the detection from the start, the first rule check from the
 //! network config on (for the subnet expected, checked again if the lease gives another). The
-//! peers are listed after the lease, not during it: at 5000 peers decoding the listing beside
-//! the lease and the rules delayed subnet.env by 17 ms (63.5 against 46.8 ms). Then one task owns all state (DESIGN principle 4) and reacts to peer
-//! lease updates, lease changes, kernel notifications and timers; every path ends in the same
-//! level-triggered reconcile: peer events apply just the changed peers' objects, everything else
+//! peers are listed after the lease, not during it: at 5000 peers that decoding delayed
+//! subnet.env (docs/benchmarks.md, fifth round). Then one task owns all state (DESIGN
+//! principle 4) and reacts to peer lease updates, lease changes, kernel notifications and
+//! timers; every path ends in the same level-triggered reconcile: peer events apply just the changed peers' objects, everything else
 //! (and any change that did not apply cleanly) runs a full one. SIGTERM/SIGINT leave routes,
 //! devices, rules, subnet.env and the etcd lease in place (DESIGN principle 5).
 
@@ -334,10 +334,11 @@ pub(crate) async fn choose_interface(
     nl: &Netlink,
     config: &subnet::NetworkConfig,
 ) -> Result<iface::SelectedInterface> {
-    let host = nl
-        .host_view(opts.iface_can_reach)
-        .await
-        .context("cannot read this host's interfaces, addresses and routes")?;
+    let read = "cannot read this host's interfaces, addresses and routes";
+    let mut host = nl.host_view(opts.iface_can_reach).await.context(read)?;
+    if config.ipv4.is_none() {
+        host.default_route6_index = nl.default_route6_index().await.context(read)?;
+    }
     let selection = Selection {
         iface: &opts.iface,
         iface_regex: &opts.iface_regex,

@@ -337,74 +337,34 @@ fn subnet_len_of(fam: &Family, raw: &RawRange, network_str: &str) -> Result<u8, 
     }
 }
 
-/// `Network` and the IPv4 subnet range.
-fn parse_ipv4(f: &Fields) -> Result<Ipv4Range, ConfigError> {
-    let network: Ipv4Net = get_network(f, &V4)?;
+/// The network at `fam.network_key` and the subnet range of its family.
+fn parse_range<N>(f: &Fields, fam: &Family) -> Result<SubnetRange<N, N::Addr>, ConfigError>
+where
+    N: Subnet + std::str::FromStr,
+    N::Addr: std::str::FromStr,
+{
+    let network: N = get_network(f, fam)?;
     let raw = RawRange {
-        network: u32::from(network.network()).into(),
-        prefix: network.prefix_len(),
-        subnet_len: get_len(f, V4.len_key)?,
-        min: get_addr::<Ipv4Addr>(f, V4.min_key, "IPv4")?.map(|a| u32::from(a).into()),
-        max: get_addr::<Ipv4Addr>(f, V4.max_key, "IPv4")?.map(|a| u32::from(a).into()),
+        network: N::bits_of(network.network_addr()),
+        prefix: network.prefix(),
+        subnet_len: get_len(f, fam.len_key)?,
+        min: get_addr::<N::Addr>(f, fam.min_key, N::FAMILY)?.map(N::bits_of),
+        max: get_addr::<N::Addr>(f, fam.max_key, N::FAMILY)?.map(N::bits_of),
     };
-    let show = |a: u128| Ipv4Addr::from(a as u32).to_string();
-    let (subnet_len, min, max) = derive_range(&V4, &raw, &show)?;
-    Ok(Ipv4Range {
+    let show = |a: u128| N::addr_of(a).to_string();
+    let (subnet_len, min, max) = derive_range(fam, &raw, &show)?;
+    Ok(SubnetRange {
         network,
         subnet_len,
-        subnet_min: Ipv4Addr::from(min as u32),
-        subnet_max: Ipv4Addr::from(max as u32),
+        subnet_min: N::addr_of(min),
+        subnet_max: N::addr_of(max),
     })
-}
-
-/// `IPv6Network` and the IPv6 subnet range.
-fn parse_ipv6(f: &Fields) -> Result<Ipv6Range, ConfigError> {
-    let network: Ipv6Net = get_network(f, &V6)?;
-    let raw = RawRange {
-        network: u128::from(network.network()),
-        prefix: network.prefix_len(),
-        subnet_len: get_len(f, V6.len_key)?,
-        min: get_addr::<Ipv6Addr>(f, V6.min_key, "IPv6")?.map(u128::from),
-        max: get_addr::<Ipv6Addr>(f, V6.max_key, "IPv6")?.map(u128::from),
-    };
-    let show = |a: u128| Ipv6Addr::from(a).to_string();
-    let (subnet_len, min, max) = derive_range(&V6, &raw, &show)?;
-    Ok(Ipv6Range {
-        network,
-        subnet_len,
-        subnet_min: Ipv6Addr::from(min),
-        subnet_max: Ipv6Addr::from(max),
-    })
-}
-
-/// What reading a network needs of `Ipv4Net` and `Ipv6Net`.
-trait Cidr: std::str::FromStr + std::fmt::Display {
-    fn prefix(&self) -> u8;
-    fn truncated(&self) -> Self;
-}
-
-impl Cidr for Ipv4Net {
-    fn prefix(&self) -> u8 {
-        self.prefix_len()
-    }
-    fn truncated(&self) -> Self {
-        self.trunc()
-    }
-}
-
-impl Cidr for Ipv6Net {
-    fn prefix(&self) -> u8 {
-        self.prefix_len()
-    }
-    fn truncated(&self) -> Self {
-        self.trunc()
-    }
 }
 
 /// The network at `fam.network_key`, truncated to its prefix; refused when missing, not a
 /// CIDR of the family, or `/0`.
-fn get_network<N: Cidr>(f: &Fields, fam: &Family) -> Result<N, ConfigError> {
-    let label = if fam.bits == V4.bits { "IPv4" } else { "IPv6" };
+fn get_network<N: Subnet + std::str::FromStr>(f: &Fields, fam: &Family) -> Result<N, ConfigError> {
+    let label = N::FAMILY;
     let invalid = |s: &str| {
         let example = fam.example;
         bad(
@@ -512,8 +472,8 @@ impl NetworkConfig {
         let enable_ipv4 = get_bool(&f, "EnableIPv4", true)?;
         let enable_ipv6 = get_bool(&f, "EnableIPv6", false)?;
         let enable_nftables = get_bool(&f, "EnableNFTables", false)?;
-        let ipv4 = enable_ipv4.then(|| parse_ipv4(&f)).transpose()?;
-        let ipv6 = enable_ipv6.then(|| parse_ipv6(&f)).transpose()?;
+        let ipv4 = enable_ipv4.then(|| parse_range(&f, &V4)).transpose()?;
+        let ipv6 = enable_ipv6.then(|| parse_range(&f, &V6)).transpose()?;
         if ipv4.is_none() && ipv6.is_none() {
             return Err(bad(
                 "EnableIPv4",

@@ -225,6 +225,20 @@ async fn hostgw_on_eth0(nl: &backends::Netlink, ip: &str, style: RouteStyle) -> 
     backend
 }
 
+/// Subscribes to notifications, then programs `set` with `backend`; proves that our own writes
+/// (protocol 70) were dropped by the socket filters and returns the subscription.
+async fn subscribed_then_programmed(
+    nl: backends::Netlink,
+    backend: &Backend,
+    set: &subnet::PeerSet,
+) -> backends::Notifications {
+    let mut notes = backends::Notifications::subscribe(false).unwrap();
+    let report = Reconciler::new(nl).reconcile(&backend.desired(set)).await;
+    assert!(report.converged, "{report:?}");
+    assert_eq!(drain(&mut notes).await, vec![]);
+    notes
+}
+
 /// Notifications until none came for 300 ms.
 async fn drain(notes: &mut backends::Notifications) -> Vec<backends::Notification> {
     let mut seen = Vec::new();
@@ -242,7 +256,6 @@ fn route_notifications_report_removals_of_ours_and_routes_of_others_not_our_own_
     let host = &host_with_eth0("hgn", "192.168.52.1/24");
     in_ns(host, |nl| async move {
         let backend = hostgw_on_eth0(&nl, "192.168.52.1", RouteStyle::Classic).await;
-        let mut notes = backends::Notifications::subscribe(false).unwrap();
         let set = peers(
             OWN,
             &[
@@ -250,10 +263,7 @@ fn route_notifications_report_removals_of_ours_and_routes_of_others_not_our_own_
                 peer("10.5.3.0/24", "192.168.52.3", "host-gw", None),
             ],
         );
-        let report = Reconciler::new(nl).reconcile(&backend.desired(&set)).await;
-        assert!(report.converged, "{report:?}");
-        // Our own adds (protocol 70) are dropped by the socket filter.
-        assert_eq!(drain(&mut notes).await, vec![]);
+        let mut notes = subscribed_then_programmed(nl, &backend, &set).await;
 
         // `ip route replace` with another protocol reports only the new route.
         host.sh("ip route replace 10.5.2.0/24 via 192.168.52.9 dev eth0");
@@ -283,12 +293,8 @@ fn nexthop_notifications_report_removed_objects_of_ours_and_objects_of_others() 
     let host = &host_with_eth0("hgx", "192.168.53.1/24");
     in_ns(host, |nl| async move {
         let backend = hostgw_on_eth0(&nl, "192.168.53.1", RouteStyle::Nexthop).await;
-        let mut notes = backends::Notifications::subscribe(false).unwrap();
         let set = peers(OWN, &[peer("10.5.2.0/24", "192.168.53.2", "host-gw", None)]);
-        let report = Reconciler::new(nl).reconcile(&backend.desired(&set)).await;
-        assert!(report.converged, "{report:?}");
-        // Our own objects and routes (protocol 70) are dropped by the socket filters.
-        assert_eq!(drain(&mut notes).await, vec![]);
+        let mut notes = subscribed_then_programmed(nl, &backend, &set).await;
 
         // Deleting the object takes its route without a route notification: the object's
         // removal is what reports it.

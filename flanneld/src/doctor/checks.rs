@@ -306,10 +306,10 @@ fn store(facts: &Facts, out: &mut Vec<Finding>) {
 
 /// Two leases in etcd with one IPv4 subnet (dual-stack keys that differ in the IPv6 half).
 fn shared_subnets(etcd: &EtcdFacts, out: &mut Vec<Finding>) {
-    let mut subnets = etcd.leases.clone();
-    subnets.sort();
-    let shared = subnets.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]);
-    for subnet in shared.collect::<std::collections::BTreeSet<_>>() {
+    let mut seen = std::collections::BTreeSet::new();
+    let shared: std::collections::BTreeSet<_> =
+        etcd.leases.iter().filter(|s| !seen.insert(*s)).collect();
+    for subnet in shared {
         out.push(finding("subnet-shared", Severity::Problem, format!("several leases in etcd hold {subnet}: their hosts cut each other off, and every agent programs only the first it saw"), "delete the lease of the host that should move (`etcdctl get --prefix <prefix>/subnets/` shows both keys and their PublicIP) and restart its agent; flanneld-rs agents that chose at the same time settle it themselves within a second"));
     }
 }

@@ -42,9 +42,7 @@ impl FirstRules {
         let metrics = Arc::clone(metrics);
         FirstRules::Started(tokio::spawn(async move {
             let target = (expected, nftables);
-            let firewall = Firewall::new(options, detection, target, previous, &metrics).await?;
-            let check = firewall.as_ref().map(Firewall::start_ensure);
-            Ok((firewall, check))
+            prepare((options, detection), target, previous, &metrics).await
         }))
     }
 
@@ -63,11 +61,20 @@ impl FirstRules {
             }
             FirstRules::AfterLease(detection, options, nftables) => (detection, options, nftables),
         };
-        let target = (targets, nftables);
-        let firewall = Firewall::new(options, detection, target, previous, metrics).await?;
-        let check = firewall.as_ref().map(Firewall::start_ensure);
-        Ok((firewall, check))
+        prepare((options, detection), (targets, nftables), previous, metrics).await
     }
+}
+
+/// Builds the firewall for `target` and starts its first check.
+async fn prepare(
+    (options, detection): (FirewallOptions, Detection),
+    target: (Targets, bool),
+    previous: PreviousEnv,
+    metrics: &Arc<Metrics>,
+) -> Result<Prepared> {
+    let firewall = Firewall::new(options, detection, target, previous, metrics).await?;
+    let check = firewall.as_ref().map(Firewall::start_ensure);
+    Ok((firewall, check))
 }
 
 /// Re-targets an early firewall at the lease; when that changes its rules, the early check is

@@ -21,7 +21,7 @@ pub use first::FirstRules;
 
 use crate::egress_watch::Rules as EgressRules;
 use crate::metrics::Metrics;
-use subnet::{PreviousEnv, SubnetKey};
+use subnet::{PreviousEnv, Subnet, SubnetKey};
 use tokio::task::JoinHandle;
 
 /// What the operator asked for.
@@ -91,18 +91,8 @@ impl Targets {
         previous: &PreviousEnv,
         ip_masq: bool,
     ) -> Option<Targets> {
-        let v4 = networks.v4.map(|network| {
-            let recorded = previous.subnet.filter(|s| network.contains(s));
-            recorded
-                .or((!ip_masq).then_some(network))
-                .map(|s| (network, s))
-        });
-        let v6 = networks.v6.map(|network| {
-            let recorded = previous.ipv6_subnet.filter(|s| network.contains(s));
-            recorded
-                .or((!ip_masq).then_some(network))
-                .map(|s| (network, s))
-        });
+        let v4 = (networks.v4).map(|n| expected_pair(n, previous.subnet, ip_masq));
+        let v6 = (networks.v6).map(|n| expected_pair(n, previous.ipv6_subnet, ip_masq));
         match (v4, v6) {
             (Some(None), _) | (_, Some(None)) => None,
             (v4, v6) => Some(Targets {
@@ -381,6 +371,15 @@ fn subscribe_changes() -> Option<NftChanges> {
             tracing::info!("no nf_tables change notifications ({e}): every --iptables-resync runs a full check")
         })
         .ok()
+}
+
+/// One family's expected (network, subnet): the recorded subnet when inside the network, or
+/// with `--ip-masq` off the network itself; `None` when neither applies.
+fn expected_pair<N: Subnet>(network: N, recorded: Option<N>, ip_masq: bool) -> Option<(N, N)> {
+    recorded
+        .filter(|subnet| network.covers(subnet))
+        .or((!ip_masq).then_some(network))
+        .map(|subnet| (network, subnet))
 }
 
 /// The Network and subnet of the last run when they differ from now: Go flanneld v0.11's rules
