@@ -519,7 +519,7 @@ async fn first_sync<R: Registry>(
     if !listed {
         return Ok(None);
     }
-    footprint::release_startup();
+    footprint::release_freed_heap();
     agent.publish_readiness();
     Ok(Some((peer_watch, notifications)))
 }
