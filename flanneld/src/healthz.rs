@@ -144,7 +144,13 @@ mod tests {
         tokio::spawn(serve(listener, rx, Metrics::new()));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         let metrics = get(addr, "/metrics").await;
-        assert!(metrics.contains("flannel_build_info{version="), "{metrics}");
+        let build = format!(
+            "flannel_build_info{{version=\"{}\",commit=\"{}\",target=\"{}\"}} 1",
+            crate::build_info::VERSION,
+            crate::build_info::COMMIT,
+            crate::build_info::TARGET
+        );
+        assert!(metrics.contains(&build), "{metrics}");
         assert!(
             metrics.contains("application/openmetrics-text"),
             "{metrics}"

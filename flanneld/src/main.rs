@@ -5,6 +5,7 @@
 //! copies a flanneld v0.11 network from the etcd v2 keyspace to v3; `flanneld explain SRC DST`
 //! says which nat rule decides a flow's source address.
 
+mod build_info;
 mod cleanup;
 mod cli;
 mod config_watch;
@@ -59,11 +60,11 @@ fn main() -> ExitCode {
         }
     };
     if opts.version {
-        eprintln!("{}", env!("CARGO_PKG_VERSION"));
+        eprintln!("{}", build_info::VERSION);
         return ExitCode::SUCCESS;
     }
     init_logging(opts.v, opts.log_format);
-    tracing::info!("flanneld-rs {} starting", env!("CARGO_PKG_VERSION"));
+    tracing::info!("{} starting", build_info::describe());
     for w in &opts.warnings {
         tracing::warn!("{w}");
     }

@@ -18,11 +18,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry as MetricRegistry, Unit};
+
 use subnet::{
     LeaseAttrs, LeaseCounters, NetworkConfig, PutGuard, Registry, RegistryError, StoredLease,
     SubnetKey, WatchScope, WatchUpdate,
 };
 use tokio::sync::mpsc;
+
+use crate::build_info;
 
 macro_rules! label_set {
     ($type:ident, $($field:ident),+) => {
@@ -71,10 +74,11 @@ impl Metrics {
     /// Every metric, registered, with the build info set.
     pub(crate) fn new() -> Arc<Metrics> {
         let mut registry = MetricRegistry::with_prefix("flannel");
-        let build = Info::new(vec![(
-            "version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        )]);
+        let build = Info::new(vec![
+            ("version".to_string(), build_info::VERSION.to_string()),
+            ("commit".to_string(), build_info::COMMIT.to_string()),
+            ("target".to_string(), build_info::TARGET.to_string()),
+        ]);
         registry.register("build", "flanneld-rs build information", build);
         let metrics = Metrics {
             lease_info: registered(&mut registry, "lease_info", "this host's lease (1), with its subnet and PublicIP as labels"),

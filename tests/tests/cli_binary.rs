@@ -5,7 +5,7 @@ use std::process::Command;
 use flanneld_tests::cluster::flanneld_bin;
 
 #[test]
-fn version_prints_the_version_and_a_newline_on_stderr_like_go_flanneld() {
+fn version_prints_v_and_the_version_and_a_newline_on_stderr_like_go_flanneld() {
     for spelling in ["--version", "-version", "--version=true"] {
         let out = Command::new(flanneld_bin())
             .arg(spelling)
@@ -14,7 +14,7 @@ fn version_prints_the_version_and_a_newline_on_stderr_like_go_flanneld() {
         assert_eq!(out.status.code(), Some(0), "{spelling}");
         assert_eq!(
             String::from_utf8_lossy(&out.stderr),
-            format!("{}\n", env!("CARGO_PKG_VERSION")),
+            format!("v{}\n", env!("CARGO_PKG_VERSION")),
             "{spelling}"
         );
         assert!(out.stdout.is_empty(), "{spelling}: nothing on stdout");
@@ -39,6 +39,11 @@ fn help_is_generated_from_the_flag_definitions_in_go_spellings() {
     for spelling in ["-h", "--help", "-help"] {
         let (code, help) = run(&[spelling]);
         assert_eq!(code, Some(0), "{spelling}");
+        let header = format!("flanneld-rs v{} (commit ", env!("CARGO_PKG_VERSION"));
+        assert!(
+            help.starts_with(&header),
+            "{spelling}: no build header in\n{help}"
+        );
         for flag in [
             "--etcd-endpoints",
             "--iface-regex",

@@ -55,7 +55,7 @@ fn metrics_parse_and_move_with_peers_repairs_and_etcd() {
     let subnets = [c.wait_subnet(0), c.wait_subnet(1)];
     c.wait_ready(0);
     let first = scrape(&c, 0);
-    let version = env!("CARGO_PKG_VERSION");
+    let version = concat!("v", env!("CARGO_PKG_VERSION"));
     assert_eq!(
         value(&first, "flannel_build_info", &[("version", version)]),
         1.0

@@ -380,7 +380,10 @@ pub(crate) fn reference_table() -> String {
 
 /// The usage text printed for `-h`, generated from the flag definitions.
 pub fn usage() -> String {
-    command().render_help().to_string()
+    command()
+        .before_help(crate::build_info::describe())
+        .render_help()
+        .to_string()
 }
 
 /// The usage text of the subcommand `name` (`mk-docker-opts`, `migrate-etcd`).
