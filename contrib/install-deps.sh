@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# install-deps.sh [--release]
 # Installs what a fresh Debian 12 host lacks to build, demo and test flanneld-rs, checking for the
 # files the build needs (not only for commands):
 #   build:  a C toolchain for build scripts (gcc, libc6-dev), protoc and the protobuf well-known
@@ -6,8 +7,15 @@
 #   run:    iproute2, iptables (legacy and nft flavours), nftables, procps (sysctl)
 #   tests:  etcd (server and etcdctl), ping, openssl, python3, curl, supervisord (the supervisor
 #           test), systemd-analyze (the unit file check)
+# With --release (contrib/release.sh), only the build's and the static release build's:
+#   release: musl-gcc for the C parts of the static binary (musl-tools), readelf (binutils)
 # Prints what it installs and why; fails naming the package apt could not install.
 set -euo pipefail
+case "${1:-}" in
+  "") release=0 ;;
+  --release) release=1 ;;
+  *) echo "usage: install-deps.sh [--release]" >&2; exit 2 ;;
+esac
 
 need=()         # Debian packages to install
 why=()          # "package (missing: what)" for the log line
@@ -23,21 +31,26 @@ cmd cc gcc
 file /usr/include/stdio.h libc6-dev
 cmd protoc protobuf-compiler
 file /usr/include/google/protobuf/descriptor.proto libprotobuf-dev
-cmd ip iproute2
-cmd bridge iproute2
-cmd iptables iptables
-cmd iptables-legacy iptables
-cmd iptables-nft iptables
-cmd nft nftables
-cmd sysctl procps
-cmd etcd etcd-server
-cmd etcdctl etcd-client
-cmd ping iputils-ping
-cmd openssl openssl
-cmd python3 python3
-cmd curl curl
-cmd supervisord supervisor
-cmd systemd-analyze systemd
+if [ "$release" = 1 ]; then
+  cmd musl-gcc musl-tools
+  cmd readelf binutils
+else
+  cmd ip iproute2
+  cmd bridge iproute2
+  cmd iptables iptables
+  cmd iptables-legacy iptables
+  cmd iptables-nft iptables
+  cmd nft nftables
+  cmd sysctl procps
+  cmd etcd etcd-server
+  cmd etcdctl etcd-client
+  cmd ping iputils-ping
+  cmd openssl openssl
+  cmd python3 python3
+  cmd curl curl
+  cmd supervisord supervisor
+  cmd systemd-analyze systemd
+fi
 
 install_all() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null

@@ -182,7 +182,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     let bin = flanneld_bin().display().to_string();
     fs::write(
         &unit,
-        contrib("systemd/flanneld.service").replace("/usr/local/bin/flanneld", &bin),
+        contrib("systemd/flanneld.service").replace("/usr/bin/flanneld", &bin),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
