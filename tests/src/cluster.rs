@@ -61,6 +61,24 @@ impl Agent {
         log: &Path,
         env: &[(&str, &str)],
     ) -> Agent {
+        let bin = flanneld_bin().to_str().expect("utf-8 path").to_string();
+        Agent::spawn(host, &[bin], args, log, env)
+    }
+
+    /// Starts `launcher... args...` inside `host`: a `flanneld` that is not the build under
+    /// test, e.g. `chroot <root> /opt/flannel/flanneld` for a released binary in another root.
+    pub fn start_via(host: &Netns, launcher: &[String], args: &[String], log: &Path) -> Agent {
+        Agent::spawn(host, launcher, args, log, &[])
+    }
+
+    fn spawn(
+        host: &Netns,
+        launcher: &[String],
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let (program, launcher_args) = launcher.split_first().expect("a program to run");
         let started = std::time::SystemTime::now();
         let out = fs::OpenOptions::new()
             .create(true)
@@ -69,7 +87,8 @@ impl Agent {
             .expect("agent log");
         let err = out.try_clone().expect("agent log");
         let child = host
-            .command(flanneld_bin().to_str().expect("utf-8 path"))
+            .command(program)
+            .args(launcher_args)
             .args(args)
             .env("RUST_BACKTRACE", "1")
             .envs(env.iter().copied())
@@ -617,6 +636,13 @@ impl Cluster {
     pub fn start_agent(&mut self, i: usize) {
         let log = self.dir.path().join(format!("h{i}.log"));
         let agent = Agent::start(&self.hosts[i], &self.agent_args(i), &log);
+        self.agents[i] = Some(agent);
+    }
+
+    /// Starts the agent on host `i` as `launcher... <agent flags>` (see [`Agent::start_via`]).
+    pub fn start_agent_via(&mut self, i: usize, launcher: &[String]) {
+        let log = self.dir.path().join(format!("h{i}.log"));
+        let agent = Agent::start_via(&self.hosts[i], launcher, &self.agent_args(i), &log);
         self.agents[i] = Some(agent);
     }
 
