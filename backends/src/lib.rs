@@ -95,6 +95,15 @@ pub enum Error {
         /// What changed.
         change: DeviceChange,
     },
+    /// The kernel cannot create VXLAN devices (no `vxlan` module).
+    #[error("create vxlan device {device}: {source}: this kernel cannot create VXLAN devices (the vxlan module, Linux 3.7 or later; 3.12 for an IPv6 underlay): load it with `modprobe vxlan`, or use the host-gw backend")]
+    NoVxlanSupport {
+        /// The device name.
+        device: String,
+        /// The kernel's answer (`EOPNOTSUPP`).
+        #[source]
+        source: NetlinkError,
+    },
     /// The vxlan device does not keep the MAC we published (e.g. udev MACAddressPolicy).
     #[error("vxlan device {device} has MAC {found} although {expected} was set; check udev's MACAddressPolicy for it (e.g. a .link file with MACAddressPolicy=none)")]
     MacMismatch {

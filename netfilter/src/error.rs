@@ -9,7 +9,10 @@ use crate::save::ParseError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The command could not be started (not installed, not executable, ...).
-    #[error("cannot run `{command}`: {source}")]
+    #[error(
+        "cannot run `{command}`: {source}{}",
+        missing_program_hint(command, source)
+    )]
     Spawn {
         /// The command line.
         command: String,
@@ -63,11 +66,44 @@ pub enum Error {
     },
 }
 
+/// For a program that is not installed, which package brings it.
+fn missing_program_hint(command: &str, error: &io::Error) -> String {
+    if error.kind() != io::ErrorKind::NotFound {
+        return String::new();
+    }
+    let program = command.split_whitespace().next().unwrap_or_default();
+    let package = if program.starts_with("nft") {
+        "nftables"
+    } else {
+        "iptables"
+    };
+    format!(" ({program} is not installed: install the {package} package)")
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::process::ExitStatusExt;
 
     use super::*;
+
+    #[test]
+    fn a_missing_program_names_the_package_that_brings_it() {
+        let missing = |command: &str| Error::Spawn {
+            command: command.into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        assert!(missing("ip6tables-restore --noflush")
+            .to_string()
+            .ends_with("(ip6tables-restore is not installed: install the iptables package)"));
+        assert!(missing("nft -f -")
+            .to_string()
+            .ends_with("(nft is not installed: install the nftables package)"));
+        let denied = Error::Spawn {
+            command: "nft -f -".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert!(!denied.to_string().contains("install"), "{denied}");
+    }
 
     #[test]
     fn restore_errors_show_command_stderr_and_payload() {

@@ -5,7 +5,7 @@ use ipnet::IpNet;
 
 use crate::drift::{DeviceChange, Mismatch};
 use crate::mac::Mac;
-use crate::netlink::{Link, VxlanSpec};
+use crate::netlink::{Link, NetlinkError, VxlanSpec};
 use crate::{Error, Netlink};
 
 /// The kernel's VXLAN UDP port when none is configured.
@@ -61,6 +61,19 @@ fn mismatch(attribute: &'static str, found: String, want: String) -> Mismatch {
         attribute,
         found,
         want,
+    }
+}
+
+/// Why creating device `name` failed: a kernel without VXLAN (`EOPNOTSUPP`, as the kernel
+/// answers an unknown link kind) is named as such, with the fix.
+fn creation_error(name: &str, source: NetlinkError) -> Error {
+    if source.errno == Some(libc::EOPNOTSUPP) {
+        Error::NoVxlanSupport {
+            device: name.to_string(),
+            source,
+        }
+    } else {
+        Error::netlink(format!("create vxlan device {name}"))(source)
     }
 }
 
@@ -120,7 +133,7 @@ pub(crate) async fn ensure(
     let mac = mac.unwrap_or_else(Mac::random_local);
     nl.create_vxlan(spec, mac)
         .await
-        .map_err(Error::netlink(format!("create vxlan device {name}")))?;
+        .map_err(|source| creation_error(name, source))?;
     let link = lookup(nl, name)
         .await?
         .ok_or_else(|| Error::NoInterface(name.clone()))?;
@@ -273,6 +286,29 @@ mod tests {
     use super::*;
     use crate::netlink::VxlanAttrs;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn a_kernel_without_vxlan_is_named_with_the_fix() {
+        let unsupported = NetlinkError {
+            errno: Some(libc::EOPNOTSUPP),
+            message: "Operation not supported (os error 95)".into(),
+        };
+        let text = creation_error("flannel.1", unsupported).to_string();
+        assert!(
+            text.starts_with("create vxlan device flannel.1: Operation not supported")
+                && text.contains("modprobe vxlan")
+                && text.contains("host-gw backend"),
+            "{text}"
+        );
+        let exists = NetlinkError {
+            errno: Some(libc::EEXIST),
+            message: "File exists (os error 17)".into(),
+        };
+        assert_eq!(
+            creation_error("flannel.1", exists).to_string(),
+            "create vxlan device flannel.1: File exists (os error 17)"
+        );
+    }
 
     fn spec() -> VxlanSpec {
         VxlanSpec {
