@@ -14,8 +14,8 @@ use backends::{
 };
 use ipnet::IpNet;
 use subnet::{
-    FamilyEnv, Lease, LeaseCounters, LeaseHandle, LeasePolicy, PeerSet, Registry, SubnetEnv,
-    SubnetKey, WatchScope, WatchUpdate,
+    FamilyEnv, IgnoreReason, Lease, LeaseCounters, LeaseHandle, LeasePolicy, PeerSet, Registry,
+    SubnetEnv, SubnetKey, WatchScope, WatchUpdate,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -241,7 +241,11 @@ impl Inputs {
                 }
                 None => Wake::Tick,
             },
-            _ = self.resync.tick() => Wake::Resync { dump: agent.resync_needs_dump() },
+            _ = self.resync.tick() => {
+                // The last keys ignored are summarized even when no more come.
+                subnet::ignored_keys().summarize_if_due();
+                Wake::Resync { dump: agent.resync_needs_dump() }
+            }
             _ = self.rule_check.tick() => Wake::RuleCheck,
             _ = self.readiness.tick() => Wake::Tick,
         })
@@ -670,9 +674,14 @@ impl Agent {
         }
     }
 
-    /// Logs each lease newly rejected by the policy, once.
+    /// Logs each lease newly rejected by the policy, once, through the bounded reporter (the
+    /// first keys by name, then a summary a minute).
     pub(crate) fn report_rejections(&mut self) {
         for (key, why) in self.peers.take_new_rejections() {
+            let ignored = subnet::ignored_keys().report(IgnoreReason::Rejected, &key.to_string());
+            if ignored != subnet::Logged::Named {
+                continue;
+            }
             tracing::warn!(
                 decision = "peer",
                 lease = %key,

@@ -55,6 +55,7 @@ pub(crate) struct Metrics {
     lease_races_lost: Counter,
     peers: Family<StateLabel, Gauge>,
     peers_skipped: Family<ReasonLabel, Gauge>,
+    ignored_keys: Family<ReasonLabel, Counter>,
     peers_by_backend: Family<BackendLabel, Gauge>,
     reconcile_runs: Family<CauseLabel, Counter>,
     reconcile_changes: Family<ChangeLabels, Counter>,
@@ -88,6 +89,7 @@ impl Metrics {
             lease_races_lost: registered(&mut registry, "lease_races_lost", "subnet creation races lost to another host"),
             peers: registered(&mut registry, "peers", "peer leases by state: known (valid), programmed, skipped by the backend, rejected by the lease policy"),
             peers_skipped: registered(&mut registry, "peers_skipped", "peer leases not programmed, by reason"),
+            ignored_keys: registered(&mut registry, "ignored_keys", "keys under the subnets prefix not used as leases (bad key, bad value, too large, rejected by the lease policy); logged by name only for the first few"),
             peers_by_backend: registered(&mut registry, "peers_by_backend", "known peer leases by backend type"),
             reconcile_runs: registered(&mut registry, "reconcile_runs", "data plane reconciles, by what caused them"),
             reconcile_changes: registered(&mut registry, "reconcile_changes", "kernel objects written, by kind (route, neighbour, fdb) and op (add, replace, delete)"),
@@ -108,10 +110,22 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
+        self.sync_ignored_keys();
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// Brings `flannel_ignored_keys_total` up to the counts of the process's reporter, which the
+    /// registries and the lease policy feed (`subnet::ignored_keys`).
+    fn sync_ignored_keys(&self) {
+        for (reason, total) in subnet::ignored_keys().totals() {
+            let counter = self.ignored_keys.get_or_create(&ReasonLabel {
+                reason: reason.label().to_string(),
+            });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// This host's lease and the time until it expires.

@@ -18,6 +18,7 @@ use etcd_client::{
 use tokio::sync::mpsc;
 
 use crate::config::NetworkConfig;
+use crate::ignored::IgnoreReason;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::registry::{PutGuard, Registry, RegistryError, StoredLease};
 use crate::registry::{WatchScope, WatchUpdate};
@@ -90,16 +91,13 @@ impl Keys {
         let name = std::str::from_utf8(raw)
             .ok()
             .and_then(|k| k.strip_prefix(self.subnets.as_str()));
-        let bad = |problem: String| RegistryError::InvalidLease {
-            key: String::from_utf8_lossy(raw).into_owned(),
-            problem,
-        };
+        let bad = |problem: String| invalid(raw, IgnoreReason::BadKey, problem);
         let name = name.ok_or_else(|| bad(format!("not under {}", self.subnets)))?;
         name.parse().map_err(|e| bad(format!("{e}")))
     }
 
     /// Decodes a stored lease: its etcd key, JSON value and the revision (v2: modified index)
-    /// of its last write.
+    /// of its last write. A value over [`MAX_LEASE_VALUE`] is not parsed.
     pub(crate) fn decode(
         &self,
         raw_key: &[u8],
@@ -107,10 +105,16 @@ impl Keys {
         mod_revision: i64,
     ) -> Result<StoredLease, RegistryError> {
         let key = self.decode_key(raw_key)?;
-        let attrs = LeaseAttrs::from_json(value).map_err(|e| RegistryError::InvalidLease {
-            key: String::from_utf8_lossy(raw_key).into_owned(),
-            problem: e.to_string(),
-        })?;
+        if value.len() > MAX_LEASE_VALUE {
+            let problem = format!(
+                "its value has {} bytes, a lease a few hundred (at most {MAX_LEASE_VALUE} are \
+                 read); delete the key",
+                value.len()
+            );
+            return Err(invalid(raw_key, IgnoreReason::TooLarge, problem));
+        }
+        let attrs = LeaseAttrs::from_json(value)
+            .map_err(|e| invalid(raw_key, IgnoreReason::BadValue, e.to_string()))?;
         Ok(StoredLease {
             lease: Lease {
                 key,
@@ -120,6 +124,18 @@ impl Keys {
             mod_revision,
             reservation: false,
         })
+    }
+}
+
+/// The largest value read as a lease: a lease is about 220 bytes, a dual-stack vxlan one under
+/// 400; anything far larger was not written by a flannel agent.
+pub(crate) const MAX_LEASE_VALUE: usize = 8 * 1024;
+
+fn invalid(raw_key: &[u8], reason: IgnoreReason, problem: String) -> RegistryError {
+    RegistryError::InvalidLease {
+        key: String::from_utf8_lossy(raw_key).into_owned(),
+        reason,
+        problem,
     }
 }
 
@@ -328,11 +344,7 @@ impl EtcdRegistry {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.describe(operation, e)),
-            Err(_) => Err(RegistryError::Timeout {
-                endpoints: self.endpoints.clone(),
-                operation,
-                timeout: self.timeout,
-            }),
+            Err(_) => Err(self.timeout_error(operation)),
         }
     }
 
@@ -353,30 +365,67 @@ impl EtcdRegistry {
         }
     }
 
-    /// Lists the leases in `scope`, skipping malformed entries with a warning; returns them with
-    /// the store revision of the listing.
+    /// Lists the leases in `scope`, skipping keys that are not leases (reported at a bounded
+    /// rate, [`crate::ignored_keys`]); returns them with the store revision of the listing.
+    /// The subnets prefix is read in pages of at most [`PAGE`] keys at one revision, so no
+    /// number or size of keys there exceeds the client's message limit: a page too large for it
+    /// is asked for again in halves, down to one key, and a single key too large to receive at
+    /// all is skipped by name.
     pub(crate) async fn list(
         &self,
         scope: WatchScope,
     ) -> Result<(Vec<StoredLease>, i64), RegistryError> {
         let (key, prefix) = self.scope_key(scope);
-        let options = prefix.then(|| GetOptions::new().with_prefix());
-        let response = self
-            .request("list leases", self.client.clone().get(key, options))
-            .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let leases = response
-            .kvs()
-            .iter()
-            .filter_map(|kv| match self.decode(kv) {
-                Ok(lease) => Some(lease),
-                Err(e) => {
-                    tracing::warn!("skipping malformed lease: {e}");
-                    None
+        let end = if prefix {
+            prefix_end(key.as_bytes())
+        } else {
+            Vec::new()
+        };
+        let mut listing = Listing::new(key.into_bytes(), end);
+        while let Some(options) = listing.next_page() {
+            let mut client = self.client.clone();
+            let call = client.get(listing.from.clone(), Some(options));
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(response)) => listing.take(self, response),
+                Ok(Err(e)) if too_large(&e) => {
+                    if listing.shrink() {
+                        self.skip_oversized(&mut listing).await?;
+                    }
                 }
-            })
-            .collect();
-        Ok((leases, revision))
+                Ok(Err(e)) => return Err(self.describe("list leases", e)),
+                Err(_) => return Err(self.timeout_error("list leases")),
+            }
+        }
+        Ok((listing.leases, listing.revision))
+    }
+
+    /// Steps over the key at the start of `listing`, whose value alone is too large to be
+    /// received: reads its name (keys only) and reports it.
+    async fn skip_oversized(&self, listing: &mut Listing) -> Result<(), RegistryError> {
+        let options = listing.page_options().with_keys_only().with_limit(1);
+        let response = self
+            .request(
+                "list leases",
+                self.client.clone().get(listing.from.clone(), Some(options)),
+            )
+            .await?;
+        let Some(kv) = response.kvs().first() else {
+            listing.done = true;
+            return Ok(());
+        };
+        let problem = "its value is larger than the client accepts (4 MiB); delete the key";
+        invalid(kv.key(), IgnoreReason::TooLarge, problem.to_string())
+            .report_skipped("skipping a key under the subnets prefix");
+        listing.from = after(kv.key());
+        Ok(())
+    }
+
+    fn timeout_error(&self, operation: &'static str) -> RegistryError {
+        RegistryError::Timeout {
+            endpoints: self.endpoints.clone(),
+            operation,
+            timeout: self.timeout,
+        }
     }
 
     /// Opens a watch on `scope` from `start_revision`. Without previous values: nothing uses
@@ -409,6 +458,110 @@ impl EtcdRegistry {
         stored.reservation = kv.lease() == 0;
         Ok(stored)
     }
+}
+
+/// Keys per page of a lease listing: a page of leases is about 220 kB, far below the client's
+/// 4 MiB message limit, and 20,000 leases take 20 requests.
+const PAGE: i64 = 1000;
+
+/// A listing read page by page: where the next page starts, how many keys it asks for, and what
+/// was read so far.
+struct Listing {
+    /// The first key of the next page.
+    from: Vec<u8>,
+    /// The end of the range (exclusive); empty for a single key.
+    end: Vec<u8>,
+    /// Keys asked for per page: [`PAGE`], halved while pages are too large to receive, doubled
+    /// back after each page that arrived.
+    page: i64,
+    /// The store revision every page is read at (that of the first page).
+    revision: i64,
+    leases: Vec<StoredLease>,
+    done: bool,
+}
+
+impl Listing {
+    fn new(from: Vec<u8>, end: Vec<u8>) -> Listing {
+        Listing {
+            from,
+            end,
+            page: PAGE,
+            revision: 0,
+            leases: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The range, at the listing's revision once known.
+    fn page_options(&self) -> GetOptions {
+        let mut options = GetOptions::new();
+        if !self.end.is_empty() {
+            options = options.with_range(self.end.clone());
+        }
+        if self.revision > 0 {
+            options = options.with_revision(self.revision);
+        }
+        options
+    }
+
+    /// The options of the next page; `None` once everything was read.
+    fn next_page(&self) -> Option<GetOptions> {
+        (!self.done).then(|| self.page_options().with_limit(self.page))
+    }
+
+    /// Takes a page: decodes its leases (skipping, and reporting, the keys that are not) and
+    /// moves past its last key.
+    fn take(&mut self, registry: &EtcdRegistry, response: etcd_client::GetResponse) {
+        if self.revision == 0 {
+            self.revision = response.header().map_or(0, |h| h.revision());
+        }
+        for kv in response.kvs() {
+            match registry.decode(kv) {
+                Ok(lease) => self.leases.push(lease),
+                Err(e) => e.report_skipped("skipping a key under the subnets prefix"),
+            }
+        }
+        match response.kvs().last() {
+            Some(last) if response.more() && !self.end.is_empty() => self.from = after(last.key()),
+            _ => self.done = true,
+        }
+        self.page = (self.page * 2).min(PAGE);
+    }
+
+    /// Halves the page after one was too large to receive; returns true when it already was a
+    /// single key (that key must be stepped over).
+    fn shrink(&mut self) -> bool {
+        let single = self.page == 1;
+        self.page = (self.page / 2).max(1);
+        single
+    }
+}
+
+/// Whether the client refused a response for its size (tonic's decoding limit).
+fn too_large(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status)
+        if status.code() == tonic::Code::OutOfRange
+            && status.message().contains("message length too large"))
+}
+
+/// The first key after `key` in etcd's byte order.
+fn after(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's prefix range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the keyspace.
+    vec![0]
 }
 
 /// Checks that endpoints are given and, with TLS, that none is plain http; returns them comma

@@ -263,8 +263,8 @@ impl EtcdV2Registry {
         Ok(stored)
     }
 
-    /// Lists the leases in `scope`, skipping malformed entries with a warning; returns them with
-    /// the store index of the listing.
+    /// Lists the leases in `scope`, skipping keys that are not leases (reported at a bounded
+    /// rate); returns them with the store index of the listing.
     pub(crate) async fn list(
         &self,
         scope: WatchScope,
@@ -275,7 +275,7 @@ impl EtcdV2Registry {
             .filter_map(|node| match self.decode(node) {
                 Ok(lease) => Some(lease),
                 Err(e) => {
-                    tracing::warn!("skipping malformed lease: {e}");
+                    e.report_skipped("skipping a key under the subnets prefix");
                     None
                 }
             })

@@ -8,6 +8,7 @@ mod config;
 mod etcd;
 mod etcdv2;
 mod family;
+mod ignored;
 mod json;
 mod keyspace;
 mod lease;
@@ -39,6 +40,7 @@ pub use subnet_env::{FamilyEnv, PreviousEnv, SubnetEnv};
 // The stores: the Registry trait, etcd v3, the v2 keyspace, the choice between them.
 pub use etcd::{EtcdOptions, EtcdRegistry};
 pub use etcdv2::{EtcdV2Registry, Export, ExportedLease};
+pub use ignored::{ignored_keys, IgnoreReason, IgnoredKeys, Logged, NAMED_KEYS, SUMMARY_PERIOD};
 pub use keyspace::{Detector, EtcdApi, Keyspace};
 pub use members::{spawn_member_check, MEMBER_CHECK_PERIOD};
 pub use registry::{PutGuard, Registry, RegistryError, StoredLease, WatchScope, WatchUpdate};

@@ -175,17 +175,32 @@ pub enum RegistryError {
         #[source]
         source: ConfigError,
     },
-    /// A stored lease value cannot be decoded.
+    /// A key under the subnets prefix that is not a usable lease.
     #[error("invalid lease at {key}: {problem}")]
     InvalidLease {
         /// The etcd key.
         key: String,
+        /// Which kind of problem (for the bounded report and the metric).
+        reason: crate::IgnoreReason,
         /// What is wrong with it.
         problem: String,
     },
 }
 
 impl RegistryError {
+    /// Reports a key skipped for this error through the bounded reporter ([`crate::ignored_keys`])
+    /// with `what` it was skipped in (e.g. "ignoring a lease update"); other errors are logged.
+    pub(crate) fn report_skipped(&self, what: &str) {
+        match self {
+            RegistryError::InvalidLease { key, reason, .. } => {
+                if crate::ignored_keys().report(*reason, key) == crate::Logged::Named {
+                    tracing::warn!("{what}: {self}");
+                }
+            }
+            other => tracing::warn!("{what}: {other}"),
+        }
+    }
+
     /// Whether retrying later may succeed without an operator fixing something (the store is
     /// down or slow). Config errors are also worth retrying (an operator may fix the config).
     pub fn is_retryable(&self) -> bool {

@@ -94,18 +94,7 @@ impl Netns {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        enter_named(&self.name, f)
     }
 
     /// Connects this namespace to `other` with a veth pair named `here`/`there`.
@@ -176,6 +165,27 @@ impl Switch {
         self.ns.sh(&format!("ip link set {port} master br0"));
         host.sh(&format!("ip addr add {cidr} dev {ifname}"));
     }
+}
+
+/// Runs `f` on a helper thread inside the named namespace (`/run/netns/<name>`); for code that
+/// must open sockets there (e.g. an etcd client reaching a server inside a namespace).
+pub fn enter_named<F, R>(name: &str, f: F) -> R
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ fn translate(registry: &EtcdRegistry, events: &[Event], next: &mut i64) -> Vec<L
         match event.event_type() {
             EventType::Put => match registry.decode(kv) {
                 Ok(stored) => out.push(LeaseEvent::Put(stored.lease)),
-                Err(e) => tracing::warn!("ignoring malformed lease update: {e}"),
+                Err(e) => e.report_skipped("ignoring a lease update"),
             },
             EventType::Delete => match registry.decode_key(kv.key()) {
                 Ok(key) => out.push(LeaseEvent::Removed(key)),

@@ -63,7 +63,7 @@ impl EtcdV2Registry {
                 match self.decode(&node) {
                     Ok(StoredLease { lease, .. }) => Change::Event(LeaseEvent::Put(lease)),
                     Err(e) => {
-                        tracing::warn!("ignoring malformed lease update: {e}");
+                        e.report_skipped("ignoring a lease update");
                         Change::Ignore
                     }
                 }
