@@ -24,6 +24,7 @@ mod migrate;
 mod mk_docker_opts;
 mod plan;
 mod readiness;
+mod running_agent;
 mod sdnotify;
 
 use std::process::ExitCode;

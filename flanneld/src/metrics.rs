@@ -118,9 +118,12 @@ impl Metrics {
     }
 
     /// Brings `flannel_ignored_keys_total` up to the counts of the process's reporter, which the
-    /// registries and the lease policy feed (`subnet::ignored_keys`).
+    /// registries and the lease policy feed (`subnet::ignored_keys`), every reason from zero.
     fn sync_ignored_keys(&self) {
-        for (reason, total) in subnet::ignored_keys().totals() {
+        let totals = subnet::ignored_keys().totals();
+        // Every reason from zero, so a rate alert works before the first junk key.
+        for reason in subnet::IgnoreReason::ALL {
+            let total = totals.get(&reason).copied().unwrap_or(0);
             let counter = self.ignored_keys.get_or_create(&ReasonLabel {
                 reason: reason.label().to_string(),
             });

@@ -9,20 +9,26 @@ const CONFIG: &str = r#"{"Network":"10.47.0.0/16","Backend":{"Type":"host-gw"}}"
 
 /// Runs `flanneld doctor --json` on host `i` with the agent's etcd flags and subnet.env.
 fn doctor(c: &Cluster, i: usize) -> (Option<i32>, serde_json::Value) {
-    let mut args = vec!["doctor".to_string(), "--json".to_string()];
-    let agent_args = c.agent_args(i);
     let wanted =
         |a: &&String| a.trim_start_matches('-').starts_with("etcd-") || a.contains("subnet-file");
-    args.extend(agent_args.iter().filter(wanted).cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let flags: Vec<String> = c.agent_args(i).iter().filter(wanted).cloned().collect();
+    doctor_with(c, i, &flags).0
+}
+
+/// Runs `flanneld doctor --json flags...` on host `i`; returns the exit status, the report and
+/// what it said on stderr.
+fn doctor_with(
+    c: &Cluster,
+    i: usize,
+    flags: &[String],
+) -> ((Option<i32>, serde_json::Value), String) {
+    let mut args = vec!["doctor", "--json"];
+    args.extend(flags.iter().map(String::as_str));
     let out = c.hosts[i].try_exec(flanneld_bin().to_str().unwrap(), &args);
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), report)
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor printed no JSON ({e}): {stderr}"));
+    ((out.status.code(), report), stderr)
 }
 
 /// The ids of the findings of `severity`.
@@ -93,4 +99,38 @@ fn doctor_reports_a_healthy_host_and_each_problem_of_a_broken_one() {
             .contains("ip link set cni0 mtu 1500"),
         "{mtu}"
     );
+}
+
+#[test]
+fn doctor_takes_the_agents_own_command_line_or_reads_it_from_the_running_agent() {
+    let mut c = Cluster::start(1, CONFIG, &["--ip-masq"]);
+    c.wait_subnet(0);
+    c.wait_ready(0);
+    // A finding on the host, so there is something to agree on.
+    c.hosts[0].sh("sysctl -qw net.ipv4.ip_forward=0");
+    let minimal = doctor(&c, 0);
+    assert_eq!(minimal.0, Some(1), "{:#}", minimal.1);
+    assert!(ids(&minimal.1, "problem").contains(&"ip-forward-off".to_string()));
+
+    // The agent's whole command line (--iface, --public-ip, --ip-masq, -v, ...) is accepted and
+    // gives the same findings.
+    let (full, said) = doctor_with(&c, 0, &c.agent_args(0));
+    assert_eq!(full, minimal, "{said}");
+
+    // No flags at all: the running agent's, read from its process.
+    let pid = c.agents[0]
+        .as_ref()
+        .and_then(|a| a.pid())
+        .expect("the agent runs");
+    let (found, said) = doctor_with(&c, 0, &[]);
+    assert!(
+        said.contains(&format!("using the flags of the running agent, pid {pid}")),
+        "{said}"
+    );
+    assert_eq!(found, minimal, "its etcd and subnet.env were found: {said}");
+
+    // --no-agent: the defaults (no etcd at 127.0.0.1:2379 here, no /run/flannel/subnet.env).
+    let (defaults, said) = doctor_with(&c, 0, &["--no-agent".to_string()]);
+    assert!(!said.contains("running agent"), "{said}");
+    assert_ne!(defaults, minimal);
 }

@@ -325,10 +325,21 @@ pub fn parse_subcommand<T>(
     args: &[String],
     pick: impl FnOnce(Invocation) -> Option<T>,
 ) -> Result<T, i32> {
+    parse_subcommand_with_env(name, args, std::env::vars(), pick)
+}
+
+/// [`parse_subcommand`] with the `FLANNELD_*` variables taken from `env` (e.g. those of the
+/// running agent's process) instead of this process's environment.
+pub fn parse_subcommand_with_env<T>(
+    name: &str,
+    args: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+    pick: impl FnOnce(Invocation) -> Option<T>,
+) -> Result<T, i32> {
     let argv: Vec<&str> = std::iter::once(name)
         .chain(args.iter().map(String::as_str))
         .collect();
-    let problem = match parse(&argv, std::env::vars()) {
+    let problem = match parse(&argv, env) {
         Ok(invocation) => match pick(invocation) {
             Some(args) => return Ok(args),
             None => format!("{name}: unexpected command line"),
@@ -341,6 +352,14 @@ pub fn parse_subcommand<T>(
     };
     eprintln!("flanneld {name}: {problem}\n\n{}", subcommand_usage(name));
     Err(2)
+}
+
+/// The names of the tools (`mk-docker-opts`, `doctor`, ...), as the first argument gives them.
+pub fn subcommand_names() -> Vec<String> {
+    command()
+        .get_subcommands()
+        .map(|tool| tool.get_name().to_string())
+        .collect()
 }
 
 /// The whole command line's definition, help flags included.

@@ -1,11 +1,13 @@
-//! `flanneld doctor [--json]`: checks this host (kernel settings, interfaces, iptables of both
-//! flavours, subnet.env) and etcd (leases against routes, subnet.env against the lease, clock
-//! skew) and prints each finding with its fix. Exit status 0 when nothing is a problem, 1
-//! otherwise, 2 when the checks could not run.
+//! `flanneld doctor [--json] [agent flags]`: checks this host (kernel settings, interfaces,
+//! iptables of both flavours, subnet.env) and etcd (leases against routes, subnet.env against the
+//! lease, clock skew) and prints each finding with its fix. It takes every agent flag (and the
+//! `FLANNELD_*` variables); given none, it reads them from the agent running here
+//! ([`crate::running_agent`]). Exit status 0 when nothing is a problem, 1 otherwise, 2 when the
+//! checks could not run.
 
 mod checks;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::SystemTime;
 
@@ -18,32 +20,51 @@ use subnet::{Detector, EtcdOptions, EtcdV2Registry, Keyspace, Registry, SubnetEn
 
 use checks::{diagnose, EtcdFacts, Facts, Finding, LinkFacts, Severity};
 
-use crate::cli::{self, values, EtcdFlags};
+use crate::cli::{self, values, Options};
+use crate::running_agent;
 
-/// The subcommand's arguments.
+/// The subcommand's arguments: its own, and every agent flag (`--subnet-file` and the `--etcd-*`
+/// flags are used, the rest accepted so the agent's own command line can be given).
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct Args {
     /// print the findings as JSON
     #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     json: bool,
-    /// the agent's subnet.env
-    #[arg(long, default_value = "/run/flannel/subnet.env")]
-    subnet_file: PathBuf,
     /// skip the checks that need etcd
     #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     no_etcd: bool,
+    /// with no agent flags given, do not read them from the agent running here
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    no_agent: bool,
     #[command(flatten)]
-    etcd: EtcdFlags,
+    agent: Options,
+}
+
+/// The flags of the doctor itself, which do not count as agent flags.
+const OWN_FLAGS: [&str; 3] = ["json", "no-etcd", "no-agent"];
+
+fn pick(invocation: cli::Invocation) -> Option<Box<Args>> {
+    match invocation {
+        cli::Invocation::Doctor(args) => Some(args),
+        _ => None,
+    }
 }
 
 /// Runs the subcommand with the arguments after `doctor`; returns the exit status.
 pub fn run(args: &[String]) -> i32 {
-    let args = match cli::parse_subcommand("doctor", args, |i| match i {
-        cli::Invocation::Doctor(args) => Some(args),
-        _ => None,
-    }) {
-        Ok(args) => args,
+    let parsed = match cli::parse_subcommand("doctor", args, pick) {
+        Ok(parsed) => parsed,
         Err(status) => return status,
+    };
+    let has_env_flags = std::env::vars().any(|(name, _)| name.starts_with("FLANNELD_"));
+    let args = if parsed.no_agent || has_env_flags || gives_agent_flags(args) {
+        parsed
+    } else {
+        match flags_of_running_agent(&parsed) {
+            Ok(Some(adopted)) => adopted,
+            Ok(None) => parsed,
+            Err(status) => return status,
+        }
     };
     match gather(&args) {
         Ok(facts) => {
@@ -58,16 +79,55 @@ pub fn run(args: &[String]) -> i32 {
     }
 }
 
+/// Whether the command line holds any flag besides the doctor's own.
+fn gives_agent_flags(args: &[String]) -> bool {
+    args.iter().any(|arg| {
+        let name = arg.trim_start_matches('-');
+        let name = name.split_once('=').map_or(name, |(name, _)| name);
+        !OWN_FLAGS.contains(&name)
+    })
+}
+
+/// The doctor's arguments with the flags, variables and working directory of the agent running
+/// in this network namespace (said on stderr); `Ok(None)` when none runs here.
+fn flags_of_running_agent(ours: &Args) -> Result<Option<Box<Args>>, i32> {
+    let agent = match running_agent::find() {
+        Ok(Some(agent)) => agent,
+        Ok(None) => {
+            eprintln!("flanneld doctor: no agent runs in this network namespace; using the default flags (give the agent's flags to check another set-up)");
+            return Ok(None);
+        }
+        Err(e) => {
+            eprintln!("flanneld doctor: {e}");
+            return Err(2);
+        }
+    };
+    eprintln!(
+        "flanneld doctor: using the flags of the running agent, pid {} in {}: {}",
+        agent.pid,
+        agent.cwd.display(),
+        agent.command_line()
+    );
+    // Relative paths in its flags (flanneld.sh's ./certs/...) are the agent's.
+    if let Err(e) = std::env::set_current_dir(&agent.cwd) {
+        eprintln!("flanneld doctor: cannot enter the agent's directory ({e}); relative paths in its flags are read from here");
+    }
+    let mut argv: Vec<String> = agent.args.iter().skip(1).cloned().collect();
+    argv.push(format!("--json={}", ours.json));
+    argv.push(format!("--no-etcd={}", ours.no_etcd));
+    cli::parse_subcommand_with_env("doctor", &argv, agent.env, pick).map(Some)
+}
+
 /// Reads everything the checks look at.
 fn gather(args: &Args) -> Result<Facts> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let env = SubnetEnv::read(&args.subnet_file);
+    let env = SubnetEnv::read(&args.agent.subnet_file);
     let (links, routes) = runtime.block_on(host_links_and_routes())?;
     let etcd = match (args.no_etcd, &env) {
-        (false, Some(_)) => Some(runtime.block_on(etcd_facts(&args.etcd.registry_options()))),
+        (false, Some(_)) => Some(runtime.block_on(etcd_facts(&args.agent.etcd.registry_options()))),
         _ => None,
     };
     Ok(Facts {
