@@ -3,22 +3,28 @@
 //! `proto 70` (routes inside the Network of subnet.env, or all of them without one), the
 //! `flannel.<VNI>` vxlan devices (their neighbours and FDB entries go with them), the `FLANNEL-POSTRTG` and `FLANNEL-FWD` chains and
 //! their jumps in both iptables flavours, subnet.env, and with `--release-lease` this host's lease
-//! in etcd. Stop the agent first: a running agent puts everything back. Exit status 0 when
-//! everything went, 1 when something could not be removed.
+//! in etcd. Stop the agent first: a running agent puts everything back. With `--go-leftovers`
+//! it removes only Go flanneld's rules left in the built-in chains after an in-place switch
+//! ([`netfilter::go_leftovers`]); the agent may keep running. Exit status 0 when everything went,
+//! 1 when something could not be removed.
 
 use anyhow::{anyhow, Context, Result};
 use backends::{DesiredState, Netlink, Reconciler};
 use ipnet::IpNet;
+use netfilter::{Flavour, IpFamily, Iptables};
 use subnet::{Detector, Keyspace, PreviousEnv, Registry, SubnetKey};
 
 use crate::cli::{self, values, Options};
 
-/// The subcommand's arguments: the agent's own flags and `--release-lease`.
+/// The subcommand's arguments: the agent's own flags, `--release-lease` and `--go-leftovers`.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct Args {
     /// also delete this host's lease from etcd (only if its PublicIP is this host's)
     #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     release_lease: bool,
+    /// remove only Go flanneld's rules for the Network and subnet of subnet.env from the built-in chains (left after an in-place switch), nothing of ours
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    go_leftovers: bool,
     #[command(flatten)]
     agent: Options,
 }
@@ -42,7 +48,11 @@ pub fn run(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let failures = runtime.block_on(cleanup(&args));
+    let failures = if args.go_leftovers {
+        remove_go_leftovers(&args.agent)
+    } else {
+        runtime.block_on(cleanup(&args))
+    };
     i32::from(failures > 0)
 }
 
@@ -81,6 +91,50 @@ async fn cleanup(args: &Args) -> usize {
         report("nftables", netfilter::remove_tables().map_err(Into::into));
     }
     report("subnet.env", remove_file(opts));
+    failures
+}
+
+/// `--go-leftovers`: removes Go flanneld's rules for subnet.env's Network and subnet, per
+/// flavour and family, saying each rule removed; returns how many steps failed.
+fn remove_go_leftovers(opts: &Options) -> usize {
+    let previous = PreviousEnv::read(&opts.subnet_file);
+    let v4 = previous
+        .network
+        .zip(previous.subnet)
+        .map(|(n, s)| (n.into(), s.into()));
+    let v6 = (previous.ipv6_network.zip(previous.ipv6_subnet)).map(|(n, s)| (n.into(), s.into()));
+    let targets: Vec<(IpFamily, (IpNet, IpNet))> = [(IpFamily::V4, v4), (IpFamily::V6, v6)]
+        .into_iter()
+        .filter_map(|(family, nets)| Some((family, nets?)))
+        .collect();
+    if targets.is_empty() {
+        eprintln!(
+            "go leftovers: {} names no Network and subnet, so which rules were Go flanneld's is unknown (give the agent's --subnet-file)",
+            opts.subnet_file.display()
+        );
+        return 1;
+    }
+    let mut failures = 0;
+    for flavour in [Flavour::Legacy, Flavour::Nft] {
+        for (family, (network, subnet)) in &targets {
+            let Ok(iptables) = Iptables::probe(flavour, *family) else {
+                continue;
+            };
+            let command = flavour.iptables_command(*family);
+            match iptables.remove_go_leftovers(*network, *subnet) {
+                Ok(removed) if removed.is_empty() => {
+                    println!("{command}: no Go flanneld rule for {network}")
+                }
+                Ok(removed) => removed
+                    .iter()
+                    .for_each(|r| println!("{command}: removed {r}")),
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("{command}: {e}");
+                }
+            }
+        }
+    }
     failures
 }
 

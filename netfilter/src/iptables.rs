@@ -191,6 +191,20 @@ impl Iptables {
         Ok(removal.removed)
     }
 
+    /// Removes Go flanneld's rules for `network` and `subnet` from the built-in chains
+    /// ([`crate::go_leftovers`]), in one transaction; returns the `-D` lines applied.
+    pub fn remove_go_leftovers(
+        &self,
+        network: ipnet::IpNet,
+        subnet: ipnet::IpNet,
+    ) -> Result<Vec<String>, Error> {
+        let Some(removal) = crate::go_leftover_removal(&self.save()?, network, subnet) else {
+            return Ok(Vec::new());
+        };
+        self.restore(&removal.payload)?;
+        Ok(removal.removed)
+    }
+
     /// Applies `payload` with one `iptables-restore --noflush [-w 5]`; returns the command line.
     fn restore(&self, payload: &str) -> Result<String, Error> {
         let mut args = vec!["--noflush"];

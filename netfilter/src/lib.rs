@@ -19,6 +19,7 @@ mod error;
 mod exec;
 mod explain;
 mod iptables;
+mod leftovers;
 mod monitor;
 mod nftables;
 mod plan;
@@ -34,6 +35,7 @@ pub use egress_file::{parse_go_duration, parse_policy, PolicyError, MAX_CIDR_LIM
 pub use error::Error;
 pub use explain::{walk, Flow, Outcome, Step, Verdict};
 pub use iptables::{Flavour, IpFamily, Iptables};
+pub use leftovers::{go_leftover_removal, go_leftovers};
 pub use monitor::NftChanges;
 pub use nftables::{remove_tables, table_name, NftTable, Nftables};
 pub use plan::{plan, Plan};

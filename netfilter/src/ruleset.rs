@@ -264,36 +264,15 @@ fn forward_chain(network: IpNet, previous: Option<&Previous>) -> OwnedChain {
     }
 }
 
-/// Go flanneld v0.11's masquerade rules, appended directly to nat POSTROUTING, with and without
-/// `--random-fully`.
+/// Go flanneld v0.11's masquerade rules for the previous values (appended directly to nat
+/// POSTROUTING, with and without `--random-fully`).
 fn v011_masq_rules(previous: &Previous) -> Vec<Rule> {
-    let n = previous.network.to_string();
-    let s = previous.subnet.to_string();
-    let mut rules = vec![
-        Rule::new("POSTROUTING", &["-s", &n, "-d", &n, "-j", "RETURN"]),
-        Rule::new("POSTROUTING", &["!", "-s", &n, "-d", &s, "-j", "RETURN"]),
-    ];
-    for random_fully in [false, true] {
-        let masq = masquerade(random_fully);
-        let with = |matches: &[&str]| {
-            let mut spec = matches.to_vec();
-            spec.push("-j");
-            spec.extend(masq);
-            Rule::new("POSTROUTING", &spec)
-        };
-        rules.push(with(&["-s", &n, "!", "-d", MULTICAST]));
-        rules.push(with(&["!", "-s", &n, "-d", &n]));
-    }
-    rules
+    crate::leftovers::go_masq_rules(previous.network.into(), previous.subnet.into(), None)
 }
 
 /// Go flanneld v0.11's forward rules, appended directly to filter FORWARD.
 fn v011_forward_rules(network: Ipv4Net) -> Vec<Rule> {
-    let n = network.to_string();
-    vec![
-        Rule::new("FORWARD", &["-s", &n, "-j", "ACCEPT"]),
-        Rule::new("FORWARD", &["-d", &n, "-j", "ACCEPT"]),
-    ]
+    crate::leftovers::go_forward_rules(network.into(), None)
 }
 
 #[cfg(test)]

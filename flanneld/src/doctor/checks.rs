@@ -31,7 +31,7 @@ pub struct Finding {
 
 /// Every id a finding can have (each has a section in `docs/troubleshooting.md`, see the test).
 #[cfg(test)]
-pub const IDS: [&str; 17] = [
+pub const IDS: [&str; 18] = [
     "ip-forward-off",
     "br-netfilter",
     "foreign-masquerade",
@@ -49,6 +49,7 @@ pub const IDS: [&str; 17] = [
     "clock-skew",
     "etcd-unreachable",
     "masquerade-missing",
+    "go-flanneld-rules",
 ];
 
 /// One interface.
@@ -209,7 +210,35 @@ fn rules(facts: &Facts, out: &mut Vec<Finding>) {
             .map(|t| t.chain_rules("FORWARD").collect::<Vec<_>>())
             .unwrap_or_default();
         forward_order(*flavour, &forward, env, out);
+        go_flanneld_rules(*flavour, saved, env, out);
     }
+}
+
+/// Go flanneld's rules for the current Network left in the built-in chains (a host switched
+/// from Go flanneld in place): a note with the exact commands that remove them.
+fn go_flanneld_rules(flavour: Flavour, saved: &Saved, env: &SubnetEnv, out: &mut Vec<Finding>) {
+    let Some(v4) = env.ipv4 else { return };
+    let leftovers = netfilter::go_leftovers(saved, v4.network.into(), v4.subnet.into());
+    if leftovers.is_empty() {
+        return;
+    }
+    let iptables = flavour.iptables_command(netfilter::IpFamily::V4);
+    let deletes: Vec<String> = (leftovers.iter())
+        .map(|(table, rule)| format!("{iptables} -t {table} {}", rule.line("-D")))
+        .collect();
+    out.push(finding(
+        "go-flanneld-rules",
+        Severity::Note,
+        format!(
+            "{} rules of Go flanneld for {} are still in {flavour}'s built-in chains (harmless while our jumps come first, stale once the Network changes)",
+            leftovers.len(),
+            v4.network
+        ),
+        format!(
+            "flanneld cleanup --go-leftovers removes exactly them; or: {}. A rollback to Go flanneld adds them again",
+            deletes.join("; ")
+        ),
+    ));
 }
 
 /// Whether a source match (`-s X`, absent, or `! -s X`) can match pod addresses of `network`.
