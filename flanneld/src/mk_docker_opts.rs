@@ -1,7 +1,7 @@
 //! `flanneld mk-docker-opts`: docker options from subnet.env, like flannel's mk-docker-opts.sh.
 //!
 //! Same options (`-f -d -i -c -k -m`, getopts style), same output file and format, same exit
-//! codes as the script at flannel HEAD:
+//! codes as the script at flannel HEAD, plus `-a` for Docker 28's `--allow-direct-routing`:
 //!
 //! * the variables are the environment plus the `KEY=value` assignments of the env file (which
 //!   the script sources), so pre-set `DOCKER_OPT_*` variables and a pre-set combined key are
@@ -54,6 +54,9 @@ pub struct Args {
     /// Do not output --ip-masq (useful for older Docker version)
     #[arg(short = 'm')]
     no_ip_masq: bool,
+    /// Output --allow-direct-routing=true, so Docker 28.2+ lets other hosts' pods reach containers on docker0 (older Docker rejects it) (flanneld-rs only)
+    #[arg(short = 'a')]
+    allow_direct_routing: bool,
     /// Operands, ignored as the script ignores them (getopts stops at the first).
     #[arg(hide = true, trailing_var_arg = true)]
     operands: Vec<String>,
@@ -68,6 +71,7 @@ struct Options {
     combined: bool,
     key: String,
     ip_masq: bool,
+    allow_direct_routing: bool,
 }
 
 impl From<Args> for Options {
@@ -81,6 +85,7 @@ impl From<Args> for Options {
             combined: args.combined || both,
             key: args.key,
             ip_masq: !args.no_ip_masq,
+            allow_direct_routing: args.allow_direct_routing,
         }
     }
 }
@@ -216,6 +221,12 @@ fn render(options: &Options, vars: &BTreeMap<String, String>) -> Result<String, 
         };
         vars.insert("DOCKER_OPT_IPMASQ".into(), docker.into());
     }
+    if options.allow_direct_routing {
+        // Docker 28 drops packets addressed to a container unless they come from its bridge
+        // (raw PREROUTING); flannel's come from eth0 or flannel.1 (docs/troubleshooting.md).
+        let opt = "--allow-direct-routing=true";
+        vars.insert("DOCKER_OPT_ALLOW_DIRECT_ROUTING".into(), opt.into());
+    }
     let mut combined = vars.get(&options.key).cloned().unwrap_or_default();
     if !combined.is_empty() {
         combined.push(' ');
@@ -292,6 +303,15 @@ DOCKER_OPT_MTU="--mtu=1472"
 DOCKER_OPTS=" --bip=10.1.74.1/24 --ip-masq=true --mtu=1472"
 "#
         );
+    }
+
+    #[test]
+    fn dash_a_adds_dockers_allow_direct_routing() {
+        assert_eq!(
+            sample_output(&["-a", "-c"]),
+            "DOCKER_OPTS=\" --allow-direct-routing=true --bip=10.1.74.1/24 --ip-masq=true --mtu=1472\"\n"
+        );
+        assert!(!sample_output(&[]).contains("allow-direct-routing"));
     }
 
     #[test]
@@ -382,6 +402,7 @@ DOCKER_OPTS=" --bip=10.1.74.1/24 --mtu=1472"
                 combined: true,
                 key: "K".into(),
                 ip_masq: false,
+                allow_direct_routing: false,
             }
         );
         let stopped = parse_args(&args(&["-i", "--", "-c"])).unwrap();

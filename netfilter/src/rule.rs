@@ -6,13 +6,15 @@ use ipnet::IpNet;
 
 use crate::words;
 
-/// A netfilter table the agent writes to.
+/// A netfilter table the agent writes to, or reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Table {
     /// The `nat` table (masquerading).
     Nat,
     /// The `filter` table (forward accepts).
     Filter,
+    /// The `raw` table: only read (docker 28's direct-access filtering lives there).
+    Raw,
 }
 
 impl Table {
@@ -21,6 +23,7 @@ impl Table {
         match self {
             Table::Nat => "nat",
             Table::Filter => "filter",
+            Table::Raw => "raw",
         }
     }
 }
@@ -57,10 +60,22 @@ impl Rule {
 
     /// The source match (`-s`/`--source`), if any, and whether it is negated (`! -s`).
     pub fn source(&self) -> Option<(&str, bool)> {
-        let at = self
-            .spec
-            .iter()
-            .position(|w| w == "-s" || w == "--source")?;
+        self.matched(&["-s", "--source"])
+    }
+
+    /// The destination match (`-d`/`--destination`), if any, and whether it is negated.
+    pub fn destination(&self) -> Option<(&str, bool)> {
+        self.matched(&["-d", "--destination"])
+    }
+
+    /// The input interface match (`-i`/`--in-interface`), if any, and whether it is negated.
+    pub fn in_interface(&self) -> Option<(&str, bool)> {
+        self.matched(&["-i", "--in-interface"])
+    }
+
+    /// The value of the first of `flags` and whether a `!` negates it.
+    fn matched(&self, flags: &[&str]) -> Option<(&str, bool)> {
+        let at = self.spec.iter().position(|w| flags.contains(&w.as_str()))?;
         let negated = at > 0 && self.spec[at - 1] == "!";
         Some((self.spec.get(at + 1)?.as_str(), negated))
     }

@@ -31,7 +31,7 @@ pub struct Finding {
 
 /// Every id a finding can have (each has a section in `docs/troubleshooting.md`, see the test).
 #[cfg(test)]
-pub const IDS: [&str; 18] = [
+pub const IDS: [&str; 19] = [
     "ip-forward-off",
     "br-netfilter",
     "foreign-masquerade",
@@ -50,6 +50,7 @@ pub const IDS: [&str; 18] = [
     "etcd-unreachable",
     "masquerade-missing",
     "go-flanneld-rules",
+    "docker-direct-routing-blocked",
 ];
 
 /// One interface.
@@ -211,7 +212,46 @@ fn rules(facts: &Facts, out: &mut Vec<Finding>) {
             .unwrap_or_default();
         forward_order(*flavour, &forward, env, out);
         go_flanneld_rules(*flavour, saved, env, out);
+        docker_direct_routing(*flavour, saved, env, out);
     }
+}
+
+/// Docker 28's direct-access filtering (moby `filterDirectAccess`): raw `PREROUTING -d
+/// <container>/32 ! -i <bridge> [-p P --dport N] -j DROP` for containers on a bridge in gateway
+/// mode nat. For a container in this host's flannel subnet (docker0 with `--bip` from
+/// subnet.env) that drops every packet other hosts' pods send it, which arrive on eth0
+/// (host-gw) or flannel.1 (vxlan).
+fn docker_direct_routing(flavour: Flavour, saved: &Saved, env: &SubnetEnv, out: &mut Vec<Finding>) {
+    let Some(v4) = env.ipv4 else { return };
+    let raw = saved
+        .table(Table::Raw)
+        .map(|t| t.chain_rules("PREROUTING").collect::<Vec<_>>());
+    let blocked: Vec<String> = raw
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|rule| rule.target() == Some("DROP"))
+        .filter(|rule| matches!(rule.in_interface(), Some((_, true))))
+        .filter(|rule| {
+            let dst = rule.destination().filter(|(_, negated)| !negated);
+            dst.and_then(|(d, _)| d.parse::<Ipv4Net>().ok())
+                .is_some_and(|d| v4.subnet.contains(&d))
+        })
+        .map(|rule| rule.to_string())
+        .collect();
+    if blocked.is_empty() {
+        return;
+    }
+    out.push(finding(
+        "docker-direct-routing-blocked",
+        Severity::Problem,
+        format!(
+            "{flavour} raw PREROUTING drops packets to {} container address(es) in this host's subnet {} unless they come from the bridge (docker 28's direct-access filtering): pods on other hosts cannot reach them, e.g. `{}`",
+            blocked.len(),
+            v4.subnet,
+            blocked[0]
+        ),
+        "set \"allow-direct-routing\": true in /etc/docker/daemon.json (or dockerd --allow-direct-routing, which flanneld mk-docker-opts -a emits; docker 28.2 or later) and restart docker; keep --iptables-forward-rules on, so flanneld's FORWARD accept comes before docker's DOCKER chain drop",
+    ));
 }
 
 /// Go flanneld's rules for the current Network left in the built-in chains (a host switched
