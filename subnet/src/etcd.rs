@@ -206,7 +206,8 @@ impl EtcdRegistry {
         let endpoints = check_endpoints(options, uses_tls)?;
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(false)
             .with_require_leader(true);
         if let Some(tls) = tls {
             connect = connect.with_tls(tls);
@@ -459,6 +460,17 @@ impl EtcdRegistry {
         Ok(stored)
     }
 }
+
+/// How long a connection that carries a stream (the watches) may stay silent before it is
+/// pinged. A member cut off the network, or frozen, is noticed at most [`KEEPALIVE_INTERVAL`] +
+/// [`KEEPALIVE_TIMEOUT`] (7 s) after its last frame; the connection is closed, and the watches
+/// resume from their revision through another member, so a lease written meanwhile reaches the
+/// agent within 10 s (docs/reliability.md). Not shorter: etcd's `--grpc-keepalive-min-time`
+/// (5 s by default) sends GOAWAY to a client that pings a busy connection more often, and a
+/// connection without a stream is not pinged at all (etcd allows that only every 2 hours).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Keys per page of a lease listing: a page of leases is about 220 kB, far below the client's
 /// 4 MiB message limit, and 20,000 leases take 20 requests.

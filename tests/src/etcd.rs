@@ -275,6 +275,15 @@ impl EtcdServer {
         self.stop();
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the etcd process: its TCP connections stay open, but
+    /// nothing answers on them, as with a member hung on a dead disk.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) of our own child process (`ip netns exec` execs etcd in place).
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "signal etcd: {}", std::io::Error::last_os_error());
+    }
+
     /// Starts etcd again at the same address with the same data and certificates, and waits
     /// until it is healthy.
     pub fn start_again(&mut self) {
