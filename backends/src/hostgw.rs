@@ -3,10 +3,12 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
 use subnet::{Lease, LeaseAttrs};
 
-use crate::desired::DesiredState;
+use crate::desired::{DesiredState, Family};
 use crate::drift::Drift;
+use crate::mixed;
 use crate::notify::{react, Notification, Reaction};
 use crate::{Error, ExternalInterface, Netlink};
 
@@ -21,6 +23,8 @@ pub(crate) struct HostGw {
     public_ip: Option<Ipv4Addr>,
     /// Our PublicIPv6 on a network with IPv6.
     public_ipv6: Option<Ipv6Addr>,
+    /// The external interface's LANs, where vxlan peers are routed directly ([`mixed`]).
+    onlink: Vec<IpNet>,
 }
 
 impl HostGw {
@@ -48,11 +52,18 @@ impl HostGw {
             ext,
             public_ip,
             public_ipv6,
+            onlink: Vec::new(),
         })
     }
 
     pub(crate) async fn init(&mut self, nl: &Netlink) -> Result<LeaseAttrs, Error> {
         self.ext.refresh(nl).await?;
+        let families = [
+            self.public_ip.map(|_| Family::V4),
+            self.public_ipv6.map(|_| Family::V6),
+        ];
+        let families: Vec<Family> = families.into_iter().flatten().collect();
+        self.onlink = self.ext.onlink(nl, &families).await?;
         let mut attrs = LeaseAttrs::new(self.public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), TYPE);
         attrs.public_ipv6 = self.public_ipv6;
         Ok(attrs)
@@ -64,7 +75,7 @@ impl HostGw {
 
     pub(crate) fn desired<'a>(&self, peers: impl IntoIterator<Item = &'a Lease>) -> DesiredState {
         let families = (self.public_ip.is_some(), self.public_ipv6.is_some());
-        desired(peers, self.ext.index, families)
+        desired(peers, self.ext.index, families, &self.onlink)
     }
 
     pub(crate) fn reaction(&self, n: &Notification) -> Reaction {
@@ -77,14 +88,23 @@ impl HostGw {
 }
 
 /// A route per host-gw peer via its PublicIP (with `ipv4`) and one per IPv6 subnet via its
-/// PublicIPv6 (with `ipv6`; a peer without an IPv6 half is reached over IPv4 only).
+/// PublicIPv6 (with `ipv6`; a peer without an IPv6 half is reached over IPv4 only); a vxlan peer
+/// on one of the `onlink` LANs is routed the same way during a switch ([`mixed`]).
 fn desired<'a>(
     peers: impl IntoIterator<Item = &'a Lease>,
     oif: u32,
     (ipv4, ipv6): (bool, bool),
+    onlink: &[IpNet],
 ) -> DesiredState {
     let mut state = DesiredState::default();
     for peer in peers {
+        if peer.attrs.backend_type == crate::vxlan::TYPE {
+            if let Err(why) = mixed::add_direct(&mut state, peer, onlink, (ipv4, ipv6), oif) {
+                let why = mixed::unreachable(TYPE, peer, why);
+                state.skipped.insert(peer.id(), why);
+            }
+            continue;
+        }
         if peer.attrs.backend_type != TYPE {
             state.skipped.insert(
                 peer.id(),
@@ -150,7 +170,29 @@ mod tests {
         );
         assert_eq!(state.vteps, crate::Vteps::default());
         let why = &state.skipped[&"10.5.3.0/24".parse().unwrap()];
-        assert!(why.contains("vxlan"), "{why}");
+        assert!(
+            why.contains("vxlan") && why.contains("not on a LAN"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_vxlan_peer_on_our_lan_keeps_a_direct_route_during_a_switch() {
+        let mut peers = PeerSet::new("10.5.1.0/24".parse().unwrap());
+        peers.apply(&peer("10.5.3.0/24", [192, 168, 1, 3], "vxlan"));
+        peers.apply(&peer("10.5.4.0/24", [172, 16, 0, 4], "vxlan"));
+        let lan: Vec<IpNet> = vec!["192.168.1.0/24".parse().unwrap()];
+        let state = desired(peers.iter(), 2, (true, false), &lan);
+        let r3 = state.routes[&"10.5.3.0/24".parse().unwrap()];
+        assert_eq!(
+            (r3.gateway, r3.oif),
+            (Ipv4Addr::new(192, 168, 1, 3).into(), 2)
+        );
+        let why = &state.skipped[&"10.5.4.0/24".parse().unwrap()];
+        assert!(
+            why.starts_with("unreachable from this host-gw host"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod drift;
 mod host;
 mod hostgw;
 mod mac;
+mod mixed;
 mod netlink;
 mod nexthop;
 mod notify;
@@ -164,6 +165,26 @@ impl ExternalInterface {
             }),
             Some(_) => None,
         })
+    }
+
+    /// The subnets of `families` reachable through this interface without a gateway (its LANs):
+    /// a peer whose public address is in one can be routed to directly.
+    pub(crate) async fn onlink(
+        &self,
+        nl: &Netlink,
+        families: &[desired::Family],
+    ) -> Result<Vec<IpNet>, Error> {
+        let mut onlink = Vec::new();
+        for family in families {
+            let routes = (nl.routes(*family).await)
+                .map_err(Error::netlink("list the routes of the external interface"))?;
+            onlink.extend(
+                (routes.iter())
+                    .filter(|r| r.gateway.is_none() && r.oif == Some(self.index))
+                    .map(|r| r.dst),
+            );
+        }
+        Ok(onlink)
     }
 
     async fn lookup(&self, nl: &Netlink) -> Result<Option<netlink::Link>, Error> {

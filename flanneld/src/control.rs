@@ -49,7 +49,9 @@ pub(crate) fn write_env_file(path: &std::path::Path, env: &SubnetEnv) -> std::io
 
 /// The metrics label for why the backend skipped a peer.
 fn skip_reason(why: &str) -> &'static str {
-    if why.contains("BackendType") {
+    if why.starts_with("unreachable") {
+        "unreachable"
+    } else if why.contains("BackendType") {
         "backend_type"
     } else {
         "backend_data"

@@ -16,6 +16,7 @@ use subnet::{Lease, LeaseAttrs};
 use crate::desired::{DesiredState, Family, Route, Vteps};
 use crate::drift::Drift;
 use crate::mac::Mac;
+use crate::mixed;
 use crate::netlink::VxlanSpec;
 use crate::notify::{react, Notification, Reaction};
 use crate::{ClusterNetworks, Error, ExternalInterface, Netlink};
@@ -148,19 +149,8 @@ impl Vxlan {
 
     /// The subnets reachable without a gateway through the external interface.
     async fn onlink_subnets(&self, nl: &Netlink) -> Result<Vec<IpNet>, Error> {
-        let mut onlink = Vec::new();
-        for vtep in self.vteps() {
-            let routes = nl
-                .routes(vtep.family())
-                .await
-                .map_err(Error::netlink("list routes for DirectRouting"))?;
-            onlink.extend(
-                (routes.iter())
-                    .filter(|r| r.gateway.is_none() && r.oif == Some(self.ext.index))
-                    .map(|r| r.dst),
-            );
-        }
-        Ok(onlink)
+        let families: Vec<Family> = self.vteps().map(Vtep::family).collect();
+        self.ext.onlink(nl, &families).await
     }
 
     pub(crate) async fn init(&mut self, nl: &Netlink) -> Result<LeaseAttrs, Error> {
@@ -408,6 +398,9 @@ fn add_peer(
     ext_index: u32,
     onlink: &[IpNet],
 ) -> Result<(), String> {
+    if peer.attrs.backend_type == crate::hostgw::TYPE {
+        return host_gw_peer(state, peer, cfg, ext_index, onlink);
+    }
     if peer.attrs.backend_type != TYPE {
         return Err(format!(
             "Ignoring non-vxlan subnet: its BackendType is {:?}",
@@ -437,6 +430,24 @@ fn add_peer(
         add_half(state, &half, mac, cfg, ext_index, onlink)?;
     }
     Ok(())
+}
+
+/// A host-gw peer during a switch ([`crate::mixed`]): a direct route when DirectRouting is on
+/// and its public address is on one of our LANs; it has no VTEP to tunnel to.
+fn host_gw_peer(
+    state: &mut DesiredState,
+    peer: &Lease,
+    cfg: &VxlanConfig,
+    ext_index: u32,
+    onlink: &[IpNet],
+) -> Result<(), String> {
+    if !cfg.direct_routing {
+        let why = "DirectRouting is off here (with \"DirectRouting\": true it is routed directly when on this host's LAN)";
+        return Err(mixed::unreachable(TYPE, peer, why));
+    }
+    let families = (state.vteps.v4.is_some(), state.vteps.v6.is_some());
+    mixed::add_direct(state, peer, onlink, families, ext_index)
+        .map_err(|why| mixed::unreachable(TYPE, peer, why))
 }
 
 /// One family's objects for a peer: a direct route when DirectRouting finds its public address
@@ -543,8 +554,36 @@ mod tests {
         );
         assert_eq!(state.routes.len(), 2);
         assert_eq!(state.skipped.len(), 2);
-        assert!(state.skipped[&"10.5.4.0/24".parse().unwrap()].contains("non-vxlan"));
+        // A host-gw peer (a switch under way) needs DirectRouting to be routed at all.
+        let host_gw = &state.skipped[&"10.5.4.0/24".parse().unwrap()];
+        assert!(host_gw.starts_with("unreachable") && host_gw.contains("DirectRouting is off"));
         assert!(state.skipped[&"10.5.5.0/24".parse().unwrap()].contains("VtepMAC"));
+        let other = peer("10.5.6.0/24", "192.168.1.6", "udp", None);
+        let mut set = peers();
+        set.apply(&other);
+        let state = desired(set.iter(), &cfg(false), 2, v4_vtep(), &[]);
+        assert!(state.skipped[&"10.5.6.0/24".parse().unwrap()].contains("non-vxlan"));
+    }
+
+    #[test]
+    fn with_direct_routing_a_host_gw_peer_on_our_lan_keeps_a_direct_route_one_elsewhere_none() {
+        let onlink = ["192.168.1.0/24".parse().unwrap()];
+        let state = desired(peers().iter(), &cfg(true), 2, v4_vtep(), &onlink);
+        let r4 = state.routes[&"10.5.4.0/24".parse().unwrap()];
+        assert_eq!(
+            (r4.gateway, r4.oif, r4.onlink),
+            ("192.168.1.4".parse().unwrap(), 2, false)
+        );
+        let far = peer("10.5.7.0/24", "172.16.0.7", "host-gw", None);
+        let mut set = peers();
+        set.apply(&far);
+        let state = desired(set.iter(), &cfg(true), 2, v4_vtep(), &onlink);
+        let why = &state.skipped[&"10.5.7.0/24".parse().unwrap()];
+        assert!(
+            why.starts_with("unreachable") && why.contains("not on a LAN"),
+            "{why}"
+        );
+        assert!(!state.routes.contains_key(&"10.5.7.0/24".parse().unwrap()));
     }
 
     #[test]
