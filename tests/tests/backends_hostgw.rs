@@ -40,10 +40,11 @@ fn hostgw_routes_are_reconciled_like_ip_route_shows_them() {
                 peer("10.5.2.0/24", "192.168.50.2", "host-gw", None),
                 peer("10.5.3.0/24", "192.168.50.3", "host-gw", None),
                 peer("10.5.8.0/24", "192.168.50.8", "vxlan", None),
+                peer("10.5.10.0/24", "172.16.0.10", "vxlan", None),
             ],
         );
         let report = rec.reconcile(&backend.desired(&set)).await;
-        assert_eq!((report.added, report.converged), (2, true), "{report:?}");
+        assert_eq!((report.added, report.converged), (3, true), "{report:?}");
         assert_eq!(
             route_of(host, "10.5.2.0/24"),
             "10.5.2.0/24 via 192.168.50.2 dev eth0 proto 70"
@@ -52,10 +53,15 @@ fn hostgw_routes_are_reconciled_like_ip_route_shows_them() {
             route_of(host, "10.5.3.0/24"),
             "10.5.3.0/24 via 192.168.50.3 dev eth0 proto 70"
         );
+        // During a switch a vxlan peer on this LAN is routed directly; one elsewhere cannot be.
         assert_eq!(
             route_of(host, "10.5.8.0/24"),
+            "10.5.8.0/24 via 192.168.50.8 dev eth0 proto 70"
+        );
+        assert_eq!(
+            route_of(host, "10.5.10.0/24"),
             "",
-            "a vxlan peer is ignored by host-gw"
+            "a vxlan peer off this LAN is not routed by host-gw"
         );
 
         // Idempotent: nothing to do, nothing written.

@@ -139,7 +139,12 @@ fn supervisord_runs_and_restarts_the_agent_from_the_contrib_files() {
         },
     );
     let log = d.join("logs/flanneld.stdout.log");
-    let starts = |text: &str| text.matches("flanneld-rs 0.1.0 starting").count();
+    let banner = concat!("flanneld-rs v", env!("CARGO_PKG_VERSION"), " (commit ");
+    let starts = |text: &str| {
+        (text.lines())
+            .filter(|l| l.contains(banner) && l.ends_with("starting"))
+            .count()
+    };
     assert_eq!(
         starts(&fs::read_to_string(&log).unwrap()),
         1,
