@@ -27,6 +27,8 @@ pub struct HostInterface {
     pub addrs: Vec<Ipv4Addr>,
     /// Global IPv6 addresses (no link-local ones), permanent before dynamic.
     pub addrs6: Vec<Ipv6Addr>,
+    /// The index of the bridge (or other controller) it is a port of, if any.
+    pub master: Option<u32>,
 }
 
 /// What the host looks like for interface selection.
@@ -98,11 +100,13 @@ impl Netlink {
                 mtu: 0,
                 addrs: Vec::new(),
                 addrs6: Vec::new(),
+                master: None,
             };
             for attr in msg.attributes {
                 match attr {
                     LinkAttribute::IfName(n) => iface.name = n,
                     LinkAttribute::Mtu(m) => iface.mtu = m,
+                    LinkAttribute::Controller(index) => iface.master = Some(index),
                     _ => {}
                 }
             }

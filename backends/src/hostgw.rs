@@ -69,6 +69,11 @@ impl HostGw {
         Ok(attrs)
     }
 
+    /// The external interface and the public addresses.
+    pub(crate) fn endpoint(&self) -> (ExternalInterface, Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        (self.ext.clone(), self.public_ip, self.public_ipv6)
+    }
+
     pub(crate) fn mtu(&self) -> u32 {
         self.ext.mtu
     }

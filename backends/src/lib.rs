@@ -273,6 +273,39 @@ impl Backend {
         self
     }
 
+    /// A backend of `config`'s type for the same interface, public addresses and route style:
+    /// what a live switch of the network config's `Backend` section sets up beside this one.
+    pub fn successor(&self, config: &BackendConfig) -> Result<Backend, Error> {
+        let (ext, public_ip, public_ipv6) = match &self.kind {
+            Kind::HostGw(b) => b.endpoint(),
+            Kind::Vxlan(b) => b.endpoint(),
+        };
+        Ok(Backend::new(config, ext, public_ip, public_ipv6)?.with_route_style(self.route_style))
+    }
+
+    /// The backend type, as leases and the config name it (`host-gw`, `vxlan`).
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            Kind::HostGw(_) => hostgw::TYPE,
+            Kind::Vxlan(_) => vxlan::TYPE,
+        }
+    }
+
+    /// Removes what this backend set up that `next` does not use, once `next` carries the
+    /// traffic (the break of a make-before-break switch): vxlan devices of another name, with
+    /// their neighbours, FDB entries and routes. host-gw owns nothing but routes, which the
+    /// reconciler already handed over. Returns what went.
+    pub async fn retire(&self, nl: &Netlink, next: &Backend) -> Result<Vec<String>, Error> {
+        let Kind::Vxlan(old) = &self.kind else {
+            return Ok(Vec::new());
+        };
+        let keep = match &next.kind {
+            Kind::Vxlan(new) => new.device_names(),
+            Kind::HostGw(_) => Vec::new(),
+        };
+        old.remove_devices_except(nl, &keep).await
+    }
+
     /// Prepares the kernel before the lease is acquired and returns the lease attributes to
     /// publish. host-gw: re-reads the external interface. vxlan: also creates `flannel.<VNI>`
     /// or reuses a compatible existing one (keeping its MAC), and learns the on-link subnets

@@ -1,7 +1,9 @@
-//! Notices when the network config in etcd no longer matches the one the agent runs on. The agent
-//! never re-plans its data plane from a config changed under it (a new Network or backend needs a
-//! new lease and new devices): it keeps running on the config it started with, says so once per
-//! distinct finding, and shows it in the `/readyz` body. A restart applies the new config.
+//! Notices when the network config in etcd no longer matches the one the agent runs on. A change
+//! of the `Backend` section alone (host-gw ⇄ vxlan, DirectRouting, VNI, ...) is handed to the
+//! control loop, which applies it in place ([`crate::control::Agent::switch_backend`]). Anything
+//! else (the Network, the subnet sizes and range, IPv6, nftables) needs a new lease or new
+//! rules under every pod: the agent keeps running on the config it started with, says so once
+//! per distinct finding, and shows it in the `/readyz` body. A restart applies such a config.
 
 use std::time::Duration;
 
@@ -11,64 +13,118 @@ use tokio::sync::watch;
 /// How often the config is read again.
 pub(crate) const CONFIG_CHECK_PERIOD: Duration = Duration::from_secs(10);
 
-/// Starts the check; the receiver holds the current finding (`None` while etcd's config is the
-/// one the agent runs on). The task ends when the receiver is dropped.
-pub(crate) fn spawn<R: Registry>(
-    registry: R,
-    running: NetworkConfig,
-) -> watch::Receiver<Option<String>> {
-    let (tx, rx) = watch::channel(None);
+/// What the agent learns about the config in etcd, and how it says what it runs on.
+pub(crate) struct ConfigUpdates {
+    /// A note for `/readyz` while etcd's config differs in a way only a restart applies (or is
+    /// unusable); `None` otherwise.
+    pub(crate) note: watch::Receiver<Option<String>>,
+    /// A config that differs from the running one only in its `Backend`: to be applied live.
+    pub(crate) backend: watch::Receiver<Option<NetworkConfig>>,
+    /// The config the agent runs on; the control loop sends the new one after a live switch.
+    pub(crate) running: watch::Sender<NetworkConfig>,
+}
+
+/// What one read of the config says, compared with the running one.
+#[derive(Clone, Debug, PartialEq)]
+enum Finding {
+    /// etcd holds the running config.
+    Same,
+    /// Only the `Backend` section changed: applied live.
+    Backend(NetworkConfig),
+    /// A change only a restart applies, or an unusable config: the note.
+    Restart(String),
+}
+
+/// Starts the check. The task ends when the receivers are dropped.
+pub(crate) fn spawn<R: Registry>(registry: R, running: NetworkConfig) -> ConfigUpdates {
+    let (note_tx, note) = watch::channel(None);
+    let (backend_tx, backend) = watch::channel(None);
+    let (running_tx, running_rx) = watch::channel(running);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CONFIG_CHECK_PERIOD);
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = tx.closed() => return,
+                _ = note_tx.closed() => return,
                 _ = tick.tick() => {}
             }
-            let Some(finding) = finding(&running, registry.network_config().await) else {
+            let running = running_rx.borrow().clone();
+            let Some(finding) = classify(&running, registry.network_config().await) else {
                 continue; // etcd unreachable: nothing new is known
             };
-            tx.send_if_modified(|current| {
-                if *current == finding {
-                    return false;
-                }
-                match &finding {
-                    Some(text) => tracing::warn!("{text}"),
-                    None => tracing::info!(
-                        "the network config in etcd is again the one this agent runs on"
-                    ),
-                }
-                *current = finding;
-                true
+            let (text, switch) = match finding {
+                Finding::Same => (None, None),
+                Finding::Backend(config) => (None, Some(config)),
+                Finding::Restart(text) => (Some(text), None),
+            };
+            publish_note(&note_tx, text);
+            backend_tx.send_if_modified(|current| {
+                let changed = *current != switch;
+                *current = switch;
+                changed
             });
         }
     });
-    rx
+    ConfigUpdates {
+        note,
+        backend,
+        running: running_tx,
+    }
 }
 
-/// What a read of the config says, compared with the `running` one: `Some(None)` when they
-/// match, `Some(Some(text))` when they differ or the stored one is invalid or missing, `None`
-/// when etcd could not be asked.
-fn finding(
+/// Sends `text` as the note when it changed, logging the change once.
+fn publish_note(tx: &watch::Sender<Option<String>>, text: Option<String>) {
+    tx.send_if_modified(|current| {
+        if *current == text {
+            return false;
+        }
+        match &text {
+            Some(text) => tracing::warn!("{text}"),
+            None => tracing::info!("the network config in etcd is one this agent runs on"),
+        }
+        *current = text;
+        true
+    });
+}
+
+/// What a read of the config says, compared with the `running` one; `None` when etcd could not
+/// be asked.
+fn classify(
     running: &NetworkConfig,
     read: Result<NetworkConfig, RegistryError>,
-) -> Option<Option<String>> {
+) -> Option<Finding> {
     const KEEP: &str = "this agent keeps running on the config it started with; restart it to \
                         apply a new one";
     match read {
-        Ok(config) if config == *running => Some(None),
-        Ok(config) => Some(Some(format!(
-            "the network config in etcd changed ({}); {KEEP}",
+        Ok(config) if config == *running => Some(Finding::Same),
+        Ok(config) if backend_only(running, &config) => {
+            match backends::check_config(&config.backend) {
+                Ok(()) => Some(Finding::Backend(config)),
+                Err(e) => Some(Finding::Restart(format!(
+                    "the network config in etcd has an unusable Backend now: {e}; {KEEP}"
+                ))),
+            }
+        }
+        Ok(config) => Some(Finding::Restart(format!(
+            "the network config in etcd changed ({}); only the Backend section can change under \
+             a running agent, and {KEEP}",
             differences(running, &config)
         ))),
         Err(e @ (RegistryError::InvalidConfig { .. } | RegistryError::ConfigNotFound { .. })) => {
-            Some(Some(format!(
+            Some(Finding::Restart(format!(
                 "the network config in etcd is unusable now: {e}; {KEEP}"
             )))
         }
         Err(_) => None,
     }
+}
+
+/// Whether `new` differs from `running` in its `Backend` section only.
+fn backend_only(running: &NetworkConfig, new: &NetworkConfig) -> bool {
+    running.ipv4 == new.ipv4
+        && running.ipv6 == new.ipv6
+        && running.enable_nftables == new.enable_nftables
+        && running.backend != new.backend
 }
 
 /// How to show one key of the IPv4 range.
@@ -112,11 +168,19 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_config_names_what_changed_and_what_the_agent_does() {
+    fn a_backend_change_alone_is_applied_live_anything_else_needs_a_restart() {
         let running = config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#);
-        assert_eq!(finding(&running, Ok(running.clone())), Some(None));
+        assert_eq!(classify(&running, Ok(running.clone())), Some(Finding::Same));
+        let vxlan =
+            config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#);
+        assert_eq!(
+            classify(&running, Ok(vxlan.clone())),
+            Some(Finding::Backend(vxlan))
+        );
         let moved = config(r#"{"Network":"10.2.0.0/16","Backend":{"Type":"vxlan"}}"#);
-        let text = finding(&running, Ok(moved)).flatten().unwrap();
+        let Some(Finding::Restart(text)) = classify(&running, Ok(moved)) else {
+            panic!("a new Network needs a restart");
+        };
         assert!(
             text.contains("Network 10.1.0.0/16 -> 10.2.0.0/16"),
             "{text}"
@@ -129,6 +193,14 @@ mod tests {
             text.contains("keeps running on the config it started with"),
             "{text}"
         );
+        let unknown = config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#);
+        let Some(Finding::Restart(text)) = classify(&running, Ok(unknown)) else {
+            panic!("an unusable Backend is a note");
+        };
+        assert!(
+            text.contains("unusable Backend") && text.contains("udp"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -138,7 +210,9 @@ mod tests {
             key: "/n/config".into(),
             source: NetworkConfig::parse(b"{nope").unwrap_err(),
         };
-        let text = finding(&running, Err(invalid)).flatten().unwrap();
+        let Some(Finding::Restart(text)) = classify(&running, Err(invalid)) else {
+            panic!("an invalid config is a note");
+        };
         assert!(
             text.contains("unusable now") && text.contains("/n/config"),
             "{text}"
@@ -148,6 +222,6 @@ mod tests {
             operation: "read config",
             timeout: Duration::from_secs(10),
         };
-        assert_eq!(finding(&running, Err(down)), None);
+        assert_eq!(classify(&running, Err(down)), None);
     }
 }

@@ -14,12 +14,13 @@ use backends::{
 };
 use ipnet::IpNet;
 use subnet::{
-    FamilyEnv, IgnoreReason, Lease, LeaseCounters, LeaseHandle, LeasePolicy, PeerSet, Registry,
-    SubnetEnv, SubnetKey, WatchScope, WatchUpdate,
+    FamilyEnv, IgnoreReason, Lease, LeaseCounters, LeaseHandle, LeasePolicy, NetworkConfig,
+    PeerSet, Registry, SubnetEnv, SubnetKey, WatchScope, WatchUpdate,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend_switch::LiveBackend;
 use crate::decide::{self, decide, Pending, Reconcile, Turn, Wake};
 use crate::egress_watch;
 use crate::firewall::{Firewall, Targets};
@@ -70,6 +71,12 @@ fn describe(e: &subnet::LeaseEvent) -> String {
         }
         subnet::LeaseEvent::Removed(k) => format!("peer {} removed", k.id()),
     }
+}
+
+/// The notes that are there, joined with `; `.
+fn notes<'a>(notes: impl IntoIterator<Item = Option<&'a str>>) -> Option<String> {
+    let present: Vec<&str> = notes.into_iter().flatten().collect();
+    (!present.is_empty()).then(|| present.join("; "))
 }
 
 /// `a, b, c` (or `none`).
@@ -159,6 +166,8 @@ pub(crate) struct Agent {
     pub(crate) etcd_contact: watch::Receiver<tokio::time::Instant>,
     /// What the agent noticed about the network config in etcd (see [`crate::config_watch`]).
     pub(crate) config_note: watch::Receiver<Option<String>>,
+    /// Changes of the `Backend` section applied in place ([`crate::backend_switch`]).
+    pub(crate) live: LiveBackend,
     /// The last backend setup failure logged, until setup succeeds (de-duplicates the log).
     pub(crate) setup_failure: Option<String>,
     /// Peers a re-listing no longer showed, programmed until the deadline ([`PEER_GRACE`]).
@@ -172,6 +181,8 @@ struct Inputs {
     notifications: Notifications,
     /// The egress policy file's updates (`--ip-masq-config`), while its task runs.
     egress: Option<watch::Receiver<egress_watch::Rules>>,
+    /// New configs differing only in `Backend`, while the config watch runs.
+    backend_config: Option<watch::Receiver<Option<NetworkConfig>>>,
     resync: tokio::time::Interval,
     rule_check: tokio::time::Interval,
     readiness: tokio::time::Interval,
@@ -192,6 +203,7 @@ impl Inputs {
             lease_rx,
             notifications,
             egress: agent.egress.take(),
+            backend_config: agent.live.take_updates(),
             resync: every(RESYNC_PERIOD),
             rule_check: every(agent.iptables_resync),
             readiness: tokio::time::interval(READINESS_PERIOD),
@@ -206,6 +218,7 @@ impl Inputs {
         kernel_cause: &mut Option<(Notification, usize)>,
     ) -> Result<Wake> {
         let egress_live = self.egress.is_some();
+        let config_live = self.backend_config.is_some();
         Ok(tokio::select! {
             update = self.peer_watch.recv() => match update {
                 Some(update) => Wake::Peers {
@@ -243,6 +256,13 @@ impl Inputs {
                 }
                 None => Wake::Tick,
             },
+            config = next_backend_config(&mut self.backend_config), if config_live => match config {
+                Some(config) => {
+                    agent.live.set_pending(config);
+                    Wake::BackendConfig
+                }
+                None => Wake::Tick,
+            },
             _ = self.resync.tick() => {
                 // The last keys ignored are summarized even when no more come.
                 subnet::ignored_keys().summarize_if_due();
@@ -251,6 +271,23 @@ impl Inputs {
             _ = self.rule_check.tick() => Wake::RuleCheck,
             _ = self.readiness.tick() => Wake::Tick,
         })
+    }
+}
+
+/// The next config whose `Backend` alone changed; `None` (and no more waiting) when the config
+/// watch stopped.
+async fn next_backend_config(
+    updates: &mut Option<watch::Receiver<Option<NetworkConfig>>>,
+) -> Option<NetworkConfig> {
+    loop {
+        let rx = updates.as_mut()?;
+        if rx.changed().await.is_err() {
+            *updates = None;
+            return None;
+        }
+        if let Some(config) = rx.borrow_and_update().clone() {
+            return Some(config);
+        }
     }
 }
 
@@ -288,7 +325,7 @@ pub(crate) struct Parts {
     pub(crate) readiness: ReadinessWriter,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) lease_counters: Arc<LeaseCounters>,
-    pub(crate) config_note: watch::Receiver<Option<String>>,
+    pub(crate) config: crate::config_watch::ConfigUpdates,
 }
 
 impl Agent {
@@ -321,7 +358,8 @@ impl Agent {
             lease_counters: parts.lease_counters,
             listings: 0,
             etcd_contact: parts.etcd_contact,
-            config_note: parts.config_note,
+            config_note: parts.config.note,
+            live: LiveBackend::new(parts.config.backend, parts.config.running),
             setup_failure: None,
             lingering: BTreeMap::new(),
         }
@@ -394,6 +432,9 @@ impl Agent {
     ) -> bool {
         if turn.expire_lingering {
             self.expire_lingering();
+        }
+        if turn.switch_backend {
+            self.switch_backend().await;
         }
         if turn.check_rules {
             self.ensure_firewall().await;
@@ -833,7 +874,7 @@ impl Agent {
             rules_in_place: self.firewall_ok,
             subnet_env_written: self.env_written,
             etcd_silent_for: self.etcd_contact.borrow().elapsed(),
-            config_note: self.config_note.borrow().clone(),
+            config_note: notes([self.config_note.borrow().as_deref(), self.live.note()]),
         };
         self.readiness.publish(&Stage::Serving(facts));
     }

@@ -244,7 +244,7 @@ async fn serve<R: Registry>(registry: R, start: Start, shutdown: CancellationTok
         blackhole_route: opts.ip_blackhole_route,
         readiness,
         metrics,
-        config_note: crate::config_watch::spawn(registry.clone(), config.clone()),
+        config: crate::config_watch::spawn(registry.clone(), config.clone()),
     });
     run_agent(agent, manager, &registry, first_check, &shutdown).await
 }

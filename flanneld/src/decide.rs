@@ -29,6 +29,8 @@ pub(crate) enum Wake {
     RuleCheck,
     /// The egress policy file changed (`--ip-masq-config`): the rules are checked at once.
     EgressPolicy,
+    /// The network config's `Backend` section changed: it is applied in place.
+    BackendConfig,
     /// The readiness tick: nothing changed, readiness is computed again.
     Tick,
 }
@@ -43,6 +45,7 @@ impl Wake {
             Wake::Resync { .. } => "resync",
             Wake::RuleCheck => "rule_check",
             Wake::EgressPolicy => "egress_policy",
+            Wake::BackendConfig => "backend_switch",
             Wake::Tick => "tick",
         }
     }
@@ -74,6 +77,8 @@ pub(crate) enum Reconcile {
 pub(crate) struct Turn {
     /// Forget the lingering peers whose grace period is over.
     pub expire_lingering: bool,
+    /// Switch to the new `Backend` section in place (make-before-break).
+    pub switch_backend: bool,
     /// Check (and repair) the iptables rules.
     pub check_rules: bool,
     /// Ask the backend whether the kernel differs from what its setup configured (the
@@ -92,6 +97,7 @@ pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
         Wake::Lease { moved } => moved,
         Wake::Kernel(reaction) => reaction != Reaction::Ignore,
         Wake::Resync { dump } => dump,
+        Wake::BackendConfig => true,
         Wake::RuleCheck | Wake::EgressPolicy | Wake::Tick => false,
     };
     let setup = pending.setup || wake == (Wake::Lease { moved: true });
@@ -104,6 +110,7 @@ pub(crate) fn decide(wake: Wake, pending: Pending) -> Turn {
     };
     Turn {
         expire_lingering: matches!(wake, Wake::Resync { .. }),
+        switch_backend: wake == Wake::BackendConfig,
         check_rules: matches!(wake, Wake::RuleCheck | Wake::EgressPolicy),
         check_drift: wake == Wake::Kernel(Reaction::Setup) && !setup,
         setup,
@@ -184,6 +191,7 @@ mod tests {
     fn turn(reconcile: Reconcile) -> Turn {
         Turn {
             expire_lingering: false,
+            switch_backend: false,
             check_rules: false,
             check_drift: false,
             setup: false,
@@ -253,6 +261,13 @@ mod tests {
                 },
             ),
             (Wake::Tick, turn(Nothing)),
+            (
+                Wake::BackendConfig,
+                Turn {
+                    switch_backend: true,
+                    ..turn(Full)
+                },
+            ),
         ];
         for (wake, want) in cases {
             assert_eq!(decide(wake, NOTHING), want, "{wake:?}");

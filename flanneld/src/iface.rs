@@ -330,6 +330,7 @@ mod tests {
             mtu,
             addrs: addrs.iter().map(|a| Ipv4Addr::from(*a)).collect(),
             addrs6: Vec::new(),
+            master: None,
         }
     }
 

@@ -1,12 +1,14 @@
 //! End to end, seed 001's backend switch (issue 25) on the three-host lab: hosts 0 and 1 on one
-//! LAN, host 2 behind a router. The config is changed, then each agent is restarted 2 s after the
-//! other, while a pod on host 0 pings a pod on host 1 twenty times a second. While the leases
-//! name both backends, same-LAN peers keep their direct routes (docs/configuration.md, "Switching
-//! the backend"), so the pings go on; the host behind the router is reached again once every host
-//! runs the new backend.
+//! LAN, host 2 behind a router, a pod on host 0 pinging a pod on host 1 twenty times a second.
+//! By restarts (the seed's procedure): the config is changed, then each agent is restarted 2 s
+//! after the other; while the leases name both backends, same-LAN peers keep their direct routes
+//! (docs/configuration.md, "Switching the backend"), so the pings go on. Live: the config is
+//! changed and nothing else; each agent switches in place, make-before-break. Either way the host
+//! behind the router is reached over vxlan once every host runs it.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
+use std::time::Instant;
 
 use flanneld_tests::cluster::{wait_for, Cluster, Pod};
 
@@ -35,6 +37,13 @@ fn ping_loop(from: &Pod, to: &Pod, count: u32) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start ping")
+}
+
+/// Stops a ping loop (SIGINT: it prints its summary) and returns its counts.
+fn stop_pinging(child: Child) -> (u32, u32) {
+    // SAFETY: kill(2) of our own child process (`ip netns exec` execs ping in place).
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    ping_counts(child)
 }
 
 /// The (transmitted, received) counts of a finished ping loop.
@@ -123,6 +132,126 @@ fn vxlan_with_direct_routing_to_host_gw_by_restarts_loses_no_same_lan_ping() {
         "vxlan+DirectRouting -> host-gw: {} of {sent} pings lost",
         sent - received
     );
+    assert!(
+        sent - received <= MAY_LOSE,
+        "{} of {sent} pings lost",
+        sent - received
+    );
+}
+
+/// Switches the lab from `from` to `to` by changing the config only, and returns the pings sent
+/// and answered between the same-LAN pods meanwhile, and how long the last agent took to switch.
+fn switch_live(from: &str, to: &str) -> ((u32, u32), Duration) {
+    let over_router = |config: &str| config.contains("vxlan");
+    let c = Cluster::start_two_lans(2, 1, from, &[]);
+    let mut c = c;
+    let subnets: Vec<String> = (0..3).map(|i| c.wait_subnet(i)).collect();
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| Pod::new(&c.hosts[i], &subnets[i], 2))
+        .collect();
+    wait_for(
+        "the same-LAN pods to reach each other",
+        Duration::from_secs(15),
+        || pods[0].ping(&pods[1].ip).then_some(()),
+    );
+    let pinger = ping_loop(&pods[0], &pods[1], 100_000);
+    let changed = Instant::now();
+    c.etcd.put(&c.config_key(), to);
+    let new_type = if to.contains("vxlan") {
+        "vxlan"
+    } else {
+        "host-gw"
+    };
+    for i in 0..3 {
+        wait_for(
+            &format!("host {i} to switch in place"),
+            Duration::from_secs(40),
+            || c.log(i).contains("backend switched in place").then_some(()),
+        );
+    }
+    let took = changed.elapsed();
+    for (i, subnet) in subnets.iter().enumerate() {
+        let key = format!(
+            "{}/subnets/{}",
+            c.prefix,
+            Cluster::network_of(subnet).replace('/', "-")
+        );
+        wait_for(
+            &format!("host {i}'s lease to say {new_type}"),
+            Duration::from_secs(15),
+            || {
+                let lease = c.etcd.get(&key)?;
+                lease
+                    .contains(&format!(r#""BackendType":"{new_type}""#))
+                    .then_some(())
+            },
+        );
+        assert!(
+            c.agents[i].as_mut().is_some_and(|a| a.is_running()),
+            "no restart"
+        );
+    }
+    if over_router(to) {
+        wait_for(
+            "the pod behind the router, over vxlan",
+            Duration::from_secs(15),
+            || pods[0].ping(&pods[2].ip).then_some(()),
+        );
+    }
+    // A second more of pings after the last switch, then the count.
+    std::thread::sleep(Duration::from_secs(1));
+    let counts = stop_pinging(pinger);
+    check_after_switch(&c, to);
+    (counts, took)
+}
+
+/// What each host shows after a live switch to `to`: subnet.env's MTU, the vxlan device, and
+/// (to vxlan) the MTU note on /readyz.
+fn check_after_switch(c: &Cluster, to: &str) {
+    for i in 0..3 {
+        let mtu = flanneld_tests::cluster::env_value(&c.subnet_env(i), "FLANNEL_MTU");
+        let device = c.hosts[i]
+            .try_exec("ip", &["link", "show", "flannel.1"])
+            .status
+            .success();
+        if to.contains("vxlan") {
+            wait_for("FLANNEL_MTU 1450", Duration::from_secs(10), || {
+                let mtu = flanneld_tests::cluster::env_value(&c.subnet_env(i), "FLANNEL_MTU");
+                (mtu.as_deref() == Some("1450")).then_some(())
+            });
+            assert!(device, "host {i} has flannel.1");
+            let body = c.hosts[i].exec("curl", &["-s", "http://127.0.0.1:2401/readyz"]);
+            assert!(body.contains("keep MTU 1500"), "host {i} /readyz: {body}");
+            // The pod created under host-gw kept MTU 1500: the doctor names its veth.
+            let bin = flanneld_tests::cluster::flanneld_bin();
+            let doctor = c.hosts[i].try_exec(bin.to_str().unwrap(), &["doctor"]);
+            let said = String::from_utf8_lossy(&doctor.stdout);
+            assert!(
+                said.contains("pod-mtu-above-backend") && said.contains("vp2"),
+                "host {i}: {said}"
+            );
+        } else {
+            assert_eq!(mtu.as_deref(), Some("1500"), "host {i}");
+            assert!(!device, "host {i}: flannel.1 removed after the switch");
+        }
+    }
+}
+
+#[test]
+fn a_live_switch_from_host_gw_to_vxlan_with_direct_routing_loses_no_same_lan_ping() {
+    let ((sent, received), took) = switch_live(HOST_GW, VXLAN_DR);
+    eprintln!("live host-gw -> vxlan+DirectRouting: {} of {sent} pings lost, every host switched after {took:?}", sent - received);
+    assert!(
+        sent - received <= MAY_LOSE,
+        "{} of {sent} pings lost",
+        sent - received
+    );
+}
+
+#[test]
+fn a_live_switch_from_vxlan_with_direct_routing_to_host_gw_loses_no_same_lan_ping() {
+    let ((sent, received), took) = switch_live(VXLAN_DR, HOST_GW);
+    eprintln!("live vxlan+DirectRouting -> host-gw: {} of {sent} pings lost, every host switched after {took:?}", sent - received);
     assert!(
         sent - received <= MAY_LOSE,
         "{} of {sent} pings lost",

@@ -111,6 +111,46 @@ impl Vxlan {
         }
     }
 
+    /// The external interface and the public addresses the devices send from.
+    pub(crate) fn endpoint(&self) -> (ExternalInterface, Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        let mut v4 = None;
+        let mut v6 = None;
+        for vtep in self.vteps() {
+            match vtep.local {
+                IpAddr::V4(ip) => v4 = Some(ip),
+                IpAddr::V6(ip) => v6 = Some(ip),
+            }
+        }
+        (self.ext.clone(), v4, v6)
+    }
+
+    /// The names of the devices this backend uses.
+    pub(crate) fn device_names(&self) -> Vec<String> {
+        self.vteps().map(|v| self.name(v.family())).collect()
+    }
+
+    /// Deletes the devices this backend set up whose names are not in `keep` (a live switch:
+    /// the next backend's); their neighbours, FDB entries and routes go with them. Returns their
+    /// names.
+    pub(crate) async fn remove_devices_except(
+        &self,
+        nl: &Netlink,
+        keep: &[String],
+    ) -> Result<Vec<String>, Error> {
+        let mut removed = Vec::new();
+        for vtep in self.vteps() {
+            let name = self.name(vtep.family());
+            let Some((index, _)) = vtep.device.filter(|_| !keep.contains(&name)) else {
+                continue;
+            };
+            nl.del_link(index)
+                .await
+                .map_err(Error::netlink(format!("delete {name}")))?;
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+
     fn underlay_mtu(&self) -> u32 {
         self.cfg.mtu.unwrap_or(self.ext.mtu)
     }

@@ -31,7 +31,7 @@ pub struct Finding {
 
 /// Every id a finding can have (each has a section in `docs/troubleshooting.md`, see the test).
 #[cfg(test)]
-pub const IDS: [&str; 19] = [
+pub const IDS: [&str; 20] = [
     "ip-forward-off",
     "br-netfilter",
     "foreign-masquerade",
@@ -51,6 +51,7 @@ pub const IDS: [&str; 19] = [
     "masquerade-missing",
     "go-flanneld-rules",
     "docker-direct-routing-blocked",
+    "pod-mtu-above-backend",
 ];
 
 /// One interface.
@@ -63,6 +64,8 @@ pub struct LinkFacts {
     pub rp_filter: Option<u8>,
     /// For vxlan devices: whether `tx-checksum-ip-generic` is on (`None`: not checked).
     pub tx_checksum: Option<bool>,
+    /// The bridge it is a port of (a pod's host-side veth: `cni0`, `docker0`), if any.
+    pub master: Option<String>,
 }
 
 /// What etcd says.
@@ -170,6 +173,7 @@ fn links(facts: &Facts, out: &mut Vec<Finding>) {
             ));
         }
     }
+    pod_mtu(facts, env, out);
     let docker = facts.links.iter().find(|l| l.name == "docker0");
     if let (Some(docker), Some(flannel_subnet)) = (docker, env.flannel_subnet()) {
         let bip = flannel_subnet.addr();
@@ -214,6 +218,32 @@ fn rules(facts: &Facts, out: &mut Vec<Finding>) {
         go_flanneld_rules(*flavour, saved, env, out);
         docker_direct_routing(*flavour, saved, env, out);
     }
+}
+
+/// Pods whose interface MTU is above FLANNEL_MTU: created before the backend was switched to one
+/// with a smaller MTU (host-gw 1500 to vxlan 1450), they keep theirs; their host-side veths on
+/// the pod bridge show it.
+fn pod_mtu(facts: &Facts, env: &SubnetEnv, out: &mut Vec<Finding>) {
+    let above: Vec<&LinkFacts> = (facts.links.iter())
+        .filter(|l| matches!(l.master.as_deref(), Some("cni0" | "docker0")))
+        .filter(|l| l.mtu > env.mtu)
+        .collect();
+    let Some(first) = above.first() else { return };
+    let names: Vec<&str> = above.iter().map(|l| l.name.as_str()).collect();
+    out.push(finding(
+        "pod-mtu-above-backend",
+        Severity::Problem,
+        format!(
+            "{} pod interface(s) on {} have MTU {}, above FLANNEL_MTU {} (pods created before the backend switched keep their MTU): their packets over {} bytes to other hosts are dropped ({})",
+            above.len(),
+            first.master.as_deref().unwrap_or_default(),
+            first.mtu,
+            env.mtu,
+            env.mtu,
+            names.join(", ")
+        ),
+        format!("recreate those pods: new pods get FLANNEL_MTU={}", env.mtu),
+    ));
 }
 
 /// Docker 28's direct-access filtering (moby `filterDirectAccess`): raw `PREROUTING -d
@@ -426,6 +456,7 @@ mod tests {
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             rp_filter: Some(2),
             tx_checksum: None,
+            master: None,
         }
     }
 
@@ -511,6 +542,34 @@ mod tests {
             assert!(found.contains(&(id, Severity::Note)), "{id}: {found:?}");
         }
         assert!(found.iter().all(|(id, _)| IDS.contains(id)));
+    }
+
+    #[test]
+    fn pods_left_above_flannel_mtu_by_a_backend_switch_are_named() {
+        let mut facts = healthy();
+        let port = |name: &str, mtu: u32| LinkFacts {
+            master: Some("cni0".into()),
+            ..link(name, mtu, &[])
+        };
+        facts.links.push(port("vethnew", 1450));
+        assert!(!ids(&facts)
+            .iter()
+            .any(|(id, _)| *id == "pod-mtu-above-backend"));
+        facts.links.push(port("vethold1", 1500));
+        facts.links.push(port("vetholdx", 1500));
+        let found = diagnose(&facts);
+        let pods = found
+            .iter()
+            .find(|f| f.id == "pod-mtu-above-backend")
+            .expect("the finding");
+        assert_eq!(pods.severity, Severity::Problem);
+        assert!(
+            pods.summary
+                .contains("2 pod interface(s) on cni0 have MTU 1500, above FLANNEL_MTU 1450")
+                && pods.summary.contains("vethold1, vetholdx"),
+            "{}",
+            pods.summary
+        );
     }
 
     #[test]

@@ -158,11 +158,20 @@ async fn host_links_and_routes() -> Result<(Vec<LinkFacts>, Vec<(Ipv4Net, bool)>
         .context("cannot read the interfaces")?;
     let routes = nl.host_routes().await.context("cannot read the routes")?;
     let all = sysctl("net/ipv4/conf/all/rp_filter").unwrap_or(0);
+    let name_of = |index: u32| {
+        (view.interfaces.iter())
+            .find(|i| i.index == index)
+            .map(|i| i.name.clone())
+    };
+    let masters: Vec<Option<String>> = (view.interfaces.iter())
+        .map(|i| i.master.and_then(name_of))
+        .collect();
     let links = view
         .interfaces
         .into_iter()
-        .filter(|i| i.name != "lo")
-        .map(|i| LinkFacts {
+        .zip(masters)
+        .filter(|(i, _)| i.name != "lo")
+        .map(|(i, master)| LinkFacts {
             rp_filter: sysctl(&format!("net/ipv4/conf/{}/rp_filter", i.name))
                 .map(|own| own.max(all)),
             tx_checksum: i
@@ -173,6 +182,7 @@ async fn host_links_and_routes() -> Result<(Vec<LinkFacts>, Vec<(Ipv4Net, bool)>
             name: i.name,
             mtu: i.mtu,
             addrs: i.addrs,
+            master,
         })
         .collect();
     Ok((links, routes.iter().map(|r| (r.dst, r.ours)).collect()))
