@@ -67,29 +67,51 @@ fn ping_counts(child: Child) -> (u32, u32) {
     (number("packets transmitted"), number("received"))
 }
 
-/// Switches the lab from `from` to `to` by seed 001's procedure and returns the pings sent and
-/// answered between the same-LAN pods meanwhile. The pod behind the router is reached before
-/// and after over vxlan (host-gw cannot reach across a router).
-fn switch_with_restarts(from: &str, to: &str) -> (u32, u32) {
-    let over_router = |config: &str| config.contains("vxlan");
-    let mut c = Cluster::start_two_lans(2, 1, from, &[]);
-    // Readiness is not waited on: a host-gw host stays unready while it cannot route the host
-    // behind the router. The pings are what counts.
-    let subnets: Vec<String> = (0..3).map(|i| c.wait_subnet(i)).collect();
-    let pods: Vec<Pod> = (0..3)
-        .map(|i| Pod::new(&c.hosts[i], &subnets[i], 2))
-        .collect();
-    wait_for(
-        "the same-LAN pods to reach each other",
-        Duration::from_secs(15),
-        || pods[0].ping(&pods[1].ip).then_some(()),
-    );
-    if over_router(from) {
-        wait_for("the pod behind the router", Duration::from_secs(15), || {
-            pods[0].ping(&pods[2].ip).then_some(())
-        });
+/// The lab on `config`: three hosts (the last behind the router), a pod on each, the same-LAN
+/// pods (and over vxlan the one behind the router) reaching each other. Readiness is not waited
+/// on: a host-gw host stays unready while it cannot route the host behind the router.
+struct Lab {
+    c: Cluster,
+    subnets: Vec<String>,
+    pods: Vec<Pod>,
+}
+
+impl Lab {
+    fn start(config: &str) -> Lab {
+        let mut c = Cluster::start_two_lans(2, 1, config, &[]);
+        let subnets: Vec<String> = (0..3).map(|i| c.wait_subnet(i)).collect();
+        let pods: Vec<Pod> = (0..3)
+            .map(|i| Pod::new(&c.hosts[i], &subnets[i], 2))
+            .collect();
+        let lab = Lab { c, subnets, pods };
+        lab.reaches(1, "the same-LAN pod");
+        if over_router(config) {
+            lab.reaches(2, "the pod behind the router");
+        }
+        lab
     }
 
+    /// Waits until the pod on host 0 reaches the one on host `i`.
+    fn reaches(&self, i: usize, what: &str) {
+        wait_for(what, Duration::from_secs(15), || {
+            self.pods[0].ping(&self.pods[i].ip).then_some(())
+        });
+    }
+}
+
+/// Whether `config` reaches across the router (vxlan; host-gw needs one LAN).
+fn over_router(config: &str) -> bool {
+    config.contains("vxlan")
+}
+
+/// Switches the lab from `from` to `to` by seed 001's procedure and returns the pings sent and
+/// answered between the same-LAN pods meanwhile.
+fn switch_with_restarts(from: &str, to: &str) -> (u32, u32) {
+    let Lab {
+        mut c,
+        subnets,
+        pods,
+    } = Lab::start(from);
     let pinger = ping_loop(&pods[0], &pods[1], 240);
     c.etcd.put(&c.config_key(), to);
     for (i, subnet) in subnets.iter().enumerate() {
@@ -100,161 +122,131 @@ fn switch_with_restarts(from: &str, to: &str) -> (u32, u32) {
         std::thread::sleep(Duration::from_secs(2));
     }
     let counts = ping_counts(pinger);
+    let lab = Lab { c, subnets, pods };
     if over_router(to) {
-        wait_for(
-            "the pod behind the router, over vxlan",
-            Duration::from_secs(15),
-            || pods[0].ping(&pods[2].ip).then_some(()),
-        );
+        lab.reaches(2, "the pod behind the router, over vxlan");
     }
-    assert!(pods[1].ping(&pods[0].ip), "and back");
+    assert!(lab.pods[1].ping(&lab.pods[0].ip), "and back");
     counts
-}
-
-#[test]
-fn host_gw_to_vxlan_with_direct_routing_by_restarts_loses_no_same_lan_ping() {
-    let (sent, received) = switch_with_restarts(HOST_GW, VXLAN_DR);
-    eprintln!(
-        "host-gw -> vxlan+DirectRouting: {} of {sent} pings lost",
-        sent - received
-    );
-    assert!(
-        sent - received <= MAY_LOSE,
-        "{} of {sent} pings lost",
-        sent - received
-    );
-}
-
-#[test]
-fn vxlan_with_direct_routing_to_host_gw_by_restarts_loses_no_same_lan_ping() {
-    let (sent, received) = switch_with_restarts(VXLAN_DR, HOST_GW);
-    eprintln!(
-        "vxlan+DirectRouting -> host-gw: {} of {sent} pings lost",
-        sent - received
-    );
-    assert!(
-        sent - received <= MAY_LOSE,
-        "{} of {sent} pings lost",
-        sent - received
-    );
 }
 
 /// Switches the lab from `from` to `to` by changing the config only, and returns the pings sent
 /// and answered between the same-LAN pods meanwhile, and how long the last agent took to switch.
 fn switch_live(from: &str, to: &str) -> ((u32, u32), Duration) {
-    let over_router = |config: &str| config.contains("vxlan");
-    let c = Cluster::start_two_lans(2, 1, from, &[]);
-    let mut c = c;
-    let subnets: Vec<String> = (0..3).map(|i| c.wait_subnet(i)).collect();
-    let pods: Vec<Pod> = (0..3)
-        .map(|i| Pod::new(&c.hosts[i], &subnets[i], 2))
-        .collect();
-    wait_for(
-        "the same-LAN pods to reach each other",
-        Duration::from_secs(15),
-        || pods[0].ping(&pods[1].ip).then_some(()),
-    );
-    let pinger = ping_loop(&pods[0], &pods[1], 100_000);
+    let mut lab = Lab::start(from);
+    let pinger = ping_loop(&lab.pods[0], &lab.pods[1], 100_000);
     let changed = Instant::now();
-    c.etcd.put(&c.config_key(), to);
-    let new_type = if to.contains("vxlan") {
-        "vxlan"
-    } else {
-        "host-gw"
-    };
+    lab.c.etcd.put(&lab.c.config_key(), to);
     for i in 0..3 {
         wait_for(
             &format!("host {i} to switch in place"),
             Duration::from_secs(40),
-            || c.log(i).contains("backend switched in place").then_some(()),
+            || {
+                lab.c
+                    .log(i)
+                    .contains("backend switched in place")
+                    .then_some(())
+            },
         );
     }
     let took = changed.elapsed();
-    for (i, subnet) in subnets.iter().enumerate() {
+    leases_say(&mut lab, if over_router(to) { "vxlan" } else { "host-gw" });
+    if over_router(to) {
+        lab.reaches(2, "the pod behind the router, over vxlan");
+    }
+    // A second more of pings after the last switch, then the count.
+    std::thread::sleep(Duration::from_secs(1));
+    let counts = stop_pinging(pinger);
+    check_after_switch(&lab.c, to);
+    (counts, took)
+}
+
+/// Waits until every host's lease names `backend`, published by the agent that is still
+/// running (no restart).
+fn leases_say(lab: &mut Lab, backend: &str) {
+    let c = &mut lab.c;
+    for (i, subnet) in lab.subnets.iter().enumerate() {
         let key = format!(
             "{}/subnets/{}",
             c.prefix,
             Cluster::network_of(subnet).replace('/', "-")
         );
+        let says = format!(r#""BackendType":"{backend}""#);
         wait_for(
-            &format!("host {i}'s lease to say {new_type}"),
+            &format!("host {i}'s lease to say {backend}"),
             Duration::from_secs(15),
-            || {
-                let lease = c.etcd.get(&key)?;
-                lease
-                    .contains(&format!(r#""BackendType":"{new_type}""#))
-                    .then_some(())
-            },
+            || c.etcd.get(&key)?.contains(&says).then_some(()),
         );
         assert!(
             c.agents[i].as_mut().is_some_and(|a| a.is_running()),
             "no restart"
         );
     }
-    if over_router(to) {
-        wait_for(
-            "the pod behind the router, over vxlan",
-            Duration::from_secs(15),
-            || pods[0].ping(&pods[2].ip).then_some(()),
-        );
-    }
-    // A second more of pings after the last switch, then the count.
-    std::thread::sleep(Duration::from_secs(1));
-    let counts = stop_pinging(pinger);
-    check_after_switch(&c, to);
-    (counts, took)
 }
 
 /// What each host shows after a live switch to `to`: subnet.env's MTU, the vxlan device, and
-/// (to vxlan) the MTU note on /readyz.
+/// (to vxlan) the MTU note on /readyz and the doctor's finding for the pod created before.
 fn check_after_switch(c: &Cluster, to: &str) {
     for i in 0..3 {
-        let mtu = flanneld_tests::cluster::env_value(&c.subnet_env(i), "FLANNEL_MTU");
+        let mtu = || flanneld_tests::cluster::env_value(&c.subnet_env(i), "FLANNEL_MTU");
         let device = c.hosts[i]
             .try_exec("ip", &["link", "show", "flannel.1"])
             .status
             .success();
-        if to.contains("vxlan") {
-            wait_for("FLANNEL_MTU 1450", Duration::from_secs(10), || {
-                let mtu = flanneld_tests::cluster::env_value(&c.subnet_env(i), "FLANNEL_MTU");
-                (mtu.as_deref() == Some("1450")).then_some(())
-            });
-            assert!(device, "host {i} has flannel.1");
-            let body = c.hosts[i].exec("curl", &["-s", "http://127.0.0.1:2401/readyz"]);
-            assert!(body.contains("keep MTU 1500"), "host {i} /readyz: {body}");
-            // The pod created under host-gw kept MTU 1500: the doctor names its veth.
-            let bin = flanneld_tests::cluster::flanneld_bin();
-            let doctor = c.hosts[i].try_exec(bin.to_str().unwrap(), &["doctor"]);
-            let said = String::from_utf8_lossy(&doctor.stdout);
-            assert!(
-                said.contains("pod-mtu-above-backend") && said.contains("vp2"),
-                "host {i}: {said}"
-            );
-        } else {
-            assert_eq!(mtu.as_deref(), Some("1500"), "host {i}");
+        if !over_router(to) {
+            assert_eq!(mtu().as_deref(), Some("1500"), "host {i}");
             assert!(!device, "host {i}: flannel.1 removed after the switch");
+            continue;
         }
+        wait_for("FLANNEL_MTU 1450", Duration::from_secs(10), || {
+            (mtu().as_deref() == Some("1450")).then_some(())
+        });
+        assert!(device, "host {i} has flannel.1");
+        let body = c.hosts[i].exec("curl", &["-s", "http://127.0.0.1:2401/readyz"]);
+        assert!(body.contains("keep MTU 1500"), "host {i} /readyz: {body}");
+        let bin = flanneld_tests::cluster::flanneld_bin();
+        let doctor = c.hosts[i].try_exec(bin.to_str().unwrap(), &["doctor"]);
+        let said = String::from_utf8_lossy(&doctor.stdout);
+        assert!(
+            said.contains("pod-mtu-above-backend") && said.contains("vp2"),
+            "host {i}: {said}"
+        );
     }
+}
+
+/// Says how many pings `how` lost and holds it to [`MAY_LOSE`].
+fn at_most_may_lose(how: &str, (sent, received): (u32, u32)) {
+    let lost = sent - received;
+    eprintln!("{how}: {lost} of {sent} pings lost");
+    assert!(lost <= MAY_LOSE, "{how}: {lost} of {sent} pings lost");
+}
+
+#[test]
+fn host_gw_to_vxlan_with_direct_routing_by_restarts_loses_no_same_lan_ping() {
+    let counts = switch_with_restarts(HOST_GW, VXLAN_DR);
+    at_most_may_lose("host-gw -> vxlan+DirectRouting", counts);
+}
+
+#[test]
+fn vxlan_with_direct_routing_to_host_gw_by_restarts_loses_no_same_lan_ping() {
+    let counts = switch_with_restarts(VXLAN_DR, HOST_GW);
+    at_most_may_lose("vxlan+DirectRouting -> host-gw", counts);
 }
 
 #[test]
 fn a_live_switch_from_host_gw_to_vxlan_with_direct_routing_loses_no_same_lan_ping() {
-    let ((sent, received), took) = switch_live(HOST_GW, VXLAN_DR);
-    eprintln!("live host-gw -> vxlan+DirectRouting: {} of {sent} pings lost, every host switched after {took:?}", sent - received);
-    assert!(
-        sent - received <= MAY_LOSE,
-        "{} of {sent} pings lost",
-        sent - received
+    let (counts, took) = switch_live(HOST_GW, VXLAN_DR);
+    at_most_may_lose(
+        &format!("live host-gw -> vxlan+DirectRouting (every host switched after {took:?})"),
+        counts,
     );
 }
 
 #[test]
 fn a_live_switch_from_vxlan_with_direct_routing_to_host_gw_loses_no_same_lan_ping() {
-    let ((sent, received), took) = switch_live(VXLAN_DR, HOST_GW);
-    eprintln!("live vxlan+DirectRouting -> host-gw: {} of {sent} pings lost, every host switched after {took:?}", sent - received);
-    assert!(
-        sent - received <= MAY_LOSE,
-        "{} of {sent} pings lost",
-        sent - received
+    let (counts, took) = switch_live(VXLAN_DR, HOST_GW);
+    at_most_may_lose(
+        &format!("live vxlan+DirectRouting -> host-gw (every host switched after {took:?})"),
+        counts,
     );
 }
