@@ -1,17 +1,13 @@
-//! Notices when the network config in etcd no longer matches the one the agent runs on. A change
+//! Notices when the network config in etcd no longer matches the one the agent runs on (read when
+//! its watch says it may have changed, [`Registry::watch_config`]). A change
 //! of the `Backend` section alone (host-gw ⇄ vxlan, DirectRouting, VNI, ...) is handed to the
 //! control loop, which applies it in place ([`crate::control::Agent::switch_backend`]). Anything
 //! else (the Network, the subnet sizes and range, IPv6, nftables) needs a new lease or new
 //! rules under every pod: the agent keeps running on the config it started with, says so once
 //! per distinct finding, and shows it in the `/readyz` body. A restart applies such a config.
 
-use std::time::Duration;
-
-use subnet::{Ipv4Range, NetworkConfig, Registry, RegistryError};
+use subnet::{ConfigWatch, Ipv4Range, NetworkConfig, Registry, RegistryError};
 use tokio::sync::watch;
-
-/// How often the config is read again.
-pub(crate) const CONFIG_CHECK_PERIOD: Duration = Duration::from_secs(10);
 
 /// What the agent learns about the config in etcd, and how it says what it runs on.
 pub(crate) struct ConfigUpdates {
@@ -41,12 +37,17 @@ pub(crate) fn spawn<R: Registry>(registry: R, running: NetworkConfig) -> ConfigU
     let (backend_tx, backend) = watch::channel(None);
     let (running_tx, running_rx) = watch::channel(running);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CONFIG_CHECK_PERIOD);
-        tick.tick().await;
+        // etcd v3: a watch of the key (a read when it opens and on each change, nothing at
+        // idle); the v2 keyspace: a read every 10 s.
+        let mut changes = registry.watch_config();
         loop {
             tokio::select! {
                 _ = note_tx.closed() => return,
-                _ = tick.tick() => {}
+                change = changes.recv() => match change {
+                    None => return,
+                    Some(ConfigWatch::Broken(_)) => continue,
+                    Some(ConfigWatch::Read | ConfigWatch::Changed) => {}
+                },
             }
             let running = running_rx.borrow().clone();
             let Some(finding) = classify(&running, registry.network_config().await) else {
@@ -161,6 +162,8 @@ fn differences(old: &NetworkConfig, new: &NetworkConfig) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn config(json: &str) -> NetworkConfig {

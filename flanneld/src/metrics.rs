@@ -20,8 +20,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry as MetricRegistry, Unit};
 
 use subnet::{
-    LeaseAttrs, LeaseCounters, NetworkConfig, PutGuard, Registry, RegistryError, StoredLease,
-    SubnetKey, WatchScope, WatchUpdate,
+    ConfigWatch, LeaseAttrs, LeaseCounters, NetworkConfig, PutGuard, Registry, RegistryError,
+    StoredLease, SubnetKey, WatchScope, WatchUpdate,
 };
 use tokio::sync::mpsc;
 
@@ -340,6 +340,15 @@ impl<R: Registry> Registry for Instrumented<R> {
     fn watch_leases(&self, scope: WatchScope) -> mpsc::Receiver<WatchUpdate> {
         self.metrics.record_etcd("watch", false);
         self.inner.watch_leases(scope)
+    }
+
+    fn watch_config(&self) -> mpsc::Receiver<ConfigWatch> {
+        self.metrics.record_etcd("watch", false);
+        self.inner.watch_config()
+    }
+
+    fn watch_is_open(&self) -> bool {
+        self.inner.watch_is_open()
     }
 }
 

@@ -9,6 +9,8 @@ mod watch;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
@@ -20,8 +22,9 @@ use tokio::sync::mpsc;
 use crate::config::NetworkConfig;
 use crate::ignored::IgnoreReason;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
-use crate::registry::{PutGuard, Registry, RegistryError, StoredLease};
+use crate::registry::{ConfigWatch, PutGuard, Registry, RegistryError, StoredLease};
 use crate::registry::{WatchScope, WatchUpdate};
+use crate::retry::Backoff;
 
 /// Go flanneld's default `--etcd-endpoints`.
 pub const DEFAULT_ENDPOINTS: [&str; 2] = ["http://127.0.0.1:4001", "http://127.0.0.1:2379"];
@@ -193,6 +196,17 @@ pub struct EtcdRegistry {
     /// Whether TLS files were given (for error hints).
     tls: bool,
     timeout: Duration,
+    /// How many watch streams of this client are open now ([`Registry::watch_is_open`]).
+    open_streams: Arc<AtomicUsize>,
+}
+
+/// Counts a watch stream as open while it lives.
+pub(crate) struct OpenStream(Arc<AtomicUsize>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EtcdRegistry {
@@ -237,14 +251,8 @@ impl EtcdRegistry {
             endpoints,
             tls: uses_tls,
             timeout: registry_timeout,
+            open_streams: Arc::new(AtomicUsize::new(0)),
         })
-    }
-
-    /// Asks the member(s) for their status: whether etcd answers at all.
-    pub async fn status(&self) -> Result<(), RegistryError> {
-        self.request("status", self.client.clone().status())
-            .await
-            .map(|_| ())
     }
 
     /// The config key, `<prefix>/config`.
@@ -448,6 +456,71 @@ impl EtcdRegistry {
         .await
     }
 
+    /// Counts a watch stream as open until the returned guard is dropped.
+    pub(crate) fn stream_opened(&self) -> OpenStream {
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self.open_streams.clone())
+    }
+
+    /// Watches `key` for [`Registry::watch_config`]: [`ConfigWatch::Read`] whenever the stream
+    /// (re)opens, [`ConfigWatch::Changed`] on each write or delete, [`ConfigWatch::Broken`] when
+    /// it breaks (it opens again after a backoff). Nothing is asked of etcd while it stays open.
+    fn watch_key(&self, key: String) -> mpsc::Receiver<ConfigWatch> {
+        let (tx, rx) = mpsc::channel(4);
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                let opened = tokio::time::Instant::now();
+                let (error, was_open) = registry.follow_key(&key, &tx).await;
+                let Some(error) = error else { return };
+                // A stream that lived is followed at once; one canceled as it opened (a member
+                // without a leader) is tried again ever more slowly.
+                if was_open && opened.elapsed() >= KEY_WATCH_HEALTHY_AFTER {
+                    backoff.reset();
+                }
+                if tx.send(ConfigWatch::Broken(error)).await.is_err() {
+                    return;
+                }
+                backoff.wait().await;
+            }
+        });
+        rx
+    }
+
+    /// Follows one watch stream of `key`. Returns why it ended (`None`: the receiver went away)
+    /// and whether it had opened.
+    async fn follow_key(
+        &self,
+        key: &str,
+        tx: &mpsc::Sender<ConfigWatch>,
+    ) -> (Option<String>, bool) {
+        let mut client = self.client.clone();
+        let mut stream = match self.request("watch config", client.watch(key, None)).await {
+            Ok(stream) => stream,
+            Err(e) => return (Some(e.to_string()), false),
+        };
+        let _open = self.stream_opened();
+        if tx.send(ConfigWatch::Read).await.is_err() {
+            return (None, true);
+        }
+        loop {
+            let ended = match stream.message().await {
+                Ok(Some(r)) if r.canceled() => {
+                    format!("etcd canceled the watch: {}", r.cancel_reason())
+                }
+                Ok(Some(r)) if r.events().is_empty() => continue,
+                Ok(Some(_)) => match tx.send(ConfigWatch::Changed).await {
+                    Ok(()) => continue,
+                    Err(_) => return (None, true),
+                },
+                Ok(None) => "etcd closed the watch stream".to_string(),
+                Err(e) => self.describe("watch config", e).to_string(),
+            };
+            return (Some(ended), true);
+        }
+    }
+
     /// The subnet key of an etcd key under `<prefix>/subnets/`.
     pub(crate) fn decode_key(&self, raw: &[u8]) -> Result<SubnetKey, RegistryError> {
         self.keys.decode_key(raw)
@@ -460,6 +533,10 @@ impl EtcdRegistry {
         Ok(stored)
     }
 }
+
+/// A config key watch that stayed open this long counts as healthy: the next break starts the
+/// backoff over.
+const KEY_WATCH_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// How long a connection that carries a stream (the watches) may stay silent before it is
 /// pinged. A member cut off the network, or frozen, is noticed at most [`KEEPALIVE_INTERVAL`] +
@@ -812,6 +889,14 @@ impl Registry for EtcdRegistry {
 
     fn watch_leases(&self, scope: WatchScope) -> mpsc::Receiver<WatchUpdate> {
         crate::watch::spawn(self.clone(), scope)
+    }
+
+    fn watch_config(&self) -> mpsc::Receiver<ConfigWatch> {
+        self.watch_key(self.keys.config.clone())
+    }
+
+    fn watch_is_open(&self) -> bool {
+        self.open_streams.load(Ordering::Relaxed) > 0
     }
 }
 

@@ -42,5 +42,8 @@ pub use etcd::{EtcdOptions, EtcdRegistry};
 pub use etcdv2::{EtcdV2Registry, Export, ExportedLease};
 pub use ignored::{ignored_keys, IgnoreReason, IgnoredKeys, Logged, NAMED_KEYS, SUMMARY_PERIOD};
 pub use keyspace::{Detector, EtcdApi, Keyspace};
-pub use members::{spawn_member_check, MEMBER_CHECK_PERIOD};
-pub use registry::{PutGuard, Registry, RegistryError, StoredLease, WatchScope, WatchUpdate};
+pub use members::spawn_member_check;
+pub use registry::{
+    ConfigWatch, PutGuard, Registry, RegistryError, StoredLease, WatchScope, WatchUpdate,
+    CONFIG_POLL_PERIOD,
+};

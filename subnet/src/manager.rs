@@ -24,9 +24,11 @@ use crate::registry::{PutGuard, Registry, RegistryError, StoredLease, WatchScope
 /// How many times a lost creation race is retried with another subnet.
 const MAX_ATTEMPTS: usize = 10;
 
-/// How often the manager reads its own key, beside watching it: a watch that waits at a position
-/// an etcd restored from a backup has not reached (v2), or a stream that silently stalls, would
-/// otherwise hide a lost lease until the next renewal. Each successful read is also etcd contact.
+/// How often the manager makes sure etcd still answers and its own key is there, beside watching
+/// it. With a watch stream open (etcd v3) that costs no request: the stream is the contact, and the
+/// own-key watch reads the key again whenever it reconnects (an etcd restored from a backup is a
+/// restarted etcd). Without one (the v2 keyspace, whose long polls can wait at a position a
+/// restored etcd has not reached) the key is read, and each successful read is contact.
 pub const OWN_KEY_CHECK_PERIOD: Duration = Duration::from_secs(10);
 
 /// How many times renewing retries when the key changes between its read and its guarded write.
@@ -379,7 +381,11 @@ impl<R: Registry> LeaseManager<R> {
                     (next, at) = self.act(next).await;
                 }
                 _ = check.tick() => {
-                    if let Some(changed) = self.check_own_key(key, next).await {
+                    if self.registry.watch_is_open() {
+                        // etcd answers on an open stream: contact without a request. Our key
+                        // is watched, and read again whenever that watch reconnects.
+                        self.touch();
+                    } else if let Some(changed) = self.check_own_key(key, next).await {
                         (next, at) = changed;
                     }
                 }

@@ -30,6 +30,22 @@ pub enum WatchUpdate {
     Events(Vec<LeaseEvent>),
 }
 
+/// What [`Registry::watch_config`] reports about the network config key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigWatch {
+    /// Read the config now: the watch (re)opened, so it may have changed unseen (or, for a
+    /// store that cannot watch it, a poll is due).
+    Read,
+    /// The config key was written or deleted.
+    Changed,
+    /// The watch broke (the message says why); it opens again by itself.
+    Broken(String),
+}
+
+/// How often a store that cannot watch its config key has it read ([`Registry::watch_config`]'s
+/// default).
+pub const CONFIG_POLL_PERIOD: Duration = Duration::from_secs(10);
+
 /// A lease as stored, with the store revision it was last written at (for guarded writes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredLease {
@@ -102,6 +118,31 @@ pub trait Registry: Clone + Send + Sync + 'static {
     /// events, and a fresh snapshot whenever events may have been missed. The watch runs until
     /// the receiver is dropped; it reconnects by itself.
     fn watch_leases(&self, scope: WatchScope) -> mpsc::Receiver<WatchUpdate>;
+
+    /// Tells when to read the network config again, until the receiver is dropped. The default
+    /// polls: [`ConfigWatch::Read`] every [`CONFIG_POLL_PERIOD`]. etcd v3 watches the key
+    /// instead, which asks nothing of etcd while the config stays as it is.
+    fn watch_config(&self) -> mpsc::Receiver<ConfigWatch> {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CONFIG_POLL_PERIOD);
+            loop {
+                tick.tick().await;
+                if tx.send(ConfigWatch::Read).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Whether a watch stream of this store is open now: etcd answered when it opened, and the
+    /// client's keepalive closes a connection whose pings go unanswered, so an open stream is
+    /// contact with etcd that costs it no request. False for a store that cannot tell (the v2
+    /// keyspace): its users then read to know.
+    fn watch_is_open(&self) -> bool {
+        false
+    }
 }
 
 /// What went wrong talking to the lease store.

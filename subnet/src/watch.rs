@@ -127,7 +127,12 @@ async fn run<S: WatchSource>(source: &S, scope: WatchScope, tx: &mpsc::Sender<Wa
                 warn.warn(format!(
                     "lease watch for {scope:?} interrupted, resuming from revision {next}: {error}"
                 ));
-                resume_from = Some(next);
+                // One key is read again instead (one small request): a broken connection may
+                // mean an etcd that restarted from a backup, and its owner must know at once.
+                resume_from = match scope {
+                    WatchScope::OneLease(_) => None,
+                    WatchScope::AllLeases => Some(next),
+                };
                 backoff.wait().await;
             }
         }

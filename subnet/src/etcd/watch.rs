@@ -36,6 +36,7 @@ async fn follow(
             }
         }
     };
+    let _open = registry.stream_opened();
     loop {
         let response = match stream.message().await {
             Ok(Some(response)) => response,
