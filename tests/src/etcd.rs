@@ -470,6 +470,34 @@ impl EtcdServer {
         out
     }
 
+    /// How many unary gRPC requests this member has handled (its `/metrics`,
+    /// `grpc_server_handled_total{grpc_type="unary"}`, every method): what clients asked of it,
+    /// watch streams apart.
+    pub fn unary_requests(&self) -> u64 {
+        let mut cmd = in_netns(self.netns.as_deref(), "curl");
+        cmd.args(["-sS", "--max-time", "5"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        let out = cmd
+            .arg(format!("{}/metrics", self.endpoint))
+            .output()
+            .expect("cannot run curl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                l.starts_with("grpc_server_handled_total{") && l.contains(r#"grpc_type="unary""#)
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .map(|n| n as u64)
+            .sum()
+    }
+
     /// Sends `method /v2/keys<path>` with form fields through curl; returns the JSON answer
     /// (an error answer too).
     pub fn v2_request(&self, method: &str, path: &str, form: &[(&str, &str)]) -> serde_json::Value {

@@ -102,3 +102,27 @@ fn agents_ride_out_leader_loss_a_partition_and_a_rejoined_empty_member() {
         );
     }
 }
+
+/// Idle agents ask etcd nothing: no periodic read of their key or the config and no status call
+/// per member (issue 23). Their watch streams carry what they need, and the client's keepalive
+/// (HTTP/2 pings, not requests) tells a live member from a dead one.
+#[test]
+fn idle_agents_send_three_members_at_most_one_request_a_minute_each() {
+    let mut c = Cluster::start_etcd_cluster(2, 3, CONFIG, &[]);
+    for i in 0..2 {
+        c.wait_subnet(i);
+        c.wait_ready(i);
+    }
+    let asked =
+        |c: &mut Cluster| -> u64 { (0..3).map(|m| c.etcd_member(m).unary_requests()).sum() };
+    // Past start-up (the first rule checks, the member watches settling).
+    std::thread::sleep(Duration::from_secs(15));
+    let before = asked(&mut c);
+    std::thread::sleep(Duration::from_secs(60));
+    let during = asked(&mut c) - before;
+    assert!(
+        during <= 2,
+        "two idle agents sent {during} requests in a minute (before: 12 a minute each, plus a \
+         status call per member every 10 s)"
+    );
+}
