@@ -283,6 +283,32 @@ fn vm_mib(pid: u32, field: &str) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// What a process's memory costs, in MiB: private (anonymous, `RssAnon`: what it alone holds),
+/// file-backed (`RssFile`: mostly its binary's and libraries' pages, shared and reclaimable) and
+/// its proportional share of everything (`Pss` of smaps_rollup).
+#[derive(Clone, Copy, Debug, Default)]
+struct Memory {
+    private: f64,
+    file: f64,
+    pss: f64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Result<Memory> {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+        let pss_kb: f64 = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("Pss in /proc/{pid}/smaps_rollup"))?;
+        Ok(Memory {
+            private: vm_mib(pid, "RssAnon:")?,
+            file: vm_mib(pid, "RssFile:")?,
+            pss: pss_kb / 1024.0,
+        })
+    }
+}
+
 /// The agent process; killed (by PID) on drop.
 struct AgentProc {
     child: Child,
@@ -766,20 +792,26 @@ struct ColdSeries {
     ready: Vec<f64>,
     peak: Vec<f64>,
     rss: Vec<f64>,
-    anon: Vec<f64>,
+    /// Private memory at ready and 1 s after.
+    private_ready: Vec<f64>,
+    private: Vec<f64>,
     file: Vec<f64>,
+    pss: Vec<f64>,
 }
 
 impl ColdSeries {
-    /// One run: the agent ready, then its memory 1 s later.
+    /// One run: the agent ready, its memory then and 1 s later.
     fn measure(&mut self, lab: &mut Lab, agent: &Agent, kind: Kind, n: usize) -> Result<()> {
         let (run, s) = lab.ready_agent(agent, kind, n, &[])?;
-        std::thread::sleep(Duration::from_secs(1));
         let pid = run.agent.pid();
+        self.private_ready.push(Memory::of(pid)?.private);
+        std::thread::sleep(Duration::from_secs(1));
+        let after = Memory::of(pid)?;
         self.peak.push(vm_mib(pid, "VmHWM:")?);
         self.rss.push(vm_mib(pid, "VmRSS:")?);
-        self.anon.push(vm_mib(pid, "RssAnon:")?);
-        self.file.push(vm_mib(pid, "RssFile:")?);
+        self.private.push(after.private);
+        self.file.push(after.file);
+        self.pss.push(after.pss);
         self.env.push(s.env_ms);
         self.kernel.push(s.kernel_ms);
         self.ready.push(s.ready_ms());
@@ -788,7 +820,7 @@ impl ColdSeries {
 
     fn row(&self, agent: &Agent, kind: Kind, n: usize) -> String {
         format!(
-            "| {} | {} | {n} | {} | {} | {} | {} | {} | {:.1} / {:.1} |",
+            "| {} | {} | {n} | {} | {} | {} | {} | {} | {:.2} / {:.2} | {:.1} | {:.1} |",
             agent.name,
             kind.name(),
             spread(&self.env, 1),
@@ -796,8 +828,10 @@ impl ColdSeries {
             spread(&self.ready, 1),
             spread(&self.peak, 1),
             spread(&self.rss, 1),
-            median(self.anon.clone()),
-            median(self.file.clone())
+            median(self.private_ready.clone()),
+            median(self.private.clone()),
+            median(self.file.clone()),
+            median(self.pss.clone())
         )
     }
 }
@@ -822,17 +856,29 @@ fn compare_cold(cmp: &mut Comparison, kind: Kind, n: usize, series: &[ColdSeries
         format!("RSS 1 s after ready (MiB), {what}"),
         &pick(|s| &s.rss),
     );
+    cmp.add(
+        format!("private memory at ready (MiB), {what}"),
+        &pick(|s| &s.private_ready),
+    );
+    cmp.add(
+        format!("private memory 1 s after ready (MiB), {what}"),
+        &pick(|s| &s.private),
+    );
+    cmp.add(format!("peak RSS (MiB), {what}"), &pick(|s| &s.peak));
 }
 
 fn cold_start(bench: &mut Bench, out: &mut String) -> Result<()> {
     let (lab, agents, opts, cmp) = bench.parts();
     writeln!(out, "### 1. Cold start\n")?;
-    writeln!(out, "Time from exec to subnet.env written and to every peer object in the kernel (ready = the later of the two), peak RSS (VmHWM), and the RSS (VmRSS) with its anonymous and file-backed parts (RssAnon, RssFile) 1 s after ready. Median (min–max) of {} runs.\n", opts.runs)?;
+    writeln!(out, "Time from exec to subnet.env written and to every peer object in the kernel (ready = the later of the two), peak RSS (VmHWM), the RSS (VmRSS) 1 s after ready, the private memory (RssAnon: what only this process holds) at ready and 1 s after, and 1 s after ready the file-backed part (RssFile: its binary's and libraries' pages, shared and reclaimable) and the PSS. Median (min–max) of {} runs.\n", opts.runs)?;
     writeln!(
         out,
-        "| agent | backend | peers | subnet.env (ms) | kernel complete (ms) | ready (ms) | peak RSS (MiB) | RSS (MiB) | anon / file (MiB) |"
+        "| agent | backend | peers | subnet.env (ms) | kernel complete (ms) | ready (ms) | peak RSS (MiB) | RSS (MiB) | private at ready / 1 s (MiB) | file (MiB) | PSS (MiB) |"
     )?;
-    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
     let cases = [
         (Kind::HostGw, 0),
         (Kind::HostGw, 1),
@@ -1054,6 +1100,10 @@ struct IdleSeries {
     own: Vec<f64>,
     all: Vec<f64>,
     rss: Vec<f64>,
+    /// Private memory, file-backed part and PSS at the end.
+    private: Vec<f64>,
+    file: Vec<f64>,
+    pss: Vec<f64>,
     requests: Vec<f64>,
 }
 
@@ -1074,6 +1124,10 @@ impl IdleSeries {
         // The benchmark's own /metrics GET is plain HTTP, not gRPC: not counted.
         self.requests.push((req1 - req0) * per_min);
         self.rss.push(vm_mib(pid, "VmRSS:")?);
+        let memory = Memory::of(pid)?;
+        self.private.push(memory.private);
+        self.file.push(memory.file);
+        self.pss.push(memory.pss);
         lab.finish(run)
     }
 }
@@ -1089,15 +1143,15 @@ fn idle(bench: &mut Bench, out: &mut String) -> Result<()> {
     let secs = opts.size(60, 15) as u64;
     let runs = opts.runs.min(3);
     writeln!(out, "### 4. Idle\n")?;
-    writeln!(out, "host-gw agent with {n} peers and `--ip-masq` (default `--iptables-resync=5`), measured over {secs} s starting {} s after ready (past the first periodic rule check, which carries deferred start-up work). CPU per minute of the agent alone and including its children (iptables), RSS at the end, and etcd v3 requests per minute (etcd's `grpc_server_msg_received_total`, every unary request and stream message; the agent is etcd's only client then; a v2 agent's HTTP requests are not counted). Median (min–max) of {runs} runs.\n", IDLE_SETTLE.as_secs())?;
+    writeln!(out, "host-gw agent with {n} peers and `--ip-masq` (default `--iptables-resync=5`), measured over {secs} s starting {} s after ready (past the first periodic rule check, which carries deferred start-up work). CPU per minute of the agent alone and including its children (iptables), RSS, private memory (RssAnon), file-backed part and PSS at the end, and etcd v3 requests per minute (etcd's `grpc_server_msg_received_total`, every unary request and stream message; the agent is etcd's only client then; a v2 agent's HTTP requests are not counted). Median (min–max) of {runs} runs.\n", IDLE_SETTLE.as_secs())?;
     let series = alternate(agents, runs, |agent, s: &mut IdleSeries| {
         s.measure(lab, agent, n, secs)
     })?;
     writeln!(
         out,
-        "| agent | peers | agent CPU (ms/min) | incl. iptables (ms/min) | RSS (MiB) | etcd v3 requests/min |"
+        "| agent | peers | agent CPU (ms/min) | incl. iptables (ms/min) | RSS (MiB) | private / file / PSS (MiB) | etcd v3 requests/min |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
     for (agent, s) in agents.iter().zip(&series) {
         let requests = match agent.keyspace {
             Keyspace::V3 => spread(&s.requests, 1),
@@ -1105,11 +1159,14 @@ fn idle(bench: &mut Bench, out: &mut String) -> Result<()> {
         };
         writeln!(
             out,
-            "| {} | {n} | {} | {} | {} | {requests} |",
+            "| {} | {n} | {} | {} | {} | {:.2} / {:.1} / {:.1} | {requests} |",
             agent.name,
             spread(&s.own, 1),
             spread(&s.all, 1),
             spread(&s.rss, 1),
+            median(s.private.clone()),
+            median(s.file.clone()),
+            median(s.pss.clone()),
         )?;
         eprintln!(
             "idle {}: cpu incl. children {} ms/min",
@@ -1119,6 +1176,11 @@ fn idle(bench: &mut Bench, out: &mut String) -> Result<()> {
     }
     let all: Vec<Vec<f64>> = series.iter().map(|s| s.all.clone()).collect();
     cmp.add(format!("idle CPU incl. children (ms/min), {n} peers"), &all);
+    let private: Vec<Vec<f64>> = series.iter().map(|s| s.private.clone()).collect();
+    cmp.add(
+        format!("private memory after a minute idle (MiB), {n} peers"),
+        &private,
+    );
     out.push('\n');
     Ok(())
 }
