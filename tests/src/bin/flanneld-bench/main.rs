@@ -5,7 +5,7 @@
 //! cargo build --release -p flanneld
 //! cargo run --release -p flanneld-tests --bin flanneld-bench -- [--quick] [--runs N]
 //!     [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf]
-//!     [--go GO_FLANNELD [--ours-v2]] [--nexthop]
+//!     [--go GO_FLANNELD [--ours-v2]] [--go-v3 GO_FLANNELD_V0_20] [--nexthop]
 //! ```
 //!
 //! The agent is `$FLANNELD_BIN`, else `flanneld` next to this binary (`target/release/`). With
@@ -61,8 +61,10 @@ struct Opts {
     out: Option<PathBuf>,
     only: Vec<String>,
     logs: Option<PathBuf>,
-    /// A Go flanneld v0.11 binary to measure beside ours.
+    /// A Go flanneld v0.11 binary to measure beside ours (v2 keyspace).
     go: Option<PathBuf>,
+    /// A Go flanneld v0.20.2 binary to measure beside ours (v3 keyspace, as ours).
+    go_v3: Option<PathBuf>,
     /// Also run ours on the v2 keyspace (where Go v0.11 runs).
     ours_v2: bool,
     /// Also run ours with `--route-style=nexthop`.
@@ -82,6 +84,7 @@ impl Opts {
             only: Vec::new(),
             logs: None,
             go: None,
+            go_v3: None,
             ours_v2: false,
             nexthop: false,
             baseline: None,
@@ -96,6 +99,7 @@ impl Opts {
                 "--out" => opts.out = Some(args.next().context("--out FILE")?.into()),
                 "--logs" => opts.logs = Some(args.next().context("--logs DIR")?.into()),
                 "--go" => opts.go = Some(args.next().context("--go GO_FLANNELD")?.into()),
+                "--go-v3" => opts.go_v3 = Some(args.next().context("--go-v3 GO_FLANNELD")?.into()),
                 "--ours-v2" => opts.ours_v2 = true,
                 "--nexthop" => opts.nexthop = true,
                 "--baseline" => opts.baseline = Some(args.next().context("--baseline BIN")?.into()),
@@ -112,7 +116,7 @@ impl Opts {
                         .collect()
                 }
                 "-h" | "--help" => {
-                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf] [--go GO_FLANNELD [--ours-v2]] [--nexthop] [--baseline EARLIER_FLANNELD] [--cases host-gw:1,vxlan:1000]");
+                    println!("flanneld-bench [--quick] [--runs N] [--out FILE] [--logs DIR] [--only cold,propagation,churn,idle,iperf] [--go GO_FLANNELD [--ours-v2]] [--go-v3 GO_FLANNELD_V0_20] [--nexthop] [--baseline EARLIER_FLANNELD] [--cases host-gw:1,vxlan:1000]");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other:?} (see --help)"),
@@ -686,58 +690,62 @@ fn spread(v: &[f64], digits: usize) -> String {
     }
 }
 
-/// Side-by-side figures (`--go`): per figure the median of each agent's series, in the order of
-/// the agents (Go last); printed with the ratio Go ÷ each of ours (lower is better for every
-/// figure).
+/// Side-by-side figures (`--go`, `--go-v3`): per figure the median of each agent's series, in
+/// the order of the agents (the Go anchors last); printed with the ratio of each Go anchor to
+/// ours (the first agent): lower is better for every figure, so > 1 means ours is ahead.
 struct Comparison {
     names: Vec<&'static str>,
+    /// How many of the agents (the last ones) are Go anchors.
+    anchors: usize,
     rows: Vec<(String, Vec<f64>)>,
 }
 
 impl Comparison {
     fn new(agents: &[Agent]) -> Comparison {
-        let with_go = agents.last().is_some_and(|a| a.go);
-        let names = agents.iter().filter(|_| with_go).map(|a| a.name);
+        let anchors = agents.iter().filter(|a| a.go).count();
+        let names = agents.iter().filter(|_| anchors > 0).map(|a| a.name);
         Comparison {
             names: names.collect(),
+            anchors,
             rows: Vec::new(),
         }
     }
 
-    /// Records one figure from per-agent series (one per agent, Go last), by median; nothing
-    /// without Go.
+    /// Records one figure from per-agent series (one per agent, the anchors last), by median;
+    /// nothing without an anchor.
     fn add(&mut self, label: String, series: &[Vec<f64>]) {
-        if self.names.len() > 1 && series.len() == self.names.len() {
+        if self.anchors > 0 && series.len() == self.names.len() {
             let medians = series.iter().map(|s| median(s.clone())).collect();
             self.rows.push((label, medians));
         }
     }
 
     fn render(&self, out: &mut String) -> Result<()> {
-        let Some((go, ours)) = self.names.split_last() else {
+        if self.anchors == 0 {
             return Ok(());
-        };
-        writeln!(out, "### Side by side with {go}\n")?;
-        writeln!(out, "Medians from the sections above (same runs, agents alternating); ratio = {go} ÷ ours, so > 1 means ours is faster or smaller.\n")?;
-        let ratios: Vec<String> = ours.iter().map(|o| format!(" ratio ({o}) |")).collect();
+        }
+        let anchors = &self.names[self.names.len() - self.anchors..];
+        writeln!(out, "### Side by side with {}\n", anchors.join(" and "))?;
+        writeln!(out, "Medians from the sections above (same runs, agents alternating); ratio = Go ÷ ours, so > 1 means ours is faster or smaller.\n")?;
+        let ratios: String = anchors.iter().map(|g| format!(" {g} ÷ ours |")).collect();
+        writeln!(out, "| figure | {} |{ratios}", self.names.join(" | "))?;
         writeln!(
             out,
-            "| figure | {} | {go} |{}",
-            self.names[..ours.len()].join(" | "),
-            ratios.concat()
+            "|---|{}",
+            "---:|".repeat(self.names.len() + anchors.len())
         )?;
-        writeln!(out, "|---|{}", "---:|".repeat(2 * ours.len() + 1))?;
         for (label, values) in &self.rows {
-            let Some((go, ours)) = values.split_last() else {
-                continue;
-            };
             let cells: String = values.iter().map(|v| format!(" {v:.2} |")).collect();
+            let ours = values[0];
             // A zero (idle CPU below the 10 ms resolution) has no ratio.
-            let ratio = |o: &f64| match *o > 0.0 {
-                true => format!(" {:.2} |", go / o),
+            let ratio = |go: &f64| match ours > 0.0 {
+                true => format!(" {:.2} |", go / ours),
                 false => " – |".to_string(),
             };
-            let ratios: String = ours.iter().map(ratio).collect();
+            let ratios: String = values[values.len() - self.anchors..]
+                .iter()
+                .map(ratio)
+                .collect();
             writeln!(out, "| {label} |{cells}{ratios}")?;
         }
         out.push('\n');
@@ -1336,14 +1344,18 @@ fn agents(opts: &Opts, bin: &Path) -> Vec<Agent> {
             &["--route-style=nexthop"],
         ));
     }
-    if let Some(go) = &opts.go {
-        agents.push(Agent {
-            name: "Go v0.11",
-            bin: go.clone(),
-            keyspace: Keyspace::V2,
-            args: &[],
-            go: true,
-        });
+    let go = |name, bin: &PathBuf, keyspace| Agent {
+        name,
+        bin: bin.clone(),
+        keyspace,
+        args: &[],
+        go: true,
+    };
+    if let Some(bin) = &opts.go {
+        agents.push(go("Go v0.11", bin, Keyspace::V2));
+    }
+    if let Some(bin) = &opts.go_v3 {
+        agents.push(go("Go v0.20.2", bin, Keyspace::V3));
     }
     agents
 }
