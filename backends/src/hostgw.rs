@@ -13,7 +13,7 @@ use crate::notify::{react, Notification, Reaction};
 use crate::{Error, ExternalInterface, Netlink};
 
 /// The backend type name, in config and leases.
-pub(crate) const TYPE: &str = "host-gw";
+pub(crate) const TYPE: &str = crate::kind::HOST_GW;
 
 /// The host-gw backend.
 #[derive(Debug)]
@@ -103,7 +103,7 @@ fn desired<'a>(
 ) -> DesiredState {
     let mut state = DesiredState::default();
     for peer in peers {
-        if peer.attrs.backend_type == crate::vxlan::TYPE {
+        if peer.attrs.backend_type == crate::kind::VXLAN {
             if let Err(why) = mixed::add_direct(&mut state, peer, onlink, (ipv4, ipv6), oif) {
                 let why = mixed::unreachable(TYPE, peer, why);
                 state.skipped.insert(peer.id(), why);

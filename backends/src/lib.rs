@@ -21,6 +21,7 @@ mod desired;
 mod drift;
 mod host;
 mod hostgw;
+mod kind;
 mod mac;
 mod mixed;
 mod netlink;

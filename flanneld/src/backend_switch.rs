@@ -12,52 +12,8 @@
 
 use backends::Backend;
 use subnet::{LeaseAttrs, NetworkConfig};
-use tokio::sync::watch;
 
 use crate::control::Agent;
-
-/// The state of live switches: the configs handed over by the config watch, the one the agent
-/// runs on, and what the last switch left to say.
-pub(crate) struct LiveBackend {
-    /// New configs differing only in `Backend`, until the control loop takes the receiver.
-    updates: Option<watch::Receiver<Option<NetworkConfig>>>,
-    /// The config the agent runs on, for the config watch to compare against.
-    running: watch::Sender<NetworkConfig>,
-    /// A config taken from `updates`, to apply this turn.
-    pending: Option<NetworkConfig>,
-    /// The MTU note of the last switch (pods created before keep a larger MTU).
-    mtu_note: Option<String>,
-}
-
-impl LiveBackend {
-    /// From the config watch's channels.
-    pub(crate) fn new(
-        updates: watch::Receiver<Option<NetworkConfig>>,
-        running: watch::Sender<NetworkConfig>,
-    ) -> LiveBackend {
-        LiveBackend {
-            updates: Some(updates),
-            running,
-            pending: None,
-            mtu_note: None,
-        }
-    }
-
-    /// The receiver of new configs, for the control loop to wait on (once).
-    pub(crate) fn take_updates(&mut self) -> Option<watch::Receiver<Option<NetworkConfig>>> {
-        self.updates.take()
-    }
-
-    /// Notes a config to apply on this turn.
-    pub(crate) fn set_pending(&mut self, config: NetworkConfig) {
-        self.pending = Some(config);
-    }
-
-    /// What `/readyz` should say about the last switch, if anything.
-    pub(crate) fn note(&self) -> Option<&str> {
-        self.mtu_note.as_deref()
-    }
-}
 
 /// The MTU pods created under `old` keep, when the new backend's is smaller.
 fn mtu_note(from: &str, old: u32, to: &str, new: u32) -> Option<String> {
@@ -74,7 +30,7 @@ impl Agent {
     /// Applies the pending `Backend` change, if any, make-before-break; on a failure the old
     /// backend keeps running, untouched, and the failure is logged.
     pub(crate) async fn switch_backend(&mut self) {
-        let Some(config) = self.live.pending.take() else {
+        let Some(config) = self.live.take_pending() else {
             return;
         };
         let (from, old_mtu) = (self.backend.type_name(), self.backend.mtu());
@@ -99,8 +55,8 @@ impl Agent {
         }
         self.env_written = false;
         let new_mtu = self.backend.mtu();
-        self.live.mtu_note = mtu_note(from, old_mtu, to, new_mtu);
-        if let Some(note) = &self.live.mtu_note {
+        let note = mtu_note(from, old_mtu, to, new_mtu);
+        if let Some(note) = &note {
             tracing::warn!("{note}");
         }
         tracing::info!(
@@ -108,7 +64,7 @@ impl Agent {
             "backend switched in place from {from} to {to} ({}): new objects programmed, lease published, FLANNEL_MTU {old_mtu} -> {new_mtu}",
             config.backend.raw
         );
-        self.live.running.send_replace(config);
+        self.live.switched(config, note);
     }
 
     /// The new backend, set up beside the old one and configured for our lease, with the lease

@@ -20,6 +20,61 @@ pub(crate) struct ConfigUpdates {
     pub(crate) running: watch::Sender<NetworkConfig>,
 }
 
+/// The state of live switches ([`crate::backend_switch`]): the configs handed over by the config
+/// watch, the one the agent runs on, and what the last switch left to say.
+pub(crate) struct LiveBackend {
+    /// New configs differing only in `Backend`, until the control loop takes the receiver.
+    updates: Option<watch::Receiver<Option<NetworkConfig>>>,
+    /// The config the agent runs on, for the config watch to compare against.
+    running: watch::Sender<NetworkConfig>,
+    /// A config taken from `updates`, to apply this turn.
+    pending: Option<NetworkConfig>,
+    /// The MTU note of the last switch (pods created before keep a larger MTU).
+    mtu_note: Option<String>,
+}
+
+impl LiveBackend {
+    /// From the config watch's channels.
+    pub(crate) fn new(
+        updates: watch::Receiver<Option<NetworkConfig>>,
+        running: watch::Sender<NetworkConfig>,
+    ) -> LiveBackend {
+        LiveBackend {
+            updates: Some(updates),
+            running,
+            pending: None,
+            mtu_note: None,
+        }
+    }
+
+    /// The receiver of new configs, for the control loop to wait on (once).
+    pub(crate) fn take_updates(&mut self) -> Option<watch::Receiver<Option<NetworkConfig>>> {
+        self.updates.take()
+    }
+
+    /// Notes a config to apply on this turn.
+    pub(crate) fn set_pending(&mut self, config: NetworkConfig) {
+        self.pending = Some(config);
+    }
+
+    /// The config to apply this turn, if one was noted.
+    pub(crate) fn take_pending(&mut self) -> Option<NetworkConfig> {
+        self.pending.take()
+    }
+
+    /// Records a switch to `config` done: the config watch compares against it from now on,
+    /// and `note` is what `/readyz` says about it.
+    pub(crate) fn switched(&mut self, config: NetworkConfig, note: Option<String>) {
+        self.running.send_replace(config);
+        self.mtu_note = note;
+    }
+
+    /// What `/readyz` should say about the last switch, if anything.
+    pub(crate) fn note(&self) -> Option<&str> {
+        self.mtu_note.as_deref()
+    }
+}
+
 /// What one read of the config says, compared with the running one.
 #[derive(Clone, Debug, PartialEq)]
 enum Finding {

@@ -20,7 +20,7 @@ use subnet::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend_switch::LiveBackend;
+use crate::config_watch::LiveBackend;
 use crate::decide::{self, decide, Pending, Reconcile, Turn, Wake};
 use crate::egress_watch;
 use crate::firewall::{Firewall, Targets};

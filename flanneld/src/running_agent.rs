@@ -35,17 +35,18 @@ pub(crate) enum FindError {
     Several(Vec<u32>),
 }
 
-/// The agent running in this network namespace, if there is one.
-pub(crate) fn find() -> Result<Option<RunningAgent>, FindError> {
-    find_in(Path::new("/proc"), std::process::id())
+/// The agent running in this network namespace, if there is one; `tools` are the first
+/// arguments that make a `flanneld` command line a tool's rather than the agent's.
+pub(crate) fn find(tools: &[String]) -> Result<Option<RunningAgent>, FindError> {
+    find_in(Path::new("/proc"), std::process::id(), tools)
 }
 
-fn find_in(proc: &Path, own_pid: u32) -> Result<Option<RunningAgent>, FindError> {
+fn find_in(proc: &Path, own_pid: u32, tools: &[String]) -> Result<Option<RunningAgent>, FindError> {
     let own_netns = fs::read_link(proc.join("self/ns/net")).ok();
     let mut agents: Vec<RunningAgent> = pids(proc)
         .filter(|pid| *pid != own_pid)
         .filter(|pid| fs::read_link(proc.join(format!("{pid}/ns/net"))).ok() == own_netns)
-        .filter_map(|pid| read_agent(proc, pid))
+        .filter_map(|pid| read_agent(proc, pid, tools))
         .collect();
     agents.sort_by_key(|agent| agent.pid);
     match agents.len() {
@@ -65,14 +66,14 @@ fn pids(proc: &Path) -> impl Iterator<Item = u32> {
 }
 
 /// The process `pid` if it is a flanneld agent (not one of its tools).
-fn read_agent(proc: &Path, pid: u32) -> Option<RunningAgent> {
+fn read_agent(proc: &Path, pid: u32, tools: &[String]) -> Option<RunningAgent> {
     let dir = proc.join(pid.to_string());
     let comm = fs::read_to_string(dir.join("comm")).ok()?;
     if comm.trim() != "flanneld" {
         return None;
     }
     let args = nul_separated(&fs::read(dir.join("cmdline")).ok()?);
-    if !is_agent_command_line(&args) {
+    if !is_agent_command_line(&args, tools) {
         return None;
     }
     let environ = fs::read(dir.join("environ")).unwrap_or_default();
@@ -85,8 +86,7 @@ fn read_agent(proc: &Path, pid: u32) -> Option<RunningAgent> {
 }
 
 /// Whether a `flanneld` command line runs the agent rather than a tool (`doctor`, `plan`, ...).
-fn is_agent_command_line(args: &[String]) -> bool {
-    let tools = crate::cli::subcommand_names();
+fn is_agent_command_line(args: &[String], tools: &[String]) -> bool {
     args.get(1)
         .is_none_or(|first| !tools.iter().any(|tool| tool == first))
 }
@@ -120,17 +120,12 @@ mod tests {
 
     #[test]
     fn the_agent_is_told_from_its_tools_by_the_first_argument() {
-        assert!(is_agent_command_line(&strings(&["./flanneld"])));
-        assert!(is_agent_command_line(&strings(&[
-            "/opt/flannel/flanneld",
-            "--iface=eth0"
-        ])));
-        assert!(!is_agent_command_line(&strings(&["flanneld", "doctor"])));
-        assert!(!is_agent_command_line(&strings(&[
-            "flanneld",
-            "mk-docker-opts",
-            "-c"
-        ])));
+        let tools = strings(&["doctor", "mk-docker-opts"]);
+        let agent = |args: &[&str]| is_agent_command_line(&strings(args), &tools);
+        assert!(agent(&["./flanneld"]));
+        assert!(agent(&["/opt/flannel/flanneld", "--iface=eth0"]));
+        assert!(!agent(&["flanneld", "doctor"]));
+        assert!(!agent(&["flanneld", "mk-docker-opts", "-c"]));
     }
 
     #[test]
@@ -169,12 +164,16 @@ mod tests {
         add(11, "flanneld", b"flanneld\0doctor\0", "net:[1]");
         add(12, "flanneld", b"./flanneld\0", "net:[2]");
         add(13, "bash", b"bash\0", "net:[1]");
-        let found = find_in(root, 99).unwrap().expect("the agent");
+        let tools = strings(&["doctor"]);
+        let found = find_in(root, 99, &tools).unwrap().expect("the agent");
         assert_eq!(found.pid, 10);
         assert_eq!(found.args, strings(&["./flanneld", "--ip-masq"]));
         assert_eq!(found.cwd, PathBuf::from("/opt/flannel"));
         assert_eq!(found.env.len(), 1);
         add(14, "flanneld", b"/usr/bin/flanneld\0", "net:[1]");
-        assert_eq!(find_in(root, 99), Err(FindError::Several(vec![10, 14])));
+        assert_eq!(
+            find_in(root, 99, &tools),
+            Err(FindError::Several(vec![10, 14]))
+        );
     }
 }

@@ -10,57 +10,18 @@
 
 use ipnet::IpNet;
 
+use crate::go_rules::{go_forward_rules, go_masq_rules};
 use crate::removal::Removal;
 use crate::rule::{Rule, Table};
 use crate::ruleset::{multicast, FORWARD_COMMENT, MASQ_COMMENT};
 use crate::save::Saved;
-
-/// Go flanneld's masquerade rules in nat `POSTROUTING` for `network` and our `subnet`, with
-/// and without `--random-fully`, with `comment` (v0.17 to v0.19) or without (v0.11 to v0.16).
-pub(crate) fn go_masq_rules(network: IpNet, subnet: IpNet, comment: Option<&str>) -> Vec<Rule> {
-    let (n, s) = (network.to_string(), subnet.to_string());
-    let rule = |matches: &[&str], target: &[&str]| {
-        let mut spec = matches.to_vec();
-        if let Some(text) = comment {
-            spec.extend(["-m", "comment", "--comment", text]);
-        }
-        spec.push("-j");
-        spec.extend(target);
-        Rule::new("POSTROUTING", &spec)
-    };
-    let mut rules = vec![
-        rule(&["-s", &n, "-d", &n], &["RETURN"]),
-        rule(&["!", "-s", &n, "-d", &s], &["RETURN"]),
-    ];
-    for masq in [&["MASQUERADE"][..], &["MASQUERADE", "--random-fully"]] {
-        rules.push(rule(&["-s", &n, "!", "-d", multicast(network)], masq));
-        rules.push(rule(&["!", "-s", &n, "-d", &n], masq));
-    }
-    rules
-}
-
-/// Go flanneld's accept rules in filter `FORWARD` for `network`, with or without `comment`.
-pub(crate) fn go_forward_rules(network: IpNet, comment: Option<&str>) -> Vec<Rule> {
-    let n = network.to_string();
-    ["-s", "-d"]
-        .into_iter()
-        .map(|direction| {
-            let mut spec = vec![direction, &n];
-            if let Some(text) = comment {
-                spec.extend(["-m", "comment", "--comment", text]);
-            }
-            spec.extend(["-j", "ACCEPT"]);
-            Rule::new("FORWARD", &spec)
-        })
-        .collect()
-}
 
 /// Every rule any Go flanneld version wrote directly into a built-in chain for `network` and
 /// `subnet`, with its table.
 fn go_rules(network: IpNet, subnet: IpNet) -> Vec<(Table, Rule)> {
     let mut rules = Vec::new();
     for (masq, forward) in [(None, None), (Some(MASQ_COMMENT), Some(FORWARD_COMMENT))] {
-        let nat = go_masq_rules(network, subnet, masq);
+        let nat = go_masq_rules(network, subnet, masq, multicast(network));
         rules.extend(nat.into_iter().map(|r| (Table::Nat, r)));
         let filter = go_forward_rules(network, forward);
         rules.extend(filter.into_iter().map(|r| (Table::Filter, r)));
@@ -167,7 +128,12 @@ COMMIT
 
     #[test]
     fn ipv6_rules_use_the_ipv6_multicast_range() {
-        let rules = go_masq_rules(net("fd00:10::/56"), net("fd00:10:0:3::/64"), None);
+        let rules = go_masq_rules(
+            net("fd00:10::/56"),
+            net("fd00:10:0:3::/64"),
+            None,
+            multicast(net("fd00:10::/56")),
+        );
         assert!(rules
             .iter()
             .any(|r| r.line("-A") == "-A POSTROUTING -s fd00:10::/56 ! -d ff00::/8 -j MASQUERADE"));

@@ -18,6 +18,7 @@ mod egress_file;
 mod error;
 mod exec;
 mod explain;
+mod go_rules;
 mod iptables;
 mod leftovers;
 mod monitor;

@@ -267,12 +267,13 @@ fn forward_chain(network: IpNet, previous: Option<&Previous>) -> OwnedChain {
 /// Go flanneld v0.11's masquerade rules for the previous values (appended directly to nat
 /// POSTROUTING, with and without `--random-fully`).
 fn v011_masq_rules(previous: &Previous) -> Vec<Rule> {
-    crate::leftovers::go_masq_rules(previous.network.into(), previous.subnet.into(), None)
+    let network = previous.network.into();
+    crate::go_rules::go_masq_rules(network, previous.subnet.into(), None, multicast(network))
 }
 
 /// Go flanneld v0.11's forward rules, appended directly to filter FORWARD.
 fn v011_forward_rules(network: Ipv4Net) -> Vec<Rule> {
-    crate::leftovers::go_forward_rules(network.into(), None)
+    crate::go_rules::go_forward_rules(network.into(), None)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ fn gives_agent_flags(args: &[String]) -> bool {
 /// The doctor's arguments with the flags, variables and working directory of the agent running
 /// in this network namespace (said on stderr); `Ok(None)` when none runs here.
 fn flags_of_running_agent(ours: &Args) -> Result<Option<Box<Args>>, i32> {
-    let agent = match running_agent::find() {
+    let agent = match running_agent::find(&cli::subcommand_names()) {
         Ok(Some(agent)) => agent,
         Ok(None) => {
             eprintln!("flanneld doctor: no agent runs in this network namespace; using the default flags (give the agent's flags to check another set-up)");
