@@ -253,7 +253,9 @@ impl Report {
 pub(crate) struct KernelState {
     pub routes: BTreeMap<IpNet, Vec<KernelRoute>>,
     pub neighbours: BTreeMap<IpAddr, Mac>,
-    pub fdb: BTreeMap<Mac, BTreeSet<IpAddr>>,
+    /// FDB remotes by MAC: nearly always one, so a vector of one (an ordered set would hold
+    /// a B-tree node of eleven slots for each peer of a vxlan network).
+    pub fdb: BTreeMap<Mac, Vec<IpAddr>>,
     /// Every nexthop object, ours or not, by id.
     pub nexthops: BTreeMap<u32, KernelNexthop>,
     /// Nexthop ids that routes outside a [`KernelState::scoped`] part use: never deleted there.
@@ -279,7 +281,11 @@ impl KernelState {
                 .push(k);
         }
         for (mac, remote) in fdb.into_iter().filter(|(mac, _)| !mac.is_zero()) {
-            snap.fdb.entry(mac).or_default().insert(remote);
+            let remotes = snap.fdb.entry(mac).or_insert_with(|| Vec::with_capacity(1));
+            if !remotes.contains(&remote) {
+                remotes.push(remote);
+                remotes.sort();
+            }
         }
         snap
     }
@@ -363,11 +369,11 @@ impl KernelState {
                 if remotes.len() > 1 {
                     return false;
                 }
-                *remotes = BTreeSet::from([*remote]);
+                *remotes = vec![*remote];
             }
             Op::DelFdb { mac, remote, .. } => {
                 if let Some(remotes) = self.fdb.get_mut(mac) {
-                    remotes.remove(remote);
+                    remotes.retain(|r| r != remote);
                     if remotes.is_empty() {
                         self.fdb.remove(mac);
                     }

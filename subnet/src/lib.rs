@@ -25,7 +25,7 @@ mod watch;
 pub use config::{BackendConfig, ConfigError, Ipv4Range, Ipv6Range, NetworkConfig, SubnetRange};
 pub use json::Fields;
 // Leases, their keys and values, and what is checked before a peer's lease is programmed.
-pub use lease::{never, Lease, LeaseAttrs, LeaseError, SubnetKey};
+pub use lease::{never, BackendData, Lease, LeaseAttrs, LeaseError, SubnetKey};
 pub use validate::{overlaps, FamilyPolicy, LeasePolicy, Rejection};
 // The peers the data plane connects to, and the events that change them.
 pub use peers::{LeaseEvent, PeerSet};

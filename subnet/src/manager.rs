@@ -1037,8 +1037,8 @@ mod tests {
         tokio::task::yield_now().await;
 
         let mut new = old.clone();
-        new.backend_data = Some(Box::new(
-            serde_json::json!({"VtepMAC": "02:00:00:00:00:02"}),
+        new.backend_data = Some(crate::BackendData::new(
+            &serde_json::json!({"VtepMAC": "02:00:00:00:00:02"}),
         ));
         handle.set_attrs(new.clone());
         wait_for(&mut current, "the new attributes are published", |l| {

@@ -70,7 +70,7 @@ pub fn backend_config(raw: Value) -> BackendConfig {
 /// A peer lease event.
 pub fn peer(subnet: &str, public_ip: &str, kind: &str, data: Option<Value>) -> LeaseEvent {
     let mut attrs = LeaseAttrs::new(public_ip.parse().expect("ip"), kind);
-    attrs.backend_data = data.map(Box::new);
+    attrs.backend_data = data.as_ref().map(subnet::BackendData::new);
     LeaseEvent::Put(Lease {
         key: SubnetKey::v4(subnet.parse().expect("subnet")),
         attrs,

@@ -23,7 +23,7 @@ fn vtep(mac: &str) -> Option<Value> {
 }
 
 fn vtep_mac(attrs: &LeaseAttrs) -> String {
-    attrs.backend_data.as_ref().unwrap()["VtepMAC"]
+    attrs.backend_data.as_ref().unwrap().value()["VtepMAC"]
         .as_str()
         .unwrap()
         .to_string()
@@ -192,7 +192,7 @@ fn vxlan_options_reach_the_device() {
     in_ns(host, |nl| async move {
         let raw = json!({"Type": "vxlan", "VNI": 42, "Port": 4789, "GBP": true, "Learning": true, "MTU": 1400});
         let (backend, attrs) = vxlan_backend(&nl, raw, "192.168.62.1").await;
-        assert_eq!(attrs.backend_data.as_ref().unwrap()["VNI"], 42);
+        assert_eq!(attrs.backend_data.as_ref().unwrap().value()["VNI"], 42);
         assert_eq!(backend.mtu(), 1350);
         let link = host.sh("ip -d link show flannel.42");
         for want in [

@@ -372,7 +372,8 @@ async fn a_deleted_own_lease_is_reclaimed_and_an_overwritten_one_reported() {
 /// vxlan lease attributes of host `192.168.0.1` with VtepMAC `mac`.
 fn vtep(mac: &str) -> LeaseAttrs {
     let mut attrs = LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 1), "vxlan");
-    attrs.backend_data = Some(Box::new(serde_json::json!({"VNI": 1, "VtepMAC": mac})));
+    let data = serde_json::json!({"VNI": 1, "VtepMAC": mac});
+    attrs.backend_data = Some(subnet::BackendData::new(&data));
     attrs
 }
 

@@ -29,9 +29,8 @@ fn v2_server(tls: bool) -> EtcdServer {
 /// vxlan attributes as this agent builds them (with VNI), for host `192.168.0.<last>`.
 fn vtep(last: u8) -> LeaseAttrs {
     let mut attrs = LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, last), "vxlan");
-    attrs.backend_data = Some(Box::new(
-        serde_json::json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:00:{last:02x}")}),
-    ));
+    let data = serde_json::json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:00:{last:02x}")});
+    attrs.backend_data = Some(subnet::BackendData::new(&data));
     attrs
 }
 

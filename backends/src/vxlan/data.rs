@@ -2,7 +2,7 @@
 //! `{"VtepMAC":"..."}` (v0.11).
 
 use serde_json::{Map, Value};
-use subnet::Fields;
+use subnet::{BackendData, Fields};
 
 use crate::mac::Mac;
 
@@ -16,8 +16,13 @@ pub(crate) struct VtepData {
 }
 
 impl VtepData {
+    /// The lease's `BackendData`, exactly as Go flanneld HEAD writes it (VNI first).
+    pub(crate) fn to_data(self) -> BackendData {
+        BackendData::new(&self.to_json())
+    }
+
     /// The JSON value exactly as Go flanneld HEAD writes it (VNI first).
-    pub(crate) fn to_json(self) -> Value {
+    fn to_json(self) -> Value {
         let mut map = Map::new();
         if let Some(vni) = self.vni {
             map.insert("VNI".into(), Value::from(vni));
@@ -27,8 +32,9 @@ impl VtepData {
     }
 
     /// Decodes a lease's `BackendData`; the error says what is wrong.
-    pub(crate) fn from_json(data: Option<&Value>) -> Result<VtepData, String> {
-        let data = data.ok_or("its lease has no BackendData")?;
+    pub(crate) fn from_data(data: Option<&BackendData>) -> Result<VtepData, String> {
+        let data = data.ok_or("its lease has no BackendData")?.value();
+        let data = &data;
         let fields =
             Fields::new(data).ok_or_else(|| format!("BackendData {data} is not an object"))?;
         let mac: Mac = fields
@@ -67,12 +73,12 @@ mod tests {
             mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
         };
         let mut attrs = LeaseAttrs::new("192.168.64.3".parse().unwrap(), "vxlan");
-        attrs.backend_data = Some(Box::new(data.to_json()));
+        attrs.backend_data = Some(data.to_data());
         assert_eq!(
             attrs.to_json(),
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
         );
-        assert_eq!(VtepData::from_json(Some(&data.to_json())), Ok(data));
+        assert_eq!(VtepData::from_data(Some(&data.to_data())), Ok(data));
     }
 
     #[test]
@@ -81,11 +87,12 @@ mod tests {
             br#"{"PublicIP":"10.37.7.195","BackendType":"vxlan","BackendData":{"VtepMAC":"82:4b:b6:2f:54:4e"}}"#,
         )
         .unwrap();
-        let data = VtepData::from_json(v011.backend_data.as_deref()).unwrap();
+        let data = VtepData::from_data(v011.backend_data.as_ref()).unwrap();
         assert_eq!(data.vni, None);
         assert_eq!(data.mac.to_string(), "82:4b:b6:2f:54:4e");
         let lower = serde_json::json!({"vni": 3, "vtepmac": "82:4b:b6:2f:54:4e"});
-        assert_eq!(VtepData::from_json(Some(&lower)).unwrap().vni, Some(3));
+        let decode = |v: &serde_json::Value| VtepData::from_data(Some(&BackendData::new(v)));
+        assert_eq!(decode(&lower).unwrap().vni, Some(3));
         for bad in [
             serde_json::json!({"VNI": 1}),
             serde_json::json!({"VtepMAC": "nope"}),
@@ -96,8 +103,8 @@ mod tests {
             serde_json::json!({"VtepMAC": "ff:ff:ff:ff:ff:ff"}),
             serde_json::json!({"VtepMAC": "01:00:5e:00:00:01"}),
         ] {
-            assert!(VtepData::from_json(Some(&bad)).is_err(), "{bad}");
+            assert!(decode(&bad).is_err(), "{bad}");
         }
-        assert!(VtepData::from_json(None).is_err());
+        assert!(VtepData::from_data(None).is_err());
     }
 }

@@ -25,7 +25,7 @@ use data::VtepData;
 use device::WantedDevice;
 
 /// The backend type name, in config and leases.
-pub(crate) const TYPE: &str = "vxlan";
+pub(crate) const TYPE: &str = crate::kind::VXLAN;
 
 /// The encapsulation overhead over an IPv6 underlay: 20 bytes more than over IPv4.
 const OVERHEAD_V6: u32 = OVERHEAD + 20;
@@ -215,7 +215,7 @@ impl Vxlan {
                     vni: Some(self.cfg.vni),
                     mac,
                 }
-                .to_json(),
+                .to_data(),
             )
         };
         let mut attrs = LeaseAttrs::new(Ipv4Addr::UNSPECIFIED, TYPE);
@@ -223,11 +223,11 @@ impl Vxlan {
             match vtep.local {
                 IpAddr::V4(ip) => {
                     attrs.public_ip = ip;
-                    attrs.backend_data = data(vtep).map(Box::new);
+                    attrs.backend_data = data(vtep);
                 }
                 IpAddr::V6(ip) => {
                     attrs.public_ipv6 = Some(ip);
-                    attrs.backend_v6_data = data(vtep).map(Box::new);
+                    attrs.backend_v6_data = data(vtep);
                 }
             }
         }
@@ -246,10 +246,10 @@ impl Vxlan {
         for at in 0..self.vteps.len() {
             let family = self.vteps[at].family();
             let data = match family {
-                Family::V4 => own.attrs.backend_data.as_deref(),
-                Family::V6 => own.attrs.backend_v6_data.as_deref(),
+                Family::V4 => own.attrs.backend_data.as_ref(),
+                Family::V6 => own.attrs.backend_v6_data.as_ref(),
             };
-            let published = VtepData::from_json(data).ok().map(|d| d.mac);
+            let published = VtepData::from_data(data).ok().map(|d| d.mac);
             let found = device::lookup(nl, &self.name(family)).await?;
             let vtep = &mut self.vteps[at];
             vtep.device = found.and_then(|link| Some((link.index, published.or(link.mac)?)));
@@ -438,7 +438,7 @@ fn add_peer(
     ext_index: u32,
     onlink: &[IpNet],
 ) -> Result<(), String> {
-    if peer.attrs.backend_type == crate::hostgw::TYPE {
+    if peer.attrs.backend_type == crate::kind::HOST_GW {
         return host_gw_peer(state, peer, cfg, ext_index, onlink);
     }
     if peer.attrs.backend_type != TYPE {
@@ -450,14 +450,14 @@ fn add_peer(
     let v4 = (state.vteps.v4.is_some() && peer.key.has_ipv4()).then(|| PeerHalf {
         subnet: peer.subnet().into(),
         public: peer.attrs.public_ip.into(),
-        data: VtepData::from_json(peer.attrs.backend_data.as_deref()),
+        data: VtepData::from_data(peer.attrs.backend_data.as_ref()),
     });
     let v6 = (peer.key.ipv6.zip(peer.attrs.public_ipv6))
         .filter(|_| state.vteps.v6.is_some())
         .map(|(subnet, public)| PeerHalf {
             subnet: subnet.into(),
             public: public.into(),
-            data: VtepData::from_json(peer.attrs.backend_v6_data.as_deref())
+            data: VtepData::from_data(peer.attrs.backend_v6_data.as_ref())
                 .map_err(|e| e.replace("BackendData", "BackendV6Data")),
         });
     // Both halves are decoded before anything is added: a bad half leaves the whole peer out.
@@ -526,11 +526,11 @@ fn add_half(
 mod tests {
     use super::*;
     use serde_json::json;
-    use subnet::{LeaseEvent, PeerSet, SubnetKey};
+    use subnet::{BackendData, LeaseEvent, PeerSet, SubnetKey};
 
     fn peer(subnet: &str, ip: &str, kind: &str, data: Option<Value>) -> LeaseEvent {
         let mut attrs = LeaseAttrs::new(ip.parse().unwrap(), kind);
-        attrs.backend_data = data.map(Box::new);
+        attrs.backend_data = data.as_ref().map(BackendData::new);
         LeaseEvent::Put(Lease {
             key: SubnetKey::v4(subnet.parse().unwrap()),
             attrs,
@@ -679,9 +679,10 @@ mod tests {
 
     fn dual_peer(key: &str, ip: &str, ip6: &str, data6: Option<Value>) -> LeaseEvent {
         let mut attrs = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
-        attrs.backend_data = Some(Box::new(json!({"VNI":1,"VtepMAC":"02:00:00:00:04:02"})));
+        let data = json!({"VNI":1,"VtepMAC":"02:00:00:00:04:02"});
+        attrs.backend_data = Some(BackendData::new(&data));
         attrs.public_ipv6 = Some(ip6.parse().unwrap());
-        attrs.backend_v6_data = data6.map(Box::new);
+        attrs.backend_v6_data = data6.as_ref().map(BackendData::new);
         LeaseEvent::Put(Lease {
             key: key.parse().unwrap(),
             attrs,
