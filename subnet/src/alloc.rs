@@ -5,24 +5,16 @@
 //! free subnet among the first 100 from SubnetMin. A dual-stack config gets both halves at once:
 //! an IPv4 and an IPv6 subnet in one key (`10.5.34.0-24&fd00:5:34::-64`), reused together.
 
-use std::net::Ipv4Addr;
-
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
 use crate::config::{family_of_bits as keys, NetworkConfig, SubnetRange};
 use crate::family::Subnet;
-use crate::lease::{LeaseAttrs, SubnetKey};
+use crate::lease::{LeaseAttrs, SubnetKey, NO_IPV4};
 use crate::registry::StoredLease;
 
 /// At most this many free subnets are considered for a random pick (as in Go flanneld).
 pub const MAX_CANDIDATES: usize = 100;
-
-/// The IPv4 half of the key of an IPv6-only lease (`0.0.0.0-0&fd00::-64`), as Go writes it.
-pub const NO_IPV4: Ipv4Net = match Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0) {
-    Ok(net) => net,
-    Err(_) => panic!("0.0.0.0/0 is a valid network"),
-};
 
 /// No free subnet is left in the configured range of one family.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -418,6 +410,7 @@ mod tests {
     use ipnet::Ipv6Net;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+    use std::net::Ipv4Addr;
 
     fn config(json: &str) -> NetworkConfig {
         NetworkConfig::parse(json.as_bytes()).unwrap()

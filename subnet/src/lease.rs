@@ -34,6 +34,12 @@ pub enum LeaseError {
     },
 }
 
+/// The IPv4 half of the key of an IPv6-only lease (`0.0.0.0-0&fd00::-64`), as Go writes it.
+pub const NO_IPV4: Ipv4Net = match Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0) {
+    Ok(net) => net,
+    Err(_) => panic!("0.0.0.0/0 is a valid network"),
+};
+
 /// The subnet(s) a lease is for; its string form is the last path element of the etcd key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {

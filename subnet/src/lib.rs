@@ -25,12 +25,12 @@ mod watch;
 pub use config::{BackendConfig, ConfigError, Ipv4Range, Ipv6Range, NetworkConfig, SubnetRange};
 pub use json::Fields;
 // Leases, their keys and values, and what is checked before a peer's lease is programmed.
-pub use lease::{never, BackendData, Lease, LeaseAttrs, LeaseError, SubnetKey};
+pub use lease::{never, BackendData, Lease, LeaseAttrs, LeaseError, SubnetKey, NO_IPV4};
 pub use validate::{overlaps, FamilyPolicy, LeasePolicy, Rejection};
 // The peers the data plane connects to, and the events that change them.
 pub use peers::{LeaseEvent, PeerSet};
 // Choosing and holding this host's subnet.
-pub use alloc::{allows_key, choose_subnet, Choice, OutOfSubnets, Plan, Reason, NO_IPV4};
+pub use alloc::{allows_key, choose_subnet, Choice, OutOfSubnets, Plan, Reason};
 pub use family::Subnet;
 pub use manager::{
     acquire, is_valid, AcquireError, LeaseCounters, LeaseHandle, LeaseManager, LeaseTiming,

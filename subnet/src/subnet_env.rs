@@ -10,9 +10,9 @@ use std::str::FromStr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::alloc::NO_IPV4;
 use crate::family::Subnet;
 use crate::lease::SubnetKey;
+use crate::lease::NO_IPV4;
 
 /// One family's lines of subnet.env: the cluster network and our subnet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

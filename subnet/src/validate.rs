@@ -276,7 +276,7 @@ impl LeasePolicy {
         match (&self.v4, &self.v6) {
             (Some(v4), _) => v4.own_subnet.into(),
             (None, Some(v6)) => v6.own_subnet.into(),
-            (None, None) => crate::alloc::NO_IPV4.into(),
+            (None, None) => crate::lease::NO_IPV4.into(),
         }
     }
 
