@@ -12,7 +12,8 @@ use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::RouteMessageBuilder;
 
-use crate::netlink::{Netlink, NetlinkError};
+use crate::error::NetlinkError;
+use crate::netlink::Netlink;
 
 /// One host interface with its IPv4 addresses, most preferred first.
 #[derive(Clone, Debug, PartialEq, Eq)]

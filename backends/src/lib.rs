@@ -19,6 +19,7 @@
 mod blackhole;
 mod desired;
 mod drift;
+mod error;
 mod host;
 mod hostgw;
 mod kind;
@@ -28,9 +29,10 @@ mod netlink;
 mod nexthop;
 mod notify;
 mod reconcile;
+mod sockfilter;
 mod vxlan;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet::{BackendConfig, Lease, LeaseAttrs, PeerSet};
@@ -38,9 +40,10 @@ use subnet::{BackendConfig, Lease, LeaseAttrs, PeerSet};
 pub use blackhole::ensure_blackholes;
 pub use desired::{DesiredState, Family, Nexthop, Route, RouteStyle, Vteps};
 pub use drift::{DeviceChange, Drift, Mismatch};
+pub use error::{Error, NetlinkError};
 pub use host::{HostInterface, HostRoute, HostView};
 pub use mac::{BadMac, Mac};
-pub use netlink::{Netlink, NetlinkError};
+pub use netlink::Netlink;
 pub use notify::{Notification, Notifications, Reaction};
 pub use reconcile::{Change, ObjectError, ObjectKind, PlannedChange, Preview, Reconciler, Report};
 
@@ -51,80 +54,6 @@ use vxlan::Vxlan;
 /// `proto 70`. Unused by iproute2's `rt_protos` and the kernel's `RTPROT_*` values. Routes with
 /// this tag in the main table are owned by the reconciler and deleted when no lease wants them.
 pub const ROUTE_PROTOCOL: u8 = 70;
-
-/// Why a backend could not be built or set up.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// `Backend.Type` names a backend flanneld-rs does not implement.
-    #[error("unknown backend type: {0:?}; supported backend types are \"host-gw\" and \"vxlan\"")]
-    UnknownType(String),
-    /// host-gw cannot work when peers must reach us at an address that is not ours.
-    #[error("your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not supported by host-gw backend (PublicIP {public_ip}, interface {iface} has {iface_ip}); use the vxlan backend, or drop --public-ip")]
-    PublicIpDiffers {
-        /// The advertised address (PublicIP or PublicIPv6).
-        public_ip: IpAddr,
-        /// The external interface's name.
-        iface: String,
-        /// The external interface's address of that family.
-        iface_ip: IpAddr,
-    },
-    /// A key of the `Backend` object has a bad value.
-    #[error("Backend key {key:?}: {problem}")]
-    Config {
-        /// The key, as Go flanneld spells it.
-        key: &'static str,
-        /// What is wrong and what would be valid.
-        problem: String,
-    },
-    /// The external interface or the vxlan device does not exist (any more); run
-    /// [`Backend::init`] again once it is back.
-    #[error("interface {0:?} does not exist (any more)")]
-    NoInterface(String),
-    /// A kernel request failed.
-    #[error("{what}: {source}")]
-    Netlink {
-        /// What we were doing, e.g. "create vxlan device flannel.1".
-        what: String,
-        /// The kernel's answer.
-        #[source]
-        source: NetlinkError,
-    },
-    /// The vxlan device changed in a way only a new device repairs; run [`Backend::init`] again.
-    #[error("vxlan device {device} changed under us ({change}); it must be set up again")]
-    DeviceChanged {
-        /// The device name.
-        device: String,
-        /// What changed.
-        change: DeviceChange,
-    },
-    /// The kernel cannot create VXLAN devices (no `vxlan` module).
-    #[error("create vxlan device {device}: {source}: this kernel cannot create VXLAN devices (the vxlan module, Linux 3.7 or later; 3.12 for an IPv6 underlay): load it with `modprobe vxlan`, or use the host-gw backend")]
-    NoVxlanSupport {
-        /// The device name.
-        device: String,
-        /// The kernel's answer (`EOPNOTSUPP`).
-        #[source]
-        source: NetlinkError,
-    },
-    /// The vxlan device does not keep the MAC we published (e.g. udev MACAddressPolicy).
-    #[error("vxlan device {device} has MAC {found} although {expected} was set; check udev's MACAddressPolicy for it (e.g. a .link file with MACAddressPolicy=none)")]
-    MacMismatch {
-        /// The device name.
-        device: String,
-        /// The MAC we set and published.
-        expected: Mac,
-        /// The MAC the kernel reports.
-        found: Mac,
-    },
-}
-
-impl Error {
-    /// Wraps a netlink error with what we were doing.
-    pub(crate) fn netlink(what: impl Into<String>) -> impl FnOnce(NetlinkError) -> Error {
-        let what = what.into();
-        move |source| Error::Netlink { what, source }
-    }
-}
 
 /// The interface flanneld sends peer traffic through, as chosen by the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,52 +21,10 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
 use crate::desired::{Family, Route};
+use crate::error::{NetlinkError, ENODEV};
 use crate::mac::Mac;
 use crate::nexthop::NexthopSocket;
 use crate::ROUTE_PROTOCOL;
-
-/// A failed netlink request: the kernel's errno (when it sent one) and a readable message.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("{message}")]
-pub struct NetlinkError {
-    /// The positive errno the kernel answered with, e.g. `libc::ENETUNREACH` (101).
-    pub errno: Option<i32>,
-    /// What went wrong, e.g. "Network is unreachable (os error 101)".
-    pub message: String,
-}
-
-/// `ENOENT`: deleting a neighbour or FDB entry that is not there.
-pub(crate) const ENOENT: i32 = 2;
-/// `ESRCH`: deleting a route that is not there.
-pub(crate) const ESRCH: i32 = 3;
-/// `ENODEV`: looking up a link that does not exist.
-const ENODEV: i32 = 19;
-/// `ENETUNREACH`: adding a route whose gateway is not on-link.
-pub(crate) const ENETUNREACH: i32 = 101;
-
-impl From<rtnetlink::Error> for NetlinkError {
-    fn from(e: rtnetlink::Error) -> Self {
-        match e {
-            rtnetlink::Error::NetlinkError(msg) => NetlinkError {
-                errno: msg.code.map(|c| c.get().abs()),
-                message: msg.to_string(),
-            },
-            other => NetlinkError {
-                errno: None,
-                message: other.to_string(),
-            },
-        }
-    }
-}
-
-impl From<std::io::Error> for NetlinkError {
-    fn from(e: std::io::Error) -> Self {
-        NetlinkError {
-            errno: e.raw_os_error(),
-            message: e.to_string(),
-        }
-    }
-}
 
 /// A main-table unicast route (IPv4 or IPv6) as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -790,12 +748,5 @@ mod tests {
             )),
             None
         );
-    }
-
-    #[test]
-    fn kernel_errors_keep_their_errno() {
-        let e = NetlinkError::from(std::io::Error::from_raw_os_error(ENETUNREACH));
-        assert_eq!(e.errno, Some(ENETUNREACH));
-        assert!(e.to_string().contains("unreachable"), "{e}");
     }
 }

@@ -17,7 +17,7 @@ use rtnetlink::proto::{new_connection, ConnectionHandle};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, AsyncSocket, SocketAddr};
 
 use crate::desired::Nexthop;
-use crate::netlink::NetlinkError;
+use crate::error::NetlinkError;
 use crate::ROUTE_PROTOCOL;
 
 const RTM_NEWNEXTHOP: u16 = 104;
@@ -328,7 +328,7 @@ impl NexthopChanges {
         socket.bind(&SocketAddr::new(0, 0))?;
         socket.add_membership(RTNLGRP_NEXTHOP)?;
         let foreign = (RTM_NEWNEXTHOP, NH_PROTOCOL_OFFSET);
-        crate::notify::keep_wanted_and_foreign(socket.as_raw_fd(), &[RTM_DELNEXTHOP], foreign)?;
+        crate::sockfilter::keep_wanted_and_foreign(socket.as_raw_fd(), &[RTM_DELNEXTHOP], foreign)?;
         tokio::spawn(conn);
         Ok(NexthopChanges { messages })
     }

@@ -20,8 +20,9 @@ use futures::StreamExt;
 use ipnet::IpNet;
 
 use crate::desired::{DesiredState, Family, Nexthop, Route};
+use crate::error::{NetlinkError, ENETUNREACH, ENOENT, ESRCH};
 use crate::mac::Mac;
-use crate::netlink::{KernelRoute, Netlink, NetlinkError, ENETUNREACH, ENOENT, ESRCH};
+use crate::netlink::{KernelRoute, Netlink};
 use crate::nexthop::{KernelNexthop, NexthopSocket};
 
 /// One kernel write the reconciler decided on.

@@ -4,8 +4,9 @@
 use ipnet::IpNet;
 
 use crate::drift::{DeviceChange, Mismatch};
+use crate::error::NetlinkError;
 use crate::mac::Mac;
-use crate::netlink::{Link, NetlinkError, VxlanSpec};
+use crate::netlink::{Link, VxlanSpec};
 use crate::{Error, Netlink};
 
 /// The kernel's VXLAN UDP port when none is configured.
