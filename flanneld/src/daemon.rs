@@ -27,10 +27,11 @@ use subnet::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Options;
+use crate::cli::options::Options;
 use crate::control::{Agent, Parts};
 use crate::egress_watch;
-use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions, FirstRules, Targets};
+use crate::firewall::first::FirstRules;
+use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions, Targets};
 use crate::footprint;
 use crate::healthz::{self, Readiness};
 use crate::iface::{self, Selection};

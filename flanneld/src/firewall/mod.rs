@@ -3,7 +3,7 @@
 //! blocking thread, and logs each foreign masquerading rule once.
 
 mod engine;
-mod first;
+pub(crate) mod first;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,7 +17,6 @@ use netfilter::{
 
 pub(crate) use engine::remove_iptables_rules;
 use engine::{Engine, FamilyRules};
-pub use first::FirstRules;
 
 use crate::egress_watch::Rules as EgressRules;
 use crate::metrics::Metrics;
