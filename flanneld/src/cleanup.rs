@@ -14,7 +14,8 @@ use ipnet::IpNet;
 use netfilter::{Flavour, IpFamily, Iptables};
 use subnet::{Detector, Keyspace, PreviousEnv, Registry, SubnetKey};
 
-use crate::cli::{self, values, Options};
+use crate::cli::options::Options;
+use crate::cli::values;
 
 /// The subcommand's arguments: the agent's own flags, `--release-lease` and `--go-leftovers`.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -29,15 +30,8 @@ pub struct Args {
     agent: Options,
 }
 
-/// Runs the subcommand with the arguments after `cleanup`; returns the exit status.
-pub fn run(args: &[String]) -> i32 {
-    let args = match cli::parse_subcommand("cleanup", args, |i| match i {
-        cli::Invocation::Cleanup(args) => Some(args),
-        _ => None,
-    }) {
-        Ok(args) => args,
-        Err(status) => return status,
-    };
+/// Runs the subcommand with its parsed arguments; returns the exit status.
+pub fn run(args: &Args) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -51,7 +45,7 @@ pub fn run(args: &[String]) -> i32 {
     let failures = if args.go_leftovers {
         remove_go_leftovers(&args.agent)
     } else {
-        runtime.block_on(cleanup(&args))
+        runtime.block_on(cleanup(args))
     };
     i32::from(failures > 0)
 }

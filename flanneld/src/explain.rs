@@ -14,7 +14,7 @@ use netfilter::{Action, BackendChoice, EgressPolicy, Flow, Iptables, Outcome, Ta
 use serde_json::json;
 use subnet::PreviousEnv;
 
-use crate::cli::{self, values, Unset};
+use crate::cli::values::{self, Unset};
 
 /// The subcommand's arguments.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -44,16 +44,9 @@ struct Expectation {
     why: String,
 }
 
-/// Runs the subcommand with the arguments after `explain`; returns the exit status.
-pub fn run(args: &[String]) -> i32 {
-    let args = match cli::parse_subcommand("explain", args, |i| match i {
-        cli::Invocation::Explain(args) => Some(args),
-        _ => None,
-    }) {
-        Ok(args) => args,
-        Err(status) => return status,
-    };
-    match answer(&args) {
+/// Runs the subcommand with its parsed arguments; returns the exit status.
+pub fn run(args: &Args) -> i32 {
+    match answer(args) {
         Ok((text, agrees)) => {
             print!("{text}");
             i32::from(!agrees)

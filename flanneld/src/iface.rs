@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use backends::{HostInterface, HostView};
 
-use crate::cli::{IfaceRegex, IfaceSpec};
+use crate::cli::values::{IfaceRegex, IfaceSpec};
 
 /// The selection options (from the command line).
 #[derive(Clone, Debug, Default)]

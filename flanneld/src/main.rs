@@ -14,6 +14,7 @@ mod control;
 mod daemon;
 mod decide;
 mod doctor;
+mod doctor_flags;
 mod egress_watch;
 mod explain;
 mod firewall;
@@ -37,29 +38,12 @@ use tracing_subscriber::prelude::*;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("mk-docker-opts") => return exit_code(mk_docker_opts::run(&args[1..])),
-        Some("migrate-etcd") => return exit_code(migrate::run(&args[1..])),
-        Some("explain") => return exit_code(explain::run(&args[1..])),
-        Some("doctor") => return exit_code(doctor::run(&args[1..])),
-        Some("plan") => return exit_code(plan::run(&args[1..])),
-        Some("cleanup") => return exit_code(cleanup::run(&args[1..])),
-        _ => {}
-    }
     let opts = match cli::parse(&args, std::env::vars()) {
         Ok(cli::Invocation::Agent(opts)) => *opts,
-        Ok(other) => {
-            eprintln!("flanneld: unexpected command line {other:?}");
-            return ExitCode::from(2);
+        Ok(cli::Invocation::Tool(tool, warnings)) => {
+            return exit_code(run_tool(tool, &warnings, &args[1..]));
         }
-        Err(cli::CliError::Help) => {
-            eprint!("{}", cli::usage());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("flanneld: {e}\nRun `flanneld -h` for the list of flags.");
-            return ExitCode::from(2);
-        }
+        Err(rejected) => return reject(args.first().map(String::as_str), &rejected),
     };
     if opts.version {
         eprintln!("{}", build_info::VERSION);
@@ -77,8 +61,54 @@ fn main() -> ExitCode {
     run_agent(opts)
 }
 
+/// Runs one tool with its parsed arguments (`given`: the arguments after its name); returns its
+/// exit status.
+fn run_tool(tool: cli::Tool, warnings: &[String], given: &[String]) -> i32 {
+    use cli::Tool;
+    match tool {
+        Tool::MkDockerOpts(args) => mk_docker_opts::run(*args),
+        Tool::MigrateEtcd(args) => migrate::run(&args, warnings),
+        Tool::Explain(args) => explain::run(&args),
+        Tool::Doctor(args) => match doctor_flags::resolve(given, args) {
+            Ok(args) => doctor::run(&args),
+            Err(status) => status,
+        },
+        Tool::Plan(args) => plan::run(&args),
+        Tool::Cleanup(args) => cleanup::run(&args),
+    }
+}
+
+/// Answers a command line that did not parse, or asked for help: the usage of the agent or of
+/// the tool named first, on stderr. Exit 0 for help and 2 for an error, except `mk-docker-opts`,
+/// which exits 1 either way with the script's words.
+fn reject(first: Option<&str>, rejected: &cli::CliError) -> ExitCode {
+    let tool = first.filter(|name| cli::subcommand_names().iter().any(|t| t == name));
+    let Some(tool) = tool else {
+        if *rejected == cli::CliError::Help {
+            eprint!("{}", cli::usage());
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("flanneld: {rejected}\nRun `flanneld -h` for the list of flags.");
+        return ExitCode::from(2);
+    };
+    let usage = cli::subcommand_usage(tool);
+    if tool == "mk-docker-opts" {
+        if let Some(complaint) = mk_docker_opts::complaint(rejected) {
+            eprintln!("flanneld mk-docker-opts: {complaint}");
+        }
+        eprint!("{usage}");
+        return ExitCode::from(1);
+    }
+    if *rejected == cli::CliError::Help {
+        eprint!("{usage}");
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("flanneld {tool}: {rejected}\n\n{usage}");
+    ExitCode::from(2)
+}
+
 /// Runs the agent on a single-threaded runtime until SIGTERM/SIGINT.
-fn run_agent(opts: cli::Options) -> ExitCode {
+fn run_agent(opts: cli::options::Options) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -14,7 +14,8 @@ use subnet::{
     EtcdRegistry, EtcdV2Registry, Export, ExportedLease, LeaseAttrs, NetworkConfig, RegistryError,
 };
 
-use crate::cli::{self, CliError, EtcdFlags};
+use crate::cli::options::EtcdFlags;
+use crate::cli::values;
 
 /// The subcommand's flags: the direction, `--dry-run`, and the agent's `--etcd-*` flags.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -26,42 +27,15 @@ pub struct Args {
     #[arg(long, value_parser = ["v3"])]
     to: String,
     /// print what would be done, write nothing
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::cli::go_bool)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
     dry_run: bool,
     #[command(flatten)]
     etcd: EtcdFlags,
 }
 
-/// Parses the arguments after `migrate-etcd` (and the `FLANNELD_ETCD_*` variables).
-fn parse_args(
-    args: &[String],
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(Args, Vec<String>), CliError> {
-    let argv: Vec<&str> = std::iter::once("migrate-etcd")
-        .chain(args.iter().map(String::as_str))
-        .collect();
-    match cli::parse(&argv, env)? {
-        cli::Invocation::MigrateEtcd(args, warnings) => Ok((args, warnings)),
-        other => Err(CliError::Other(format!(
-            "unexpected command line {other:?}"
-        ))),
-    }
-}
-
-/// Runs the subcommand with the arguments after `migrate-etcd`; returns the exit code.
-pub fn run(args: &[String]) -> i32 {
-    let usage = || cli::subcommand_usage("migrate-etcd");
-    let (args, warnings) = match parse_args(args, std::env::vars()) {
-        Ok(parsed) => parsed,
-        Err(CliError::Help) => {
-            eprint!("{}", usage());
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("flanneld migrate-etcd: {e}\n\n{}", usage());
-            return 2;
-        }
-    };
+/// Runs the subcommand with its parsed arguments, after printing `warnings` about the
+/// `FLANNELD_*` variables; returns the exit code.
+pub fn run(args: &Args, warnings: &[String]) -> i32 {
     for warning in warnings {
         eprintln!("flanneld migrate-etcd: {warning}");
     }
@@ -244,10 +218,14 @@ async fn copy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{self, CliError, Invocation, Tool};
 
     fn args(list: &[&str]) -> Result<Args, CliError> {
-        let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-        parse_args(&list, std::iter::empty()).map(|(args, _)| args)
+        let argv = std::iter::once(&"migrate-etcd").chain(list);
+        match cli::parse(&argv.collect::<Vec<_>>(), std::iter::empty())? {
+            Invocation::Tool(Tool::MigrateEtcd(args), _) => Ok(*args),
+            other => panic!("not migrate-etcd: {other:?}"),
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::process::Command;
 
-use crate::cli::{self, CliError};
+use crate::cli::error::CliError;
 
 /// The subcommand's options as clap parses them (getopts `f:d:icmk:`, `-h`/`-?` for help;
 /// parsing stops at `--` or the first operand, like getopts).
@@ -90,18 +90,9 @@ impl From<Args> for Options {
     }
 }
 
-/// Runs the subcommand with the arguments after `mk-docker-opts`; returns the exit code.
-pub fn run(args: &[String]) -> i32 {
-    let options = match parse_args(args) {
-        Ok(options) => options,
-        Err(message) => {
-            if let Some(message) = message {
-                eprintln!("flanneld mk-docker-opts: {message}");
-            }
-            eprint!("{}", cli::subcommand_usage("mk-docker-opts"));
-            return 1;
-        }
-    };
+/// Runs the subcommand with its parsed arguments; returns the exit code.
+pub fn run(args: Args) -> i32 {
+    let options = Options::from(args);
     let mut vars: BTreeMap<String, String> = std::env::vars().collect();
     if fs::metadata(&options.env_file).is_ok_and(|m| m.is_file()) {
         match fs::read_to_string(&options.env_file) {
@@ -141,19 +132,14 @@ pub fn run(args: &[String]) -> i32 {
     }
 }
 
-/// Parses the arguments after `mk-docker-opts` with the script's messages: `Err(Some(message))`
-/// for a bad option, `Err(None)` for `-h`/`-?`; both mean: print the usage and exit 1.
-fn parse_args(args: &[String]) -> Result<Options, Option<String>> {
-    let argv: Vec<&str> = std::iter::once("mk-docker-opts")
-        .chain(args.iter().map(String::as_str))
-        .collect();
-    match cli::parse(&argv, std::iter::empty()) {
-        Ok(cli::Invocation::MkDockerOpts(args)) => Ok(args.into()),
-        Ok(other) => Err(Some(format!("unexpected command line {other:?}"))),
-        Err(CliError::Help) => Err(None),
-        Err(CliError::Unknown(option)) => Err(Some(format!("Illegal option -{option}"))),
-        Err(CliError::MissingValue(option)) => Err(Some(format!("No arg for -{option} option"))),
-        Err(e) => Err(Some(e.to_string())),
+/// What the script says about a command line it rejects (`None` for `-h`/`-?`); either way the
+/// usage follows and the exit code is 1, as the script's.
+pub fn complaint(rejected: &CliError) -> Option<String> {
+    match rejected {
+        CliError::Help => None,
+        CliError::Unknown(option) => Some(format!("Illegal option -{option}")),
+        CliError::MissingValue(option) => Some(format!("No arg for -{option} option")),
+        other => Some(other.to_string()),
     }
 }
 
@@ -274,6 +260,23 @@ fn grep_matches(line: &str, pattern: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{self, Invocation, Tool};
+
+    /// The command line after `mk-docker-opts`, parsed as `flanneld` does.
+    fn tool_args(args: &[String]) -> Result<Args, CliError> {
+        let argv = std::iter::once("mk-docker-opts").chain(args.iter().map(String::as_str));
+        match cli::parse(&argv.collect::<Vec<_>>(), std::iter::empty())? {
+            Invocation::Tool(Tool::MkDockerOpts(args), _) => Ok(*args),
+            other => panic!("not mk-docker-opts: {other:?}"),
+        }
+    }
+
+    /// The options after defaults; `Err` holds the script's complaint.
+    fn parse_args(args: &[String]) -> Result<Options, Option<String>> {
+        tool_args(args)
+            .map(Options::from)
+            .map_err(|e| complaint(&e))
+    }
 
     /// flannel's dist/sample_subnet.env.
     const SAMPLE: &str = "FLANNEL_NETWORK=10.1.0.0/16
@@ -463,18 +466,17 @@ DOCKER_OPTS=" --bip=10.1.74.1/24 --mtu=1472"
         )
         .unwrap();
         let argv = args(&["-f", &path(&env), "-d", &path(&out), "-c"]);
-        assert_eq!(run(&argv), 0);
+        assert_eq!(run(tool_args(&argv).unwrap()), 0);
         assert_eq!(
             fs::read_to_string(&out).unwrap(),
             "DOCKER_OPTS=\" --bip=10.251.74.1/24 --ip-masq=false --mtu=1450\"\n"
         );
         fs::write(&env, "FLANNEL_IPMASQ=maybe\n").unwrap();
-        assert_eq!(run(&argv), 1);
+        assert_eq!(run(tool_args(&argv).unwrap()), 1);
         assert_eq!(
             fs::read_to_string(&out).unwrap(),
             "DOCKER_OPTS=\" --bip=10.251.74.1/24 --ip-masq=false --mtu=1450\"\n",
             "an invalid FLANNEL_IPMASQ leaves the output alone"
         );
-        assert_eq!(run(&args(&["-z"])), 1);
     }
 }

@@ -11,7 +11,7 @@ use backends::{Backend, Change, ClusterNetworks, Netlink, Reconciler};
 use netfilter::{Iptables, RuleSet};
 use subnet::{Detector, Keyspace, Lease, Registry, SubnetEnv};
 
-use crate::cli::{self, Options};
+use crate::cli::options::Options;
 use crate::daemon;
 use crate::egress_watch::PolicySource;
 use crate::firewall::rule_config;
@@ -23,15 +23,8 @@ pub struct Args {
     agent: Options,
 }
 
-/// Runs the subcommand with the arguments after `plan`; returns the exit status.
-pub fn run(args: &[String]) -> i32 {
-    let args = match cli::parse_subcommand("plan", args, |i| match i {
-        cli::Invocation::Plan(args) => Some(args),
-        _ => None,
-    }) {
-        Ok(args) => args,
-        Err(status) => return status,
-    };
+/// Runs the subcommand with its parsed arguments; returns the exit status.
+pub fn run(args: &Args) -> i32 {
     let planned = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

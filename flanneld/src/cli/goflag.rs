@@ -12,7 +12,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
-use super::CliError;
+use super::error::CliError;
 
 /// A parsed command line.
 pub(super) struct Parsed {

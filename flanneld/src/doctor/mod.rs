@@ -20,8 +20,8 @@ use subnet::{Detector, EtcdOptions, EtcdV2Registry, Keyspace, Registry, SubnetEn
 
 use checks::{diagnose, EtcdFacts, Facts, Finding, LinkFacts, Severity};
 
-use crate::cli::{self, values, Options};
-use crate::running_agent;
+use crate::cli::options::Options;
+use crate::cli::values;
 
 /// The subcommand's arguments: its own, and every agent flag (`--subnet-file` and the `--etcd-*`
 /// flags are used, the rest accepted so the agent's own command line can be given).
@@ -41,32 +41,27 @@ pub struct Args {
 }
 
 /// The flags of the doctor itself, which do not count as agent flags.
-const OWN_FLAGS: [&str; 3] = ["json", "no-etcd", "no-agent"];
+pub(crate) const OWN_FLAGS: [&str; 3] = ["json", "no-etcd", "no-agent"];
 
-fn pick(invocation: cli::Invocation) -> Option<Box<Args>> {
-    match invocation {
-        cli::Invocation::Doctor(args) => Some(args),
-        _ => None,
+impl Args {
+    /// Whether, given no agent flags, the flags of the agent running here may be used.
+    pub(crate) fn may_adopt_running_agent(&self) -> bool {
+        !self.no_agent
+    }
+
+    /// The doctor's own flags as command-line arguments, to add to an adopted command line.
+    pub(crate) fn own_flags(&self) -> [String; 2] {
+        [
+            format!("--json={}", self.json),
+            format!("--no-etcd={}", self.no_etcd),
+        ]
     }
 }
 
-/// Runs the subcommand with the arguments after `doctor`; returns the exit status.
-pub fn run(args: &[String]) -> i32 {
-    let parsed = match cli::parse_subcommand("doctor", args, pick) {
-        Ok(parsed) => parsed,
-        Err(status) => return status,
-    };
-    let has_env_flags = std::env::vars().any(|(name, _)| name.starts_with("FLANNELD_"));
-    let args = if parsed.no_agent || has_env_flags || gives_agent_flags(args) {
-        parsed
-    } else {
-        match flags_of_running_agent(&parsed) {
-            Ok(Some(adopted)) => adopted,
-            Ok(None) => parsed,
-            Err(status) => return status,
-        }
-    };
-    match gather(&args) {
+/// Runs the checks with the parsed arguments (see `crate::doctor_flags` for the flags of the
+/// running agent); returns the exit status.
+pub fn run(args: &Args) -> i32 {
+    match gather(args) {
         Ok(facts) => {
             let findings = diagnose(&facts);
             print!("{}", render(&findings, args.json));
@@ -77,45 +72,6 @@ pub fn run(args: &[String]) -> i32 {
             2
         }
     }
-}
-
-/// Whether the command line holds any flag besides the doctor's own.
-fn gives_agent_flags(args: &[String]) -> bool {
-    args.iter().any(|arg| {
-        let name = arg.trim_start_matches('-');
-        let name = name.split_once('=').map_or(name, |(name, _)| name);
-        !OWN_FLAGS.contains(&name)
-    })
-}
-
-/// The doctor's arguments with the flags, variables and working directory of the agent running
-/// in this network namespace (said on stderr); `Ok(None)` when none runs here.
-fn flags_of_running_agent(ours: &Args) -> Result<Option<Box<Args>>, i32> {
-    let agent = match running_agent::find(&cli::subcommand_names()) {
-        Ok(Some(agent)) => agent,
-        Ok(None) => {
-            eprintln!("flanneld doctor: no agent runs in this network namespace; using the default flags (give the agent's flags to check another set-up)");
-            return Ok(None);
-        }
-        Err(e) => {
-            eprintln!("flanneld doctor: {e}");
-            return Err(2);
-        }
-    };
-    eprintln!(
-        "flanneld doctor: using the flags of the running agent, pid {} in {}: {}",
-        agent.pid,
-        agent.cwd.display(),
-        agent.command_line()
-    );
-    // Relative paths in its flags (flanneld.sh's ./certs/...) are the agent's.
-    if let Err(e) = std::env::set_current_dir(&agent.cwd) {
-        eprintln!("flanneld doctor: cannot enter the agent's directory ({e}); relative paths in its flags are read from here");
-    }
-    let mut argv: Vec<String> = agent.args.iter().skip(1).cloned().collect();
-    argv.push(format!("--json={}", ours.json));
-    argv.push(format!("--no-etcd={}", ours.no_etcd));
-    cli::parse_subcommand_with_env("doctor", &argv, agent.env, pick).map(Some)
 }
 
 /// Reads everything the checks look at.
