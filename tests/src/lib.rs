@@ -4,5 +4,6 @@
 pub mod cluster;
 pub mod dataplane;
 pub mod etcd;
+pub mod modgraph;
 pub mod netns;
 pub mod root;
