@@ -15,16 +15,15 @@ use netfilter::{Flavour, IpFamily, Iptables};
 use subnet::{Detector, Keyspace, PreviousEnv, Registry, SubnetKey};
 
 use crate::cli::options::Options;
-use crate::cli::values;
 
 /// The subcommand's arguments: the agent's own flags, `--release-lease` and `--go-leftovers`.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct Args {
     /// also delete this host's lease from etcd (only if its PublicIP is this host's)
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     release_lease: bool,
     /// remove only Go flanneld's rules for the Network and subnet of subnet.env from the built-in chains (left after an in-place switch), nothing of ours
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     go_leftovers: bool,
     #[command(flatten)]
     agent: Options,

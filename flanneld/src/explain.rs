@@ -24,7 +24,7 @@ pub struct Args {
     /// the flow's destination address
     dst: Ipv4Addr,
     /// print the answer as JSON
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     json: bool,
     /// the agent's subnet.env, for the cluster Network
     #[arg(long, default_value = "/run/flannel/subnet.env")]

@@ -15,7 +15,6 @@ use subnet::{
 };
 
 use crate::cli::options::EtcdFlags;
-use crate::cli::values;
 
 /// The subcommand's flags: the direction, `--dry-run`, and the agent's `--etcd-*` flags.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -27,7 +26,7 @@ pub struct Args {
     #[arg(long, value_parser = ["v3"])]
     to: String,
     /// print what would be done, write nothing
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
     etcd: EtcdFlags,

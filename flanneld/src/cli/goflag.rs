@@ -54,6 +54,37 @@ pub(super) fn with_help(command: Command) -> Command {
     command
 }
 
+/// Gives the boolean flags of Go-style commands (declared as plain `bool` fields) Go's syntax:
+/// `-name` or `-name=<bool>` in Go's spellings, never `-name <bool>`; false unless the field
+/// declares another default. Getopts-style commands keep clap's switches.
+pub(super) fn with_go_booleans(command: Command) -> Command {
+    let command = if is_go_style(&command) {
+        command.mut_args(go_boolean)
+    } else {
+        command
+    };
+    command.mut_subcommands(with_go_booleans)
+}
+
+/// `arg` as a Go boolean flag, when clap made it a switch.
+fn go_boolean(arg: Arg) -> Arg {
+    if !matches!(arg.get_action(), ArgAction::SetTrue) {
+        return arg;
+    }
+    let declared_default = !arg.get_default_values().is_empty();
+    let arg = arg
+        .action(ArgAction::Set)
+        .num_args(0..=1)
+        .require_equals(true)
+        .default_missing_value("true")
+        .value_parser(super::values::go_bool);
+    if declared_default {
+        arg
+    } else {
+        arg.default_value("false")
+    }
+}
+
 /// Whether `command` takes Go-style flags (no short flags at all).
 fn is_go_style(command: &Command) -> bool {
     command.get_arguments().all(|a| a.get_short().is_none())

@@ -108,7 +108,9 @@ pub fn subcommand_names() -> Vec<String> {
 
 /// The whole command line's definition, help flags included.
 fn command() -> clap::Command {
-    goflag::with_help(<Cli as clap::CommandFactory>::command())
+    goflag::with_help(goflag::with_go_booleans(
+        <Cli as clap::CommandFactory>::command(),
+    ))
 }
 
 /// The agent's flags as the Markdown table of `docs/configuration.md` (generated from the

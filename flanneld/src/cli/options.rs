@@ -85,25 +85,25 @@ pub struct Options {
     #[arg(long, default_value = "60", value_parser = values::renew_margin)]
     pub subnet_lease_renew_margin: Duration,
     /// setup IP masquerade rule for traffic destined outside of overlay network
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     pub ip_masq: bool,
     /// ip-masq-agent config file (YAML or JSON): destinations pod traffic keeps its address to (nonMasqueradeCIDRs, masqueradeCIDRs exceptions, masqLinkLocal); re-read on change (flanneld-rs only)
     #[arg(long, default_value = "", hide_default_value = true, value_parser = values::path)]
     pub ip_masq_config: Unset<PathBuf>,
     /// don't use --random-fully in the MASQUERADE rule
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     pub ip_masq_fully_random_disable: bool,
     /// resync period for iptables rules, in seconds
     #[arg(long, default_value = "5", value_parser = values::resync_period)]
     pub iptables_resync: Duration,
     /// add default accept rules to FORWARD chain in iptables
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = values::go_bool)]
+    #[arg(long, default_value = "true")]
     pub iptables_forward_rules: bool,
     /// iptables flavour to program: auto (the one holding the host's rules), legacy or nft; or nftables for the agent's own nftables tables, as EnableNFTables does (flanneld-rs only)
     #[arg(long, default_value = "auto", value_parser = str::parse::<BackendChoice>)]
     pub iptables_backend: BackendChoice,
     /// add a blackhole route for the node's own subnet
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     pub ip_blackhole_route: bool,
     /// how peer routes are installed: classic (<subnet> via <gateway>, like Go flanneld) or nexthop (IPv4 routes point to a nexthop object per gateway, inserted in linear time with thousands of peers; Linux 5.3+) (flanneld-rs only)
     #[arg(long, default_value = "classic", value_parser = values::route_style)]
@@ -115,7 +115,7 @@ pub struct Options {
     #[arg(long, default_value = "0", value_parser = values::port)]
     pub healthz_port: u16,
     /// print version and exit
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     pub version: bool,
     /// log level for V logs: 0-1 info, 2-4 debug, 5 and more trace (RUST_LOG overrides)
     #[arg(long = "v", default_value = "0", value_parser = values::verbosity)]
@@ -147,7 +147,7 @@ pub struct Options {
 #[command(next_help_heading = "Kubernetes mode (not supported by flanneld-rs)")]
 pub struct KubeFlags {
     /// contact the Kubernetes API for subnet assignment instead of etcd [not supported by flanneld-rs: etcd mode only]
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     pub kube_subnet_mgr: bool,
     /// Kubernetes API server URL [not supported by flanneld-rs: etcd mode only]
     #[arg(long, default_value = "", hide_default_value = true)]
@@ -162,7 +162,7 @@ pub struct KubeFlags {
     #[arg(long, default_value = "/etc/kube-flannel/net-conf.json")]
     pub net_config_path: String,
     /// set NodeNetworkUnavailable after ready [not supported by flanneld-rs: etcd mode only]
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = values::go_bool)]
+    #[arg(long, default_value = "true")]
     pub set_node_network_unavailable: bool,
 }
 

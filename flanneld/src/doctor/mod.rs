@@ -21,20 +21,19 @@ use subnet::{Detector, EtcdOptions, EtcdV2Registry, Keyspace, Registry, SubnetEn
 use checks::{diagnose, EtcdFacts, Facts, Finding, LinkFacts, Severity};
 
 use crate::cli::options::Options;
-use crate::cli::values;
 
 /// The subcommand's arguments: its own, and every agent flag (`--subnet-file` and the `--etcd-*`
 /// flags are used, the rest accepted so the agent's own command line can be given).
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct Args {
     /// print the findings as JSON
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     json: bool,
     /// skip the checks that need etcd
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     no_etcd: bool,
     /// with no agent flags given, do not read them from the agent running here
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = values::go_bool)]
+    #[arg(long)]
     no_agent: bool,
     #[command(flatten)]
     agent: Options,
