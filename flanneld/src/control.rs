@@ -3,7 +3,7 @@
 //! notifications and timers. Peer events apply just the changed peers' objects; everything else
 //! (and any change that did not apply cleanly) runs a full, level-triggered reconcile.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,6 +25,7 @@ use crate::decide::{self, decide, Pending, Reconcile, Turn, Wake};
 use crate::egress_watch;
 use crate::firewall::{Firewall, Targets};
 use crate::metrics::{Metrics, PeerCounts};
+use crate::peers::Peers;
 use crate::readiness::{Facts, ReadinessWriter, Stage};
 
 /// How often the resync tick comes: the whole data plane is reconciled then (Go flanneld's route
@@ -36,9 +37,6 @@ const WATCH_RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// How often readiness is assessed when nothing else wakes the loop: what only time changes
 /// (etcd's silence against its 30 s grace, the lease's expiry) is seen within this.
 const READINESS_PERIOD: Duration = Duration::from_secs(5);
-
-/// How long peers missing from a re-listing stay programmed (see [`Agent::linger`]).
-pub(crate) const PEER_GRACE: Duration = Duration::from_secs(60);
 
 /// Writes `env` to `path` atomically and logs what it wrote.
 pub(crate) fn write_env_file(path: &std::path::Path, env: &SubnetEnv) -> std::io::Result<()> {
@@ -56,20 +54,6 @@ fn skip_reason(why: &str) -> &'static str {
         "backend_type"
     } else {
         "backend_data"
-    }
-}
-
-/// A peer event as logged: `peer <subnet> at <PublicIP> (<type>)` or `peer <subnet> removed`.
-fn describe(e: &subnet::LeaseEvent) -> String {
-    match e {
-        subnet::LeaseEvent::Put(l) => {
-            let public = match l.attrs.public_ipv6 {
-                Some(v6) if !l.key.has_ipv4() => v6.to_string(),
-                _ => l.attrs.public_ip.to_string(),
-            };
-            format!("peer {} at {public} ({})", l.id(), l.attrs.backend_type)
-        }
-        subnet::LeaseEvent::Removed(k) => format!("peer {} removed", k.id()),
     }
 }
 
@@ -123,7 +107,8 @@ pub(crate) fn subnet_env(
 
 /// Everything the control loop owns.
 pub(crate) struct Agent {
-    pub(crate) peers: PeerSet,
+    /// The peers to program: admitted, lingering, and changed since the last reconcile.
+    pub(crate) peers: Peers,
     pub(crate) lease: Lease,
     /// Publishes changed lease attributes (e.g. a new VtepMAC after setup).
     pub(crate) lease_handle: LeaseHandle,
@@ -132,10 +117,6 @@ pub(crate) struct Agent {
     pub(crate) backend: Backend,
     pub(crate) nl: Netlink,
     pub(crate) reconciler: Reconciler,
-    /// Peers changed by watch events since the last reconcile, each with its lease before the
-    /// first of those changes (`None`: a new peer). Applied incrementally unless a full
-    /// reconcile is due anyway.
-    pub(crate) changed: BTreeMap<IpNet, Option<Lease>>,
     pub(crate) firewall: Option<Firewall>,
     /// The egress policy file's updates, until the control loop takes them.
     pub(crate) egress: Option<watch::Receiver<egress_watch::Rules>>,
@@ -170,8 +151,6 @@ pub(crate) struct Agent {
     pub(crate) live: LiveBackend,
     /// The last backend setup failure logged, until setup succeeds (de-duplicates the log).
     pub(crate) setup_failure: Option<String>,
-    /// Peers a re-listing no longer showed, programmed until the deadline ([`PEER_GRACE`]).
-    pub(crate) lingering: BTreeMap<IpNet, (Lease, tokio::time::Instant)>,
 }
 
 /// What the control loop waits on, and the timers it runs.
@@ -333,13 +312,12 @@ impl Agent {
     pub(crate) fn new(parts: Parts) -> Agent {
         Agent {
             networks: parts.networks,
-            peers: PeerSet::with_policy(parts.policy),
+            peers: Peers::new(PeerSet::with_policy(parts.policy)),
             lease: parts.lease,
             lease_handle: parts.lease_handle,
             backend: parts.backend,
             reconciler: Reconciler::new(parts.nl.clone()),
             nl: parts.nl,
-            changed: BTreeMap::new(),
             firewall: parts.firewall,
             egress: parts.egress,
             firewall_ok: true,
@@ -361,7 +339,6 @@ impl Agent {
             config_note: parts.config.note,
             live: LiveBackend::new(parts.config.backend, parts.config.running),
             setup_failure: None,
-            lingering: BTreeMap::new(),
         }
     }
 
@@ -385,7 +362,7 @@ impl Agent {
             };
             let pending = Pending {
                 setup: pending_setup,
-                changed_peers: !self.changed.is_empty(),
+                changed_peers: self.peers.have_changes(),
             };
             let cause = wake.label();
             if wake == Wake::Tick {
@@ -408,8 +385,8 @@ impl Agent {
     /// notification that asked for setup, if any, with the burst's size (for the log).
     fn on_kernel_burst(&self, burst: &[Notification]) -> (Reaction, Option<(Notification, usize)>) {
         let wanted = |dst: &IpNet| match dst {
-            IpNet::V4(_) => self.programmed(dst).is_some(),
-            IpNet::V6(v6) => self.all_programmed().any(|l| l.key.ipv6 == Some(*v6)),
+            IpNet::V4(_) => self.peers.programmed(dst).is_some(),
+            IpNet::V6(v6) => (self.peers.all_programmed()).any(|l| l.key.ipv6 == Some(*v6)),
         };
         let held = |id: u32| self.reconciler.holds_nexthop(id);
         let reactions: Vec<Reaction> = (burst.iter())
@@ -486,7 +463,7 @@ impl Agent {
         let full = match update {
             WatchUpdate::Snapshot(leases) => self.on_listing(leases),
             WatchUpdate::Events(events) => {
-                self.on_events(events);
+                self.peers.take_events(events);
                 false
             }
         };
@@ -501,102 +478,19 @@ impl Agent {
         if self.listings > 1 {
             self.metrics.record_relist();
         }
-        // One line per peer of a listing only on request: thousands at start-up.
-        let changes = if self.peers.is_empty() {
-            // Nothing to remove: the leases are taken one by one, so no second copy of all of
-            // them (replace_all's events) is ever held.
-            let mut added = 0;
-            for lease in leases {
-                let e = subnet::LeaseEvent::Put(lease);
-                if self.peers.apply(&e) {
-                    tracing::debug!("{}", describe(&e));
-                    added += 1;
-                }
-            }
-            added
-        } else {
-            let listed: BTreeSet<IpNet> = leases.iter().map(Lease::id).collect();
-            let missing: Vec<Lease> = (self.peers.iter())
-                .filter(|l| !listed.contains(&l.id()))
-                .cloned()
-                .collect();
-            let events = self.peers.replace_all(leases);
-            for e in &events {
-                tracing::debug!("{}", describe(e));
-            }
-            self.linger(missing);
-            events.len()
-        };
+        let listed = self.peers.take_listing(leases, tokio::time::Instant::now());
         tracing::info!(
-            "lease listing: {} peers ({n} leases), {changes} changes",
-            self.peers.len()
+            "lease listing: {} peers ({n} leases), {} changes",
+            self.peers.admitted().len(),
+            listed.changes
         );
-        changes > 0
-    }
-
-    /// Keeps programming peers a re-listing no longer shows for [`PEER_GRACE`]: after an etcd
-    /// restore (or a re-list after compaction) their hosts are most likely re-creating their
-    /// leases, and cutting their pods off meanwhile would be the outage.
-    fn linger(&mut self, missing: Vec<Lease>) {
-        if missing.is_empty() {
-            return;
-        }
-        let until = tokio::time::Instant::now() + PEER_GRACE;
-        tracing::warn!(
-            "{} peers are missing from the lease listing; keeping their routes for {}s while \
-             they re-create their leases",
-            missing.len(),
-            PEER_GRACE.as_secs()
-        );
-        for lease in missing {
-            self.lingering.insert(lease.id(), (lease, until));
-        }
+        listed.changes > 0
     }
 
     /// Drops the lingering peers whose grace period is over; returns whether any was dropped.
     pub(crate) fn expire_lingering(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        let before = self.lingering.len();
-        self.lingering.retain(|subnet, (_, until)| {
-            let keep = *until > now;
-            if !keep {
-                tracing::warn!("peer {subnet} did not re-create its lease in time; removing it");
-            }
-            keep
-        });
-        self.lingering.len() != before
-    }
-
-    /// Takes a batch of lease events, noting each changed peer (with its lease before the first
-    /// change) for the incremental reconcile.
-    fn on_events(&mut self, events: Vec<subnet::LeaseEvent>) {
-        for e in events {
-            let subnet = match &e {
-                subnet::LeaseEvent::Put(l) => l.id(),
-                subnet::LeaseEvent::Removed(k) => k.id(),
-            };
-            let old = self.programmed(&subnet).cloned();
-            // Any news of a lingering peer ends its grace period.
-            let lingered = self.lingering.remove(&subnet).is_some();
-            if self.peers.apply(&e) || lingered {
-                tracing::info!("{}", describe(&e));
-                self.changed.entry(subnet).or_insert(old);
-            }
-            for admitted in self.peers.take_admitted() {
-                self.changed.entry(admitted).or_insert(None);
-            }
-        }
-    }
-
-    /// The lease programmed for `subnet`: a peer's, or a lingering one's.
-    fn programmed(&self, subnet: &IpNet) -> Option<&Lease> {
-        (self.peers.get(subnet)).or_else(|| self.lingering.get(subnet).map(|(lease, _)| lease))
-    }
-
-    /// Every lease to program: the peers and the lingering peers.
-    fn all_programmed(&self) -> impl Iterator<Item = &Lease> {
-        let lingering = self.lingering.values().map(|(lease, _)| lease);
-        (self.peers.iter()).chain(lingering.filter(|l| self.peers.get(&l.id()).is_none()))
+        let expired = self.peers.expire_lingering(tokio::time::Instant::now());
+        !expired.is_empty()
     }
 
     /// Takes a new version of our own lease; returns whether the data plane must be set up
@@ -664,11 +558,11 @@ impl Agent {
     /// kernel; falls back to a full reconcile when there is no model or the change did not
     /// apply cleanly.
     pub(crate) async fn reconcile_changes(&mut self) {
-        let changed = std::mem::take(&mut self.changed);
+        let changed = self.peers.take_changes();
         let before = self.backend.desired_for(changed.values().flatten());
         let after = self
             .backend
-            .desired_for(changed.keys().filter_map(|s| self.programmed(s)));
+            .desired_for(changed.keys().filter_map(|s| self.peers.programmed(s)));
         let started = tokio::time::Instant::now();
         let outcome = self.reconciler.reconcile_changes(&before, &after).await;
         if let Some(report) = &outcome {
@@ -740,9 +634,9 @@ impl Agent {
     /// anything is programmed for it.
     pub(crate) async fn reconcile(&mut self, cause: &'static str) {
         self.refresh_local_networks().await;
-        self.changed.clear();
+        self.peers.clear_changes();
         let started = tokio::time::Instant::now();
-        let desired = self.backend.desired_for(self.all_programmed());
+        let desired = self.backend.desired_for(self.peers.all_programmed());
         let report = self.reconciler.reconcile(&desired).await;
         self.metrics
             .record_reconcile(cause, &report, started.elapsed());
@@ -754,7 +648,7 @@ impl Agent {
                 report.added,
                 report.replaced,
                 report.deleted,
-                self.peers.len()
+                self.peers.admitted().len()
             );
         }
         self.converged = report.converged;
@@ -767,7 +661,7 @@ impl Agent {
     /// count every peer, which watch events alone do not justify computing on each event.
     fn refresh_peer_metrics(&mut self) {
         if self.peer_metrics_stale {
-            let desired = self.backend.desired_for(self.all_programmed());
+            let desired = self.backend.desired_for(self.peers.all_programmed());
             self.metrics.set_peers(&self.peer_counts(&desired));
             self.peer_metrics_stale = false;
         }
@@ -898,14 +792,14 @@ impl Agent {
             *skipped.entry(skip_reason(why)).or_default() += 1;
         }
         let mut by_backend: BTreeMap<&str, usize> = BTreeMap::new();
-        for lease in self.peers.iter() {
+        for lease in self.peers.admitted().iter() {
             *by_backend.entry(&lease.attrs.backend_type).or_default() += 1;
         }
-        let known = self.peers.len();
+        let known = self.peers.admitted().len();
         PeerCounts {
             known,
             programmed: known.saturating_sub(desired.skipped.len()),
-            rejected: self.peers.rejected().count(),
+            rejected: self.peers.admitted().rejected().count(),
             skipped: skipped.into_iter().collect(),
             by_backend: by_backend
                 .into_iter()

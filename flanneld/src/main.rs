@@ -24,6 +24,7 @@ mod iface;
 mod metrics;
 mod migrate;
 mod mk_docker_opts;
+mod peers;
 mod plan;
 mod readiness;
 mod running_agent;
