@@ -41,6 +41,21 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Asserts that `invariant` stays true for `hold`, checked every 100 ms (failing at the first
+/// time it is false). "Nothing more happens" means something only after the agent has seen the
+/// event: prove that first (a `wait_for` on a log line or on [`Cluster::metric`], for example
+/// the next reconcile), then hold.
+pub fn holds(what: &str, hold: Duration, mut invariant: impl FnMut() -> bool) {
+    let deadline = Instant::now() + hold;
+    loop {
+        assert!(invariant(), "{what}: no longer true");
+        if Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A running agent process inside a host namespace; killed on drop.
 pub struct Agent {
     child: Option<Child>,
@@ -703,6 +718,33 @@ impl Cluster {
         });
     }
 
+    /// `/metrics` of host `i`, parsed.
+    pub fn scrape(&self, i: usize) -> prometheus_parse::Scrape {
+        let url = "http://127.0.0.1:2401/metrics";
+        let text = self.hosts[i].exec("curl", &["-s", "-m", "2", url]);
+        assert!(text.ends_with("# EOF\n"), "a complete exposition:\n{text}");
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines).expect("/metrics parses as Prometheus text")
+    }
+
+    /// The sum of host `i`'s samples `name` whose labels include `labels`; 0 when none.
+    pub fn metric(&self, i: usize, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.scrape(i), name, labels)
+    }
+
+    /// How many full reconciles host `i` has run, whatever their cause: waiting for one more
+    /// proves the agent has looked at the state since.
+    pub fn reconciles(&self, i: usize) -> f64 {
+        self.metric(i, "flannel_reconcile_runs_total", &[])
+    }
+
+    /// Waits until host `i` has run a full reconcile after the one counted in `since`.
+    pub fn wait_reconcile_after(&self, i: usize, since: f64, timeout: Duration) {
+        wait_for(&format!("a reconcile on host {i}"), timeout, || {
+            (self.reconciles(i) > since).then_some(())
+        });
+    }
+
     /// GET `http://127.0.0.1:2401<path>` inside host `i`; returns the HTTP status code.
     pub fn healthz(&self, i: usize, path: &str) -> u16 {
         let out = self.hosts[i].try_exec(
@@ -723,4 +765,19 @@ impl Cluster {
             .parse()
             .unwrap_or(0)
     }
+}
+
+/// The sum of the samples `name` in `scrape` whose labels include `labels`; 0 when none.
+pub fn metric_value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    let matching = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+    matching
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }

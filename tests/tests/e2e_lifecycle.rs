@@ -3,10 +3,18 @@
 
 use std::time::Duration;
 
-use flanneld_tests::cluster::{wait_for, Cluster};
+use flanneld_tests::cluster::{holds, wait_for, Cluster};
 
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Waits until the agent (etcd's only client) has sent etcd two more requests than
+/// `since`: it has looked for the config again since it logged the problem.
+fn wait_config_reread(c: &Cluster, since: u64) {
+    wait_for("the config read again", Duration::from_secs(15), || {
+        (c.etcd.unary_requests() >= since + 2).then_some(())
+    });
 }
 
 #[test]
@@ -17,7 +25,7 @@ fn waits_for_a_valid_config_logging_each_problem_once() {
             .contains("flannel config not found in etcd store")
             .then_some(())
     });
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_config_reread(&c, c.etcd.unary_requests());
     assert_eq!(
         count(&c.log(0), "Couldn't fetch network config"),
         1,
@@ -36,7 +44,7 @@ fn waits_for_a_valid_config_logging_each_problem_once() {
             .contains("SubnetLen must be less than /31")
             .then_some(())
     });
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_config_reread(&c, c.etcd.unary_requests());
     assert_eq!(
         count(&c.log(0), "Couldn't fetch network config"),
         2,
@@ -92,10 +100,13 @@ fn readiness_follows_convergence_and_bad_peer_keys_remove_nothing() {
     c.etcd.put(&format!("{}/subnets/garbage", c.prefix), "x");
     c.etcd
         .put(&format!("{}/subnets/10.41.251.0-24", c.prefix), "not json");
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        c.route(0, "10.41.250.0/24").contains("via 192.168.100.99"),
-        "bad keys must not remove peers"
+    wait_for("both bad keys seen", Duration::from_secs(15), || {
+        (c.metric(0, "flannel_ignored_keys_total", &[]) >= 2.0).then_some(())
+    });
+    holds(
+        "bad keys must not remove peers",
+        Duration::from_secs(1),
+        || c.route(0, "10.41.250.0/24").contains("via 192.168.100.99"),
     );
     assert_eq!(c.healthz(0, "/readyz"), 200);
 
@@ -114,7 +125,8 @@ fn readiness_follows_convergence_and_bad_peer_keys_remove_nothing() {
         log.contains("10.99.0.1") && log.contains("vxlan"),
         "warning names the peer and the fix:\n{log}"
     );
-    std::thread::sleep(Duration::from_secs(11));
+    // The next full reconcile (the 10 s resync while not converged) meets the peer again.
+    c.wait_reconcile_after(0, c.reconciles(0), Duration::from_secs(30));
     let warnings = c
         .log(0)
         .lines()

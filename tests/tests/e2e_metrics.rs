@@ -4,32 +4,9 @@
 
 use std::time::Duration;
 
-use flanneld_tests::cluster::{wait_for, Cluster};
-use prometheus_parse::{Scrape, Value};
+use flanneld_tests::cluster::{metric_value as value, wait_for, Cluster};
 
 const CONFIG: &str = r#"{"Network":"10.46.0.0/16","Backend":{"Type":"host-gw"}}"#;
-
-/// `/metrics` of host `i`, parsed.
-fn scrape(c: &Cluster, i: usize) -> Scrape {
-    let text = c.hosts[i].exec("curl", &["-s", "-m", "2", "http://127.0.0.1:2401/metrics"]);
-    assert!(text.ends_with("# EOF\n"), "a complete exposition:\n{text}");
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    Scrape::parse(lines).expect("/metrics parses as Prometheus text")
-}
-
-/// The value of the sample `name` whose labels include `labels`; 0 when there is none.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let matching = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
-    matching
-        .map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
 
 /// Waits until `metric` (with `labels`) on host `i` passes `check`; returns its value.
 fn wait_metric(
@@ -43,7 +20,7 @@ fn wait_metric(
         &format!("{metric}{labels:?} on host {i}"),
         Duration::from_secs(30),
         || {
-            let v = value(&scrape(c, i), metric, labels);
+            let v = value(&c.scrape(i), metric, labels);
             check(v).then_some(v)
         },
     )
@@ -54,7 +31,7 @@ fn metrics_parse_and_move_with_peers_repairs_and_etcd() {
     let mut c = Cluster::start(2, CONFIG, &["--ip-masq", "--iptables-resync=1"]);
     let subnets = [c.wait_subnet(0), c.wait_subnet(1)];
     c.wait_ready(0);
-    let first = scrape(&c, 0);
+    let first = c.scrape(0);
     let version = concat!("v", env!("CARGO_PKG_VERSION"));
     assert_eq!(
         value(&first, "flannel_build_info", &[("version", version)]),
@@ -83,11 +60,7 @@ fn metrics_parse_and_move_with_peers_repairs_and_etcd() {
     wait_metric(&c, 0, "flannel_peers", &[("state", "known")], |v| v == 1.0);
     wait_metric(&c, 0, "flannel_netfilter_checks_total", &[], |v| v >= 2.0);
     let route_adds = [("kind", "route"), ("op", "add")];
-    let adds = value(
-        &scrape(&c, 0),
-        "flannel_reconcile_changes_total",
-        &route_adds,
-    );
+    let adds = value(&c.scrape(0), "flannel_reconcile_changes_total", &route_adds);
     assert!(adds >= 1.0, "the first peer's route");
 
     // A peer joins: one more known and programmed peer, one more route written.
@@ -110,7 +83,7 @@ fn metrics_parse_and_move_with_peers_repairs_and_etcd() {
 
     // A route deleted by hand: the kernel reports it and a reconcile puts it back.
     let kernel_runs = value(
-        &scrape(&c, 0),
+        &c.scrape(0),
         "flannel_reconcile_runs_total",
         &[("cause", "kernel")],
     );
@@ -128,7 +101,7 @@ fn metrics_parse_and_move_with_peers_repairs_and_etcd() {
     assert!(c.route(0, &new_subnet).contains("proto 70"), "repaired");
 
     // etcd stops: requests fail, and the time since its last answer grows.
-    let errors = value(&scrape(&c, 0), "flannel_etcd_errors_total", &[]);
+    let errors = value(&c.scrape(0), "flannel_etcd_errors_total", &[]);
     c.etcd.kill();
     wait_metric(&c, 0, "flannel_etcd_errors_total", &[], |v| v > errors);
     wait_metric(&c, 0, "flannel_etcd_last_contact_age_seconds", &[], |v| {
