@@ -20,7 +20,7 @@ pub(crate) struct ConfigUpdates {
     pub(crate) running: watch::Sender<NetworkConfig>,
 }
 
-/// The state of live switches ([`crate::backend_switch`]): the configs handed over by the config
+/// The state of live switches ([`crate::control::backend_switch`]): the configs handed over by the config
 /// watch, the one the agent runs on, and what the last switch left to say.
 pub(crate) struct LiveBackend {
     /// New configs differing only in `Backend`, until the control loop takes the receiver.

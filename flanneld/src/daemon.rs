@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use backends::{Backend, ClusterNetworks, Netlink, Notifications};
+use backends::{Backend, ClusterNetworks, Netlink};
 use subnet::{
     Detector, EtcdApi, EtcdOptions, EtcdRegistry, Keyspace, LeaseManager, LeasePolicy, LeaseTiming,
-    PreviousEnv, Registry, WatchScope,
+    PreviousEnv, Registry,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -32,12 +32,10 @@ use crate::control::{Agent, Parts};
 use crate::egress_watch;
 use crate::firewall::first::FirstRules;
 use crate::firewall::{Detection, EnsureTask, Firewall, FirewallOptions, Targets};
-use crate::footprint;
 use crate::healthz::{self, Readiness};
 use crate::iface::{self, Selection};
 use crate::metrics::{Instrumented, Metrics};
 use crate::readiness::{ReadinessWriter, Stage};
-use crate::sdnotify;
 
 /// How often start-up steps that failed for a retryable reason are tried again.
 const RETRY_PERIOD: Duration = Duration::from_secs(1);
@@ -266,7 +264,7 @@ async fn init_backend(
     Ok((backend, attrs))
 }
 
-/// Step 6: keeps the lease in a task, programs the first listing ([`first_sync`]) and runs the
+/// Step 6: keeps the lease in a task, programs the first listing ([`Agent::first_sync`]) and runs the
 /// control loop until `shutdown`.
 async fn run_agent<R: Registry>(
     mut agent: Agent,
@@ -278,7 +276,7 @@ async fn run_agent<R: Registry>(
     let lease_rx = manager.subscribe();
     let manager_task = tokio::spawn(manager.run());
     let Some((peer_watch, notifications)) =
-        first_sync(&mut agent, registry, first_check, shutdown).await?
+        agent.first_sync(registry, first_check, shutdown).await?
     else {
         manager_task.abort();
         return Ok(());
@@ -461,68 +459,6 @@ async fn configure_data_plane(
     backend.configure(nl, lease, networks).await?;
     let targets = Targets::of(networks, lease.key);
     first_rules.finish(targets, previous, metrics).await
-}
-
-/// Step 5: subscribes to kernel notifications; finishes the first rule check and writes
-/// subnet.env while the first complete listing of peers is programmed; announces readiness. Returns the peer
-/// watch and the notifications, or `None` when `shutdown` fires first.
-async fn first_sync<R: Registry>(
-    agent: &mut Agent,
-    registry: &R,
-    first_check: Option<EnsureTask>,
-    shutdown: &CancellationToken,
-) -> Result<
-    Option<(
-        tokio::sync::mpsc::Receiver<subnet::WatchUpdate>,
-        Notifications,
-    )>,
-> {
-    // Subscribed first: a change during the first reconcile is then not missed. The listing is
-    // requested before the rule check is awaited, so both run at once.
-    let notifications = Notifications::subscribe(agent.networks.v6.is_some())
-        .context("cannot subscribe to kernel link/route notifications")?;
-    let mut peer_watch = registry.watch_leases(WatchScope::AllLeases);
-    // subnet.env is true once the lease is held, the device is set up and the rules are in
-    // place: CNI and docker start then, not after thousands of peer routes (like Go flanneld,
-    // systemd is told then too). The first listing is fetched and decoded meanwhile, and
-    // programmed once subnet.env is written: thousands of route inserts would otherwise take
-    // the CPU the iptables processes need (at 5000 peers subnet.env came 20 ms later).
-    // Readiness waits for the data plane.
-    let (env, path) = (agent.subnet_env(), agent.subnet_file.clone());
-    let mut firewall = agent.firewall.take();
-    let (env_done, env_written) = tokio::sync::oneshot::channel::<()>();
-    let rules_then_env = async {
-        if let (Some(task), Some(fw)) = (first_check, firewall.as_mut()) {
-            fw.finish_ensure(task).await?;
-        }
-        let written = crate::control::write_env_file(&path, &env);
-        sdnotify::notify_ready();
-        drop(env_done);
-        anyhow::Ok(written)
-    };
-    let listing = async {
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            first = peer_watch.recv() => {
-                if let Some(update) = first {
-                    agent.on_peer_update(update);
-                }
-            }
-        }
-        // Sent or dropped (a failed rule check too): the routes go in either way.
-        let _ = env_written.await;
-        agent.reconcile("start").await;
-        true
-    };
-    let (written, listed) = tokio::join!(rules_then_env, listing);
-    agent.firewall = firewall;
-    agent.record_env_write(written?);
-    if !listed {
-        return Ok(None);
-    }
-    footprint::release_freed_heap();
-    agent.publish_readiness();
-    Ok(Some((peer_watch, notifications)))
 }
 
 /// Why the network config cannot be used yet; all but a fatal registry error are waited on

@@ -5,7 +5,6 @@
 //! copies a flanneld v0.11 network from the etcd v2 keyspace to v3; `flanneld explain SRC DST`
 //! says which nat rule decides a flow's source address.
 
-mod backend_switch;
 mod build_info;
 mod cleanup;
 mod cli;

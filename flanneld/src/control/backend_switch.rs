@@ -13,7 +13,7 @@
 use backends::Backend;
 use subnet::{LeaseAttrs, NetworkConfig};
 
-use crate::control::Agent;
+use super::Agent;
 
 /// The MTU pods created under `old` keep, when the new backend's is smaller.
 fn mtu_note(from: &str, old: u32, to: &str, new: u32) -> Option<String> {

@@ -3,6 +3,9 @@
 //! notifications and timers. Peer events apply just the changed peers' objects; everything else
 //! (and any change that did not apply cleanly) runs a full, level-triggered reconcile.
 
+mod backend_switch;
+mod first_sync;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,49 +111,49 @@ pub(crate) fn subnet_env(
 /// Everything the control loop owns.
 pub(crate) struct Agent {
     /// The peers to program: admitted, lingering, and changed since the last reconcile.
-    pub(crate) peers: Peers,
-    pub(crate) lease: Lease,
+    peers: Peers,
+    lease: Lease,
     /// Publishes changed lease attributes (e.g. a new VtepMAC after setup).
-    pub(crate) lease_handle: LeaseHandle,
+    lease_handle: LeaseHandle,
     /// The cluster networks of the config (IPv4, and IPv6 on a dual-stack network).
-    pub(crate) networks: ClusterNetworks,
-    pub(crate) backend: Backend,
-    pub(crate) nl: Netlink,
-    pub(crate) reconciler: Reconciler,
-    pub(crate) firewall: Option<Firewall>,
+    networks: ClusterNetworks,
+    backend: Backend,
+    nl: Netlink,
+    reconciler: Reconciler,
+    firewall: Option<Firewall>,
     /// The egress policy file's updates, until the control loop takes them.
-    pub(crate) egress: Option<watch::Receiver<egress_watch::Rules>>,
-    pub(crate) firewall_ok: bool,
-    pub(crate) converged: bool,
+    egress: Option<watch::Receiver<egress_watch::Rules>>,
+    firewall_ok: bool,
+    converged: bool,
     /// When the last full reconcile converged.
-    pub(crate) last_converged_dump: tokio::time::Instant,
+    last_converged_dump: tokio::time::Instant,
     /// The peer metrics predate incremental reconciles (refreshed on the readiness tick).
-    pub(crate) peer_metrics_stale: bool,
-    pub(crate) env_written: bool,
-    pub(crate) subnet_file: PathBuf,
-    pub(crate) ip_masq: bool,
+    peer_metrics_stale: bool,
+    env_written: bool,
+    subnet_file: PathBuf,
+    ip_masq: bool,
     /// `--iptables-resync`: how often the rules are checked.
-    pub(crate) iptables_resync: Duration,
+    iptables_resync: Duration,
     /// `--ip-blackhole-route`: keep `blackhole <own subnet>` routes (checked with the rules).
-    pub(crate) blackhole_route: bool,
+    blackhole_route: bool,
     /// The last blackhole route failure logged (each distinct one is logged once).
-    pub(crate) blackhole_problem: Option<String>,
+    blackhole_problem: Option<String>,
     /// Whether subnet.env was tried at least once (its first failure is always logged).
-    pub(crate) env_attempted: bool,
-    pub(crate) readiness: ReadinessWriter,
-    pub(crate) metrics: Arc<Metrics>,
+    env_attempted: bool,
+    readiness: ReadinessWriter,
+    metrics: Arc<Metrics>,
     /// The lease manager's counters, copied into the metrics on each tick.
-    pub(crate) lease_counters: Arc<LeaseCounters>,
+    lease_counters: Arc<LeaseCounters>,
     /// Complete listings of the peer leases seen (the first, then re-listings).
-    pub(crate) listings: u64,
+    listings: u64,
     /// When etcd last answered the lease manager.
-    pub(crate) etcd_contact: watch::Receiver<tokio::time::Instant>,
+    etcd_contact: watch::Receiver<tokio::time::Instant>,
     /// What the agent noticed about the network config in etcd (see [`crate::config_watch`]).
-    pub(crate) config_note: watch::Receiver<Option<String>>,
-    /// Changes of the `Backend` section applied in place ([`crate::backend_switch`]).
-    pub(crate) live: LiveBackend,
+    config_note: watch::Receiver<Option<String>>,
+    /// Changes of the `Backend` section applied in place ([`backend_switch`]).
+    live: LiveBackend,
     /// The last backend setup failure logged, until setup succeeds (de-duplicates the log).
-    pub(crate) setup_failure: Option<String>,
+    setup_failure: Option<String>,
 }
 
 /// What the control loop waits on, and the timers it runs.
